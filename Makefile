@@ -1,0 +1,31 @@
+# The two commands of the README:  make demo  |  make test
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: demo test install lint bench
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,examples]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## install, then run the example workflows (one fails and is resumed) and print the history
+demo: install
+	$(BIN)/casare-nb demo
+
+## install, then lint, type-check and pass the whole test suite (the notebooks too)
+test: install lint
+	$(BIN)/pytest -q -p no:cacheprovider tests
+	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax notebooks
+
+lint: install
+	$(BIN)/ruff check casare_nb tests bench
+	$(BIN)/ruff format --check casare_nb tests bench
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python bench/run_all.py

@@ -1,0 +1,34 @@
+"""casare_nb: parameterised notebooks, run cell by cell, every cell a checkpoint.
+
+Importing this package is cheap: the engine loads on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["RunResult", "Secret", "aresume", "arun_notebook", "resume", "run_notebook"]
+
+if TYPE_CHECKING:
+    from casare_nb.core.params import Secret
+    from casare_nb.local import RunResult, aresume, arun_notebook, resume, run_notebook
+
+_LAZY = {
+    "Secret": "casare_nb.core.params",
+    "RunResult": "casare_nb.local",
+    "run_notebook": "casare_nb.local",
+    "arun_notebook": "casare_nb.local",
+    "resume": "casare_nb.local",
+    "aresume": "casare_nb.local",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'casare_nb' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

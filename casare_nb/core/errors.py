@@ -1,0 +1,25 @@
+"""Errors a user sees: each carries one clear line, and the CLI exits non-zero with it."""
+
+from __future__ import annotations
+
+
+class CasareError(Exception):
+    """Base of every error that is the user's to fix; ``str(err)`` is one line."""
+
+    exit_code = 2
+
+
+class WorkflowError(CasareError):
+    """The workflow notebook cannot be used: missing, not JSON, not a notebook."""
+
+
+class StateError(CasareError):
+    """The state directory cannot be used."""
+
+
+class RunNotFound(CasareError):
+    """No run with that id in the history."""
+
+
+class ResumeError(CasareError):
+    """The run cannot be resumed as asked."""

@@ -1,0 +1,126 @@
+"""Where checkpoints live, and how they are read and carried between attempts.
+
+Layout of the state directory (``./.casare`` or ``$CASARE_HOME``)::
+
+    history.duckdb                      runs and cells (casare_nb.store.history)
+    blobs/ab/cdef...                    pickled variables, named by the sha256 of their bytes
+    runs/<run>/<attempt>/output.ipynb   the output notebook, rewritten after every cell
+    runs/<run>/<attempt>/checkpoints/<cell id>.json
+                                        the namespace after that cell: variable -> blob,
+                                        modules, names that could not be saved (and why)
+
+The kernel writes blobs and manifests (``kernel_side``); this module names the paths, reads
+manifests, writes notebooks atomically and carries a prefix of manifests into a new attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from casare_nb.core.errors import StateError
+
+
+def default_state_dir() -> Path:
+    """``$CASARE_HOME`` if set, else ``./.casare``."""
+    return Path(os.environ.get("CASARE_HOME") or ".casare").absolute()
+
+
+class StateDir:
+    """The state directory of one orchestrator or local runner."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root).absolute() if root else default_state_dir()
+
+    @property
+    def history_path(self) -> Path:
+        return self.root / "history.duckdb"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.root / "blobs"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    def attempt(self, run_id: str, attempt: int) -> AttemptPaths:
+        return AttemptPaths(self.run_dir(run_id) / str(attempt))
+
+    def ensure_writable(self) -> StateDir:
+        """Create the folders and prove a file can be written; one-line StateError if not."""
+        try:
+            self.blob_dir.mkdir(parents=True, exist_ok=True)
+            (self.root / "runs").mkdir(exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-"):
+                pass
+        except OSError as exc:
+            raise StateError(
+                f"state directory {self.root} is not writable: {exc.strerror or exc}"
+            ) from None
+        return self
+
+
+class AttemptPaths:
+    """Files of one attempt of one run."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.output = root / "output.ipynb"
+        self.checkpoints = root / "checkpoints"
+
+    def manifest(self, cell_id: str) -> Path:
+        return self.checkpoints / f"{cell_id}.json"
+
+    def create(self) -> AttemptPaths:
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def read_manifest(self, cell_id: str) -> dict[str, Any] | None:
+        """The manifest saved after ``cell_id``, or None if there is none (or it is unreadable)."""
+        try:
+            data: dict[str, Any] = json.loads(self.manifest(cell_id).read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data
+
+    def has_checkpoint(self, cell_id: str) -> bool:
+        return self.manifest(cell_id).exists() or self.pending(cell_id).exists()
+
+    def pending(self, cell_id: str) -> Path:
+        return self.checkpoints / f"{cell_id}.json.pending"
+
+    def inherit(self, other: AttemptPaths, cell_ids: list[str]) -> None:
+        """Copy the manifests of ``cell_ids`` (and those they refer to) from ``other``."""
+        self.create()
+        wanted = list(cell_ids)
+        seen: set[str] = set()
+        while wanted:
+            cid = wanted.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            src = other.manifest(cid)
+            if not src.exists():
+                continue
+            shutil.copyfile(src, self.manifest(cid))
+            manifest = json.loads(src.read_text("utf-8"))
+            for entry in manifest.get("vars", {}).values():
+                ref = entry.get("ref")
+                if ref:
+                    wanted.append(ref.removesuffix(".json"))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary name in the same folder, then rename over ``path``."""
+    text = json.dumps(data, indent=1, ensure_ascii=False, sort_keys=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,436 @@
+"""Code that runs INSIDE the kernel: per-cell namespace snapshots and restore.
+
+The engine executes this file's source in the kernel (as module ``__casare__``) once per
+run, so it needs nothing from casare_nb on the kernel's side: stdlib, plus cloudpickle when
+the kernel has it. It registers an IPython ``post_run_cell`` hook; the engine's own control
+calls are ``silent`` executions, which IPython runs without that hook, so the hook fires
+exactly once per user cell, in order, and pops the next entry of the plan the engine sent.
+
+Snapshot after a successful cell, per variable, content-addressed:
+
+* small objects (< ``large_bytes``) are pickled and hashed every cell, unless immutable and
+  bound to the same object as before; a blob whose hash exists is not written again;
+* large objects (numpy arrays, DataFrames, bytes ...) are pickled only when dirty: new name,
+  rebound, or touched by the cell (named in it, aliased by a name in it, held by a container
+  named in it, or named by a function the cell names). An untouched 200 MB DataFrame costs a
+  reference to the manifest that holds it, not a re-serialisation;
+* when the dirty large objects exceed ``fork_bytes``, the process forks: the child (a
+  copy-on-write image of this instant) pickles and writes, the kernel goes on at once;
+* modules are recorded by name and re-imported; what cannot be pickled (files, sockets,
+  locks, generators, objects holding a secret) is recorded by name with the reason.
+
+Every file is written to a temporary name and renamed, the manifest last, so a reader never
+sees half a checkpoint: a manifest exists only when all the blobs it names do.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import hashlib
+import json
+import os
+import pickle
+import time
+import types
+from typing import Any
+
+try:  # by-value pickling of functions/classes defined in the notebook
+    import cloudpickle as _cloudpickle
+except Exception:  # pragma: no cover - the kernel may not have it
+    _cloudpickle = None
+
+MANIFEST_VERSION = 1
+_IMMUTABLE = (int, float, complex, bool, str, bytes, type(None), frozenset, range)
+_SKIP_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+_config: dict[str, Any] = {
+    "blob_dir": None,
+    "large_bytes": 1 << 20,
+    "fork_bytes": 16 << 20,
+    "max_children": 2,
+    "secret_names": [],
+}
+_plan: list[dict[str, Any]] = []
+# name -> (id(obj), entry) where entry is {"blob":..} or {"ref": manifest file name}
+_state: dict[str, tuple[int, dict[str, Any]]] = {}
+_known_blobs: set[str] = set()
+_children: list[int] = []
+_errors: list[str] = []
+result: str = "null"  # JSON answer of the last control call, read via user_expressions
+
+
+def _answer(value: Any) -> None:
+    global result
+    result = json.dumps(value)
+
+
+def _ip() -> Any:
+    from IPython import get_ipython
+
+    return get_ipython()
+
+
+def _ns() -> dict[str, Any]:
+    ip = _ip()
+    ns: dict[str, Any] = ip.user_ns
+    return ns
+
+
+# ---------------------------------------------------------------- control calls
+
+
+def configure(**options: Any) -> None:
+    """Set blob dir, thresholds and secret names; reset per-run state."""
+    _config.update(options)
+    _plan.clear()
+    _state.clear()
+    _errors.clear()
+    if _config["blob_dir"]:
+        os.makedirs(_config["blob_dir"], exist_ok=True)
+    _answer({"pid": os.getpid(), "cloudpickle": _cloudpickle is not None})
+
+
+def push_plan(entries: list[dict[str, Any]]) -> None:
+    """Entries, in execution order, one per user cell: {sha, manifest (path|None), index, id}."""
+    _plan.extend(entries)
+    _answer(len(_plan))
+
+
+def flush() -> None:
+    """Wait for forked writers; answer the errors seen since the last flush."""
+    _reap(block=True)
+    errors = list(_errors)
+    _errors.clear()
+    _answer({"errors": errors})
+
+
+def restore(manifest_path: str, names: list[str] | None = None) -> None:
+    """Load the namespace saved in a manifest (only ``names`` if given); answer what failed."""
+    ns = _ns()
+    loaded: list[str] = []
+    failed: dict[str, str] = {}
+    with open(manifest_path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    base = os.path.dirname(manifest_path)
+    wanted = set(names) if names is not None else None
+    for name, module in manifest.get("modules", {}).items():
+        if wanted is not None and name not in wanted:
+            continue
+        try:
+            ns[name] = __import__("importlib").import_module(module)
+            loaded.append(name)
+        except Exception as exc:
+            failed[name] = f"import {module}: {type(exc).__name__}: {exc}"
+    for name, entry in manifest.get("vars", {}).items():
+        if wanted is not None and name not in wanted:
+            continue
+        try:
+            blob_entry = _resolve(entry, name, base)
+            obj = _load_blob(blob_entry)
+            ns[name] = obj
+            _state[name] = (id(obj), blob_entry)
+            loaded.append(name)
+        except Exception as exc:
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    _answer(
+        {
+            "loaded": sorted(loaded),
+            "failed": failed,
+            "skipped": manifest.get("skipped", {}),
+        }
+    )
+
+
+# ---------------------------------------------------------------- the hook
+
+
+def _post_run_cell(res: Any) -> None:
+    if not _plan:
+        return
+    entry = _plan.pop(0)
+    if not getattr(res, "success", False) or not entry.get("manifest"):
+        return
+    raw = getattr(getattr(res, "info", None), "raw_cell", None) or ""
+    if hashlib.sha256(raw.encode()).hexdigest() != entry["sha"]:
+        _errors.append(f"cell {entry.get('index')}: plan out of step, no checkpoint")
+        _plan.clear()
+        return
+    try:
+        snapshot(entry, raw)
+    except Exception as exc:  # a checkpoint must never break the run
+        _errors.append(f"cell {entry.get('index')}: checkpoint failed: {type(exc).__name__}: {exc}")
+
+
+def install() -> None:
+    """Register the hook once per kernel."""
+    ip = _ip()
+    for cb in list(ip.events.callbacks["post_run_cell"]):
+        if getattr(cb, "__name__", "") == "_post_run_cell":
+            ip.events.unregister("post_run_cell", cb)
+    ip.events.register("post_run_cell", _post_run_cell)
+    _answer(True)
+
+
+# ---------------------------------------------------------------- snapshot
+
+
+def _cell_names(raw: str) -> set[str]:
+    lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in raw.splitlines()]
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError:
+        return set(_ns())  # cannot tell: everything is touched
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+
+
+def _user_vars(ns: dict[str, Any]) -> dict[str, Any]:
+    secret = set(_config["secret_names"])
+    out = {}
+    for name, obj in list(ns.items()):
+        if name.startswith("_") or name in _SKIP_NAMES or name in secret:
+            continue
+        if getattr(builtins, name, _SKIP_NAMES) is obj:
+            continue
+        out[name] = obj
+    return out
+
+
+def _size(obj: Any) -> int:
+    try:
+        if isinstance(obj, (bytes, bytearray, str)):
+            return len(obj)
+        nbytes = getattr(obj, "nbytes", None)
+        if isinstance(nbytes, int):
+            return nbytes
+        usage = getattr(obj, "memory_usage", None)
+        if callable(usage) and type(obj).__name__ == "DataFrame":
+            return int(usage(index=True, deep=False).sum())
+    except Exception:
+        return 0
+    return 0
+
+
+def _code_names(obj: Any) -> set[str]:
+    code = getattr(obj, "__code__", None)
+    names: set[str] = set()
+    stack = [code] if code is not None else []
+    while stack:
+        c = stack.pop()
+        names.update(c.co_names)
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    return names
+
+
+def _touched(raw: str, ns: dict[str, Any]) -> tuple[set[str], set[int]]:
+    names = _cell_names(raw)
+    for name in list(names):
+        obj = ns.get(name)
+        if isinstance(obj, types.FunctionType) and obj.__module__ == "__main__":
+            names |= _code_names(obj)
+    ids: set[int] = set()
+    for name in names:
+        if name in ns:
+            obj = ns[name]
+            ids.add(id(obj))
+            if isinstance(obj, (list, tuple, set)):
+                ids.update(id(x) for x in obj)
+            elif isinstance(obj, dict):
+                ids.update(id(x) for x in obj.values())
+    return names, ids
+
+
+def _dumps(obj: Any) -> tuple[str, bytes]:
+    try:
+        data = pickle.dumps(obj, protocol=5)
+        if b"__main__" not in data:
+            return "pickle", data
+    except Exception as exc:
+        if _cloudpickle is None:
+            raise
+        first: Exception | None = exc
+    else:
+        first = None
+    if _cloudpickle is None:
+        raise TypeError("defined in the notebook and cloudpickle is not installed")
+    try:
+        return "cloudpickle", _cloudpickle.dumps(obj, protocol=5)
+    except Exception:
+        if first is not None:
+            raise first from None
+        raise
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _store_blob(serializer: str, data: bytes, type_name: str) -> dict[str, Any]:
+    digest = hashlib.sha256(data).hexdigest()
+    if digest not in _known_blobs:
+        folder = os.path.join(_config["blob_dir"], digest[:2])
+        path = os.path.join(folder, digest[2:])
+        if not os.path.exists(path):
+            os.makedirs(folder, exist_ok=True)
+            _write_atomic(path, data)
+        _known_blobs.add(digest)
+    return {"blob": digest, "serializer": serializer, "type": type_name, "size": len(data)}
+
+
+def _holds_secret(data: bytes) -> bool:
+    ns = _ns()
+    for name in _config["secret_names"]:
+        value = ns.get(name)
+        if isinstance(value, str) and value and value.encode() in data:
+            return True
+    return False
+
+
+def _type_name(obj: Any) -> str:
+    t = type(obj)
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def snapshot(entry: dict[str, Any], raw: str) -> None:
+    started = time.perf_counter()
+    _reap(block=False)
+    ns = _ns()
+    user = _user_vars(ns)
+    names, ids = _touched(raw, ns)
+    manifest_path: str = entry["manifest"]
+    manifest_name = os.path.basename(manifest_path)
+    modules: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    large_dirty: dict[str, Any] = {}
+    for name, obj in user.items():
+        if isinstance(obj, types.ModuleType):
+            modules[name] = obj.__name__
+            continue
+        prev = _state.get(name)
+        same = prev is not None and prev[0] == id(obj)
+        if same and prev is not None and isinstance(obj, _IMMUTABLE):
+            entries[name] = prev[1]
+            continue
+        if _size(obj) >= _config["large_bytes"]:
+            touched = name in names or id(obj) in ids
+            if same and prev is not None and not touched:
+                entries[name] = prev[1]
+            else:
+                large_dirty[name] = obj
+            continue
+        try:
+            serializer, data = _dumps(obj)
+        except Exception as exc:
+            skipped[name] = f"{_type_name(obj)}: {type(exc).__name__}: {exc}"[:300]
+            _state.pop(name, None)
+            continue
+        if _holds_secret(data):
+            skipped[name] = f"{_type_name(obj)}: holds a secret parameter"
+            continue
+        blob = _store_blob(serializer, data, _type_name(obj))
+        _state[name] = (id(obj), blob)
+        entries[name] = blob
+    for name in list(_state):
+        if name not in user:
+            del _state[name]
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "cell_index": entry.get("index"),
+        "cell_id": entry.get("id"),
+        "source_sha256": entry["sha"],
+        "vars": entries,
+        "modules": modules,
+        "skipped": skipped,
+    }
+    big = sum(_size(o) for o in large_dirty.values())
+    if large_dirty and big >= _config["fork_bytes"] and hasattr(os, "fork"):
+        _fork_writer(manifest, manifest_path, large_dirty, started)
+        for name, obj in large_dirty.items():
+            _state[name] = (id(obj), {"ref": manifest_name})
+        return
+    for name, obj in large_dirty.items():
+        _large_entry(manifest, name, obj)
+    manifest["snapshot_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    manifest["forked"] = False
+    _write_atomic(manifest_path, json.dumps(manifest).encode())
+
+
+def _large_entry(manifest: dict[str, Any], name: str, obj: Any) -> None:
+    try:
+        serializer, data = _dumps(obj)
+    except Exception as exc:
+        manifest["skipped"][name] = f"{_type_name(obj)}: {type(exc).__name__}: {exc}"[:300]
+        _state.pop(name, None)
+        return
+    if _holds_secret(data):
+        manifest["skipped"][name] = f"{_type_name(obj)}: holds a secret parameter"
+        return
+    blob = _store_blob(serializer, data, _type_name(obj))
+    _state[name] = (id(obj), blob)
+    manifest["vars"][name] = blob
+
+
+def _fork_writer(
+    manifest: dict[str, Any], path: str, large: dict[str, Any], started: float
+) -> None:
+    while len(_children) >= _config["max_children"]:
+        _reap(block=True, one=True)
+    pid = os.fork()
+    if pid == 0:  # child: write and leave without running any cleanup of the parent
+        code = 0
+        try:
+            for name, obj in large.items():
+                _large_entry(manifest, name, obj)
+            manifest["snapshot_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            manifest["forked"] = True
+            _write_atomic(path, json.dumps(manifest).encode())
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _children.append(pid)
+
+
+def _reap(*, block: bool, one: bool = False) -> None:
+    for pid in list(_children):
+        try:
+            done, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            done, status = pid, 0
+        if done:
+            _children.remove(pid)
+            if status != 0:
+                _errors.append(f"checkpoint writer {pid} exited with status {status}")
+            if one:
+                return
+
+
+# ---------------------------------------------------------------- restore helpers
+
+
+def _resolve(entry: dict[str, Any], name: str, base: str) -> dict[str, Any]:
+    if "ref" not in entry:
+        return entry
+    with open(os.path.join(base, entry["ref"]), encoding="utf-8") as f:
+        target = json.load(f)["vars"].get(name)
+    if not target or "blob" not in target:
+        raise LookupError(f"checkpoint {entry['ref']} does not hold {name}")
+    return dict(target)
+
+
+def _load_blob(entry: dict[str, Any]) -> Any:
+    digest = entry["blob"]
+    path = os.path.join(_config["blob_dir"], digest[:2], digest[2:])
+    with open(path, "rb") as f:
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ValueError(f"blob {digest[:12]} is corrupt")
+    _known_blobs.add(digest)
+    if entry.get("serializer") == "cloudpickle":
+        if _cloudpickle is None:
+            raise TypeError("needs cloudpickle, which this kernel does not have")
+        return _cloudpickle.loads(data)
+    return pickle.loads(data)

@@ -1,0 +1,148 @@
+"""Kernels: start one, talk to it, stop it.
+
+``KernelSession`` wraps a jupyter_client kernel manager and client. Control calls (install
+the checkpoint hook, restore a namespace, inject secrets) are ``silent`` executions: they add
+nothing to the kernel's history, fire no ``post_run_cell`` hook, and answer through
+``user_expressions``. The warm pool of the orchestrator hands out these sessions.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.manager import AsyncKernelManager
+
+_RESULT_EXPR = "__import__('sys').modules['__casare__'].result"
+
+
+class KernelCallError(RuntimeError):
+    """A control call failed inside the kernel."""
+
+
+def _kernel_side_source() -> str:
+    return resources.files("casare_nb.notebook").joinpath("kernel_side.py").read_text("utf-8")
+
+
+class KernelSession:
+    """One running kernel and its client."""
+
+    def __init__(self, km: AsyncKernelManager, kc: Any, language: str, info: dict[str, Any]):
+        self.km = km
+        self.kc = kc
+        self.language = language
+        self.language_info = info
+        self.checkpoint_ready = False
+
+    @classmethod
+    async def start(
+        cls,
+        kernel_name: str = "python3",
+        *,
+        cwd: str | os.PathLike[str] | None = None,
+        startup_timeout: float = 60,
+    ) -> KernelSession:
+        """Start a kernel over IPC sockets and wait until it answers."""
+        sockdir = tempfile.mkdtemp(prefix="casare-k-")
+        km = AsyncKernelManager(kernel_name=kernel_name, transport="ipc", ip=f"{sockdir}/k")
+        await km.start_kernel(cwd=str(cwd) if cwd else None)
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=startup_timeout)
+            msg_id = kc.kernel_info()
+            reply = await _reply(kc, msg_id, startup_timeout)
+        except BaseException:
+            kc.stop_channels()
+            await km.shutdown_kernel(now=True)
+            raise
+        info = reply["content"].get("language_info", {})
+        return cls(km, kc, str(info.get("name", "")).lower(), info)
+
+    @property
+    def is_python(self) -> bool:
+        return self.language == "python"
+
+    async def call(self, code: str, *, timeout: float = 120) -> Any:
+        """Run ``code`` silently; answer what it left in ``__casare__.result`` (JSON)."""
+        msg_id = self.kc.execute(
+            code, silent=True, store_history=False, user_expressions={"r": _RESULT_EXPR}
+        )
+        reply = await _reply(self.kc, msg_id, timeout)
+        content = reply["content"]
+        if content["status"] != "ok":
+            raise KernelCallError(f"{content.get('ename')}: {content.get('evalue')}")
+        expr = content.get("user_expressions", {}).get("r", {})
+        if expr.get("status") != "ok":
+            return None
+        return json.loads(ast.literal_eval(expr["data"]["text/plain"]))
+
+    async def install_checkpointing(self, **config: Any) -> dict[str, Any]:
+        """Load the kernel-side snapshot code as module ``__casare__`` and configure it."""
+        if not self.checkpoint_ready:
+            source = _kernel_side_source()
+            await self.call(
+                "__import__('sys').modules.setdefault('__casare__', "
+                "__import__('types').ModuleType('__casare__'));"
+                f"exec(compile({source!r}, '<casare>', 'exec'), "
+                "__import__('sys').modules['__casare__'].__dict__);"
+                "__import__('sys').modules['__casare__'].install()"
+            )
+            self.checkpoint_ready = True
+        answer: dict[str, Any] = await self.call(
+            f"__import__('sys').modules['__casare__'].configure(**{config!r})"
+        )
+        return answer
+
+    async def casare(self, function: str, *args: Any, timeout: float = 120) -> Any:
+        """Call a function of the kernel-side module with literal arguments."""
+        arglist = ", ".join(repr(a) for a in args)
+        return await self.call(
+            f"__import__('sys').modules['__casare__'].{function}({arglist})", timeout=timeout
+        )
+
+    async def interrupt(self) -> None:
+        await self.km.interrupt_kernel()
+
+    async def is_alive(self) -> bool:
+        return bool(await self.km.is_alive())
+
+    async def shutdown(self) -> None:
+        """Stop the kernel; never raises."""
+        with contextlib.suppress(Exception):
+            self.kc.stop_channels()
+        with contextlib.suppress(Exception):
+            await self.km.shutdown_kernel(now=True)
+        ip = getattr(self.km, "ip", "")
+        if ip:
+            folder = Path(ip).parent
+            for f in folder.glob("k-*"):
+                f.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+async def _reply(kc: Any, msg_id: str, timeout: float) -> dict[str, Any]:
+    """Wait for the shell reply to ``msg_id``; other replies are dropped."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise TimeoutError(f"kernel did not answer within {timeout:g} s")
+        try:
+            msg: dict[str, Any] = await kc.get_shell_msg(timeout=min(left, 1.0))
+        except Exception as exc:  # queue.Empty: check the kernel is still there
+            if type(exc).__name__ != "Empty":
+                raise
+            if not await kc.is_alive():
+                raise KernelCallError("kernel died") from None
+            continue
+        if msg["parent_header"].get("msg_id") == msg_id:
+            return msg
