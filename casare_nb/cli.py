@@ -29,21 +29,28 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     sys.exit(code)
 
 
-class _Group(click.Group):
-    """Turn every user error into one line and a non-zero exit."""
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point: every user error becomes one line on stderr and exit code 2."""
+    try:
+        app.main(args=args, prog_name="casare-nb", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(EXIT_CANCELLED)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        sys.exit(0)
+    except click.ClickException as exc:  # usage errors: bad option, missing argument ...
+        _fail(exc.format_message().replace("\n", " "), exc.exit_code)
+    except CasareError as exc:
+        _fail(str(exc), exc.exit_code)
+    except ValueError as exc:  # ParameterError and friends
+        _fail(str(exc))
 
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except CasareError as exc:
-            _fail(str(exc), exc.exit_code)
-        except ValueError as exc:  # ParameterError and friends
-            _fail(str(exc))
 
-
-@click.group(cls=_Group)
+@click.group()
 @click.version_option(package_name="casare_nb")
-def main() -> None:
+def app() -> None:
     """casare_nb: parameterised notebooks, run cell by cell, resumed from the failed cell."""
 
 
@@ -108,6 +115,8 @@ def _read_params(
             loaded = yaml.safe_load(Path(params_file).read_text("utf-8"))
         except OSError as exc:
             _fail(f"cannot read parameters file {params_file}: {exc.strerror}")
+        except UnicodeDecodeError:
+            _fail(f"parameters file {params_file} is not UTF-8 text")
         except yaml.YAMLError as exc:
             _fail(f"parameters file {params_file} is not YAML/JSON: {str(exc).splitlines()[0]}")
         if loaded is not None and not isinstance(loaded, dict):
@@ -199,6 +208,15 @@ def _options(cell_timeout: float | None, run_timeout: float | None, max_output: 
     return Options(cell_timeout=cell_timeout, run_timeout=run_timeout, max_output_bytes=max_output)
 
 
+def _precheck(notebook: str, typed: dict[str, Any], raw: dict[str, str], *, strict: bool) -> None:
+    """Refuse a bad notebook or bad parameters before the engine (nbclient, duckdb) loads."""
+    from casare_nb.core.params import read_schema
+    from casare_nb.notebook.workflow import load_workflow
+
+    nb, _ = load_workflow(notebook)
+    read_schema(nb).validate_values(typed, strict=strict, text_values=raw)
+
+
 def _announce(quiet: bool) -> Callable[[Any], None]:
     def on_start(record: Any) -> None:
         what = "resuming" if record.attempt > 1 else "run"
@@ -210,7 +228,7 @@ def _announce(quiet: bool) -> Callable[[Any], None]:
     return on_start
 
 
-@main.command()
+@app.command()
 @click.argument("notebook", type=click.Path())
 @click.argument("output", required=False, type=click.Path(dir_okay=False))
 @click.option("--kernel", "kernel_name", help="Kernel to use instead of the notebook's.")
@@ -231,10 +249,11 @@ def run(
     state_dir: str | None,
 ) -> None:
     """Run NOTEBOOK with parameters, a checkpoint after every cell; write OUTPUT."""
-    from casare_nb.local import arun_notebook
-
     typed, raw = _read_params(params, params_file)
     options = _options(cell_timeout, run_timeout, max_output)
+    _precheck(notebook, typed, raw, strict=not lenient)
+    from casare_nb.local import arun_notebook
+
     started = time.perf_counter()
     result = _run_async(
         lambda cancel: arun_notebook(
@@ -256,7 +275,7 @@ def run(
     _report(result, started)
 
 
-@main.command()
+@app.command()
 @click.argument("run_id")
 @click.option("--from-cell", type=int, help="Re-run from this cell index instead.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Also write the output here.")
@@ -277,10 +296,10 @@ def resume(
     state_dir: str | None,
 ) -> None:
     """Re-run RUN_ID from its failed cell, with the namespace restored from the checkpoint."""
-    from casare_nb.local import aresume
-
     typed, raw = _read_params(params, params_file)
     options = _options(cell_timeout, run_timeout, max_output)
+    from casare_nb.local import aresume
+
     started = time.perf_counter()
     result = _run_async(
         lambda cancel: aresume(
@@ -309,7 +328,7 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join([line.rstrip(), *[b.rstrip() for b in body]])
 
 
-@main.command()
+@app.command()
 @click.argument("run_id", required=False)
 @click.option("--failed", is_flag=True, help="Only runs that did not complete.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
@@ -398,7 +417,7 @@ def _cell_row(c: Any) -> dict[str, Any]:
     }
 
 
-@main.command()
+@app.command()
 @click.argument("notebook", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="The JSON schema instead of a table.")
 def params(notebook: str, as_json: bool) -> None:
@@ -431,7 +450,7 @@ def params(notebook: str, as_json: bool) -> None:
     click.echo(_table(rows, ["name", "type", "default"]))
 
 
-@main.command()
+@app.command()
 @_state_option
 @click.option(
     "--workflows",

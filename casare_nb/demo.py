@@ -80,12 +80,12 @@ def run_demo(workflows: Path, state_dir: str | None) -> int:
     """Run the demo; answer the exit code (0 when every step did what it should)."""
     from click.testing import CliRunner
 
-    from casare_nb.cli import main
+    from casare_nb.cli import app
 
     checks = asyncio.run(_demo(workflows, state_dir))
     click.echo("\n$ casare-nb history")
     args = ["history"] + (["--state-dir", state_dir] if state_dir else [])
-    click.echo(CliRunner().invoke(main, args).output, nl=False)
+    click.echo(CliRunner().invoke(app, args).output, nl=False)
     click.echo()
     for what, ok in checks:
         click.echo(f"  [{'ok' if ok else 'FAILED'}] {what}")

@@ -315,6 +315,7 @@ async def execute_prepared(
             record.restored_from_cell = result.restored_from_cell
             record.cells_total = len(steps) + len(result.replayed_cells)
         executor.save()
+        await asyncio.to_thread(writer.flush)  # the run is on record before its first cell
         if outcome is None or outcome.status is RunStatus.COMPLETED:
             replayed = outcome.cells if outcome else []
             outcome = await executor.run(

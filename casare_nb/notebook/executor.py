@@ -22,7 +22,7 @@ from nbformat import NotebookNode, from_dict
 
 from casare_nb.core.cells import source_sha256
 from casare_nb.core.models import CellRecord, CellStatus, RunStatus
-from casare_nb.core.params import scrub
+from casare_nb.core.params import PARAMETERS_TAG, scrub
 from casare_nb.notebook.checkpoint import AttemptPaths, StateDir, write_json_atomic
 from casare_nb.notebook.kernels import KernelCallError, KernelSession
 
@@ -158,11 +158,17 @@ class Executor:
         self.client.max_output_bytes = self.options.max_output_bytes
         self.checkpointing = self.options.checkpoint and session.is_python
         self.cells_done = 0
+        self.kernel_gone = False
+        self.secret_source = ""
 
     # ------------------------------------------------------------------ set-up
 
     async def prepare(self, *, secret_names: Sequence[str], secret_source: str = "") -> None:
-        """Install the checkpoint hook and inject secrets silently (never into the notebook)."""
+        """Install the checkpoint hook and inject secrets silently (never into the notebook).
+
+        Secrets are injected now (a resume starts past the parameters cell) and again right
+        after the parameters cell runs, which would otherwise reset them to its defaults."""
+        self.secret_source = secret_source
         if self.checkpointing:
             await self.session.install_checkpointing(
                 blob_dir=str(self.state.blob_dir),
@@ -207,6 +213,10 @@ class Executor:
             if record.status is not CellStatus.OK:
                 self._fail(outcome, step, record)
                 break
+            if self.secret_source and PARAMETERS_TAG in self.nb.cells[step.index].metadata.get(
+                "tags", []
+            ):
+                await self.session.call(self.secret_source)
             if self.checkpointing and not self.paths.has_checkpoint(self._cell_id(step.index)):
                 errors = await self._flush()
                 if errors:
@@ -317,12 +327,12 @@ class Executor:
         """Interrupt the kernel; if the cell does not stop within the grace time, kill it."""
         with contextlib.suppress(Exception):
             await self.session.interrupt()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), self.options.interrupt_grace)
-        except BaseException:
+        done, _ = await asyncio.wait({task}, timeout=self.options.interrupt_grace)
+        if not done:
             task.cancel()
+            self.kernel_gone = True
             await self.session.shutdown()
-        if task.done() and not task.cancelled():
+        elif not task.cancelled():
             task.exception()  # retrieved: the interrupt's KeyboardInterrupt is expected
 
     def _classify(self, task: asyncio.Future[Any]) -> tuple[CellStatus, str | None, str | None]:

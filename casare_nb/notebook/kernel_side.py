@@ -29,6 +29,7 @@ import ast
 import builtins
 import hashlib
 import json
+import marshal
 import os
 import pickle
 import time
@@ -240,6 +241,47 @@ def _touched(raw: str, ns: dict[str, Any]) -> tuple[set[str], set[int]]:
     return names, ids
 
 
+def _is_notebook_function(obj: Any) -> bool:
+    return isinstance(obj, types.FunctionType) and obj.__globals__ is _ns()
+
+
+def _dump_function(f: Any) -> bytes:
+    """A notebook function as its code plus what it closes over, NOT its globals: pickled by
+    value (cloudpickle) it would drag every global it names into each snapshot, and after a
+    restore it would update copies of them instead of the kernel's namespace."""
+    state = {
+        "code": marshal.dumps(f.__code__),
+        "name": f.__name__,
+        "qualname": f.__qualname__,
+        "defaults": f.__defaults__,
+        "kwdefaults": f.__kwdefaults__,
+        "closure": [c.cell_contents for c in f.__closure__] if f.__closure__ else None,
+        "doc": f.__doc__,
+        "dict": dict(f.__dict__),
+    }
+    return _dumps(state)[1] if _cloudpickle is None else _cloudpickle.dumps(state, protocol=5)
+
+
+def _load_function(data: bytes) -> Any:
+    state = (_cloudpickle or pickle).loads(data)
+    closure = tuple(types.CellType(v) for v in state["closure"]) if state["closure"] else None
+    f = types.FunctionType(
+        marshal.loads(state["code"]), _ns(), state["name"], state["defaults"], closure
+    )
+    f.__qualname__ = state["qualname"]
+    f.__kwdefaults__ = state["kwdefaults"]
+    f.__doc__ = state["doc"]
+    f.__dict__.update(state["dict"])
+    f.__module__ = "__main__"
+    return f
+
+
+def _serialise(obj: Any) -> tuple[str, bytes]:
+    if _is_notebook_function(obj):
+        return "function", _dump_function(obj)
+    return _dumps(obj)
+
+
 def _dumps(obj: Any) -> tuple[str, bytes]:
     try:
         data = pickle.dumps(obj, protocol=5)
@@ -315,6 +357,9 @@ def snapshot(entry: dict[str, Any], raw: str) -> None:
         if same and prev is not None and isinstance(obj, _IMMUTABLE):
             entries[name] = prev[1]
             continue
+        if same and prev is not None and isinstance(obj, types.FunctionType) and name not in names:
+            entries[name] = prev[1]  # a function object keeps its code; the cell did not name it
+            continue
         if _size(obj) >= _config["large_bytes"]:
             touched = name in names or id(obj) in ids
             if same and prev is not None and not touched:
@@ -323,7 +368,7 @@ def snapshot(entry: dict[str, Any], raw: str) -> None:
                 large_dirty[name] = obj
             continue
         try:
-            serializer, data = _dumps(obj)
+            serializer, data = _serialise(obj)
         except Exception as exc:
             skipped[name] = f"{_type_name(obj)}: {type(exc).__name__}: {exc}"[:300]
             _state.pop(name, None)
@@ -377,8 +422,15 @@ def _large_entry(manifest: dict[str, Any], name: str, obj: Any) -> None:
 def _fork_writer(
     manifest: dict[str, Any], path: str, large: dict[str, Any], started: float
 ) -> None:
+    """Fork; the child writes the blobs and the manifest, then removes ``<path>.pending``.
+
+    The marker tells the engine the checkpoint is on its way, so it does not wait for it;
+    a resume reads manifests only, so it never sees a checkpoint that is not complete."""
     while len(_children) >= _config["max_children"]:
         _reap(block=True, one=True)
+    pending = f"{path}.pending"
+    with open(pending, "wb"):
+        pass
     pid = os.fork()
     if pid == 0:  # child: write and leave without running any cleanup of the parent
         code = 0
@@ -388,6 +440,7 @@ def _fork_writer(
             manifest["snapshot_ms"] = round((time.perf_counter() - started) * 1000, 3)
             manifest["forked"] = True
             _write_atomic(path, json.dumps(manifest).encode())
+            os.unlink(pending)
         except BaseException:
             code = 1
         os._exit(code)
@@ -429,6 +482,8 @@ def _load_blob(entry: dict[str, Any]) -> Any:
     if hashlib.sha256(data).hexdigest() != digest:
         raise ValueError(f"blob {digest[:12]} is corrupt")
     _known_blobs.add(digest)
+    if entry.get("serializer") == "function":
+        return _load_function(data)
     if entry.get("serializer") == "cloudpickle":
         if _cloudpickle is None:
             raise TypeError("needs cloudpickle, which this kernel does not have")

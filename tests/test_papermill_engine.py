@@ -1,0 +1,127 @@
+"""The papermill engine ``casare``: papermill runs that get checkpoints, history and resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from helpers import (
+    EXIT_OK,
+    describe,
+    notebook_text,
+    run_cli,
+    run_papermill,
+    state_dir,
+    write_notebook,
+)
+
+from casare_nb.core.models import RunStatus
+from casare_nb.store.history import HistoryStore
+
+
+def history(base: Path) -> HistoryStore:
+    """The history the subprocesses in ``base`` write to."""
+    return HistoryStore(state_dir(base) / "history.duckdb")
+
+
+def test_papermill_cli_with_casare_engine_records_a_checkpointed_run(tmp_path: Path) -> None:
+    """`papermill --engine casare` completes, keeps papermill's metadata and records the run."""
+    write_notebook(tmp_path / "in.ipynb", "y = n * 2", "print('y is', y)", params="n = 1")
+    proc = run_papermill(tmp_path, "--engine", "casare", "in.ipynb", "out.ipynb", "-p", "n", "3")
+    assert proc.returncode == EXIT_OK, describe(proc)
+
+    out = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4)
+    assert "y is 6" in notebook_text(out)
+    assert out.metadata.papermill.parameters == {"n": 3}
+    assert out.metadata.papermill.input_path == "in.ipynb"
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in out.cells)
+    assert all(c.metadata.papermill.status == "completed" for c in out.cells)
+
+    [run] = history(tmp_path).list_runs()
+    assert run.status is RunStatus.COMPLETED
+    assert run.source == "papermill"
+    assert run.parameters == {"n": 3}
+    assert run.attempt == 1
+    assert run.workflow_path == str(tmp_path / "in.ipynb")
+    cells = history(tmp_path).list_cells(run.run_id)
+    assert [c.status.value for c in cells] == ["ok"] * len(out.cells)
+    checkpoints = state_dir(tmp_path) / "runs" / run.run_id / "1" / "checkpoints"
+    assert checkpoints.is_dir()
+    assert sorted(p.name for p in checkpoints.glob("*.json")), "no checkpoint manifests"
+
+
+def test_failed_papermill_run_resumes_from_the_failed_cell(tmp_path: Path) -> None:
+    """A failing papermill run is recorded failed; `casare-nb resume` after a fix completes it."""
+    source = tmp_path / "in.ipynb"
+    write_notebook(
+        source,
+        "x = n * 2",
+        "raise ValueError('boom')",
+        "print('after', x, z)",
+        params="n = 1",
+    )
+    proc = run_papermill(tmp_path, "--engine", "casare", "in.ipynb", "out.ipynb", "-p", "n", "3")
+    assert proc.returncode != EXIT_OK, describe(proc)
+    assert "PapermillExecutionError" in proc.stderr
+
+    store = history(tmp_path)
+    [failed] = store.list_runs()
+    assert failed.status is RunStatus.FAILED
+    assert failed.source == "papermill"
+    assert failed.error_name == "ValueError"
+    assert failed.failed_cell == 3  # 0 parameters, 1 injected, 2 x = ..., 3 raise
+    assert f"casare-nb resume {failed.run_id}" in proc.stderr
+
+    nb = nbformat.read(str(source), as_version=4)
+    ids = [c.id for c in nb.cells]
+    nb.cells[2].source = "z = x + 1"
+    nbformat.write(nb, str(source))
+    assert [c.id for c in nbformat.read(str(source), as_version=4).cells] == ids
+
+    resumed = run_cli(tmp_path, "resume", failed.run_id)
+    assert resumed.returncode == EXIT_OK, describe(resumed)
+    assert "completed" in resumed.stdout
+
+    second = store.get_run(failed.run_id)
+    assert second is not None
+    assert second.attempt == 2
+    assert second.status is RunStatus.COMPLETED
+    assert second.parameters == {"n": 3}
+    assert second.restored_from_cell == 2
+    cells = store.list_cells(failed.run_id, attempt=2)
+    executed = [c.cell_index for c in cells if not c.replayed]
+    replayed = [c.cell_index for c in cells if c.replayed]
+    assert executed == [3, 4]
+    assert all(i < failed.failed_cell for i in replayed)
+    assert 2 not in replayed  # x came back from the checkpoint, not by re-running its cell
+    assert all(c.status.value == "ok" for c in cells)
+    output = nbformat.read(
+        str(state_dir(tmp_path) / "runs" / failed.run_id / "2" / "output.ipynb"), as_version=4
+    )
+    assert "after 6 7" in notebook_text(output)
+
+
+def test_papermill_execute_notebook_in_process_with_casare_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`papermill.execute_notebook(..., engine_name="casare")` in this process records the run."""
+    import papermill
+
+    monkeypatch.setenv("CASARE_HOME", str(state_dir(tmp_path)))
+    monkeypatch.chdir(tmp_path)
+    write_notebook(tmp_path / "in.ipynb", "print('twice', n * 2)", params="n = 1")
+    nb = papermill.execute_notebook(
+        str(tmp_path / "in.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        parameters={"n": 3},
+        engine_name="casare",
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    assert "twice 6" in notebook_text(nb)
+    assert "twice 6" in notebook_text(nbformat.read(str(tmp_path / "out.ipynb"), as_version=4))
+    [run] = history(tmp_path).list_runs()
+    assert run.status is RunStatus.COMPLETED
+    assert run.source == "papermill"
+    assert run.parameters == {"n": 3}
