@@ -228,48 +228,42 @@ def _announce(quiet: bool) -> Callable[[Any], None]:
     return on_start
 
 
+def _engine_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
+    """The options run and resume share, checked and turned into engine keyword arguments."""
+    typed, raw = _read_params(opts["params"], opts["params_file"])
+    return {
+        "parameters": typed,
+        "raw_parameters": raw,
+        "options": _options(opts["cell_timeout"], opts["run_timeout"], opts["max_output"]),
+        "state_dir": opts["state_dir"],
+        "strict": not opts["lenient"],
+        "cwd": opts["cwd"],
+        "progress": _Printer(opts["quiet"]),
+        "on_start": _announce(opts["quiet"]),
+    }
+
+
 @app.command()
 @click.argument("notebook", type=click.Path())
 @click.argument("output", required=False, type=click.Path(dir_okay=False))
 @click.option("--kernel", "kernel_name", help="Kernel to use instead of the notebook's.")
 @_param_options
 @_state_option
-def run(
-    notebook: str,
-    output: str | None,
-    kernel_name: str | None,
-    params: Sequence[tuple[str, str]],
-    params_file: str | None,
-    lenient: bool,
-    cell_timeout: float | None,
-    run_timeout: float | None,
-    max_output: int,
-    cwd: str | None,
-    quiet: bool,
-    state_dir: str | None,
-) -> None:
+def run(notebook: str, output: str | None, kernel_name: str | None, **opts: Any) -> None:
     """Run NOTEBOOK with parameters, a checkpoint after every cell; write OUTPUT."""
-    typed, raw = _read_params(params, params_file)
-    options = _options(cell_timeout, run_timeout, max_output)
-    _precheck(notebook, typed, raw, strict=not lenient)
+    kwargs = _engine_kwargs(opts)
+    _precheck(notebook, kwargs["parameters"], kwargs["raw_parameters"], strict=kwargs["strict"])
     from casare_nb.local import arun_notebook
 
     started = time.perf_counter()
     result = _run_async(
         lambda cancel: arun_notebook(
             notebook,
-            typed,
-            raw_parameters=raw,
             output_path=output,
-            state_dir=state_dir,
-            strict=not lenient,
             kernel_name=kernel_name,
-            cwd=cwd,
-            options=options,
-            progress=_Printer(quiet),
             cancel=cancel,
             source="cli",
-            on_start=_announce(quiet),
+            **kwargs,
         )
     )
     _report(result, started)
@@ -281,40 +275,15 @@ def run(
 @click.option("--output", type=click.Path(dir_okay=False), help="Also write the output here.")
 @_param_options
 @_state_option
-def resume(
-    run_id: str,
-    from_cell: int | None,
-    output: str | None,
-    params: Sequence[tuple[str, str]],
-    params_file: str | None,
-    lenient: bool,
-    cell_timeout: float | None,
-    run_timeout: float | None,
-    max_output: int,
-    cwd: str | None,
-    quiet: bool,
-    state_dir: str | None,
-) -> None:
+def resume(run_id: str, from_cell: int | None, output: str | None, **opts: Any) -> None:
     """Re-run RUN_ID from its failed cell, with the namespace restored from the checkpoint."""
-    typed, raw = _read_params(params, params_file)
-    options = _options(cell_timeout, run_timeout, max_output)
+    kwargs = _engine_kwargs(opts)
     from casare_nb.local import aresume
 
     started = time.perf_counter()
     result = _run_async(
         lambda cancel: aresume(
-            run_id,
-            typed,
-            raw_parameters=raw,
-            from_cell=from_cell,
-            output_path=output,
-            state_dir=state_dir,
-            strict=not lenient,
-            cwd=cwd,
-            options=options,
-            progress=_Printer(quiet),
-            cancel=cancel,
-            on_start=_announce(quiet),
+            run_id, from_cell=from_cell, output_path=output, cancel=cancel, **kwargs
         )
     )
     _report(result, started)

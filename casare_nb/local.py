@@ -12,11 +12,12 @@ import asyncio
 import os
 import secrets
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from jupyter_core.utils import run_sync
 from nbformat import NotebookNode
 from pydantic import BaseModel, Field
 
@@ -127,7 +128,7 @@ async def arun_notebook(
     progress: Progress | None = None,
     cancel: asyncio.Event | None = None,
     source: str = "api",
-    on_start: Any = None,
+    on_start: Callable[[RunRecord], None] | None = None,
 ) -> RunResult:
     """Run a workflow notebook with parameters; see the module docstring."""
     nb, sha = load_workflow(path)
@@ -177,16 +178,17 @@ async def aresume(
     options: Options | None = None,
     progress: Progress | None = None,
     cancel: asyncio.Event | None = None,
-    on_start: Any = None,
+    on_start: Callable[[RunRecord], None] | None = None,
 ) -> RunResult:
     """Re-run ``run_id`` from its failed cell (or ``from_cell``) as a new attempt."""
     state = StateDir(state_dir)
     store = HistoryStore(state.history_path)
     if not state.history_path.exists():
         raise RunNotFound(f"unknown run id {run_id!r}: no history in {state.root}")
-    prev = store.get_run(run_id)
-    if prev is None:
+    attempts = store.attempts(run_id)
+    if not attempts:
         raise RunNotFound(f"unknown run id {run_id!r} (see `casare-nb history`)")
+    prev = attempts[-1]
     if prev.status is RunStatus.COMPLETED and from_cell is None:
         raise ResumeError(
             f"run {run_id} completed; nothing to resume (give --from-cell N to re-run from a cell)"
@@ -216,7 +218,7 @@ async def aresume(
     prev_output = _read_output(prev_paths.output)
     plan = plan_resume(nb_exec, prev_output, prev_paths, from_cell=from_cell)
     carry_outputs(nb_exec, prev_output, plan)
-    attempt = max(a.attempt for a in store.attempts(run_id)) + 1
+    attempt = prev.attempt + 1
     state.attempt(run_id, attempt).inherit(prev_paths, plan.inherit_ids)
     record = RunRecord(
         run_id=run_id,
@@ -272,7 +274,7 @@ async def execute_prepared(
     cancel: asyncio.Event | None,
     warnings: list[str],
     resume: ResumePlan | None = None,
-    on_start: Any = None,
+    on_start: Callable[[RunRecord], None] | None = None,
 ) -> RunResult:
     writer = HistoryWriter(HistoryStore(state.history_path))
     paths = state.attempt(record.run_id, record.attempt).create()
@@ -322,14 +324,8 @@ async def execute_prepared(
                 steps, cancel=cancel, done=len(replayed), total=len(replayed) + len(steps)
             )
             outcome.cells = replayed + outcome.cells
-        result.status = outcome.status
-        result.cells = outcome.cells
-        result.failed_cell = outcome.failed_cell
-        result.failed_cell_id = outcome.failed_cell_id
-        result.error_name = outcome.error_name
-        result.error_message = outcome.error_message
-        result.traceback = outcome.traceback
-        result.checkpoint_errors = outcome.checkpoint_errors
+        for name, value in vars(outcome).items():  # Outcome's fields are RunResult's too
+            setattr(result, name, value)
     except asyncio.CancelledError:
         result.status = RunStatus.CANCELLED
         result.error_name, result.error_message = "Cancelled", "cancelled before the run ended"
@@ -392,23 +388,37 @@ async def _replay(
     result.replayed_cells = replay
     if not replay:
         return None
+    total = len(replay) + new_cells
+    # cells at or before the checkpoint rebuild what it could not hold; names they rebind are
+    # loaded again so the checkpoint's values win; the cells after it then run on top
+    restored_at = plan.restore_cell if result.restore_mode is RestoreMode.NAMESPACE else None
+    rebuild = [i for i in replay if restored_at is not None and i <= restored_at]
+    after = [i for i in replay if i not in rebuild]
     outcome = await executor.run(
-        [Step(i, replay=True) for i in replay], cancel=cancel, total=len(replay) + new_cells
+        [Step(i, replay=True) for i in rebuild], cancel=cancel, total=total
     )
-    rebuilt = [i for i in replay if nb.cells[i].id != INJECTED_ID]  # new -p values must stay
-    rebound = set().union(*(cell_names(nb.cells[i].source).defines for i in rebuilt)) & loaded
+    kept = [i for i in rebuild if nb.cells[i].id != INJECTED_ID]  # new -p values must stay
+    rebound = set().union(*(cell_names(nb.cells[i].source).defines for i in kept)) & loaded
     if outcome.status is RunStatus.COMPLETED and rebound and plan.restore_manifest:
         await executor.restore(plan.restore_manifest, sorted(rebound))
+    if outcome.status is RunStatus.COMPLETED and after:
+        done = outcome.cells
+        outcome = await executor.run(
+            [Step(i, replay=True) for i in after], cancel=cancel, done=len(done), total=total
+        )
+        outcome.cells = done + outcome.cells
     return outcome
 
 
 def run_notebook(
     path: str | os.PathLike[str], parameters: Mapping[str, Any] | None = None, **kwargs: Any
 ) -> RunResult:
-    """Synchronous ``arun_notebook``."""
-    return asyncio.run(arun_notebook(path, parameters, **kwargs))
+    """Synchronous ``arun_notebook``; works in a Jupyter kernel too (where a loop runs)."""
+    result: RunResult = run_sync(arun_notebook)(path, parameters, **kwargs)
+    return result
 
 
 def resume(run_id: str, parameters: Mapping[str, Any] | None = None, **kwargs: Any) -> RunResult:
-    """Synchronous ``aresume``."""
-    return asyncio.run(aresume(run_id, parameters, **kwargs))
+    """Synchronous ``aresume``; works in a Jupyter kernel too."""
+    result: RunResult = run_sync(aresume)(run_id, parameters, **kwargs)
+    return result

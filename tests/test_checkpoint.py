@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import Workspace, outputs_text
+from conftest import Workspace, mark, outputs_text, replace_cell
 
 from casare_nb.core.models import RunStatus
 from casare_nb.notebook.executor import Options
@@ -186,3 +186,50 @@ async def test_forked_snapshot_does_not_hold_up_the_cell(ws: Workspace) -> None:
     assert cell.duration_s * 1000 < manifest["snapshot_ms"]
     pending = list((ws.state / "runs").rglob("*.pending"))
     assert pending == []
+
+
+SLOWOBJ = '''
+import time
+class Slow:
+    """Small, but slow to pickle (a pandas frame of a few thousand rows is like this)."""
+    def __init__(self, tag=0):
+        self.tag = tag
+    def __reduce__(self):
+        time.sleep(0.005)
+        with open("pickled.log", "a") as f:
+            f.write(f"{self.tag}\\n")
+        return (Slow, (self.tag,))
+'''
+
+
+async def test_slow_to_pickle_object_is_saved_only_when_dirty(ws: Workspace) -> None:
+    """An object that takes > 1 ms to pickle is saved again only when a cell touches it."""
+    (ws.root / "slowobj.py").write_text(SLOWOBJ)
+    nb = ws.notebook(["from slowobj import Slow\nslow = Slow(1)", "a = 1", "b = 2", "slow.tag = 2"])
+    result = await ws.run(nb)
+    assert result.status is RunStatus.COMPLETED
+    assert (ws.root / "pickled.log").read_text().split() == ["1", "2"]
+    assert ws.manifest(result, "c2")["vars"]["slow"] == ws.manifest(result, "c0")["vars"]["slow"]
+
+
+async def test_busy_writers_skip_a_checkpoint_instead_of_waiting(ws: Workspace) -> None:
+    """When forked writers are busy, a cell gets no checkpoint rather than waiting; resume
+    then restores an earlier checkpoint and replays the cells after it."""
+    touch = [f"payload[0] = {i}" for i in range(1, 5)]
+    nb = ws.notebook(
+        [mark("c0") + "payload = bytearray(80_000_000)", *touch, "raise RuntimeError('stop')"]
+    )
+    result = await ws.run(nb, options=Options(fork_bytes=1_000_000))
+    assert result.status is RunStatus.FAILED and result.checkpoint_errors == []
+    checkpoints = ws.state / "runs" / result.run_id / "1" / "checkpoints"
+    skipped = sorted(p.name for p in checkpoints.glob("*.skipped"))
+    assert skipped, "every checkpoint was written: the writers were never busy"
+    assert not list(checkpoints.glob("*.pending"))
+    last = f"c{len(touch)}"
+    replace_cell(nb, "c5", "print(payload[0], len(payload))")
+    second = await ws.resume(result.run_id)
+    assert second.status is RunStatus.COMPLETED
+    assert outputs_text(second.output_path, "c5") == "4 80000000\n"
+    if f"{last}.json.skipped" in skipped:
+        assert second.replayed_cells, "the skipped cell must be replayed"
+    assert ws.ran() == ["c0"]

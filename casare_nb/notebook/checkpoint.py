@@ -88,7 +88,9 @@ class AttemptPaths:
         return data
 
     def has_checkpoint(self, cell_id: str) -> bool:
-        return self.manifest(cell_id).exists() or self.pending(cell_id).exists()
+        """A manifest exists, a forked writer is on it, or it was skipped (writers busy)."""
+        base = self.manifest(cell_id)
+        return base.exists() or self.pending(cell_id).exists() or Path(f"{base}.skipped").exists()
 
     def pending(self, cell_id: str) -> Path:
         return self.checkpoints / f"{cell_id}.json.pending"

@@ -48,13 +48,15 @@ _SKIP_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 _config: dict[str, Any] = {
     "blob_dir": None,
     "large_bytes": 1 << 20,
+    "track_ms": 1.0,
     "fork_bytes": 16 << 20,
     "max_children": 2,
     "secret_names": [],
 }
 _plan: list[dict[str, Any]] = []
-# name -> (id(obj), entry) where entry is {"blob":..} or {"ref": manifest file name}
-_state: dict[str, tuple[int, dict[str, Any]]] = {}
+# name -> (id(obj), entry, tracked): entry is {"blob":..} or {"ref": manifest file name};
+# a tracked object (large, or slow to pickle) is saved again only when a cell dirties it
+_state: dict[str, tuple[int, dict[str, Any], bool]] = {}
 _known_blobs: set[str] = set()
 _children: list[int] = []
 _errors: list[str] = []
@@ -130,7 +132,7 @@ def restore(manifest_path: str, names: list[str] | None = None) -> None:
             blob_entry = _resolve(entry, name, base)
             obj = _load_blob(blob_entry)
             ns[name] = obj
-            _state[name] = (id(obj), blob_entry)
+            _state[name] = (id(obj), blob_entry, True)
             loaded.append(name)
         except Exception as exc:
             failed[name] = f"{type(exc).__name__}: {exc}"
@@ -353,31 +355,28 @@ def snapshot(entry: dict[str, Any], raw: str) -> None:
             modules[name] = obj.__name__
             continue
         prev = _state.get(name)
-        same = prev is not None and prev[0] == id(obj)
-        if same and prev is not None and isinstance(obj, _IMMUTABLE):
-            entries[name] = prev[1]
-            continue
-        if same and prev is not None and isinstance(obj, types.FunctionType) and name not in names:
-            entries[name] = prev[1]  # a function object keeps its code; the cell did not name it
-            continue
-        if _size(obj) >= _config["large_bytes"]:
-            touched = name in names or id(obj) in ids
-            if same and prev is not None and not touched:
+        dirty = name in names or id(obj) in ids
+        if prev is not None and prev[0] == id(obj):
+            tracked = prev[2] or isinstance(obj, types.FunctionType)
+            if isinstance(obj, _IMMUTABLE) or (tracked and not dirty):
                 entries[name] = prev[1]
-            else:
-                large_dirty[name] = obj
+                continue
+        if _size(obj) >= _config["large_bytes"]:
+            large_dirty[name] = obj
             continue
+        t0 = time.perf_counter()
         try:
             serializer, data = _serialise(obj)
         except Exception as exc:
             skipped[name] = f"{_type_name(obj)}: {type(exc).__name__}: {exc}"[:300]
             _state.pop(name, None)
             continue
+        cost_ms = (time.perf_counter() - t0) * 1000
         if _holds_secret(data):
             skipped[name] = f"{_type_name(obj)}: holds a secret parameter"
             continue
         blob = _store_blob(serializer, data, _type_name(obj))
-        _state[name] = (id(obj), blob)
+        _state[name] = (id(obj), blob, cost_ms >= _config["track_ms"])
         entries[name] = blob
     for name in list(_state):
         if name not in user:
@@ -393,9 +392,18 @@ def snapshot(entry: dict[str, Any], raw: str) -> None:
     }
     big = sum(_size(o) for o in large_dirty.values())
     if large_dirty and big >= _config["fork_bytes"] and hasattr(os, "fork"):
+        _reap(block=False)
+        if len(_children) >= _config["max_children"]:
+            # the writers are busy with earlier cells: never hold the kernel up for them; this
+            # cell gets no namespace checkpoint (a resume restores an earlier one and replays)
+            with open(f"{manifest_path}.skipped", "wb"):
+                pass
+            for name in large_dirty:
+                _state.pop(name, None)  # dirty still: the next checkpoint must write it
+            return
         _fork_writer(manifest, manifest_path, large_dirty, started)
         for name, obj in large_dirty.items():
-            _state[name] = (id(obj), {"ref": manifest_name})
+            _state[name] = (id(obj), {"ref": manifest_name}, True)
         return
     for name, obj in large_dirty.items():
         _large_entry(manifest, name, obj)
@@ -415,7 +423,7 @@ def _large_entry(manifest: dict[str, Any], name: str, obj: Any) -> None:
         manifest["skipped"][name] = f"{_type_name(obj)}: holds a secret parameter"
         return
     blob = _store_blob(serializer, data, _type_name(obj))
-    _state[name] = (id(obj), blob)
+    _state[name] = (id(obj), blob, True)
     manifest["vars"][name] = blob
 
 
@@ -426,8 +434,6 @@ def _fork_writer(
 
     The marker tells the engine the checkpoint is on its way, so it does not wait for it;
     a resume reads manifests only, so it never sees a checkpoint that is not complete."""
-    while len(_children) >= _config["max_children"]:
-        _reap(block=True, one=True)
     pending = f"{path}.pending"
     with open(pending, "wb"):
         pass
@@ -447,7 +453,7 @@ def _fork_writer(
     _children.append(pid)
 
 
-def _reap(*, block: bool, one: bool = False) -> None:
+def _reap(*, block: bool) -> None:
     for pid in list(_children):
         try:
             done, status = os.waitpid(pid, 0 if block else os.WNOHANG)
@@ -457,8 +463,6 @@ def _reap(*, block: bool, one: bool = False) -> None:
             _children.remove(pid)
             if status != 0:
                 _errors.append(f"checkpoint writer {pid} exited with status {status}")
-            if one:
-                return
 
 
 # ---------------------------------------------------------------- restore helpers

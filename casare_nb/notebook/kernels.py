@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import queue
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -138,9 +139,7 @@ async def _reply(kc: Any, msg_id: str, timeout: float) -> dict[str, Any]:
             raise TimeoutError(f"kernel did not answer within {timeout:g} s")
         try:
             msg: dict[str, Any] = await kc.get_shell_msg(timeout=min(left, 1.0))
-        except Exception as exc:  # queue.Empty: check the kernel is still there
-            if type(exc).__name__ != "Empty":
-                raise
+        except queue.Empty:  # nothing yet: check the kernel is still there
             if not await kc.is_alive():
                 raise KernelCallError("kernel died") from None
             continue
