@@ -49,6 +49,7 @@ _config: dict[str, Any] = {
     "blob_dir": None,
     "large_bytes": 1 << 20,
     "track_ms": 1.0,
+    "track_bytes": 64 << 10,
     "fork_bytes": 16 << 20,
     "max_children": 2,
     "secret_names": [],
@@ -200,15 +201,17 @@ def _user_vars(ns: dict[str, Any]) -> dict[str, Any]:
 
 
 def _size(obj: Any) -> int:
+    """A cheap estimate of an object's data size (O(1): it runs for every variable, every
+    cell); only used to tell large objects from small ones."""
     try:
         if isinstance(obj, (bytes, bytearray, str)):
             return len(obj)
-        nbytes = getattr(obj, "nbytes", None)
+        nbytes = getattr(obj, "nbytes", None)  # numpy arrays, pandas Series/Index
         if isinstance(nbytes, int):
             return nbytes
-        usage = getattr(obj, "memory_usage", None)
-        if callable(usage) and type(obj).__name__ == "DataFrame":
-            return int(usage(index=True, deep=False).sum())
+        shape = getattr(obj, "shape", None)  # a DataFrame: rows x columns x 8 bytes
+        if type(obj).__name__ == "DataFrame" and isinstance(shape, tuple) and len(shape) == 2:
+            return int(shape[0]) * int(shape[1]) * 8
     except Exception:
         return 0
     return 0
@@ -376,7 +379,8 @@ def snapshot(entry: dict[str, Any], raw: str) -> None:
             skipped[name] = f"{_type_name(obj)}: holds a secret parameter"
             continue
         blob = _store_blob(serializer, data, _type_name(obj))
-        _state[name] = (id(obj), blob, cost_ms >= _config["track_ms"])
+        tracked = cost_ms >= _config["track_ms"] or len(data) >= _config["track_bytes"]
+        _state[name] = (id(obj), blob, tracked)
         entries[name] = blob
     for name in list(_state):
         if name not in user:
