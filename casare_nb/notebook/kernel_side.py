@@ -36,10 +36,19 @@ import time
 import types
 from typing import Any
 
-try:  # by-value pickling of functions/classes defined in the notebook
-    import cloudpickle as _cloudpickle
-except Exception:  # pragma: no cover - the kernel may not have it
-    _cloudpickle = None
+_CLOUDPICKLE: list[Any] = []  # imported on first use: most snapshots never need it
+
+
+def _cp() -> Any:
+    """cloudpickle (by-value pickling of classes defined in the notebook), or None."""
+    if not _CLOUDPICKLE:
+        try:
+            import cloudpickle
+
+            _CLOUDPICKLE.append(cloudpickle)
+        except Exception:  # the kernel may not have it
+            _CLOUDPICKLE.append(None)
+    return _CLOUDPICKLE[0]
 
 MANIFEST_VERSION = 1
 _IMMUTABLE = (int, float, complex, bool, str, bytes, type(None), frozenset, range)
@@ -92,7 +101,7 @@ def configure(**options: Any) -> None:
     _errors.clear()
     if _config["blob_dir"]:
         os.makedirs(_config["blob_dir"], exist_ok=True)
-    _answer({"pid": os.getpid(), "cloudpickle": _cloudpickle is not None})
+    _answer({"pid": os.getpid()})
 
 
 def push_plan(entries: list[dict[str, Any]]) -> None:
@@ -264,11 +273,12 @@ def _dump_function(f: Any) -> bytes:
         "doc": f.__doc__,
         "dict": dict(f.__dict__),
     }
-    return _dumps(state)[1] if _cloudpickle is None else _cloudpickle.dumps(state, protocol=5)
+    cp = _cp()
+    return _dumps(state)[1] if cp is None else cp.dumps(state, protocol=5)
 
 
 def _load_function(data: bytes) -> Any:
-    state = (_cloudpickle or pickle).loads(data)
+    state = (_cp() or pickle).loads(data)
     closure = tuple(types.CellType(v) for v in state["closure"]) if state["closure"] else None
     f = types.FunctionType(
         marshal.loads(state["code"]), _ns(), state["name"], state["defaults"], closure
@@ -288,20 +298,18 @@ def _serialise(obj: Any) -> tuple[str, bytes]:
 
 
 def _dumps(obj: Any) -> tuple[str, bytes]:
+    first: Exception | None = None
     try:
         data = pickle.dumps(obj, protocol=5)
         if b"__main__" not in data:
             return "pickle", data
     except Exception as exc:
-        if _cloudpickle is None:
-            raise
-        first: Exception | None = exc
-    else:
-        first = None
-    if _cloudpickle is None:
-        raise TypeError("defined in the notebook and cloudpickle is not installed")
+        first = exc
+    cp = _cp()
+    if cp is None:
+        raise first or TypeError("defined in the notebook and cloudpickle is not installed")
     try:
-        return "cloudpickle", _cloudpickle.dumps(obj, protocol=5)
+        return "cloudpickle", cp.dumps(obj, protocol=5)
     except Exception:
         if first is not None:
             raise first from None
@@ -493,7 +501,8 @@ def _load_blob(entry: dict[str, Any]) -> Any:
     if entry.get("serializer") == "function":
         return _load_function(data)
     if entry.get("serializer") == "cloudpickle":
-        if _cloudpickle is None:
+        cp = _cp()
+        if cp is None:
             raise TypeError("needs cloudpickle, which this kernel does not have")
-        return _cloudpickle.loads(data)
+        return cp.loads(data)
     return pickle.loads(data)

@@ -1,0 +1,1 @@
+"""Benchmarks of casare_nb; see bench/README.md."""
