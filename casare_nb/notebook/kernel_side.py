@@ -50,6 +50,7 @@ def _cp() -> Any:
             _CLOUDPICKLE.append(None)
     return _CLOUDPICKLE[0]
 
+
 MANIFEST_VERSION = 1
 _IMMUTABLE = (int, float, complex, bool, str, bytes, type(None), frozenset, range)
 _SKIP_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
