@@ -10,12 +10,11 @@ from typing import Any
 
 import nbformat
 import pytest
+from helpers import KERNELSPEC
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from casare_nb.local import RunResult, aresume, arun_notebook
 from casare_nb.store.history import HistoryStore
-
-KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
 
 def write_notebook(
