@@ -44,6 +44,7 @@ from casare_nb.notebook.executor import (
     nbformat_node,
 )
 from casare_nb.notebook.kernels import KernelSession
+from casare_nb.notebook.pool import KernelPool
 from casare_nb.notebook.resume import ResumePlan, carry_outputs, plan_resume, replays
 from casare_nb.notebook.workflow import INJECTED_ID, kernel_name_of, load_workflow, parse_workflow
 from casare_nb.store.history import HistoryStore, HistoryWriter
@@ -129,8 +130,10 @@ async def arun_notebook(
     cancel: asyncio.Event | None = None,
     source: str = "api",
     on_start: Callable[[RunRecord], None] | None = None,
+    kernels: KernelPool | None = None,
 ) -> RunResult:
-    """Run a workflow notebook with parameters; see the module docstring."""
+    """Run a workflow notebook with parameters; see the module docstring. ``kernels``: a warm
+    pool to take the kernel from instead of starting one."""
     nb, sha = load_workflow(path)
     schema = read_schema(nb)
     values, warnings = _validated(schema, parameters, raw_parameters, strict=strict)
@@ -162,6 +165,7 @@ async def arun_notebook(
         cancel=cancel,
         warnings=warnings,
         on_start=on_start,
+        kernels=kernels,
     )
 
 
@@ -179,6 +183,7 @@ async def aresume(
     progress: Progress | None = None,
     cancel: asyncio.Event | None = None,
     on_start: Callable[[RunRecord], None] | None = None,
+    kernels: KernelPool | None = None,
 ) -> RunResult:
     """Re-run ``run_id`` from its failed cell (or ``from_cell``) as a new attempt."""
     state = StateDir(state_dir)
@@ -248,6 +253,7 @@ async def aresume(
         warnings=warnings,
         resume=plan,
         on_start=on_start,
+        kernels=kernels,
     )
 
 
@@ -275,6 +281,7 @@ async def execute_prepared(
     warnings: list[str],
     resume: ResumePlan | None = None,
     on_start: Callable[[RunRecord], None] | None = None,
+    kernels: KernelPool | None = None,
 ) -> RunResult:
     writer = HistoryWriter(HistoryStore(state.history_path))
     paths = state.attempt(record.run_id, record.attempt).create()
@@ -295,7 +302,12 @@ async def execute_prepared(
         restored_from_cell=record.restored_from_cell,
     )
     try:
-        session = await KernelSession.start(record.kernel_name, cwd=cwd)
+        if kernels is not None:
+            session = await kernels.acquire(record.kernel_name)
+            if cwd is not None:
+                await session.chdir(Path(cwd).absolute())
+        else:
+            session = await KernelSession.start(record.kernel_name, cwd=cwd)
         record.language = session.language
         executor = Executor(
             session,
@@ -338,7 +350,9 @@ async def execute_prepared(
         result.error_name = type(exc).__name__
         result.error_message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     finally:
-        if session is not None:
+        if session is not None and kernels is not None:
+            kernels.release(session)
+        elif session is not None:
             await session.shutdown()
     nb.metadata["casare"].update(status=result.status.value)
     finished = datetime.now(UTC)

@@ -32,6 +32,18 @@ def _kernel_side_source() -> str:
     return resources.files("casare_nb.notebook").joinpath("kernel_side.py").read_text("utf-8")
 
 
+def _preload_code() -> str:
+    """Code that executes the kernel-side module into ``sys.modules['__casare__']`` and
+    registers its hook; ends with ``;`` so a call can follow."""
+    return (
+        "__import__('sys').modules.setdefault('__casare__', "
+        "__import__('types').ModuleType('__casare__'));"
+        f"exec(compile({_kernel_side_source()!r}, '<casare>', 'exec'), "
+        "__import__('sys').modules['__casare__'].__dict__);"
+        "__import__('sys').modules['__casare__'].install();"
+    )
+
+
 class KernelSession:
     """One running kernel and its client."""
 
@@ -68,6 +80,15 @@ class KernelSession:
         return cls(km, kc, str(info.get("name", "")).lower(), info)
 
     @property
+    def kernel_name(self) -> str:
+        return str(self.km.kernel_name)
+
+    @property
+    def pid(self) -> int | None:
+        process = getattr(getattr(self.km, "provisioner", None), "process", None)
+        return getattr(process, "pid", None)
+
+    @property
     def is_python(self) -> bool:
         return self.language == "python"
 
@@ -85,22 +106,26 @@ class KernelSession:
             return None
         return json.loads(ast.literal_eval(expr["data"]["text/plain"]))
 
+    async def preload(self) -> None:
+        """Load the kernel-side snapshot code (module ``__casare__``) and register its hook;
+        a warm pool does this before any job, so a job only configures it."""
+        if not self.checkpoint_ready and self.is_python:
+            await self.call(_preload_code() + "None")
+            self.checkpoint_ready = True
+
     async def install_checkpointing(self, **config: Any) -> dict[str, Any]:
-        """Load the kernel-side snapshot code as module ``__casare__`` (once per kernel) and
-        configure it for a run, in one round trip."""
+        """Preload (if not done yet) and configure the snapshot code for a run, in one round
+        trip."""
         code = f"__import__('sys').modules['__casare__'].configure(**{config!r})"
         if not self.checkpoint_ready:
-            source = _kernel_side_source()
-            code = (
-                "__import__('sys').modules.setdefault('__casare__', "
-                "__import__('types').ModuleType('__casare__'));"
-                f"exec(compile({source!r}, '<casare>', 'exec'), "
-                "__import__('sys').modules['__casare__'].__dict__);"
-                "__import__('sys').modules['__casare__'].install();" + code
-            )
+            code = _preload_code() + code
         answer: dict[str, Any] = await self.call(code)
         self.checkpoint_ready = True
         return answer
+
+    async def chdir(self, path: str | os.PathLike[str]) -> None:
+        """Move the kernel's working directory (a warm kernel started elsewhere)."""
+        await self.call(f"__import__('os').chdir({str(path)!r})")
 
     async def casare(self, function: str, *args: Any, timeout: float = 120) -> Any:
         """Call a function of the kernel-side module with literal arguments."""
