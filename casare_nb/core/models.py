@@ -89,3 +89,78 @@ class CellRecord(BaseModel):
     error_message: str | None = None
     replayed: bool = False
     output_truncated: bool = False
+
+
+# ---------------------------------------------------------------- orchestrator: jobs, robots
+
+JobStatus = RunStatus  # a job's state is its current run attempt's: queued → running → ...
+
+
+class Priority(StrEnum):
+    """Dispatch order: higher first, then oldest first."""
+
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2, Priority.CRITICAL: 3}
+
+
+class RobotStatus(StrEnum):
+    """A robot as the orchestrator sees it."""
+
+    ONLINE = "online"
+    BUSY = "busy"  # connected, every slot taken
+    DRAINING = "draining"  # finishing its jobs, taking no new ones
+    OFFLINE = "offline"
+
+
+class Job(BaseModel):
+    """One submitted workflow run, queued until a robot takes it; ``job_id`` is its run id.
+
+    ``parameters`` are validated and hold no secrets (those live only in memory)."""
+
+    job_id: str
+    workflow_path: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = Priority.NORMAL
+    environment: str | None = None  # None: any robot's environment will do
+    tags: list[str] = Field(default_factory=list)  # the robot must have all of them
+    status: RunStatus = RunStatus.QUEUED
+    attempt: int = 0  # attempts dispatched so far
+    max_retries: int = 0  # extra attempts after a failure before the job is dead
+    created_at: datetime
+    eligible_at: datetime  # not dispatched before (retry backoff)
+    robot_id: str | None = None
+    assigned_at: datetime | None = None
+    accepted_at: datetime | None = None
+    finished_at: datetime | None = None
+    error_name: str | None = None
+    error_message: str | None = None
+    resume_from_failed: bool = False  # the next attempt resumes from the last checkpoint
+    source: str = "api"
+
+
+class Robot(BaseModel):
+    """A robot's registration and live state."""
+
+    robot_id: str
+    name: str
+    environment: str = "default"
+    tags: list[str] = Field(default_factory=list)
+    max_concurrent_jobs: int = Field(default=1, ge=1)
+    status: RobotStatus = RobotStatus.ONLINE
+    running_jobs: int = 0
+    last_heartbeat: datetime | None = None
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.max_concurrent_jobs - self.running_jobs)
