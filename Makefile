@@ -23,8 +23,8 @@ test: install lint
 	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax notebooks
 
 lint: install
-	$(BIN)/ruff check casare_nb tests bench
-	$(BIN)/ruff format --check casare_nb tests bench
+	$(BIN)/ruff check casare_nb tests bench scripts
+	$(BIN)/ruff format --check casare_nb tests bench scripts
 	$(BIN)/mypy
 
 bench: install
