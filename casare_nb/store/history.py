@@ -1,6 +1,7 @@
 """Run history in a DuckDB file: runs, cells, schema migrations, and a background writer.
 
-This is the only module of casare_nb that imports :mod:`duckdb`.
+The store package (this module and ``queue``) is the only part of casare_nb that imports
+:mod:`duckdb`.
 
 DuckDB lets one process at a time hold a database file read-write, so every access here
 uses a short-lived connection (:meth:`HistoryStore.connect`) and a lock conflict is retried
@@ -97,6 +98,42 @@ MIGRATIONS: list[tuple[int, str]] = [
             replayed BOOLEAN NOT NULL DEFAULT FALSE,
             output_truncated BOOLEAN NOT NULL DEFAULT FALSE,
             PRIMARY KEY (run_id, attempt, cell_index)
+        );
+        """,
+    ),
+    (
+        2,
+        # The orchestrator's queue (casare_nb.store.queue). Rows are only ever UPDATEd in
+        # non-key columns (older DuckDB releases may report false duplicate keys otherwise).
+        # A token name may be reused after a revocation, so the hash is the key.
+        """
+        CREATE TABLE jobs (
+            job_id VARCHAR NOT NULL PRIMARY KEY,
+            workflow_path VARCHAR NOT NULL,
+            parameters VARCHAR NOT NULL DEFAULT '{}',
+            priority VARCHAR NOT NULL,
+            environment VARCHAR,
+            tags VARCHAR NOT NULL DEFAULT '[]',
+            status VARCHAR NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            max_retries INTEGER NOT NULL DEFAULT 0,
+            created_at TIMESTAMP NOT NULL,
+            eligible_at TIMESTAMP NOT NULL,
+            robot_id VARCHAR,
+            assigned_at TIMESTAMP,
+            accepted_at TIMESTAMP,
+            finished_at TIMESTAMP,
+            error_name VARCHAR,
+            error_message VARCHAR,
+            resume_from_failed BOOLEAN NOT NULL DEFAULT FALSE,
+            source VARCHAR NOT NULL DEFAULT 'api',
+            cancel_requested BOOLEAN NOT NULL DEFAULT FALSE
+        );
+        CREATE TABLE tokens (
+            token_hash VARCHAR NOT NULL PRIMARY KEY,
+            name VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            revoked_at TIMESTAMP
         );
         """,
     ),
