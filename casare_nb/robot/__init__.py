@@ -1,0 +1,1 @@
+"""Robots: agent processes that connect to the orchestrator and run notebook jobs."""
