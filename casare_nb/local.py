@@ -9,13 +9,14 @@ kernel with the namespace restored, using the notebook's current source.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import secrets
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from jupyter_core.utils import run_sync
 from nbformat import NotebookNode
@@ -50,6 +51,20 @@ from casare_nb.notebook.workflow import INJECTED_ID, kernel_name_of, load_workfl
 from casare_nb.store.history import HistoryStore, HistoryWriter
 
 REDACTED = "***"
+
+
+class Recorder(Protocol):
+    """Where a run's records go: the local DuckDB history (``HistoryWriter``) by default; a
+    robot sends them to its orchestrator instead. Calls come in order: the run, its cells,
+    the run again when it ends; ``flush`` before the first cell runs, ``close`` at the end."""
+
+    def put_run(self, run: RunRecord) -> None: ...
+
+    def put_cells(self, cells: Sequence[CellRecord]) -> None: ...
+
+    def flush(self, timeout: float | None = None) -> None: ...
+
+    def close(self, timeout: float | None = None) -> None: ...
 
 
 class RunResult(BaseModel):
@@ -131,17 +146,27 @@ async def arun_notebook(
     source: str = "api",
     on_start: Callable[[RunRecord], None] | None = None,
     kernels: KernelPool | None = None,
+    notebook: bytes | None = None,
+    run_id: str | None = None,
+    recorder: Recorder | None = None,
 ) -> RunResult:
-    """Run a workflow notebook with parameters; see the module docstring. ``kernels``: a warm
-    pool to take the kernel from instead of starting one."""
-    nb, sha = load_workflow(path)
+    """Run a workflow notebook with parameters; see the module docstring.
+
+    ``kernels``: a warm pool to take the kernel from instead of starting one. ``notebook``:
+    the notebook's bytes, when it came from elsewhere (a robot gets it in its job; ``path``
+    then only names it). ``run_id``: the id to run under (a job's). ``recorder``: where the
+    records go instead of the state directory's history."""
+    if notebook is not None:
+        nb, sha = parse_workflow(notebook, str(path)), hashlib.sha256(notebook).hexdigest()
+    else:
+        nb, sha = load_workflow(path)
     schema = read_schema(nb)
     values, warnings = _validated(schema, parameters, raw_parameters, strict=strict)
     nb_exec, secret_source, secret_values = _parameterised(nb, values, schema)
     state = StateDir(state_dir).ensure_writable()
     kernel = kernel_name_of(nb, kernel_name)
     record = RunRecord(
-        run_id=new_run_id(),
+        run_id=run_id or new_run_id(),
         workflow_path=str(Path(path).absolute()),
         notebook_sha256=sha,
         parameters=redact(values, schema.secret_names()),
@@ -166,6 +191,7 @@ async def arun_notebook(
         warnings=warnings,
         on_start=on_start,
         kernels=kernels,
+        recorder=recorder,
     )
 
 
@@ -184,6 +210,7 @@ async def aresume(
     cancel: asyncio.Event | None = None,
     on_start: Callable[[RunRecord], None] | None = None,
     kernels: KernelPool | None = None,
+    recorder: Recorder | None = None,
 ) -> RunResult:
     """Re-run ``run_id`` from its failed cell (or ``from_cell``) as a new attempt."""
     state = StateDir(state_dir)
@@ -254,6 +281,7 @@ async def aresume(
         resume=plan,
         on_start=on_start,
         kernels=kernels,
+        recorder=recorder,
     )
 
 
@@ -282,8 +310,9 @@ async def execute_prepared(
     resume: ResumePlan | None = None,
     on_start: Callable[[RunRecord], None] | None = None,
     kernels: KernelPool | None = None,
+    recorder: Recorder | None = None,
 ) -> RunResult:
-    writer = HistoryWriter(HistoryStore(state.history_path))
+    writer = recorder or HistoryWriter(HistoryStore(state.history_path))
     paths = state.attempt(record.run_id, record.attempt).create()
     record.output_path = str(Path(output_path).absolute() if output_path else paths.output)
     record.cells_total = len(steps)

@@ -186,3 +186,46 @@ async def test_notebook_kernel_language_recorded(ws: Workspace) -> None:
     result = await ws.run(ws.notebook(["1"]))
     run = ws.history.get_run(result.run_id)
     assert run is not None and (run.kernel_name, run.language) == ("python3", "python")
+
+
+class _ListRecorder:
+    """A recorder that keeps what it is given, in order (a robot would send it on)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def put_run(self, run: object) -> None:
+        self.calls.append(("run", run.model_copy()))  # type: ignore[attr-defined]
+
+    def put_cells(self, cells: object) -> None:
+        self.calls.extend(("cell", c) for c in cells)  # type: ignore[attr-defined]
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.calls.append(("flush", None))
+
+    def close(self, timeout: float | None = None) -> None:
+        self.calls.append(("close", None))
+
+
+async def test_notebook_bytes_and_recorder_replace_file_and_history(ws: Workspace) -> None:
+    """A run of notebook bytes under a given id reports to its recorder, in order, and
+    writes no history database (what a robot does for its orchestrator)."""
+    path = ws.notebook(["x = 2", "print(x * n)"], params="n: int = 1")
+    data = path.read_bytes()
+    path.unlink()
+    recorder = _ListRecorder()
+    result = await ws.run(
+        ws.root / "jobs" / "wf.ipynb",
+        {"n": 21},
+        notebook=data,
+        run_id="job-42",
+        recorder=recorder,
+    )
+    assert result.status is RunStatus.COMPLETED and result.run_id == "job-42"
+    assert outputs_text(result.output_path, "c1") == "42\n"
+    kinds = [k for k, _ in recorder.calls]
+    assert kinds == ["run", "flush", *["cell"] * 4, "run", "close"]  # params, injected, c0, c1
+    first, last = recorder.calls[0][1], recorder.calls[-2][1]
+    assert first.status is RunStatus.RUNNING and last.status is RunStatus.COMPLETED  # type: ignore[attr-defined]
+    assert last.parameters == {"n": 21}  # type: ignore[attr-defined]
+    assert not (ws.state / "history.duckdb").exists()
