@@ -1,0 +1,632 @@
+"""The orchestrator's WebSocket service: robots register and heartbeat, monitors subscribe.
+
+An I/O shell around pure parts: :mod:`casare_nb.protocol` turns frames into messages and
+back, :class:`~casare_nb.orchestrator.registry.RobotRegistry` keeps the robots' state.
+This is the one module that imports the websockets server.
+
+A connection's life:
+
+1. **Upgrade.** ``Authorization: Bearer <token>`` is checked against the orchestrator's
+   tokens (stored hashed, in its DuckDB file) *before* the upgrade: missing, malformed,
+   unknown or revoked gives HTTP 401 with a one-line body. The token's name stays with the
+   connection (revoking the token closes it).
+2. **Role.** The first message decides it: ``register`` makes a robot, ``subscribe`` a
+   monitor; anything else gets a fatal ``error`` (``invalid_message``) and close 1008.
+3. **Messages.** Every frame is decoded for the peer's role. A frame that cannot be
+   accepted gets an ``error`` reply naming it; non-fatal errors keep the connection,
+   fatal ones (e.g. ``unsupported_version``) close it with 1008. Frames over
+   ``max_frame_bytes`` are refused by websockets itself, which closes with 1009.
+
+Close codes the orchestrator sends: 1008 refused (first message, protocol version, robot
+id already connected, token revoked); 1009 frame too big; 1011 missed heartbeats (the
+robot was marked offline: reconnect and register again); 1013 the peer reads too slowly;
+1001 the orchestrator stops.
+
+Monitors subscribed to ``robots`` get a snapshot right after subscribing (an ``event`` of
+kind ``robot_status`` with ``data = {"snapshot": true, "robots": [...]}``, replying to the
+subscribe), then ``robot_online`` / ``robot_offline`` / ``robot_status`` events whose
+``data["robot"]`` is the robot (``robot_offline`` adds ``reason``: ``disconnected`` or
+``missed_heartbeats``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from http import HTTPStatus
+from pathlib import Path
+from ssl import SSLContext
+from types import TracebackType
+from typing import Any, Final
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
+
+from casare_nb.core.models import Robot
+from casare_nb.orchestrator.registry import NotRegistered, RobotIdTaken, RobotRegistry
+from casare_nb.protocol import (
+    MAX_FRAME_BYTES,
+    Envelope,
+    Error,
+    ErrorCode,
+    Event,
+    EventKind,
+    Heartbeat,
+    HeartbeatAck,
+    LogBatch,
+    Message,
+    ProtocolError,
+    Register,
+    RegisterAck,
+    Role,
+    Subscribe,
+    Topic,
+    Unsubscribe,
+    decode,
+    encode,
+)
+from casare_nb.store.history import HistoryStore
+from casare_nb.store.queue import QueueError, QueueStore
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "HISTORY_FILE", "Orchestrator"]
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8765
+HISTORY_FILE: Final = "history.duckdb"
+MAX_PENDING_FRAMES: Final = 1000  # a peer further behind than this is closed (1013)
+
+_FIRST_MESSAGE: Final = "the first message must be register (robot) or subscribe (monitor)"
+
+logger = logging.getLogger("casare_nb.orchestrator")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _dump(robot: Robot) -> dict[str, Any]:
+    return robot.model_dump(mode="json")
+
+
+def _close_reason(text: str) -> str:
+    """``text`` cut to what a close frame holds (123 bytes of UTF-8)."""
+    data = text.encode()
+    if len(data) <= 123:
+        return text
+    return data[:120].decode(errors="ignore") + "..."
+
+
+class _Peer:
+    """One authenticated connection: who it is, what it subscribed to, and its outbox.
+
+    Sending never blocks: frames queue in the outbox and :meth:`write` sends them in order,
+    then the close, if one was asked for.
+    """
+
+    _sessions = itertools.count(1)
+
+    def __init__(
+        self, connection: ServerConnection, *, token_name: str, max_frame_bytes: int
+    ) -> None:
+        self.connection = connection
+        self.token_name = token_name
+        self.session = next(self._sessions)
+        self.role: Role | None = None
+        self.robot_id: str | None = None
+        self.topics: set[Topic] = set()
+        self._max_frame_bytes = max_frame_bytes
+        self._outbox: deque[str] = deque()
+        self._wake = asyncio.Event()
+        self._closing: tuple[int, str] | None = None
+
+    def __repr__(self) -> str:
+        who = self.robot_id or (self.role.value if self.role else "peer")
+        return f"<{who} #{self.session} from {self.connection.remote_address}>"
+
+    @property
+    def closing(self) -> bool:
+        return self._closing is not None
+
+    def send(self, msg: Envelope) -> None:
+        """Queue ``msg`` (dropped, and logged, if it cannot be encoded)."""
+        try:
+            frame = encode(msg, max_bytes=self._max_frame_bytes)
+        except ProtocolError as err:
+            logger.error("not sending %s to %r: %s", msg.type, self, err)
+            return
+        self.send_frame(frame)
+
+    def send_frame(self, frame: str) -> None:
+        """Queue an encoded frame; a peer too far behind is closed instead."""
+        if self._closing is not None:
+            return
+        if len(self._outbox) >= MAX_PENDING_FRAMES:
+            self._outbox.clear()
+            logger.warning("closing %r: %d frames pending", self, MAX_PENDING_FRAMES)
+            self.close(CloseCode.TRY_AGAIN_LATER, f"too slow: {MAX_PENDING_FRAMES} frames pending")
+            return
+        self._outbox.append(frame)
+        self._wake.set()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close after the frames queued so far (the first close asked for wins)."""
+        if self._closing is None:
+            self._closing = (int(code), _close_reason(reason))
+            self._wake.set()
+
+    async def write(self) -> None:
+        """Send queued frames until a close is asked for (then close) or the link drops."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._outbox:
+                    await self.connection.send(self._outbox.popleft())
+                if self._closing is not None:
+                    await self.connection.close(*self._closing)
+                    return
+        except ConnectionClosed:
+            return
+
+
+class Orchestrator:
+    """The orchestrator's WebSocket service for robots and monitors.
+
+    Owns the state directory's DuckDB file (``history.duckdb``: tokens, queue, history)
+    through one :class:`~casare_nb.store.queue.QueueStore`. ``await start()`` binds
+    ``host:port`` (127.0.0.1:8765 by default; port 0 picks a free one) and ``await stop()``
+    closes every connection and releases the database; ``async with`` does both. Pass an
+    ``ssl_context`` to serve ``wss://``.
+
+    Robots that send nothing (no heartbeat) for ``heartbeat_interval_s * missed_heartbeats``
+    seconds are marked offline, checked every ``heartbeat_interval_s``; ``clock`` is the
+    time source of every such decision.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | Path,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        heartbeat_interval_s: float = 2.0,
+        missed_heartbeats: int = 3,
+        clock: Callable[[], datetime] = _utcnow,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        ssl_context: SSLContext | None = None,
+    ) -> None:
+        if heartbeat_interval_s <= 0:
+            raise ValueError(f"heartbeat_interval_s must be > 0, not {heartbeat_interval_s}")
+        if missed_heartbeats < 1:
+            raise ValueError(f"missed_heartbeats must be >= 1, not {missed_heartbeats}")
+        if max_frame_bytes < 1:
+            raise ValueError(f"max_frame_bytes must be >= 1, not {max_frame_bytes}")
+        self.state_dir = Path(state_dir)
+        self.host = host
+        self.port = port
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.missed_heartbeats = missed_heartbeats
+        self.max_frame_bytes = max_frame_bytes
+        self.ssl_context = ssl_context
+        self.queue = QueueStore(HistoryStore(self.state_dir / HISTORY_FILE))
+        self.registry = RobotRegistry()
+        self._clock = clock
+        self._server: Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
+        self._peers: set[_Peer] = set()
+        self._robot_peers: dict[str, _Peer] = {}
+        self._changed = asyncio.Event()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "serving" if self._server else "not started"
+        return f"<Orchestrator {self.url} {state}>"
+
+    @property
+    def url(self) -> str:
+        """The URL robots and monitors connect to (the bound port once started)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'wss' if self.ssl_context else 'ws'}://{host}:{self.port}"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Open the database and start serving; the bound port."""
+        if self._stopped:
+            raise RuntimeError("this orchestrator was stopped; create a new one")
+        if self._server is not None:
+            raise RuntimeError("the orchestrator is already started")
+        await asyncio.to_thread(self._open_store)  # fail now on a locked or unwritable file
+        self._loop = asyncio.get_running_loop()
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._authenticate,
+            max_size=self.max_frame_bytes,
+            ssl=self.ssl_context,
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="orchestrator-sweeper")
+        logger.info("orchestrator listening on %s", self.url)
+        return self.port
+
+    async def stop(self) -> None:
+        """Close every connection (1001), stop serving and release the database; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        await asyncio.to_thread(self.queue.close)
+        self._notify()
+        logger.info("orchestrator on %s stopped", self.url)
+
+    async def __aenter__(self) -> Orchestrator:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _open_store(self) -> None:
+        with self.queue.connection():
+            pass
+
+    # -- API -----------------------------------------------------------------------------
+
+    def robots(self) -> list[Robot]:
+        """Every robot that registered since the start (offline ones too), by id."""
+        return self.registry.robots()
+
+    def robot(self, robot_id: str) -> Robot | None:
+        """The robot ``robot_id``, or None if it never registered."""
+        return self.registry.get(robot_id)
+
+    def monitors(self, topic: Topic | None = None) -> int:
+        """How many monitors are connected (subscribed to ``topic``, if given)."""
+        return sum(
+            1
+            for peer in self._peers
+            if peer.role is Role.MONITOR and (topic is None or topic in peer.topics)
+        )
+
+    def create_token(self, name: str) -> str:
+        """A new robot token named ``name`` (shown once; stored hashed). Blocking: in the
+        event loop, call it through ``asyncio.to_thread``."""
+        return self.queue.create_token(name)
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke the token ``name`` and close the live connections that used it (1008).
+        Blocking and thread-safe: in the event loop, call it through ``asyncio.to_thread``."""
+        self.queue.revoke_token(name)
+        loop = self._loop
+        if loop is not None and not self._stopped and not loop.is_closed():
+            loop.call_soon_threadsafe(self._drop_token, name)
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Return once ``predicate()`` is true, checking it after every change of state
+        (robots, connections, subscriptions); raises TimeoutError after ``timeout`` s."""
+        async with asyncio.timeout(timeout):
+            while True:
+                changed = self._changed
+                if predicate():
+                    return
+                await changed.wait()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def _authenticate(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        """Refuse the upgrade (401) unless the request carries a live bearer token."""
+        values = request.headers.get_all("Authorization")
+        if not values:
+            return self._unauthorized(connection, "missing 'Authorization: Bearer <token>' header")
+        scheme, _, token = values[0].strip().partition(" ")
+        token = token.strip()
+        if len(values) > 1 or scheme.lower() != "bearer" or not token or " " in token:
+            return self._unauthorized(
+                connection, "malformed Authorization header: expected 'Bearer <token>'"
+            )
+        try:
+            name = await asyncio.to_thread(self.queue.verify_token, token)
+        except QueueError as exc:
+            logger.error("cannot check a token: %s", exc)
+            return connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE, "the orchestrator cannot read its tokens\n"
+            )
+        if name is None:
+            return self._unauthorized(connection, "invalid or revoked token")
+        connection.username = name
+        return None
+
+    @staticmethod
+    def _unauthorized(connection: ServerConnection, why: str) -> Response:
+        logger.warning("refused a connection from %s: %s", connection.remote_address, why)
+        response = connection.respond(HTTPStatus.UNAUTHORIZED, f"{why}\n")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="casare_nb"'
+        return response
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        peer = _Peer(
+            connection,
+            token_name=getattr(connection, "username", ""),
+            max_frame_bytes=self.max_frame_bytes,
+        )
+        writer = asyncio.create_task(peer.write(), name=f"orchestrator-writer-{peer.session}")
+        self._peers.add(peer)
+        self._notify()
+        try:
+            async for frame in connection:
+                if not self._on_frame(peer, frame):
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            self._peers.discard(peer)
+            self._forget(peer)
+            peer.close(CloseCode.NORMAL_CLOSURE)
+            await writer
+
+    def _forget(self, peer: _Peer) -> None:
+        """The connection ended: its robot goes offline at once."""
+        if peer.role is Role.ROBOT and peer.robot_id is not None:
+            if self._robot_peers.get(peer.robot_id) is peer:
+                del self._robot_peers[peer.robot_id]
+            robot = self.registry.disconnect(peer.robot_id, now=self._clock(), session=peer.session)
+            if robot is not None:
+                self._robot_offline(robot, "disconnected")
+        self._notify()
+
+    def _drop_token(self, name: str) -> None:
+        for peer in list(self._peers):
+            if peer.token_name == name:
+                peer.send(
+                    Error(
+                        code=ErrorCode.UNAUTHORIZED, message=f"token {name} was revoked", fatal=True
+                    )
+                )
+                peer.close(CloseCode.POLICY_VIOLATION, "token revoked")
+
+    # -- messages ------------------------------------------------------------------------
+
+    def _on_frame(self, peer: _Peer, frame: str | bytes) -> bool:
+        """Handle one frame; False when the connection is to close."""
+        if peer.closing:
+            return False
+        try:
+            msg = decode(frame, max_bytes=self.max_frame_bytes, sender=peer.role)
+        except ProtocolError as err:
+            if peer.role is None and not err.fatal:
+                err = ProtocolError(
+                    err.code,
+                    f"{err.message}; {_FIRST_MESSAGE}",
+                    fatal=True,
+                    message_id=err.message_id,
+                )
+            return self._refuse(peer, err)
+        try:
+            return self._on_message(peer, msg)
+        except Exception:
+            logger.exception("failed to handle %s from %r", msg.type, peer)
+            peer.send(
+                Error(
+                    code=ErrorCode.INTERNAL,
+                    message=f"the orchestrator failed to handle {msg.type}; it may be retried",
+                    reply_to=msg.id,
+                )
+            )
+            return True
+
+    def _refuse(self, peer: _Peer, err: ProtocolError) -> bool:
+        """Reply with the error; close (1008) if it is fatal. False when closing."""
+        logger.info("refused a frame from %r: %s", peer, err)
+        peer.send(err.to_message())
+        if err.fatal:
+            peer.close(CloseCode.POLICY_VIOLATION, err.message)
+            return False
+        return True
+
+    def _on_message(self, peer: _Peer, msg: Message) -> bool:
+        if peer.role is None:
+            match msg:
+                case Register():
+                    return self._on_register(peer, msg)
+                case Subscribe():
+                    return self._on_subscribe(peer, msg)
+                case _:
+                    return self._refuse(
+                        peer,
+                        ProtocolError(
+                            ErrorCode.INVALID_MESSAGE,
+                            f"{_FIRST_MESSAGE}, not {msg.type}",
+                            fatal=True,
+                            message_id=msg.id,
+                        ),
+                    )
+        if isinstance(msg, Error):
+            logger.warning("%r reported %s: %s", peer, msg.code.value, msg.message)
+            return True
+        if peer.role is Role.ROBOT:
+            return self._on_robot_message(peer, msg)
+        return self._on_monitor_message(peer, msg)
+
+    def _on_robot_message(self, peer: _Peer, msg: Message) -> bool:
+        match msg:
+            case Heartbeat():
+                return self._on_heartbeat(peer, msg)
+            case LogBatch():
+                self._on_log_batch(peer, msg)
+                return True
+            case Register():
+                why = f"already registered as robot {peer.robot_id!r} on this connection"
+                return self._refuse(
+                    peer, ProtocolError(ErrorCode.INVALID_MESSAGE, why, False, msg.id)
+                )
+        # Job, checkpoint and blob messages arrive with job dispatch.
+        job_id = getattr(msg, "job_id", None)
+        if isinstance(job_id, str):
+            why = f"unknown job {job_id!r}: this orchestrator did not assign it"
+            return self._refuse(peer, ProtocolError(ErrorCode.UNKNOWN_JOB, why, False, msg.id))
+        why = f"{msg.type} is not handled by this orchestrator"
+        return self._refuse(peer, ProtocolError(ErrorCode.INVALID_MESSAGE, why, False, msg.id))
+
+    def _on_monitor_message(self, peer: _Peer, msg: Message) -> bool:
+        match msg:
+            case Subscribe():
+                return self._on_subscribe(peer, msg)
+            case Unsubscribe():
+                peer.topics -= msg.topics
+                self._notify()
+                return True
+        why = f"{msg.type} is not handled by this orchestrator"
+        return self._refuse(peer, ProtocolError(ErrorCode.INVALID_MESSAGE, why, False, msg.id))
+
+    def _on_register(self, peer: _Peer, msg: Register) -> bool:
+        try:
+            robot = self.registry.register(msg, now=self._clock(), session=peer.session)
+        except RobotIdTaken as exc:
+            logger.warning("refused robot %s from %r: %s", msg.robot_id, peer, exc)
+            peer.send(
+                RegisterAck(
+                    accepted=False,
+                    reason=str(exc),
+                    heartbeat_interval_s=self.heartbeat_interval_s,
+                    reply_to=msg.id,
+                )
+            )
+            peer.close(CloseCode.POLICY_VIOLATION, "robot id already connected")
+            return False
+        peer.role = Role.ROBOT
+        peer.robot_id = robot.robot_id
+        self._robot_peers[robot.robot_id] = peer
+        peer.send(
+            RegisterAck(
+                accepted=True, heartbeat_interval_s=self.heartbeat_interval_s, reply_to=msg.id
+            )
+        )
+        logger.info(
+            "robot %s online (%s, environment %s, token %s)",
+            robot.robot_id,
+            robot.name,
+            robot.environment,
+            peer.token_name,
+        )
+        self._publish(EventKind.ROBOT_ONLINE, {"robot": _dump(robot)})
+        self._notify()
+        return True
+
+    def _on_heartbeat(self, peer: _Peer, msg: Heartbeat) -> bool:
+        if msg.robot_id != peer.robot_id:
+            why = f"heartbeat for robot {msg.robot_id!r} on the connection of {peer.robot_id!r}"
+            return self._refuse(peer, ProtocolError(ErrorCode.INVALID_MESSAGE, why, False, msg.id))
+        before = self.registry.get(msg.robot_id)
+        try:
+            robot = self.registry.heartbeat(msg, now=self._clock(), session=peer.session)
+        except NotRegistered as exc:
+            return self._refuse(
+                peer, ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc), False, msg.id)
+            )
+        peer.send(HeartbeatAck(seq=msg.seq, reply_to=msg.id))
+        if before is not None and (before.status, before.running_jobs) != (
+            robot.status,
+            robot.running_jobs,
+        ):
+            self._publish(EventKind.ROBOT_STATUS, {"robot": _dump(robot)})
+        self._notify()
+        return True
+
+    def _on_log_batch(self, peer: _Peer, msg: LogBatch) -> None:
+        robot_log = logging.getLogger(f"casare_nb.orchestrator.robot.{peer.robot_id}")
+        where = f"[job {msg.job_id} attempt {msg.attempt}] " if msg.job_id else ""
+        if msg.dropped:
+            robot_log.warning("%s%d log records were lost", where, msg.dropped)
+        for record in msg.records:
+            robot_log.log(logging.getLevelName(record.level), "%s%s", where, record.message)
+
+    def _on_subscribe(self, peer: _Peer, msg: Subscribe) -> bool:
+        peer.role = Role.MONITOR
+        peer.topics |= msg.topics
+        if Topic.ROBOTS in msg.topics:
+            robots = [_dump(robot) for robot in self.registry.robots()]
+            peer.send(
+                Event(
+                    topic=Topic.ROBOTS,
+                    kind=EventKind.ROBOT_STATUS,
+                    data={"snapshot": True, "robots": robots},
+                    reply_to=msg.id,
+                )
+            )
+        self._notify()
+        return True
+
+    # -- events and liveness -------------------------------------------------------------
+
+    def _publish(self, kind: EventKind, data: dict[str, Any]) -> None:
+        """Send an event to every monitor subscribed to its topic."""
+        event = Event(topic=kind.topic, kind=kind, data=data)
+        monitors = [p for p in self._peers if p.role is Role.MONITOR and kind.topic in p.topics]
+        if not monitors:
+            return
+        try:
+            frame = encode(event, max_bytes=self.max_frame_bytes)
+        except ProtocolError as err:
+            logger.error("not publishing %s: %s", kind.value, err)
+            return
+        for peer in monitors:
+            peer.send_frame(frame)
+
+    def _robot_offline(self, robot: Robot, reason: str) -> None:
+        logger.info("robot %s offline (%s)", robot.robot_id, reason)
+        self._publish(EventKind.ROBOT_OFFLINE, {"robot": _dump(robot), "reason": reason})
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            try:
+                self._sweep()
+            except Exception:
+                logger.exception("the heartbeat sweep failed")
+
+    def _sweep(self) -> None:
+        """Mark silent robots offline and close their connections (1011: reconnect)."""
+        gone = self.registry.sweep(
+            self._clock(), interval_s=self.heartbeat_interval_s, misses=self.missed_heartbeats
+        )
+        for robot in gone:
+            self._robot_offline(robot, "missed_heartbeats")
+            peer = self._robot_peers.pop(robot.robot_id, None)
+            if peer is not None:
+                peer.close(
+                    CloseCode.INTERNAL_ERROR,
+                    f"missed {self.missed_heartbeats} heartbeats: reconnect and register again",
+                )
+        if gone:
+            self._notify()
