@@ -22,6 +22,11 @@ id already connected, token revoked); 1009 frame too big; 1011 missed heartbeats
 robot was marked offline: reconnect and register again); 1013 the peer reads too slowly;
 1001 the orchestrator stops.
 
+Jobs: :meth:`Orchestrator.submit`, :meth:`Orchestrator.cancel` and :meth:`Orchestrator.jobs`
+delegate to a :class:`~casare_nb.orchestrator.jobs.JobManager`, which dispatches to the
+connected robots and receives their job messages (``job_accept`` ... ``job_cancelled``); a
+robot that disconnects or misses its heartbeats has its running jobs requeued.
+
 Monitors subscribed to ``robots`` get a snapshot right after subscribing (an ``event`` of
 kind ``robot_status`` with ``data = {"snapshot": true, "robots": [...]}``, replying to the
 subscribe), then ``robot_online`` / ``robot_offline`` / ``robot_status`` events whose
@@ -36,7 +41,7 @@ import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
@@ -49,7 +54,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from casare_nb.core.models import Robot
+from casare_nb.core.dispatch import RetryPolicy
+from casare_nb.core.models import Job, Priority, Robot, RunStatus
+from casare_nb.orchestrator.jobs import JOB_MESSAGES, JobManager
 from casare_nb.orchestrator.registry import NotRegistered, RobotIdTaken, RobotRegistry
 from casare_nb.protocol import (
     MAX_FRAME_BYTES,
@@ -201,6 +208,8 @@ class Orchestrator:
         clock: Callable[[], datetime] = _utcnow,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         ssl_context: SSLContext | None = None,
+        assign_timeout_s: float = 10.0,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         if heartbeat_interval_s <= 0:
             raise ValueError(f"heartbeat_interval_s must be > 0, not {heartbeat_interval_s}")
@@ -215,7 +224,8 @@ class Orchestrator:
         self.missed_heartbeats = missed_heartbeats
         self.max_frame_bytes = max_frame_bytes
         self.ssl_context = ssl_context
-        self.queue = QueueStore(HistoryStore(self.state_dir / HISTORY_FILE))
+        self.history = HistoryStore(self.state_dir / HISTORY_FILE)
+        self.queue = QueueStore(self.history)
         self.registry = RobotRegistry()
         self._clock = clock
         self._server: Server | None = None
@@ -225,6 +235,16 @@ class Orchestrator:
         self._peers: set[_Peer] = set()
         self._robot_peers: dict[str, _Peer] = {}
         self._changed = asyncio.Event()
+        self.job_manager = JobManager(
+            self.queue,
+            self.history,
+            self,
+            state_dir=self.state_dir,
+            clock=clock,
+            heartbeat_interval_s=heartbeat_interval_s,
+            assign_timeout_s=assign_timeout_s,
+            retry_policy=retry_policy,
+        )
 
     def __repr__(self) -> str:
         state = "stopped" if self._stopped else "serving" if self._server else "not started"
@@ -256,6 +276,7 @@ class Orchestrator:
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="orchestrator-sweeper")
+        self.job_manager.start()
         logger.info("orchestrator listening on %s", self.url)
         return self.port
 
@@ -271,6 +292,7 @@ class Orchestrator:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        await self.job_manager.stop()
         await asyncio.to_thread(self.queue.close)
         self._notify()
         logger.info("orchestrator on %s stopped", self.url)
@@ -304,6 +326,49 @@ class Orchestrator:
     def robot(self, robot_id: str) -> Robot | None:
         """The robot ``robot_id``, or None if it never registered."""
         return self.registry.get(robot_id)
+
+    async def submit(
+        self,
+        workflow_path: str | Path,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        raw_parameters: Mapping[str, str] | None = None,
+        priority: Priority = Priority.NORMAL,
+        tags: Sequence[str] = (),
+        environment: str | None = None,
+        max_retries: int = 0,
+    ) -> Job:
+        """Validate the parameters against the workflow's schema and queue a run of it;
+        the queued job. A :class:`~casare_nb.core.params.ParameterError` queues nothing.
+        Secret values stay in this process's memory, never in the database."""
+        self._check_started()
+        return await self.job_manager.submit(
+            workflow_path,
+            parameters,
+            raw_parameters=raw_parameters,
+            priority=priority,
+            tags=tags,
+            environment=environment,
+            max_retries=max_retries,
+        )
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job: a queued one at once, a running one once its robot stopped it.
+        A finished or unknown job raises :class:`~casare_nb.store.queue.QueueError`."""
+        self._check_started()
+        return self.job_manager.cancel(job_id)
+
+    def jobs(self, status: RunStatus | None = None, *, limit: int = 100) -> list[Job]:
+        """Up to ``limit`` jobs, newest first, optionally only those in ``status``."""
+        return self.job_manager.jobs(status, limit=limit)
+
+    def job(self, job_id: str) -> Job | None:
+        """The job ``job_id``, or None."""
+        return self.job_manager.job(job_id)
+
+    def _check_started(self) -> None:
+        if self._server is None or self._stopped:
+            raise RuntimeError("the orchestrator is not serving: start() it first")
 
     def monitors(self, topic: Topic | None = None) -> int:
         """How many monitors are connected (subscribed to ``topic``, if given)."""
@@ -339,6 +404,24 @@ class Orchestrator:
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    # -- the job manager's link --------------------------------------------------------------
+
+    def send_to_robot(self, robot_id: str, msg: Envelope) -> bool:
+        """Queue ``msg`` on the robot's connection; False if it is not connected."""
+        peer = self._robot_peers.get(robot_id)
+        if peer is None or peer.closing:
+            return False
+        peer.send(msg)
+        return True
+
+    def publish(self, kind: EventKind, data: dict[str, Any]) -> None:
+        """Send an event to every monitor subscribed to its topic."""
+        self._publish(kind, data)
+
+    def notify(self) -> None:
+        """Wake the ``wait_for`` callers."""
+        self._notify()
 
     # -- connections ---------------------------------------------------------------------
 
@@ -403,6 +486,7 @@ class Orchestrator:
             robot = self.registry.disconnect(peer.robot_id, now=self._clock(), session=peer.session)
             if robot is not None:
                 self._robot_offline(robot, "disconnected")
+                self.job_manager.robot_gone(robot.robot_id)
         self._notify()
 
     def _drop_token(self, name: str) -> None:
@@ -490,7 +574,14 @@ class Orchestrator:
                 return self._refuse(
                     peer, ProtocolError(ErrorCode.INVALID_MESSAGE, why, False, msg.id)
                 )
-        # Job, checkpoint and blob messages arrive with job dispatch.
+        if isinstance(msg, JOB_MESSAGES):
+            assert peer.robot_id is not None
+            error = self.job_manager.on_message(peer.robot_id, msg)
+            if error is not None:
+                logger.info("refused %s from %r: %s", msg.type, peer, error.message)
+                peer.send(error)
+            return True
+        # Checkpoint and blob messages arrive with checkpoint transfer.
         job_id = getattr(msg, "job_id", None)
         if isinstance(job_id, str):
             why = f"unknown job {job_id!r}: this orchestrator did not assign it"
@@ -541,6 +632,7 @@ class Orchestrator:
         )
         self._publish(EventKind.ROBOT_ONLINE, {"robot": _dump(robot)})
         self._notify()
+        self.job_manager.wake()
         return True
 
     def _on_heartbeat(self, peer: _Peer, msg: Heartbeat) -> bool:
@@ -560,6 +652,8 @@ class Orchestrator:
             robot.running_jobs,
         ):
             self._publish(EventKind.ROBOT_STATUS, {"robot": _dump(robot)})
+        if robot.free_slots:
+            self.job_manager.wake()
         self._notify()
         return True
 
@@ -622,6 +716,7 @@ class Orchestrator:
         )
         for robot in gone:
             self._robot_offline(robot, "missed_heartbeats")
+            self.job_manager.robot_gone(robot.robot_id)
             peer = self._robot_peers.pop(robot.robot_id, None)
             if peer is not None:
                 peer.close(
