@@ -282,24 +282,14 @@ class JobManager:
                 job, RunStatus.FAILED, now, error=("RobotLost", f"robot {robot_id} went offline")
             )
             self._attempts.pop((job.job_id, job.attempt), None)
-            try:
-                requeued = self.queue.requeue(
-                    job.job_id,
-                    eligible_at=now,
-                    resume_from_failed=True,
-                    reason=f"robot {robot_id} went offline",
-                    now=now,
-                )
-            except QueueError as exc:
-                logger.warning("cannot requeue job %s: %s", job.job_id, exc)
-                continue
-            if requeued.status is RunStatus.CANCELLED:
-                self._finished(requeued)
-            else:
+            if self._requeue(
+                job,
+                now=now,
+                event="robot_offline",
+                reason=f"robot {robot_id} went offline",
+                resume_from_failed=True,
+            ):
                 logger.info("requeued job %s: robot %s went offline", job.job_id, robot_id)
-                self.link.publish(
-                    EventKind.JOB_QUEUED, {"job": _dump(requeued), "reason": "robot_offline"}
-                )
         self.link.notify()
         self.wake()
 
@@ -354,18 +344,10 @@ class JobManager:
     def _on_reject(self, job: Job, robot_id: str, msg: JobReject, now: datetime) -> None:
         logger.info("robot %s rejected job %s: %s", robot_id, job.job_id, msg.reason)
         self._release(job.job_id, job.attempt)
-        requeued = self.queue.requeue(
-            job.job_id,
-            eligible_at=now,
-            resume_from_failed=job.resume_from_failed,
-            reason=f"rejected by robot {robot_id}: {msg.reason}",
-            now=now,
-        )
-        if requeued.status is RunStatus.CANCELLED:
-            self._finished(requeued)
-        else:
+        if self._requeue(
+            job, now=now, event="rejected", reason=f"rejected by robot {robot_id}: {msg.reason}"
+        ):
             self._skip[job.job_id] = robot_id
-            self.link.publish(EventKind.JOB_QUEUED, {"job": _dump(requeued), "reason": "rejected"})
         self.wake()
 
     def _on_progress(self, job: Job, msg: JobProgress) -> None:
@@ -403,33 +385,27 @@ class JobManager:
         self._release(job.job_id, job.attempt)
         if msg.status is RunStatus.CANCELLED and not self.queue.cancel_requested(job.job_id):
             # the robot stopped the job on its own (e.g. a shutdown): run it again elsewhere
-            requeued = self.queue.requeue(
-                job.job_id,
-                eligible_at=now,
-                resume_from_failed=True,
-                reason=f"robot {job.robot_id} stopped the job",
+            self._requeue(
+                job,
                 now=now,
-            )
-            self.link.publish(
-                EventKind.JOB_QUEUED, {"job": _dump(requeued), "reason": "robot_stopped"}
+                event="robot_stopped",
+                reason=f"robot {job.robot_id} stopped the job",
+                resume_from_failed=True,
             )
             self.wake()
             return
         fate = after_attempt(job, msg.status, now=now, policy=self.retry_policy)
         if fate.retry and fate.eligible_at is not None:
-            requeued = self.queue.requeue(
-                job.job_id,
+            if self._requeue(
+                job,
+                now=now,
+                event="retry",
+                reason=msg.error_message,
                 eligible_at=fate.eligible_at,
                 resume_from_failed=True,
-                reason=msg.error_message,
-                now=now,
-            )
-            if requeued.status is RunStatus.CANCELLED:
-                self._finished(requeued)
-                return
-            logger.info("job %s attempt %d failed; retrying", job.job_id, job.attempt)
-            self.link.publish(EventKind.JOB_QUEUED, {"job": _dump(requeued), "reason": "retry"})
-            self._wake_at(fate.eligible_at, now)
+            ):
+                logger.info("job %s attempt %d failed; retrying", job.job_id, job.attempt)
+                self._wake_at(fate.eligible_at, now)
             return
         done = self.queue.finish(
             job.job_id,
@@ -524,9 +500,7 @@ class JobManager:
         )
         if not self.link.send_to_robot(robot_id, msg):
             self._release(job.job_id, job.attempt)
-            self.queue.requeue(
-                job.job_id, eligible_at=now, resume_from_failed=job.resume_from_failed, now=now
-            )
+            self._requeue(job, now=now, event="send_failed", reason=None)
             return False
         logger.info("sent job %s attempt %d to robot %s", job.job_id, job.attempt, robot_id)
         return True
@@ -541,19 +515,44 @@ class JobManager:
                 self.assign_timeout_s,
             )
             self._release(job.job_id, job.attempt)
-            try:
-                requeued = self.queue.requeue(
-                    job.job_id,
-                    eligible_at=now,
-                    resume_from_failed=job.resume_from_failed,
-                    reason=f"robot {job.robot_id} did not accept the job in time",
-                    now=now,
-                )
-            except QueueError as exc:
-                logger.warning("cannot requeue job %s: %s", job.job_id, exc)
-                continue
-            if requeued.status is RunStatus.CANCELLED:
-                self._finished(requeued)
+            self._requeue(
+                job,
+                now=now,
+                event="not_accepted",
+                reason=f"robot {job.robot_id} did not accept the job in time",
+            )
+
+    def _requeue(
+        self,
+        job: Job,
+        *,
+        now: datetime,
+        event: str,
+        reason: str | None,
+        eligible_at: datetime | None = None,
+        resume_from_failed: bool | None = None,
+    ) -> Job | None:
+        """Put a job back in the queue and tell the monitors why (``event``). A job whose
+        cancel was asked meanwhile ends cancelled instead. Answers the queued job, or None
+        when it was cancelled or could not be requeued (logged)."""
+        try:
+            requeued = self.queue.requeue(
+                job.job_id,
+                eligible_at=eligible_at or now,
+                resume_from_failed=(
+                    job.resume_from_failed if resume_from_failed is None else resume_from_failed
+                ),
+                reason=reason,
+                now=now,
+            )
+        except QueueError as exc:
+            logger.warning("cannot requeue job %s: %s", job.job_id, exc)
+            return None
+        if requeued.status is RunStatus.CANCELLED:
+            self._finished(requeued)
+            return None
+        self.link.publish(EventKind.JOB_QUEUED, {"job": _dump(requeued), "reason": event})
+        return requeued
 
     def _wake_at(self, when: datetime, now: datetime) -> None:
         delay = max(0.0, (when - now).total_seconds())
