@@ -52,6 +52,9 @@ from casare_nb.store.history import HistoryStore, HistoryWriter
 
 REDACTED = "***"
 
+CellHook = Callable[[CellRecord, NotebookNode], None]
+"""Called after each executed cell with its record and the cell as the output holds it."""
+
 
 class Recorder(Protocol):
     """Where a run's records go: the local DuckDB history (``HistoryWriter``) by default; a
@@ -149,13 +152,15 @@ async def arun_notebook(
     notebook: bytes | None = None,
     run_id: str | None = None,
     recorder: Recorder | None = None,
+    on_cell: CellHook | None = None,
 ) -> RunResult:
     """Run a workflow notebook with parameters; see the module docstring.
 
     ``kernels``: a warm pool to take the kernel from instead of starting one. ``notebook``:
     the notebook's bytes, when it came from elsewhere (a robot gets it in its job; ``path``
     then only names it). ``run_id``: the id to run under (a job's). ``recorder``: where the
-    records go instead of the state directory's history."""
+    records go instead of the state directory's history. ``on_cell``: called after each
+    executed cell with its record and the cell as the output notebook holds it."""
     if notebook is not None:
         nb, sha = parse_workflow(notebook, str(path)), hashlib.sha256(notebook).hexdigest()
     else:
@@ -192,6 +197,7 @@ async def arun_notebook(
         on_start=on_start,
         kernels=kernels,
         recorder=recorder,
+        on_cell=on_cell,
     )
 
 
@@ -244,26 +250,120 @@ async def aresume(
     values, warnings = _validated(
         schema, {**typed, **(parameters or {})}, raw_parameters, strict=strict
     )
-    nb_exec, secret_source, secret_values = _parameterised(nb, values, schema)
-    state.ensure_writable()
-    prev_paths = state.attempt(run_id, prev.attempt)
-    prev_output = _read_output(prev_paths.output)
-    plan = plan_resume(nb_exec, prev_output, prev_paths, from_cell=from_cell)
-    carry_outputs(nb_exec, prev_output, plan)
-    attempt = prev.attempt + 1
-    state.attempt(run_id, attempt).inherit(prev_paths, plan.inherit_ids)
     record = RunRecord(
         run_id=run_id,
-        attempt=attempt,
+        attempt=prev.attempt + 1,
         workflow_path=prev.workflow_path,
         notebook_sha256=sha,
-        parameters=redact(values, secret_names),
+        parameters={},
         kernel_name=prev.kernel_name,
         started_at=datetime.now(UTC),
         resumed_from_attempt=prev.attempt,
-        restored_from_cell=plan.restore_cell,
         source=prev.source,
     )
+    return await _resume_into(
+        nb,
+        schema,
+        values,
+        record,
+        from_cell=from_cell,
+        state=state,
+        warnings=warnings,
+        output_path=output_path,
+        cwd=cwd,
+        options=options,
+        progress=progress,
+        cancel=cancel,
+        on_start=on_start,
+        kernels=kernels,
+        recorder=recorder,
+    )
+
+
+async def aresume_attempt(
+    path: str | os.PathLike[str],
+    parameters: Mapping[str, Any] | None,
+    *,
+    notebook: bytes,
+    run_id: str,
+    attempt: int,
+    from_attempt: int,
+    from_cell: int | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    options: Options | None = None,
+    cancel: asyncio.Event | None = None,
+    kernels: KernelPool | None = None,
+    recorder: Recorder | None = None,
+    on_cell: CellHook | None = None,
+    source: str = "robot",
+) -> RunResult:
+    """Resume attempt ``from_attempt`` of ``run_id`` as attempt ``attempt``, without a history:
+    the earlier attempt's output notebook and manifests are already in ``state_dir`` (a robot
+    puts there what the orchestrator sent). ``notebook`` is the workflow to run now and
+    ``parameters`` its full values (secrets included)."""
+    nb, sha = parse_workflow(notebook, str(path)), hashlib.sha256(notebook).hexdigest()
+    schema = read_schema(nb)
+    values, warnings = _validated(schema, parameters, None, strict=True)
+    record = RunRecord(
+        run_id=run_id,
+        attempt=attempt,
+        workflow_path=str(path),
+        notebook_sha256=sha,
+        parameters={},
+        kernel_name=kernel_name_of(nb, None),
+        started_at=datetime.now(UTC),
+        resumed_from_attempt=from_attempt,
+        source=source,
+    )
+    return await _resume_into(
+        nb,
+        schema,
+        values,
+        record,
+        from_cell=from_cell,
+        state=StateDir(state_dir),
+        warnings=warnings,
+        cwd=cwd,
+        options=options,
+        cancel=cancel,
+        kernels=kernels,
+        recorder=recorder,
+        on_cell=on_cell,
+    )
+
+
+async def _resume_into(
+    nb: NotebookNode,
+    schema: ParamSchema,
+    values: dict[str, Any],
+    record: RunRecord,
+    *,
+    from_cell: int | None,
+    state: StateDir,
+    warnings: list[str],
+    output_path: str | os.PathLike[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    options: Options | None = None,
+    progress: Progress | None = None,
+    cancel: asyncio.Event | None = None,
+    on_start: Callable[[RunRecord], None] | None = None,
+    kernels: KernelPool | None = None,
+    recorder: Recorder | None = None,
+    on_cell: CellHook | None = None,
+) -> RunResult:
+    """Plan the resume of attempt ``record.resumed_from_attempt`` and run it as ``record``."""
+    secret_names = schema.secret_names()
+    nb_exec, secret_source, secret_values = _parameterised(nb, values, schema)
+    state.ensure_writable()
+    assert record.resumed_from_attempt is not None
+    prev_paths = state.attempt(record.run_id, record.resumed_from_attempt)
+    prev_output = _read_output(prev_paths.output)
+    plan = plan_resume(nb_exec, prev_output, prev_paths, from_cell=from_cell)
+    carry_outputs(nb_exec, prev_output, plan)
+    state.attempt(record.run_id, record.attempt).inherit(prev_paths, plan.inherit_ids)
+    record.parameters = redact(values, secret_names)
+    record.restored_from_cell = plan.restore_cell
     return await execute_prepared(
         nb_exec,
         record,
@@ -282,6 +382,7 @@ async def aresume(
         on_start=on_start,
         kernels=kernels,
         recorder=recorder,
+        on_cell=on_cell,
     )
 
 
@@ -311,6 +412,7 @@ async def execute_prepared(
     on_start: Callable[[RunRecord], None] | None = None,
     kernels: KernelPool | None = None,
     recorder: Recorder | None = None,
+    on_cell: CellHook | None = None,
 ) -> RunResult:
     writer = recorder or HistoryWriter(HistoryStore(state.history_path))
     paths = state.attempt(record.run_id, record.attempt).create()
@@ -348,6 +450,7 @@ async def execute_prepared(
             progress=progress,
             secret_values=secret_values,
             on_cells=writer.put_cells,
+            on_cell=on_cell,
         )
         await executor.prepare(secret_names=secret_names, secret_source=secret_source)
         outcome: Outcome | None = None

@@ -526,6 +526,7 @@ class JobProgress(_JobScoped):
     """Robot -> orchestrator, after each executed cell."""
 
     direction: ClassVar[str] = ROBOT_TO_ORCHESTRATOR
+    repr_brief: ClassVar[frozenset[str]] = frozenset({"cell"})
 
     type: Literal["job_progress"] = "job_progress"
     cell_index: int = Field(ge=0, description="Index of the cell in the executed notebook.")
@@ -538,6 +539,11 @@ class JobProgress(_JobScoped):
     replayed: bool = Field(default=False, description="Re-run only to rebuild state.")
     error_name: str | None = Field(default=None, description="Exception class, if it raised.")
     error_message: str | None = Field(default=None, description="Exception message.")
+    cell: dict[str, Any] | None = Field(
+        default=None,
+        description="The cell as executed (nbformat JSON: source, outputs, metadata.casare), "
+        "so the orchestrator holds the notebook so far and can resume it on another robot.",
+    )
 
     @model_validator(mode="after")
     def _done_le_total(self) -> JobProgress:

@@ -16,6 +16,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from casare_nb.local import RunResult, aresume, arun_notebook
 from casare_nb.store.history import HistoryStore
 
+pytest_plugins = ["cluster"]  # the `cluster` fixture: an orchestrator and in-process robots
+
 
 def write_notebook(
     path: Path,

@@ -127,12 +127,22 @@ def test_failure_is_retried_then_dead() -> None:
     first = job("j", max_retries=2).model_copy(update={"attempt": 1})
     fate = after_attempt(first, RunStatus.FAILED, now=T0, policy=policy)
     assert fate.retry and fate.eligible_at == T0 + timedelta(seconds=5)
-    second = first.model_copy(update={"attempt": 2})
+    second = first.model_copy(update={"attempt": 2, "failures": 1})
     assert after_attempt(second, RunStatus.TIMEOUT, now=T0, policy=policy).eligible_at == T0 + (
         timedelta(seconds=10)
     )
-    last = first.model_copy(update={"attempt": 3})
+    last = first.model_copy(update={"attempt": 3, "failures": 2})
     assert after_attempt(last, RunStatus.FAILED, now=T0, policy=policy).status is RunStatus.DEAD
+
+
+def test_lost_attempts_do_not_use_up_retries() -> None:
+    """Attempts lost with a robot (attempt grows, failures do not) leave the retries intact."""
+    policy = RetryPolicy(base_s=5, jitter=0)
+    lost_twice = job("j", max_retries=1).model_copy(update={"attempt": 3, "failures": 0})
+    fate = after_attempt(lost_twice, RunStatus.FAILED, now=T0, policy=policy)
+    assert fate.retry and fate.eligible_at == T0 + timedelta(seconds=5)
+    spent = lost_twice.model_copy(update={"failures": 1})
+    assert after_attempt(spent, RunStatus.FAILED, now=T0, policy=policy).status is RunStatus.DEAD
 
 
 def test_no_retries_configured_keeps_the_failure() -> None:

@@ -73,11 +73,11 @@ def forget_migrations(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- schema -------------------------------------------------------------------------------
 
 
-def test_migration_2_upgrades_a_v1_file_and_keeps_history(
+def test_migrations_upgrade_a_v1_file_and_keep_history(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file at schema version 1 gets jobs and tokens tables; its runs are kept."""
-    assert SCHEMA_VERSION == 2
+    """A file at schema version 1 gets jobs (with failures) and tokens; its runs are kept."""
+    assert SCHEMA_VERSION == 3
     with monkeypatch.context() as patch:
         patch.setattr(history, "MIGRATIONS", history.MIGRATIONS[:1])
         patch.setattr(history, "_MIGRATED", set())
@@ -95,7 +95,7 @@ def test_migration_2_upgrades_a_v1_file_and_keeps_history(
         assert queue.get_job("j1") == make_job()
     assert {"runs", "cells", "jobs", "tokens"} <= tables
     store = HistoryStore(db_path)
-    assert store.schema_version() == 2
+    assert store.schema_version() == 3
     assert [run.run_id for run in store.list_runs()] == ["r1"]
 
 
@@ -314,6 +314,39 @@ def test_requeue_of_a_cancel_requested_job_cancels_it(queue: QueueStore) -> None
         "j1", eligible_at=T0, resume_from_failed=False, now=T0 + timedelta(minutes=1)
     )
     assert (job.status, job.finished_at) == (JobStatus.CANCELLED, T0 + timedelta(minutes=1))
+
+
+def test_requeue_counts_failures_only_when_told(queue: QueueStore) -> None:
+    """A retry after a failure counts one failure; a requeue for a lost robot counts none."""
+    running(queue)
+    lost = queue.requeue("j1", eligible_at=T0, resume_from_failed=True)
+    assert (lost.attempt, lost.failures) == (1, 0)
+    queue.assign("j1", "robot-2", now=T0)
+    retried = queue.requeue("j1", eligible_at=T0, resume_from_failed=True, failed=True)
+    assert (retried.attempt, retried.failures) == (2, 1)
+
+
+def test_reopen_queues_a_finished_job_again(queue: QueueStore) -> None:
+    """reopen: a failed job is queued again with new parameters, errors and failures cleared;
+    an unfinished or unknown job is refused."""
+    running(queue)
+    queue.requeue("j1", eligible_at=T0, resume_from_failed=True, failed=True)
+    queue.assign("j1", "robot-1", now=T0)
+    queue.finish("j1", 2, JobStatus.FAILED, now=T0, error_name="ValueError", error_message="x")
+    later = T0 + timedelta(minutes=5)
+    job = queue.reopen("j1", now=later, resume_from_failed=True, parameters={"limit": 5})
+    assert (job.status, job.attempt, job.failures, job.eligible_at) == (
+        JobStatus.QUEUED,
+        2,
+        0,
+        later,
+    )
+    assert (job.error_name, job.error_message, job.finished_at) == (None, None, None)
+    assert job.parameters == {"limit": 5} and job.resume_from_failed
+    with pytest.raises(QueueError, match="job j1 is still queued: only a finished job re-runs"):
+        queue.reopen("j1", now=later, resume_from_failed=False)
+    with pytest.raises(QueueError, match="unknown job nope"):
+        queue.reopen("nope", now=later, resume_from_failed=False)
 
 
 def test_running_on_and_assigned_unaccepted(queue: QueueStore) -> None:

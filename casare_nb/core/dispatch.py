@@ -117,14 +117,17 @@ def after_attempt(
 ) -> AfterFailure:
     """The job's fate after attempt ``job.attempt`` ended with ``outcome``.
 
-    Completed and cancelled are final. A failure or timeout is retried while attempts
-    remain (``max_retries`` beyond the first), after the policy's backoff; the last one makes
-    the job ``dead`` when retries were allowed, or leaves it ``failed``/``timeout``."""
+    Completed and cancelled are final. A failure or timeout is retried while retries remain
+    (``max_retries`` failures beyond the first; ``job.failures`` counts the earlier ones, so
+    attempts lost with a robot or rejected do not use up retries), after the policy's
+    backoff; the last one makes the job ``dead`` when retries were allowed, or leaves it
+    ``failed``/``timeout``."""
     if outcome in (RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.DEAD):
         return AfterFailure(outcome)
     if outcome not in (RunStatus.FAILED, RunStatus.TIMEOUT):
         raise ValueError(f"an attempt cannot end {outcome.value!r}")
-    if job.attempt <= job.max_retries:
-        wait = (policy or RetryPolicy()).delay(job.attempt, rand)
+    failures = job.failures + 1
+    if failures <= job.max_retries:
+        wait = (policy or RetryPolicy()).delay(failures, rand)
         return AfterFailure(RunStatus.QUEUED, now + timedelta(seconds=wait))
     return AfterFailure(RunStatus.DEAD if job.max_retries > 0 else outcome)

@@ -133,7 +133,7 @@ class Job(BaseModel):
     environment: str | None = None  # None: any robot's environment will do
     tags: list[str] = Field(default_factory=list)  # the robot must have all of them
     status: RunStatus = RunStatus.QUEUED
-    attempt: int = 0  # attempts dispatched so far
+    attempt: int = 0  # attempts dispatched so far (lost and rejected ones too)
     max_retries: int = 0  # extra attempts after a failure before the job is dead
     created_at: datetime
     eligible_at: datetime  # not dispatched before (retry backoff)
@@ -145,6 +145,7 @@ class Job(BaseModel):
     error_message: str | None = None
     resume_from_failed: bool = False  # the next attempt resumes from the last checkpoint
     source: str = "api"
+    failures: int = 0  # attempts that ran and failed or timed out (what max_retries counts)
 
 
 class Robot(BaseModel):

@@ -142,6 +142,7 @@ class Executor:
         progress: Progress | None = None,
         secret_values: Sequence[str] = (),
         on_cells: Callable[[list[CellRecord]], None] | None = None,
+        on_cell: Callable[[CellRecord, NotebookNode], None] | None = None,
     ) -> None:
         self.session = session
         self.nb = nb
@@ -153,6 +154,7 @@ class Executor:
         self.progress = progress or NoProgress()
         self.secret_values = [s for s in secret_values if s]
         self.on_cells = on_cells
+        self.on_cell = on_cell  # the record and the executed cell (outputs, metadata)
         self.client = _Client(nb, km=session.km, timeout=None, allow_errors=False)
         self.client.kc = session.kc
         self.client.max_output_bytes = self.options.max_output_bytes
@@ -365,6 +367,8 @@ class Executor:
         }
         if self.on_cells:
             self.on_cells([record])
+        if self.on_cell:
+            self.on_cell(record, cell)
         self.save()
 
     def save(self) -> None:

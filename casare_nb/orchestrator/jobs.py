@@ -25,9 +25,22 @@ The path of one job:
    ``job_failed`` saying ``cancelled`` that no user asked for (the robot stopped the job,
    e.g. shutting down) requeues the job at once.
 
-A robot that goes offline has its running jobs requeued at once with
-``resume_from_failed=True``. In this slice the new attempt starts from the beginning of the
-notebook: checkpoints are not transferred between robots yet.
+Checkpoints travel (:mod:`.checkpoints`): each ``job_progress`` carries the executed cell,
+so the orchestrator keeps every attempt's notebook so far; each ``checkpoint_offer`` is
+answered with ``checkpoint_want`` (the blobs it lacks), the blobs come as ``blob_put``, and
+``checkpoint_stored`` confirms once the manifest and all its blobs are stored.
+
+A robot that goes offline keeps its running jobs for ``reconnect_grace_s``: if it registers
+again within that time naming them in ``resume_from``, they continue (``continue_jobs``).
+Otherwise they are requeued with ``resume_from_failed=True`` and the next attempt, on any
+robot, **resumes from the last stored checkpoint**: :meth:`JobManager._resume_spec` plans the
+resume on the stored notebook-so-far and manifests and sends them (``job_assign.resume``);
+the robot fetches the blobs it lacks with ``blob_get``. Attempts lost this way, rejected or
+not accepted in time do not count as failures (``max_retries`` counts ``job.failures``).
+
+:meth:`JobManager.rerun` puts a finished job back in the queue: from the failed cell (the
+last checkpoint before it, with the workflow's current source) or from the start.
+``draining`` stops submissions and dispatch; running jobs go on.
 
 Database calls are short local DuckDB transactions made on the event loop's thread, which
 keeps every state change of a job in one order.
@@ -41,7 +54,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -50,13 +63,21 @@ from typing import Any, Protocol
 from pydantic import SecretStr
 
 from casare_nb.core.dispatch import RetryPolicy, after_attempt, plan_dispatch
-from casare_nb.core.errors import WorkflowError
+from casare_nb.core.errors import CasareError, WorkflowError
 from casare_nb.core.models import Job, Priority, Robot, RobotStatus, RunRecord, RunStatus
-from casare_nb.core.params import read_schema, redact
-from casare_nb.local import new_run_id
+from casare_nb.core.params import ParameterError, read_schema, redact
+from casare_nb.local import REDACTED, _parameterised, _read_output, new_run_id
 from casare_nb.notebook.checkpoint import write_json_atomic
-from casare_nb.notebook.workflow import load_workflow
+from casare_nb.notebook.resume import carry_outputs, plan_resume
+from casare_nb.notebook.workflow import load_workflow, parse_workflow
+from casare_nb.orchestrator.checkpoints import CheckpointError, CheckpointStore, blob_refs
 from casare_nb.protocol import (
+    BlobAck,
+    BlobGet,
+    BlobPut,
+    CheckpointOffer,
+    CheckpointStored,
+    CheckpointWant,
     Deduplicator,
     Envelope,
     Error,
@@ -69,20 +90,37 @@ from casare_nb.protocol import (
     JobComplete,
     JobFailed,
     JobProgress,
+    JobRef,
     JobReject,
+    ResumeSpec,
     dedup_key,
 )
 from casare_nb.store.history import HistoryStore, HistoryWriter
 from casare_nb.store.queue import QueueError, QueueStore
 
-__all__ = ["JOB_MESSAGES", "JobManager", "Link", "output_path"]
+__all__ = ["JOB_MESSAGES", "JobManager", "Link", "OrchestratorDraining", "output_path"]
 
 logger = logging.getLogger("casare_nb.orchestrator.jobs")
 
-JOB_MESSAGES = (JobAccept, JobReject, JobProgress, JobComplete, JobFailed, JobCancelled)
-"""The robot messages :meth:`JobManager.on_message` handles."""
+JOB_MESSAGES = (
+    JobAccept,
+    JobReject,
+    JobProgress,
+    JobComplete,
+    JobFailed,
+    JobCancelled,
+    CheckpointOffer,
+)
+"""The job-scoped robot messages :meth:`JobManager.on_message` handles."""
 
-JobMessage = JobAccept | JobReject | JobProgress | JobComplete | JobFailed | JobCancelled
+JobMessage = (
+    JobAccept | JobReject | JobProgress | JobComplete | JobFailed | JobCancelled | CheckpointOffer
+)
+
+
+class OrchestratorDraining(CasareError):
+    """The orchestrator is draining: it takes no new submissions."""
+
 
 _TAKES_JOBS = (RobotStatus.ONLINE, RobotStatus.BUSY)
 
@@ -124,6 +162,7 @@ class _Attempt:
     sha256: str
     started_at: datetime
     cells_total: int = 0
+    notebook: dict[str, Any] | None = None  # what the notebook-so-far starts from
 
 
 class JobManager:
@@ -144,9 +183,12 @@ class JobManager:
         heartbeat_interval_s: float,
         assign_timeout_s: float = 10.0,
         retry_policy: RetryPolicy | None = None,
+        reconnect_grace_s: float = 5.0,
     ) -> None:
         if assign_timeout_s <= 0:
             raise ValueError(f"assign_timeout_s must be > 0, not {assign_timeout_s}")
+        if reconnect_grace_s < 0:
+            raise ValueError(f"reconnect_grace_s must be >= 0, not {reconnect_grace_s}")
         self.queue = queue
         self.history = history
         self.link = link
@@ -154,6 +196,10 @@ class JobManager:
         self.assign_timeout_s = assign_timeout_s
         self.retry_policy = retry_policy or RetryPolicy()
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.reconnect_grace_s = reconnect_grace_s
+        self.checkpoints = CheckpointStore(state_dir)
+        self.draining = False
+        self._lost: dict[str, asyncio.TimerHandle] = {}  # robot id -> its jobs' requeue
         self._clock = clock
         self._writer = HistoryWriter(history)
         self._secrets: dict[str, dict[str, Any]] = {}
@@ -168,15 +214,24 @@ class JobManager:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the dispatcher task (in the running event loop)."""
+        """Start the dispatcher task (in the running event loop). Jobs the database says are
+        running (an orchestrator restart) wait twice ``reconnect_grace_s`` for their robots
+        to come back, then are requeued to resume elsewhere."""
         if self._task is None:
             self._task = asyncio.create_task(self._dispatch_forever(), name="orchestrator-dispatch")
+            robots = {
+                job.robot_id
+                for job in self.queue.list_jobs(status=[RunStatus.RUNNING], limit=1_000_000)
+            }
+            for robot_id in sorted(r for r in robots if r is not None):
+                self._lose_later(robot_id, 2 * self.reconnect_grace_s)
 
     async def stop(self) -> None:
         """Stop the dispatcher and write out the history; idempotent."""
-        for timer in self._timers:
+        for timer in [*self._timers, *self._lost.values()]:
             timer.cancel()
         self._timers.clear()
+        self._lost.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -213,6 +268,7 @@ class JobManager:
         anything is queued."""
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, not {max_retries}")
+        self._check_not_draining()
         path = Path(workflow_path).absolute()
         values, secret_names = await asyncio.to_thread(
             _validate, path, parameters or {}, raw_parameters
@@ -244,6 +300,68 @@ class JobManager:
         self.wake()
         return job
 
+    async def rerun(
+        self,
+        job_id: str,
+        *,
+        from_failed: bool = True,
+        parameters: Mapping[str, Any] | None = None,
+        raw_parameters: Mapping[str, str] | None = None,
+    ) -> Job:
+        """Queue a finished job again as its next attempt; the queued job.
+
+        ``from_failed``: resume from the first cell that did not run ok with its current
+        source (the failed cell, or an earlier one the analyst edited), the namespace
+        restored from the last checkpoint before it, on any robot; False: from the start.
+        ``parameters`` / ``raw_parameters`` change values (the others are kept; secret ones
+        must be given again). Raises QueueError (unknown, queued or running job),
+        ParameterError or WorkflowError; nothing changes then."""
+        self._check_not_draining()
+        job = self.queue.get_job(job_id)
+        if job is None:
+            raise QueueError(f"unknown job {job_id}")
+        if not job.status.finished:
+            raise QueueError(
+                f"job {job_id} is still {job.status.value}: only a finished job re-runs"
+            )
+        path = Path(job.workflow_path)
+        given = {**(parameters or {}), **(raw_parameters or {})}
+        earlier = {k: v for k, v in job.parameters.items() if k not in (raw_parameters or {})}
+        for name, value in sorted(earlier.items()):
+            if value == REDACTED and name not in given:
+                raise ParameterError(
+                    f"job {job_id} used secret parameter {name!r}; give it again to re-run"
+                )
+        earlier = {k: v for k, v in earlier.items() if v != REDACTED}
+        values, secret_names = await asyncio.to_thread(
+            _validate, path, {**earlier, **(parameters or {})}, raw_parameters
+        )
+        job = self.queue.reopen(
+            job_id,
+            now=self._clock(),
+            resume_from_failed=from_failed,
+            parameters=redact(values, secret_names),
+        )
+        secrets = {k: _plain(v) for k, v in values.items() if k in secret_names}
+        if secrets:
+            self._secrets[job.job_id] = redact(secrets, ())
+        how = "from the failed cell" if from_failed else "from the start"
+        logger.info("re-running job %s %s", job_id, how)
+        self.link.publish(EventKind.JOB_QUEUED, {"job": _dump(job), "reason": "rerun"})
+        self.link.notify()
+        self.wake()
+        return job
+
+    def running_jobs(self) -> list[Job]:
+        """The jobs running now (assigned to a robot)."""
+        return self.queue.list_jobs(status=[RunStatus.RUNNING], limit=1_000_000)
+
+    def _check_not_draining(self) -> None:
+        if self.draining:
+            raise OrchestratorDraining(
+                "the orchestrator is draining: it takes no new submissions until restarted"
+            )
+
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one at once, a running one by asking its robot (the job
         becomes cancelled when the robot answers). A finished or unknown job raises
@@ -270,18 +388,66 @@ class JobManager:
 
     # -- robots coming and going ---------------------------------------------------------
 
-    def robot_gone(self, robot_id: str) -> None:
-        """A robot went offline: requeue its running jobs (eligible now).
+    def robot_gone(self, robot_id: str, *, grace: bool = True) -> None:
+        """A robot went offline: its running jobs are requeued (to resume from their last
+        checkpoint) after ``reconnect_grace_s`` unless it comes back for them first; at once
+        with ``grace=False`` (it missed its heartbeats: it had its time)."""
+        self._lose_later(robot_id, self.reconnect_grace_s if grace else 0.0)
 
-        The next attempt is marked ``resume_from_failed`` but, in this slice, starts from
-        the beginning of the notebook (checkpoint transfer comes later)."""
-        now = self._clock()
-        self._assigned.pop(robot_id, None)
+    def robot_back(self, robot_id: str, holds: Sequence[JobRef]) -> list[JobRef]:
+        """A robot registered again naming the jobs it ``holds``: those still running on it
+        continue (answered in ``register_ack.continue_jobs``); its other running jobs are
+        requeued now (it lost them, e.g. it restarted)."""
+        timer = self._lost.pop(robot_id, None)
+        if timer is not None:
+            timer.cancel()
+        held = {(ref.job_id, ref.attempt) for ref in holds}
+        keep: list[JobRef] = []
+        lost = False
         for job in self.queue.running_on(robot_id):
+            if (job.job_id, job.attempt) in held:
+                keep.append(JobRef(job_id=job.job_id, attempt=job.attempt))
+                self._assigned.setdefault(robot_id, set()).add(job.job_id)
+            else:
+                lost = True
+        if lost:
+            self._requeue_lost(robot_id, keep={ref.job_id for ref in keep})
+        if keep:
+            logger.info(
+                "robot %s is back: %s continue", robot_id, ", ".join(r.job_id for r in keep)
+            )
+        return keep
+
+    def _lose_later(self, robot_id: str, delay: float) -> None:
+        old = self._lost.pop(robot_id, None)
+        if old is not None:
+            old.cancel()
+        if delay <= 0:
+            self._requeue_lost(robot_id)
+            return
+        loop = asyncio.get_running_loop()
+        self._lost[robot_id] = loop.call_later(delay, self._requeue_lost_timer, robot_id)
+
+    def _requeue_lost_timer(self, robot_id: str) -> None:
+        self._lost.pop(robot_id, None)
+        try:
+            self._requeue_lost(robot_id)
+        except Exception:
+            logger.exception("cannot requeue the jobs of robot %s", robot_id)
+
+    def _requeue_lost(self, robot_id: str, keep: Collection[str] = ()) -> None:
+        """Requeue the running jobs of ``robot_id`` (but ``keep``) to resume elsewhere."""
+        now = self._clock()
+        if not keep:
+            self._assigned.pop(robot_id, None)
+        for job in self.queue.running_on(robot_id):
+            if job.job_id in keep:
+                continue
             self._history_run(
                 job, RunStatus.FAILED, now, error=("RobotLost", f"robot {robot_id} went offline")
             )
-            self._attempts.pop((job.job_id, job.attempt), None)
+            self._release(job.job_id, job.attempt)
+            self.checkpoints.forget_attempt(job.job_id, job.attempt)
             if self._requeue(
                 job,
                 now=now,
@@ -318,6 +484,8 @@ class JobManager:
             )
         now = self._clock()
         match msg:
+            case CheckpointOffer():
+                return self._on_offer(robot_id, msg)
             case JobAccept():
                 self._on_accept(job, now)
             case JobReject():
@@ -355,6 +523,13 @@ class JobManager:
         if attempt is not None:
             attempt.cells_total = msg.cells_total
         self._writer.put_cells([msg.to_cell_record()])
+        if msg.cell is not None:
+            try:
+                self.checkpoints.record_cell(
+                    job.job_id, job.attempt, msg.cell, base=attempt.notebook if attempt else None
+                )
+            except (OSError, CheckpointError) as exc:
+                logger.warning("cannot keep cell %s of job %s: %s", msg.cell_id, job.job_id, exc)
         self.link.publish(
             EventKind.CELL_FINISHED,
             {
@@ -367,6 +542,106 @@ class JobManager:
                 "cells_done": msg.cells_done,
                 "cells_total": msg.cells_total,
             },
+        )
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def _on_offer(self, robot_id: str, msg: CheckpointOffer) -> Error | None:
+        try:
+            missing = self.checkpoints.offer(msg.job_id, msg.attempt, msg.cell_id, msg.manifest)
+        except CheckpointError as exc:
+            return _error(ErrorCode.INVALID_MESSAGE, str(exc), msg)
+        except OSError as exc:
+            return _error(ErrorCode.INTERNAL, f"cannot store the checkpoint: {exc}", msg)
+        answer: Envelope
+        if missing:
+            answer = CheckpointWant(
+                job_id=msg.job_id,
+                attempt=msg.attempt,
+                cell_id=msg.cell_id,
+                blobs=missing,
+                reply_to=msg.id,
+            )
+        else:
+            answer = CheckpointStored(
+                job_id=msg.job_id, attempt=msg.attempt, cell_id=msg.cell_id, reply_to=msg.id
+            )
+        self.link.send_to_robot(robot_id, answer)
+        return None
+
+    def on_blob_put(self, robot_id: str, msg: BlobPut) -> Error | None:
+        """A blob a checkpoint offer waits for; stored, acknowledged, and the offers it
+        completes confirmed with ``checkpoint_stored``. Blobs nobody asked for are refused."""
+        if not self.checkpoints.awaited(msg.sha256):
+            return _error(ErrorCode.INVALID_MESSAGE, f"blob {msg.sha256} was not asked for", msg)
+        try:
+            self.checkpoints.write_blob(msg.payload())
+        except OSError as exc:
+            return _error(ErrorCode.INTERNAL, f"cannot store blob {msg.sha256}: {exc}", msg)
+        self.link.send_to_robot(robot_id, BlobAck(sha256=[msg.sha256], reply_to=msg.id))
+        for job_id, attempt, cell_id in self.checkpoints.blob_stored(msg.sha256):
+            job = self.queue.get_job(job_id)
+            if job is not None and job.robot_id is not None and job.attempt == attempt:
+                self.link.send_to_robot(
+                    job.robot_id,
+                    CheckpointStored(job_id=job_id, attempt=attempt, cell_id=cell_id),
+                )
+        return None
+
+    def on_blob_get(self, robot_id: str, msg: BlobGet) -> list[Envelope]:
+        """The blobs a robot needs for a resume: a blob_put each, or an error for one the
+        store does not hold."""
+        answers: list[Envelope] = []
+        for sha in msg.sha256:
+            data = self.checkpoints.read_blob(sha)
+            if data is None:
+                answers.append(_error(ErrorCode.UNKNOWN_BLOB, f"blob {sha} is not stored", msg))
+            else:
+                answers.append(BlobPut.of(data, reply_to=msg.id))
+        return answers
+
+    def _resume_spec(self, job: Job, notebook: dict[str, Any], raw: bytes) -> ResumeSpec | None:
+        """How attempt ``job.attempt`` resumes the newest earlier attempt the store holds a
+        notebook-so-far of: plans the resume as the robot will, starts the new attempt's
+        notebook-so-far with the carried cells and the manifests up to the restore point.
+        None (start over) when no earlier attempt left anything, or it cannot be planned."""
+        prev = self.checkpoints.latest_output(job.job_id, job.attempt - 1)
+        if prev is None:
+            return None
+        try:
+            nb = parse_workflow(raw, job.workflow_path)
+            schema = read_schema(nb)
+            values = {k: v for k, v in job.parameters.items() if k in schema.params}
+            nb_exec, _, _ = _parameterised(nb, values, schema)
+            prev_paths = self.checkpoints.attempt(job.job_id, prev)
+            prev_output = _read_output(prev_paths.output)
+            plan = plan_resume(nb_exec, prev_output, prev_paths)
+            carry_outputs(nb_exec, prev_output, plan)
+            paths = self.checkpoints.attempt(job.job_id, job.attempt)
+            paths.inherit(prev_paths, plan.inherit_ids)
+            self.checkpoints.start_output(job.job_id, job.attempt, dict(nb_exec))
+        except (CasareError, ValueError, OSError) as exc:
+            logger.warning("job %s: cannot plan a resume, starting over: %s", job.job_id, exc)
+            return None
+        manifests = self.checkpoints.manifests_for(prev_paths, plan.inherit_ids)
+        blobs = sorted({sha for m in manifests.values() for sha in blob_refs(m)})
+        restore = (
+            nb_exec.cells[plan.restore_cell].get("id") if plan.restore_cell is not None else None
+        )
+        logger.info(
+            "job %s attempt %d resumes attempt %d at cell %d (restoring after cell %s)",
+            job.job_id,
+            job.attempt,
+            prev,
+            plan.start,
+            plan.restore_cell,
+        )
+        return ResumeSpec(
+            from_attempt=prev,
+            restore_cell_id=restore,
+            previous_output=dict(prev_output) if prev_output is not None else None,
+            manifests=manifests,
+            blobs=blobs,
         )
 
     def _on_complete(self, job: Job, msg: JobComplete, now: datetime) -> None:
@@ -403,6 +678,7 @@ class JobManager:
                 reason=msg.error_message,
                 eligible_at=fate.eligible_at,
                 resume_from_failed=True,
+                failed=True,
             ):
                 logger.info("job %s attempt %d failed; retrying", job.job_id, job.attempt)
                 self._wake_at(fate.eligible_at, now)
@@ -439,10 +715,12 @@ class JobManager:
                 logger.exception("dispatch failed")
 
     def dispatch(self) -> int:
-        """Requeue attempts not accepted in time, then assign what the robots can take;
-        the number of jobs sent."""
+        """Requeue attempts not accepted in time, then assign what the robots can take
+        (nothing while draining); the number of jobs sent."""
         now = self._clock()
         self._expire_unaccepted(now)
+        if self.draining:
+            return 0
         queued = self.queue.queued(now=now)
         if not queued:
             return 0
@@ -485,6 +763,7 @@ class JobManager:
             return False
         job = self.queue.assign(queued.job_id, robot_id, now=now)
         secrets = self._secrets.get(job.job_id, {})
+        resume = self._resume_spec(job, notebook, raw) if job.resume_from_failed else None
         msg = JobAssign(
             job_id=job.job_id,
             attempt=job.attempt,
@@ -493,10 +772,11 @@ class JobManager:
             parameters={k: v for k, v in job.parameters.items() if k not in secrets},
             secret_parameters=secrets,
             priority=job.priority,
+            resume=resume,
         )
         self._assigned.setdefault(robot_id, set()).add(job.job_id)
         self._attempts[(job.job_id, job.attempt)] = _Attempt(
-            robot_id, hashlib.sha256(raw).hexdigest(), now
+            robot_id, hashlib.sha256(raw).hexdigest(), now, notebook=notebook
         )
         if not self.link.send_to_robot(robot_id, msg):
             self._release(job.job_id, job.attempt)
@@ -531,6 +811,7 @@ class JobManager:
         reason: str | None,
         eligible_at: datetime | None = None,
         resume_from_failed: bool | None = None,
+        failed: bool = False,
     ) -> Job | None:
         """Put a job back in the queue and tell the monitors why (``event``). A job whose
         cancel was asked meanwhile ends cancelled instead. Answers the queued job, or None
@@ -544,6 +825,7 @@ class JobManager:
                 ),
                 reason=reason,
                 now=now,
+                failed=failed,
             )
         except QueueError as exc:
             logger.warning("cannot requeue job %s: %s", job.job_id, exc)
@@ -572,6 +854,7 @@ class JobManager:
     def _release(self, job_id: str, attempt: int) -> None:
         """The attempt ended (or never started): free its robot's slot."""
         record = self._attempts.pop((job_id, attempt), None)
+        self.checkpoints.forget_attempt(job_id, attempt)
         for robot_id, jobs in list(self._assigned.items()):
             jobs.discard(job_id)
             if not jobs:

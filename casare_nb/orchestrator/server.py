@@ -49,6 +49,7 @@ from ssl import SSLContext
 from types import TracebackType
 from typing import Any, Final
 
+from pydantic import BaseModel, Field
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
@@ -56,10 +57,12 @@ from websockets.http11 import Request, Response
 
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.models import Job, Priority, Robot, RunStatus
-from casare_nb.orchestrator.jobs import JOB_MESSAGES, JobManager
+from casare_nb.orchestrator.jobs import JOB_MESSAGES, JobManager, OrchestratorDraining
 from casare_nb.orchestrator.registry import NotRegistered, RobotIdTaken, RobotRegistry
 from casare_nb.protocol import (
     MAX_FRAME_BYTES,
+    BlobGet,
+    BlobPut,
     Envelope,
     Error,
     ErrorCode,
@@ -73,6 +76,7 @@ from casare_nb.protocol import (
     Register,
     RegisterAck,
     Role,
+    Shutdown,
     Subscribe,
     Topic,
     Unsubscribe,
@@ -82,7 +86,14 @@ from casare_nb.protocol import (
 from casare_nb.store.history import HistoryStore
 from casare_nb.store.queue import QueueError, QueueStore
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "HISTORY_FILE", "Orchestrator"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "HISTORY_FILE",
+    "DrainReport",
+    "Orchestrator",
+    "OrchestratorDraining",
+]
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8765
@@ -96,6 +107,16 @@ logger = logging.getLogger("casare_nb.orchestrator")
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class DrainReport(BaseModel):
+    """What a drain did: the jobs that ended while it waited, those still running when it
+    gave up (their robots stop them; they are requeued to resume after a restart), and the
+    robots told to shut down."""
+
+    finished_jobs: list[str] = Field(default_factory=list)
+    unfinished_jobs: list[str] = Field(default_factory=list)
+    robots_shut_down: list[str] = Field(default_factory=list)
 
 
 def _dump(robot: Robot) -> dict[str, Any]:
@@ -210,6 +231,7 @@ class Orchestrator:
         ssl_context: SSLContext | None = None,
         assign_timeout_s: float = 10.0,
         retry_policy: RetryPolicy | None = None,
+        reconnect_grace_s: float = 5.0,
     ) -> None:
         if heartbeat_interval_s <= 0:
             raise ValueError(f"heartbeat_interval_s must be > 0, not {heartbeat_interval_s}")
@@ -244,7 +266,10 @@ class Orchestrator:
             heartbeat_interval_s=heartbeat_interval_s,
             assign_timeout_s=assign_timeout_s,
             retry_policy=retry_policy,
+            reconnect_grace_s=reconnect_grace_s,
         )
+        self._drain_report: DrainReport | None = None
+        self._drain_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         state = "stopped" if self._stopped else "serving" if self._server else "not started"
@@ -351,6 +376,75 @@ class Orchestrator:
             environment=environment,
             max_retries=max_retries,
         )
+
+    async def rerun(
+        self,
+        job_id: str,
+        *,
+        from_failed: bool = True,
+        parameters: Mapping[str, Any] | None = None,
+        raw_parameters: Mapping[str, str] | None = None,
+    ) -> Job:
+        """Queue a finished job again as a new attempt: ``from_failed`` resumes from the
+        failed cell (restoring the last checkpoint before it, with the workflow's current
+        source) on any robot; False starts over. QueueError for an unknown, queued or running
+        job; ParameterError for bad parameters (secret ones must be given again)."""
+        self._check_started()
+        return await self.job_manager.rerun(
+            job_id, from_failed=from_failed, parameters=parameters, raw_parameters=raw_parameters
+        )
+
+    @property
+    def draining(self) -> bool:
+        """True once :meth:`drain` began: no submissions, no new dispatch."""
+        return self.job_manager.draining
+
+    async def drain(self, timeout_s: float = 60.0) -> DrainReport:
+        """The runbook's graceful shutdown: stop taking submissions and dispatching, wait up
+        to ``timeout_s`` for the running jobs to end, then tell every connected robot to shut
+        down (jobs still running are stopped and requeued to resume from their checkpoint)
+        and wait briefly for them to go. Idempotent: a second call answers the first's report.
+        """
+        self._check_started()
+        if timeout_s < 0:
+            raise ValueError(f"timeout_s must be >= 0, not {timeout_s}")
+        async with self._drain_lock:
+            if self._drain_report is not None:
+                return self._drain_report
+            self.job_manager.draining = True
+            self._notify()
+            logger.info("draining: no new submissions; waiting up to %g s for jobs", timeout_s)
+            running = {job.job_id for job in self.job_manager.running_jobs()}
+
+            def still_running() -> set[str]:
+                return {job.job_id for job in self.job_manager.running_jobs()}
+
+            with contextlib.suppress(TimeoutError):
+                await self.wait_for(lambda: not still_running(), timeout=timeout_s)
+            left = still_running()
+            robots = sorted(self._robot_peers)
+            for robot_id in robots:
+                graceful = not left
+                self.send_to_robot(
+                    robot_id, Shutdown(graceful=graceful, reason="the orchestrator is draining")
+                )
+            with contextlib.suppress(TimeoutError):
+                await self.wait_for(
+                    lambda: not self._robot_peers, timeout=max(5.0, self.heartbeat_interval_s)
+                )
+            report = DrainReport(
+                finished_jobs=sorted(running - left),
+                unfinished_jobs=sorted(left),
+                robots_shut_down=robots,
+            )
+            self._drain_report = report
+            logger.info(
+                "drained: %d jobs finished, %d unfinished, %d robots shut down",
+                len(report.finished_jobs),
+                len(report.unfinished_jobs),
+                len(robots),
+            )
+            return report
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one at once, a running one once its robot stopped it.
@@ -581,7 +675,17 @@ class Orchestrator:
                 logger.info("refused %s from %r: %s", msg.type, peer, error.message)
                 peer.send(error)
             return True
-        # Checkpoint and blob messages arrive with checkpoint transfer.
+        if isinstance(msg, BlobPut):
+            assert peer.robot_id is not None
+            error = self.job_manager.on_blob_put(peer.robot_id, msg)
+            if error is not None:
+                peer.send(error)
+            return True
+        if isinstance(msg, BlobGet):
+            assert peer.robot_id is not None
+            for answer in self.job_manager.on_blob_get(peer.robot_id, msg):
+                peer.send(answer)
+            return True
         job_id = getattr(msg, "job_id", None)
         if isinstance(job_id, str):
             why = f"unknown job {job_id!r}: this orchestrator did not assign it"
@@ -618,9 +722,13 @@ class Orchestrator:
         peer.role = Role.ROBOT
         peer.robot_id = robot.robot_id
         self._robot_peers[robot.robot_id] = peer
+        keep = self.job_manager.robot_back(robot.robot_id, msg.resume_from)
         peer.send(
             RegisterAck(
-                accepted=True, heartbeat_interval_s=self.heartbeat_interval_s, reply_to=msg.id
+                accepted=True,
+                heartbeat_interval_s=self.heartbeat_interval_s,
+                continue_jobs=keep,
+                reply_to=msg.id,
             )
         )
         logger.info(
@@ -716,7 +824,7 @@ class Orchestrator:
         )
         for robot in gone:
             self._robot_offline(robot, "missed_heartbeats")
-            self.job_manager.robot_gone(robot.robot_id)
+            self.job_manager.robot_gone(robot.robot_id, grace=False)
             peer = self._robot_peers.pop(robot.robot_id, None)
             if peer is not None:
                 peer.close(

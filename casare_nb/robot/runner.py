@@ -7,9 +7,21 @@ through :func:`casare_nb.local.arun_notebook`, on a kernel of the robot's warm
 ``job_progress``; the end of the run a ``job_complete`` (with the output notebook) or a
 ``job_failed``. ``job_cancel`` interrupts the run and is answered with ``job_cancelled``.
 
-Messages go through the agent's ``send``, which uses the connection of the moment; a
-message that cannot be sent (the link is down) is logged and dropped: the orchestrator
-requeues the jobs of a robot that went offline, so the attempt is superseded anyway.
+Checkpoints travel: each ``job_progress`` carries the executed cell (so the orchestrator
+holds the notebook so far), and after each cell every new manifest in the attempt's
+checkpoint folder is offered (``checkpoint_offer``); the blobs the orchestrator lacks
+(``checkpoint_want``) are sent as ``blob_put``. Blobs over
+:data:`~casare_nb.protocol.MAX_BLOB_BYTES` do not fit a frame: a manifest naming one is not
+offered (a resume elsewhere restores an earlier checkpoint and replays).
+
+A ``job_assign`` with ``resume`` re-runs an earlier attempt from its failed cell: the
+earlier attempt's notebook and manifests are written into this robot's state folder, the
+blobs it lacks are fetched with ``blob_get``, then the engine resumes
+(:func:`casare_nb.local.aresume_attempt`) with the namespace restored.
+
+Messages go through the agent's ``send``, which buffers job messages while the link is down
+and delivers them after the robot registers again. ``abandon`` stops an attempt the
+orchestrator gave to another robot, reporting nothing.
 """
 
 from __future__ import annotations
@@ -28,10 +40,18 @@ from websockets.exceptions import ConnectionClosed
 
 from casare_nb.core.errors import CasareError
 from casare_nb.core.models import CellRecord, RunRecord, RunStatus
-from casare_nb.local import RunResult, arun_notebook
+from casare_nb.local import RunResult, aresume_attempt, arun_notebook
+from casare_nb.notebook.checkpoint import AttemptPaths, StateDir, write_json_atomic
 from casare_nb.notebook.executor import Options
 from casare_nb.notebook.pool import KernelPool
+from casare_nb.orchestrator.checkpoints import blob_refs
 from casare_nb.protocol import (
+    MAX_BLOB_BYTES,
+    BlobGet,
+    BlobPut,
+    CheckpointOffer,
+    CheckpointStored,
+    CheckpointWant,
     Envelope,
     Error,
     ErrorCode,
@@ -60,18 +80,24 @@ async def _send_safely(send: Send, msg: Envelope) -> None:
         log.warning("could not send %s for job %s: %s", msg.type, getattr(msg, "job_id", "?"), exc)
 
 
-class _ProgressRecorder:
-    """The engine's Recorder on a robot: each cell becomes a job_progress message, sent in
-    order by a task of its own; the run record is only kept (the orchestrator writes the
-    history)."""
+_SCAN = "scan"  # outbox marker: offer the checkpoints written since the last scan
 
-    def __init__(self, job: JobAssign, send: Send) -> None:
+
+class _ProgressRecorder:
+    """The engine's Recorder on a robot: each executed cell becomes a job_progress message
+    (with the cell), followed by offers of the new checkpoints, sent in order by a task of
+    its own; the run record is only kept (the orchestrator writes the history)."""
+
+    def __init__(self, job: JobAssign, send: Send, paths: AttemptPaths, blob_dir: Path) -> None:
         self._job = job
         self._send = send
+        self._paths = paths
+        self._blob_dir = blob_dir
         self._loop = asyncio.get_running_loop()
-        self._outbox: asyncio.Queue[JobProgress | None] = asyncio.Queue()
+        self._outbox: asyncio.Queue[JobProgress | str | None] = asyncio.Queue()
         self._done = 0
         self._total = 0
+        self._offered: set[str] = set()
         self.run: RunRecord | None = None
         self._sender = asyncio.create_task(self._send_all())
 
@@ -80,24 +106,28 @@ class _ProgressRecorder:
         self._total = max(self._total, run.cells_total)
 
     def put_cells(self, cells: Sequence[CellRecord]) -> None:
-        for cell in cells:
-            self._done += 1
-            self._total = max(self._total, self._done)
-            msg = JobProgress(
-                job_id=self._job.job_id,
-                attempt=self._job.attempt,
-                cell_index=cell.cell_index,
-                cell_id=cell.cell_id,
-                status=cell.status,
-                duration_s=max(0.0, cell.duration_s),
-                cells_done=self._done,
-                cells_total=self._total,
-                started_at=cell.started_at,
-                replayed=cell.replayed,
-                error_name=cell.error_name,
-                error_message=cell.error_message,
-            )
-            self._loop.call_soon_threadsafe(self._outbox.put_nowait, msg)
+        return None  # cell_done reports each cell, with its outputs
+
+    def cell_done(self, cell: CellRecord, executed: dict[str, Any]) -> None:
+        self._done += 1
+        self._total = max(self._total, self._done)
+        msg = JobProgress(
+            job_id=self._job.job_id,
+            attempt=self._job.attempt,
+            cell_index=cell.cell_index,
+            cell_id=cell.cell_id,
+            status=cell.status,
+            duration_s=max(0.0, cell.duration_s),
+            cells_done=self._done,
+            cells_total=self._total,
+            started_at=cell.started_at,
+            replayed=cell.replayed,
+            error_name=cell.error_name,
+            error_message=cell.error_message,
+            cell=json.loads(json.dumps(executed)),
+        )
+        self._loop.call_soon_threadsafe(self._outbox.put_nowait, msg)
+        self._loop.call_soon_threadsafe(self._outbox.put_nowait, _SCAN)
 
     def flush(self, timeout: float | None = None) -> None:
         return None
@@ -106,13 +136,65 @@ class _ProgressRecorder:
         return None
 
     async def finish(self) -> None:
-        """Wait until every progress message put so far is sent."""
+        """Offer the last checkpoints, then wait until everything put so far is sent."""
+        self._loop.call_soon_threadsafe(self._outbox.put_nowait, _SCAN)
         self._loop.call_soon_threadsafe(self._outbox.put_nowait, None)
         await self._sender
 
     async def _send_all(self) -> None:
-        while (msg := await self._outbox.get()) is not None:
-            await _send_safely(self._send, msg)
+        while (item := await self._outbox.get()) is not None:
+            if isinstance(item, str):
+                for offer in self._new_offers():
+                    await _send_safely(self._send, offer)
+            else:
+                await _send_safely(self._send, item)
+
+    def _new_offers(self) -> list[CheckpointOffer]:
+        """Offers of the manifests written since the last scan (complete ones only)."""
+        folder = self._paths.checkpoints
+        if not folder.is_dir():
+            return []
+        offers = []
+        for path in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns):
+            cell_id = path.name.removesuffix(".json")
+            if cell_id in self._offered:
+                continue
+            self._offered.add(cell_id)
+            manifest = self._paths.read_manifest(cell_id)
+            if manifest is None:
+                continue
+            blobs = blob_refs(manifest)
+            too_big = [sha for sha in blobs if _blob_size(self._blob_dir, sha) > MAX_BLOB_BYTES]
+            if too_big:
+                log.info(
+                    "job %s: checkpoint of cell %s not offered: blob %s is over %d bytes",
+                    self._job.job_id,
+                    cell_id,
+                    too_big[0],
+                    MAX_BLOB_BYTES,
+                )
+                continue
+            offers.append(
+                CheckpointOffer(
+                    job_id=self._job.job_id,
+                    attempt=self._job.attempt,
+                    cell_id=cell_id,
+                    manifest=manifest,
+                    blobs=blobs,
+                )
+            )
+        return offers
+
+
+def _blob_path(blob_dir: Path, sha256: str) -> Path:
+    return blob_dir / sha256[:2] / sha256[2:]
+
+
+def _blob_size(blob_dir: Path, sha256: str) -> int:
+    try:
+        return _blob_path(blob_dir, sha256).stat().st_size
+    except OSError:
+        return 0
 
 
 @dataclass
@@ -121,6 +203,7 @@ class _Running:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_msg: JobCancel | None = None
     task: asyncio.Task[None] | None = None
+    abandoned: bool = False
 
 
 class EngineRunner:
@@ -135,8 +218,14 @@ class EngineRunner:
     ) -> None:
         self.pool = pool
         self.work_dir = Path(work_dir)
+        self.state = StateDir(self.work_dir / "state")
         self.max_concurrent_jobs = max_concurrent_jobs or pool.size
+        self.blob_timeout_s = 60.0
         self._jobs: dict[str, _Running] = {}
+        self._blob_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stored: set[tuple[str, int, str]] = set()
+        """(job, attempt, cell id) of the checkpoints the orchestrator confirmed stored."""
 
     def running_jobs(self) -> list[JobRef]:
         return [job.ref for job in self._jobs.values()]
@@ -155,8 +244,52 @@ class EngineRunner:
             log.info("cancelling job %s%s", msg.job_id, f": {msg.reason}" if msg.reason else "")
             running.cancel_msg = msg
             running.cancel.set()
+        elif isinstance(msg, CheckpointWant):
+            if msg.blobs:
+                task = asyncio.create_task(self._send_blobs(msg, send), name=f"blobs-{msg.job_id}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        elif isinstance(msg, BlobPut):
+            await asyncio.to_thread(self._store_blob, msg)
+            for waiter in self._blob_waiters.pop(msg.sha256, []):
+                if not waiter.done():
+                    waiter.set_result(None)
+        elif isinstance(msg, CheckpointStored):
+            self.stored.add((msg.job_id, msg.attempt, msg.cell_id))
         else:
-            log.debug("no checkpoint transfer yet; ignored %s", msg.type)
+            log.debug("ignored %s", msg.type)
+
+    async def abandon(self, ref: JobRef) -> None:
+        """Stop ``ref`` now without reporting it: the orchestrator gave it to another robot."""
+        running = self._jobs.get(ref.job_id)
+        if running is None or running.ref.attempt != ref.attempt:
+            return
+        log.info("abandoning job %s attempt %d: superseded", ref.job_id, ref.attempt)
+        running.abandoned = True
+        running.cancel.set()
+        if running.task is not None:
+            await asyncio.wait({running.task})
+
+    async def _send_blobs(self, msg: CheckpointWant, send: Send) -> None:
+        for sha in msg.blobs:
+            try:
+                data = await asyncio.to_thread(_blob_path(self.state.blob_dir, sha).read_bytes)
+            except OSError as exc:
+                log.warning("job %s: cannot read blob %s: %s", msg.job_id, sha, exc)
+                continue
+            if len(data) > MAX_BLOB_BYTES:
+                log.warning("job %s: blob %s is too big to send", msg.job_id, sha)
+                continue
+            await _send_safely(send, BlobPut.of(data, reply_to=msg.id))
+
+    def _store_blob(self, msg: BlobPut) -> None:
+        path = _blob_path(self.state.blob_dir, msg.sha256)
+        if path.is_file():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(msg.payload())
+        tmp.replace(path)
 
     async def drain(self) -> None:
         tasks = [job.task for job in self._jobs.values() if job.task is not None]
@@ -189,42 +322,103 @@ class EngineRunner:
 
     async def _run(self, msg: JobAssign, running: _Running, send: Send) -> None:
         started = time.monotonic()
-        recorder = _ProgressRecorder(msg, send)
+        paths = self.state.attempt(msg.job_id, msg.attempt)
+        recorder = _ProgressRecorder(msg, send, paths, self.state.blob_dir)
         result: RunResult | None = None
         error: tuple[str, str] | None = None
         try:
-            result = await self._execute(msg, running, recorder)
+            result = await self._execute(msg, running, recorder, send)
         except (CasareError, ValueError, OSError) as exc:  # bad parameters, broken notebook
             error = (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         except Exception as exc:
             log.exception("job %s failed to run", msg.job_id)
             error = (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         finally:
-            await recorder.finish()
+            if not running.abandoned:
+                await recorder.finish()
             self._jobs.pop(msg.job_id, None)
+        if running.abandoned:
+            return
         duration = round(time.monotonic() - started, 6)
         await _send_safely(send, self._final(msg, running, result, error, duration))
 
     async def _execute(
-        self, msg: JobAssign, running: _Running, recorder: _ProgressRecorder
+        self, msg: JobAssign, running: _Running, recorder: _ProgressRecorder, send: Send
     ) -> RunResult:
         options = None
         if msg.timeouts.cell_s is not None or msg.timeouts.run_s is not None:
             options = Options(cell_timeout=msg.timeouts.cell_s, run_timeout=msg.timeouts.run_s)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        notebook = json.dumps(msg.notebook).encode("utf-8")
+        values = {**msg.parameters, **msg.secret_parameters}
+        if msg.resume is not None:
+            await self._materialise(msg, send)
+            return await aresume_attempt(
+                msg.workflow_path,
+                values,
+                notebook=notebook,
+                run_id=msg.job_id,
+                attempt=msg.attempt,
+                from_attempt=msg.resume.from_attempt,
+                from_cell=msg.resume.from_cell,
+                recorder=recorder,
+                on_cell=recorder.cell_done,
+                kernels=self.pool,
+                state_dir=self.state.root,
+                cwd=self.work_dir,
+                cancel=running.cancel,
+                options=options,
+            )
         return await arun_notebook(
             msg.workflow_path,
-            {**msg.parameters, **msg.secret_parameters},
-            notebook=json.dumps(msg.notebook).encode("utf-8"),
+            values,
+            notebook=notebook,
             run_id=msg.job_id,
             recorder=recorder,
+            on_cell=recorder.cell_done,
             kernels=self.pool,
-            state_dir=self.work_dir / "state",
+            state_dir=self.state.root,
             cwd=self.work_dir,
             cancel=running.cancel,
             options=options,
             source="robot",
         )
+
+    async def _materialise(self, msg: JobAssign, send: Send) -> None:
+        """Put the resumed attempt's notebook and manifests in this robot's state folder and
+        fetch the blobs it lacks (waiting up to ``blob_timeout_s``: a blob that does not come
+        makes its variable fail to restore, and the resume replays the cells defining it)."""
+        spec = msg.resume
+        assert spec is not None
+        self.state.ensure_writable()
+        prev = self.state.attempt(msg.job_id, spec.from_attempt).create()
+        if spec.previous_output is not None:
+            write_json_atomic(prev.output, spec.previous_output)
+        for cell_id, manifest in spec.manifests.items():
+            write_json_atomic(prev.manifest(cell_id), manifest)
+        missing = [sha for sha in spec.blobs if not _blob_path(self.state.blob_dir, sha).is_file()]
+        if not missing:
+            return
+        loop = asyncio.get_running_loop()
+        waiters = []
+        for sha in missing:
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._blob_waiters.setdefault(sha, []).append(waiter)
+            waiters.append(waiter)
+        await _send_safely(send, BlobGet(sha256=missing))
+        _, pending = await asyncio.wait(waiters, timeout=self.blob_timeout_s)
+        if pending:
+            log.warning(
+                "job %s: %d of %d blobs did not arrive; resuming without them",
+                msg.job_id,
+                len(pending),
+                len(missing),
+            )
+        for sha in missing:
+            left = [w for w in self._blob_waiters.get(sha, []) if not w.done()]
+            for waiter in left:
+                waiter.cancel()
+            self._blob_waiters.pop(sha, None)
 
     @staticmethod
     def _final(

@@ -137,6 +137,11 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        3,
+        # Failures that count against max_retries, apart from attempts lost with a robot.
+        "ALTER TABLE jobs ADD COLUMN failures INTEGER DEFAULT 0;",
+    ),
 ]
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]

@@ -67,6 +67,7 @@ _JOB_COLUMNS: Final[dict[str, str]] = {
     "error_message": "VARCHAR",
     "resume_from_failed": "BOOLEAN",
     "source": "VARCHAR",
+    "failures": "INTEGER",
 }
 _JOB_SELECT: Final[str] = ", ".join(_JOB_COLUMNS)
 _JOB_TIMES: Final[tuple[str, ...]] = tuple(
@@ -108,6 +109,7 @@ def _job_row(job: Job) -> tuple[Any, ...]:
         job.error_message,
         job.resume_from_failed,
         job.source,
+        job.failures,
     )
 
 
@@ -287,22 +289,32 @@ class QueueStore:
         resume_from_failed: bool,
         reason: str | None = None,
         now: datetime | None = None,
+        failed: bool = False,
     ) -> Job:
         """running -> queued (robot died, not accepted in time, retry); keeps the attempt.
 
         Clears robot_id, assigned_at and accepted_at; ``reason`` (if given) becomes the
-        job's error_message. A job with a pending cancel is not requeued but cancelled
-        (finished_at = ``now``, default the current time): check the returned status.
-        A job that is not running raises QueueError.
+        job's error_message; ``failed`` (a retry after a failure) counts one more failure.
+        A job with a pending cancel is not requeued but cancelled (finished_at = ``now``,
+        default the current time): check the returned status. A job that is not running
+        raises QueueError.
         """
         with self._write() as con:
             rows = con.execute(
                 f"UPDATE jobs SET status = ?, robot_id = NULL, assigned_at = NULL,"
                 f" accepted_at = NULL, eligible_at = ?, resume_from_failed = ?,"
-                f" error_message = coalesce(?, error_message)"
+                f" error_message = coalesce(?, error_message), failures = failures + ?"
                 f" WHERE job_id = ? AND status = ? AND NOT cancel_requested"
                 f" RETURNING {_JOB_SELECT}",
-                [_QUEUED, _to_db_time(eligible_at), resume_from_failed, reason, job_id, _RUNNING],
+                [
+                    _QUEUED,
+                    _to_db_time(eligible_at),
+                    resume_from_failed,
+                    reason,
+                    int(failed),
+                    job_id,
+                    _RUNNING,
+                ],
             ).fetchall()
             if not rows:
                 rows = con.execute(
@@ -365,6 +377,41 @@ class QueueStore:
                 rows = con.execute(
                     f"SELECT {_JOB_SELECT} FROM jobs WHERE job_id = ?", [job_id]
                 ).fetchall()
+        return _job_from_row(rows[0])
+
+    def reopen(
+        self,
+        job_id: str,
+        *,
+        now: datetime,
+        resume_from_failed: bool,
+        parameters: dict[str, Any] | None = None,
+    ) -> Job:
+        """A finished job (completed, failed, cancelled, timeout, dead) -> queued again, for a
+        re-run: eligible now, error fields and cancel request cleared, failures reset to 0,
+        ``parameters`` (if given) replacing the stored ones; the attempt counter goes on.
+
+        A queued or running job, or an unknown one, raises QueueError.
+        """
+        with self._write() as con:
+            rows = con.execute(
+                f"UPDATE jobs SET status = ?, eligible_at = ?, robot_id = NULL,"
+                f" assigned_at = NULL, accepted_at = NULL, finished_at = NULL,"
+                f" error_name = NULL, error_message = NULL, cancel_requested = FALSE,"
+                f" failures = 0, resume_from_failed = ?, parameters = coalesce(?, parameters)"
+                f" WHERE job_id = ? AND status NOT IN (?, ?) RETURNING {_JOB_SELECT}",
+                [
+                    _QUEUED,
+                    _to_db_time(now),
+                    resume_from_failed,
+                    None if parameters is None else _to_json(parameters),
+                    job_id,
+                    *_UNFINISHED,
+                ],
+            ).fetchall()
+            if not rows:
+                status, _ = self._state(con, job_id)
+                raise QueueError(f"job {job_id} is still {status}: only a finished job re-runs")
         return _job_from_row(rows[0])
 
     def cancel(self, job_id: str, *, now: datetime) -> Job:

@@ -1,0 +1,267 @@
+"""The orchestrator's checkpoint store: what robots send after each cell, kept where any
+robot can resume from it.
+
+Same layout as a robot's (and a local run's) state directory, under the orchestrator's
+``state_dir`` (see :mod:`casare_nb.notebook.checkpoint`)::
+
+    blobs/ab/cdef...                          pickled variables, by sha256
+    runs/<job>/<attempt>/checkpoints/<cell>.json
+                                              a manifest, written once all its blobs are here
+    runs/<job>/<attempt>/output.ipynb         the attempt's notebook so far: the cells carried
+                                              from the attempt it resumed, then each executed
+                                              cell as its job_progress reports it
+
+The transfer (``checkpoint_offer`` -> ``checkpoint_want`` -> ``blob_put``... ->
+``checkpoint_stored``) is content-addressed: only blobs the store lacks are asked for, so a
+variable that did not change is never sent twice, whichever attempt or job made it.
+
+A manifest is only written once every blob it names is stored, so a resume never reads a
+checkpoint that is half here. Names in manifests (cell ids, ``ref`` file names, blob
+digests) become paths and are checked first: a robot cannot write outside the store.
+
+Blocking file I/O; the job manager calls it on the event loop (small files) and moves blob
+writes to a thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from casare_nb.notebook.checkpoint import AttemptPaths, StateDir, write_json_atomic
+
+__all__ = ["CheckpointError", "CheckpointStore", "blob_refs"]
+
+logger = logging.getLogger("casare_nb.orchestrator.checkpoints")
+
+_CELL_ID: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_REF: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}\.json$")
+_SHA: Final = re.compile(r"^[0-9a-f]{64}$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint offer or blob that cannot be stored (bad names, hash mismatch)."""
+
+
+def blob_refs(manifest: dict[str, Any]) -> list[str]:
+    """The blob digests a manifest names directly (``ref`` entries name other manifests)."""
+    found: list[str] = []
+    for entry in (manifest.get("vars") or {}).values():
+        if isinstance(entry, dict) and isinstance(entry.get("blob"), str):
+            found.append(entry["blob"])
+    return sorted(set(found))
+
+
+def manifest_refs(manifest: dict[str, Any]) -> list[str]:
+    """The cell ids of the other manifests this one refers to."""
+    found: list[str] = []
+    for entry in (manifest.get("vars") or {}).values():
+        if isinstance(entry, dict) and isinstance(entry.get("ref"), str):
+            found.append(entry["ref"].removesuffix(".json"))
+    return sorted(set(found))
+
+
+def check_manifest(cell_id: str, manifest: dict[str, Any]) -> list[str]:
+    """Validate the names in a manifest; its blob digests. Raises CheckpointError."""
+    if not _CELL_ID.match(cell_id):
+        raise CheckpointError(f"cell id {cell_id!r} is not a valid nbformat cell id")
+    entries = manifest.get("vars")
+    if entries is not None and not isinstance(entries, dict):
+        raise CheckpointError(f"manifest of cell {cell_id}: 'vars' is not an object")
+    for name, entry in (entries or {}).items():
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"manifest of cell {cell_id}: entry {name!r} is not an object")
+        ref = entry.get("ref")
+        if ref is not None and (not isinstance(ref, str) or not _REF.match(ref)):
+            raise CheckpointError(f"manifest of cell {cell_id}: bad ref {ref!r} for {name!r}")
+        blob = entry.get("blob")
+        if blob is not None and (not isinstance(blob, str) or not _SHA.match(blob)):
+            raise CheckpointError(f"manifest of cell {cell_id}: bad blob {blob!r} for {name!r}")
+    return blob_refs(manifest)
+
+
+@dataclass
+class _Offer:
+    job_id: str
+    attempt: int
+    cell_id: str
+    manifest: dict[str, Any]
+    missing: set[str] = field(default_factory=set)
+
+
+class CheckpointStore:
+    """Checkpoints and partial output notebooks of every job's attempts; see the module doc."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.state = StateDir(root)
+        self._pending: dict[tuple[str, int, str], _Offer] = {}
+        self._waiting: dict[str, set[tuple[str, int, str]]] = {}  # blob -> offers
+        self._outputs: dict[tuple[str, int], dict[str, Any]] = {}
+
+    # -- blobs ---------------------------------------------------------------------------
+
+    def blob_path(self, sha256: str) -> Path:
+        if not _SHA.match(sha256):
+            raise CheckpointError(f"{sha256!r} is not a sha256 hex digest")
+        return self.state.blob_dir / sha256[:2] / sha256[2:]
+
+    def has_blob(self, sha256: str) -> bool:
+        return self.blob_path(sha256).is_file()
+
+    def read_blob(self, sha256: str) -> bytes | None:
+        try:
+            return self.blob_path(sha256).read_bytes()
+        except OSError:
+            return None
+
+    def write_blob(self, data: bytes) -> str:
+        """Store ``data`` under its digest (atomic, idempotent); the digest. Blocking."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.blob_path(digest)
+        if path.is_file():
+            return digest
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        return digest
+
+    # -- offers --------------------------------------------------------------------------
+
+    def offer(self, job_id: str, attempt: int, cell_id: str, manifest: dict[str, Any]) -> list[str]:
+        """Take a robot's checkpoint offer; the blobs to ask it for. With none missing the
+        manifest is stored at once (the caller answers ``checkpoint_stored``)."""
+        blobs = check_manifest(cell_id, manifest)
+        key = (job_id, attempt, cell_id)
+        self._drop_pending(key)
+        missing = {sha for sha in blobs if not self.has_blob(sha)}
+        if not missing:
+            self._write_manifest(job_id, attempt, cell_id, manifest)
+            return []
+        self._pending[key] = _Offer(job_id, attempt, cell_id, manifest, set(missing))
+        for sha in missing:
+            self._waiting.setdefault(sha, set()).add(key)
+        return sorted(missing)
+
+    def awaited(self, sha256: str) -> bool:
+        """Some pending offer waits for this blob."""
+        return sha256 in self._waiting
+
+    def blob_stored(self, sha256: str) -> list[tuple[str, int, str]]:
+        """A blob arrived: the offers it completed (their manifests are now written)."""
+        done: list[tuple[str, int, str]] = []
+        for key in sorted(self._waiting.pop(sha256, set())):
+            offer = self._pending.get(key)
+            if offer is None:
+                continue
+            offer.missing.discard(sha256)
+            if not offer.missing:
+                del self._pending[key]
+                self._write_manifest(offer.job_id, offer.attempt, offer.cell_id, offer.manifest)
+                done.append(key)
+        return done
+
+    def forget_attempt(self, job_id: str, attempt: int) -> None:
+        """Drop the offers of an attempt that ended (what arrived so far stays)."""
+        for key in [k for k in self._pending if k[:2] == (job_id, attempt)]:
+            self._drop_pending(key)
+        self._outputs.pop((job_id, attempt), None)
+
+    def _drop_pending(self, key: tuple[str, int, str]) -> None:
+        offer = self._pending.pop(key, None)
+        if offer is None:
+            return
+        for sha in offer.missing:
+            keys = self._waiting.get(sha)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._waiting[sha]
+
+    def _write_manifest(
+        self, job_id: str, attempt: int, cell_id: str, manifest: dict[str, Any]
+    ) -> None:
+        paths = self.attempt(job_id, attempt).create()
+        write_json_atomic(paths.manifest(cell_id), manifest)
+
+    # -- attempts ------------------------------------------------------------------------
+
+    def attempt(self, job_id: str, attempt: int) -> AttemptPaths:
+        if not _CELL_ID.match(job_id):
+            raise CheckpointError(f"job id {job_id!r} cannot name a folder")
+        return self.state.attempt(job_id, attempt)
+
+    def stored_cells(self, job_id: str, attempt: int) -> list[str]:
+        """Cell ids with a complete manifest in this attempt."""
+        folder = self.attempt(job_id, attempt).checkpoints
+        if not folder.is_dir():
+            return []
+        return sorted(p.name.removesuffix(".json") for p in folder.glob("*.json"))
+
+    def manifests_for(self, paths: AttemptPaths, cell_ids: Iterable[str]) -> dict[str, Any]:
+        """The manifests of ``cell_ids`` and every manifest they refer to, by cell id."""
+        found: dict[str, Any] = {}
+        wanted = list(cell_ids)
+        while wanted:
+            cid = wanted.pop()
+            if cid in found:
+                continue
+            manifest = paths.read_manifest(cid)
+            if manifest is None:
+                continue
+            found[cid] = manifest
+            wanted.extend(manifest_refs(manifest))
+        return found
+
+    def start_output(self, job_id: str, attempt: int, notebook: dict[str, Any]) -> None:
+        """Begin the attempt's notebook-so-far with ``notebook``."""
+        paths = self.attempt(job_id, attempt).create()
+        self._outputs[(job_id, attempt)] = notebook
+        write_json_atomic(paths.output, notebook)
+
+    def record_cell(
+        self, job_id: str, attempt: int, cell: dict[str, Any], *, base: dict[str, Any] | None
+    ) -> None:
+        """An executed cell (as the robot's output notebook holds it) replaces the cell with
+        the same id in the attempt's notebook-so-far, which starts as the stored one or else
+        as ``base`` (the notebook sent); unknown ids are ignored."""
+        key = (job_id, attempt)
+        notebook = self._outputs.get(key)
+        paths = self.attempt(job_id, attempt)
+        if notebook is None:
+            try:
+                notebook = json.loads(paths.output.read_text("utf-8"))
+            except (OSError, ValueError):
+                notebook = json.loads(json.dumps(base)) if base is not None else None
+            if not isinstance(notebook, dict):
+                return
+            paths.create()
+            self._outputs[key] = notebook
+        cells = notebook.get("cells")
+        if not isinstance(cells, list):
+            return
+        for i, old in enumerate(cells):
+            if isinstance(old, dict) and old.get("id") == cell.get("id"):
+                cells[i] = cell
+                break
+        else:
+            return
+        write_json_atomic(paths.output, notebook)
+
+    def latest_output(self, job_id: str, before: int) -> int | None:
+        """The newest attempt <= ``before`` that has a notebook-so-far, or None."""
+        for attempt in range(before, 0, -1):
+            if self.attempt(job_id, attempt).output.is_file():
+                return attempt
+        return None

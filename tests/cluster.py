@@ -1,0 +1,120 @@
+"""A real orchestrator and real robot agents with warm kernels, in this process, for tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import write_notebook
+
+from casare_nb.core.dispatch import RetryPolicy
+from casare_nb.core.models import Job, RobotStatus
+from casare_nb.notebook.pool import KernelPool
+from casare_nb.orchestrator.server import HISTORY_FILE, Orchestrator
+from casare_nb.robot.agent import RobotAgent
+from casare_nb.robot.config import load_config
+from casare_nb.robot.runner import EngineRunner
+from casare_nb.store.history import HistoryStore
+
+__all__ = ["RUN_TIMEOUT", "Bot", "Cluster", "cluster", "notebook"]
+
+RUN_TIMEOUT = 60.0
+
+
+@dataclass
+class Bot:
+    agent: RobotAgent
+    runner: EngineRunner
+    pool: KernelPool
+    task: asyncio.Task[None]
+
+
+@dataclass
+class Cluster:
+    """An orchestrator and the robots the test starts; :meth:`close` stops them all."""
+
+    root: Path
+    orch: Orchestrator
+    bots: list[Bot] = field(default_factory=list)
+
+    async def robot(
+        self, robot_id: str, *, tags: Sequence[str] = (), capacity: int = 1, pool_size: int = 1
+    ) -> Bot:
+        token = await asyncio.to_thread(self.orch.create_token, robot_id)
+        config = load_config(
+            None,
+            env={},
+            overrides={
+                "robot_id": robot_id,
+                "tags": list(tags),
+                "max_concurrent_jobs": capacity,
+                "orchestrator_url": self.orch.url,
+                "token": token,
+            },
+        )
+        work = self.root / robot_id
+        work.mkdir(parents=True, exist_ok=True)
+        pool = await KernelPool(size=pool_size, cwd=work).start()
+        runner = EngineRunner(pool, work, max_concurrent_jobs=capacity)
+        agent = RobotAgent(config, runner=runner, metrics=lambda: (0.0, 0.0))
+        bot = Bot(agent, runner, pool, asyncio.create_task(agent.run()))
+        self.bots.append(bot)
+        await self.orch.wait_for(lambda: self._online(robot_id), timeout=10)
+        return bot
+
+    def _online(self, robot_id: str) -> bool:
+        robot = self.orch.robot(robot_id)
+        return robot is not None and robot.status is not RobotStatus.OFFLINE
+
+    async def stop_bot(self, bot: Bot) -> None:
+        bot.agent.stop()
+        await asyncio.wait_for(bot.task, 10)
+        await bot.runner.cancel_all()
+
+    async def close(self) -> None:
+        for bot in self.bots:
+            await self.stop_bot(bot)
+            await bot.pool.close()
+        await self.orch.stop()
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        await self.orch.wait_for(predicate, timeout=RUN_TIMEOUT)
+
+    def job(self, job_id: str) -> Job:
+        job = self.orch.job(job_id)
+        assert job is not None
+        return job
+
+    async def finished(self, job_id: str) -> Job:
+        await self.until(lambda: self.job(job_id).status.finished)
+        return self.job(job_id)
+
+    async def history(self) -> HistoryStore:
+        await asyncio.to_thread(self.orch.job_manager.flush_history, 30)
+        return HistoryStore(self.orch.state_dir / HISTORY_FILE)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    orch = Orchestrator(
+        tmp_path / "state",
+        port=0,
+        heartbeat_interval_s=0.2,
+        missed_heartbeats=10,
+        retry_policy=RetryPolicy(base_s=0.05, jitter=0),
+        reconnect_grace_s=0.3,
+    )
+    await orch.start()
+    c = Cluster(tmp_path, orch)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def notebook(tmp_path: Path, name: str, cells: Sequence[str], **kw: Any) -> Path:
+    return write_notebook(tmp_path / name, cells, **kw)
