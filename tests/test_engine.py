@@ -174,6 +174,18 @@ async def test_cancel_interrupts_the_running_cell(ws: Workspace) -> None:
     assert run is not None and run.status is RunStatus.CANCELLED
 
 
+async def test_cancel_before_the_first_cell_sends_no_cell(ws: Workspace) -> None:
+    """A run cancelled before its first cell ends cancelled at once, executing nothing."""
+    nb = ws.notebook([mark("c0") + "\nimport time\ntime.sleep(60)", mark("c1")])
+    cancel = asyncio.Event()
+    cancel.set()
+    result = await ws.run(nb, cancel=cancel)
+    assert result.status is RunStatus.CANCELLED
+    assert [c.status for c in result.cells] == [CellStatus.CANCELLED]
+    assert result.cells[0].error_message == "cancelled before the cell started"
+    assert ws.ran() == []
+
+
 async def test_state_dir_not_writable_is_a_clear_error(ws: Workspace) -> None:
     """A state directory the OS refuses to write fails before a kernel starts."""
     nb = ws.notebook(["x = 1"])

@@ -12,6 +12,7 @@ from cluster import Cluster, notebook
 from casare_nb.core.models import RunStatus
 from casare_nb.core.params import ParameterError
 from casare_nb.orchestrator.jobs import OrchestratorDraining, output_path
+from casare_nb.orchestrator.server import Orchestrator
 from casare_nb.store.queue import QueueError
 
 
@@ -181,3 +182,33 @@ async def test_drain_waits_for_running_jobs_then_shuts_robots_down(
     assert cluster.job(queued.job_id).status is RunStatus.QUEUED
     await asyncio.wait_for(bot.task, 10)  # the agent returned: it was shut down
     assert await cluster.orch.drain() == report
+
+
+async def test_queue_survives_a_restart_but_secrets_must_be_given_again(tmp_path: Path) -> None:
+    """After an orchestrator restart queued jobs run; one whose secret was lost fails with
+    SecretLost (nothing runs without it) and re-runs once the secret is given again."""
+    nb = notebook(
+        tmp_path,
+        "secret.ipynb",
+        ["print(len(api_key))"],
+        params="from casare_nb import Secret\napi_key: Secret[str] = ''",
+    )
+    plain = notebook(tmp_path, "plain.ipynb", ["x = 1"])
+    first = Orchestrator(tmp_path / "state", port=0)
+    await first.start()
+    secret_job = await first.submit(nb, {"api_key": "s3cr3t"})
+    plain_job = await first.submit(plain)
+    await first.stop()
+    second = Orchestrator(tmp_path / "state", port=0, heartbeat_interval_s=0.2)
+    await second.start()
+    cluster = Cluster(tmp_path, second)
+    try:
+        await cluster.robot("robot-a")
+        assert (await cluster.finished(plain_job.job_id)).status is RunStatus.COMPLETED
+        lost = await cluster.finished(secret_job.job_id)
+        assert (lost.status, lost.error_name) == (RunStatus.FAILED, "SecretLost")
+        assert lost.attempt == 0 and "api_key" in (lost.error_message or "")
+        await second.rerun(secret_job.job_id, parameters={"api_key": "s3cr3t"}, from_failed=False)
+        assert (await cluster.finished(secret_job.job_id)).status is RunStatus.COMPLETED
+    finally:
+        await cluster.close()

@@ -271,6 +271,20 @@ class Executor:
         loop = asyncio.get_running_loop()
         cell = self.nb.cells[step.index]
         started_at = datetime.now(UTC)
+        if cancel is not None and cancel.is_set():
+            # cancelled between cells: do not send the cell at all (nothing to interrupt)
+            return CellRecord(
+                run_id=self.run_id,
+                attempt=self.attempt,
+                cell_index=step.index,
+                cell_id=self._cell_id(step.index),
+                status=CellStatus.CANCELLED,
+                started_at=started_at,
+                duration_s=0.0,
+                error_name="Cancelled",
+                error_message="cancelled before the cell started",
+                replayed=step.replay,
+            )
         t0 = loop.time()
         deadlines = [d for d in (run_deadline,) if d is not None]
         if self.options.cell_timeout:

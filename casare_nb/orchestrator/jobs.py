@@ -761,8 +761,22 @@ class JobManager:
             )
             self._finished(done)
             return False
+        secrets = self._secrets.get(queued.job_id, {})
+        lost = sorted(k for k, v in queued.parameters.items() if v == REDACTED and k not in secrets)
+        if lost:
+            # secrets live in memory only: an orchestrator restart loses those of queued jobs
+            done = self.queue.finish(
+                queued.job_id,
+                queued.attempt,
+                RunStatus.FAILED,
+                now=now,
+                error_name="SecretLost",
+                error_message=f"secret parameter {lost[0]} was lost when the orchestrator "
+                "restarted; re-run the job giving it again",
+            )
+            self._finished(done)
+            return False
         job = self.queue.assign(queued.job_id, robot_id, now=now)
-        secrets = self._secrets.get(job.job_id, {})
         resume = self._resume_spec(job, notebook, raw) if job.resume_from_failed else None
         msg = JobAssign(
             job_id=job.job_id,

@@ -1,0 +1,207 @@
+"""Faults with real processes: robots (``casare-nb robot``) SIGKILLed or frozen at the worst
+moments; the orchestrator, real, in this process on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cluster import RUN_TIMEOUT, notebook
+
+from casare_nb.core.dispatch import RetryPolicy
+from casare_nb.core.models import Job, RobotStatus, RunStatus
+from casare_nb.orchestrator.server import HISTORY_FILE, Orchestrator
+from casare_nb.store.history import HistoryStore
+
+pytestmark = pytest.mark.timeout(180)
+
+
+class Fleet:
+    """An orchestrator in this process and robot processes started with ``casare-nb robot``."""
+
+    def __init__(self, root: Path, orch: Orchestrator) -> None:
+        self.root = root
+        self.orch = orch
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    async def robot(self, robot_id: str, *, wait: bool = True) -> subprocess.Popen[bytes]:
+        token = await asyncio.to_thread(self.orch.create_token, robot_id)
+        work = self.root / robot_id
+        work.mkdir(parents=True, exist_ok=True)
+        log = (self.root / f"{robot_id}.log").open("wb")
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "casare_nb.cli",
+                "robot",
+                "--orchestrator",
+                self.orch.url,
+                "--token",
+                token,
+                "--robot-id",
+                robot_id,
+                "--work-dir",
+                str(work),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "CASARE_HOME": str(self.root / "home")},
+        )
+        self.procs[robot_id] = proc
+        if wait:
+            await self.orch.wait_for(lambda: self.online(robot_id), timeout=60)
+        return proc
+
+    def online(self, robot_id: str) -> bool:
+        robot = self.orch.robot(robot_id)
+        return robot is not None and robot.status is not RobotStatus.OFFLINE
+
+    def kill(self, robot_id: str) -> None:
+        proc = self.procs[robot_id]
+        proc.send_signal(signal.SIGCONT)  # a frozen process must run to die
+        proc.kill()
+        proc.wait(10)
+
+    def job(self, job_id: str) -> Job:
+        job = self.orch.job(job_id)
+        assert job is not None
+        return job
+
+    async def until(self, predicate: object) -> None:
+        assert callable(predicate)
+        await self.orch.wait_for(predicate, timeout=RUN_TIMEOUT)
+
+    async def finished(self, job_id: str) -> Job:
+        await self.until(lambda: self.job(job_id).status.finished)
+        return self.job(job_id)
+
+    async def history(self) -> HistoryStore:
+        await asyncio.to_thread(self.orch.job_manager.flush_history, 30)
+        return HistoryStore(self.orch.state_dir / HISTORY_FILE)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
+    orch = Orchestrator(
+        tmp_path / "state",
+        port=0,
+        heartbeat_interval_s=0.3,
+        missed_heartbeats=5,
+        retry_policy=RetryPolicy(base_s=0.05, jitter=0),
+        reconnect_grace_s=0.5,
+        assign_timeout_s=3.0,
+    )
+    await orch.start()
+    f = Fleet(tmp_path, orch)
+    try:
+        yield f
+    finally:
+        f.close()
+        await orch.stop()
+
+
+def counted(log: Path, name: str, body: str = "") -> str:
+    """A cell appending ``name`` to ``log`` each time it executes, then ``body``."""
+    return f"with open({str(log)!r}, 'a') as _f:\n    _f.write({name!r} + '\\n')\n{body}"
+
+
+def once_per_attempt(history: HistoryStore, job_id: str) -> None:
+    cells = history.list_cells(job_id)
+    keys = [(c.attempt, c.cell_index) for c in cells]
+    assert len(keys) == len(set(keys)), f"a cell was recorded twice in one attempt: {keys}"
+
+
+async def test_robot_sigkilled_mid_cell_job_resumes_on_another(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """SIGKILL a robot while a cell runs: the job resumes on the other robot from the last
+    checkpoint (earlier cells not re-run); each cell recorded once per attempt."""
+    ran, started, go = tmp_path / "ran.log", tmp_path / "started", tmp_path / "go"
+    wait = (
+        f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\n"
+        f"while not pathlib.Path({str(go)!r}).exists():\n    time.sleep(0.02)"
+    )
+    nb = notebook(
+        tmp_path,
+        "long.ipynb",
+        [
+            counted(ran, "c0", "rows = list(range(10))"),
+            counted(ran, "c1", wait),
+            "total = sum(rows)",
+        ],
+    )
+    await fleet.robot("robot-a")
+    job = await fleet.orch.submit(nb)
+    store = fleet.orch.job_manager.checkpoints
+    await fleet.until(lambda: started.exists() and "c0" in store.stored_cells(job.job_id, 1))
+    await fleet.robot("robot-b")
+    fleet.kill("robot-a")
+    go.touch()
+    done = await fleet.finished(job.job_id)
+    assert (done.status, done.attempt, done.robot_id) == (RunStatus.COMPLETED, 2, "robot-b")
+    assert ran.read_text().split() == ["c0", "c1", "c1"]
+    history = await fleet.history()
+    once_per_attempt(history, job.job_id)
+    runs = history.attempts(job.job_id)
+    assert [(r.attempt, r.status) for r in runs] == [
+        (1, RunStatus.FAILED),
+        (2, RunStatus.COMPLETED),
+    ]
+    assert runs[0].error_name == "RobotLost"
+
+
+async def test_robot_killed_after_a_cell_before_reporting_more(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """The kernel SIGKILLs its robot right after a cell ended (before anything more is sent):
+    the job completes elsewhere; each cell recorded once per attempt."""
+    ran = tmp_path / "ran.log"
+    kill_a = (
+        "import os, signal\n"
+        "if os.path.basename(os.getcwd()) == 'robot-a':\n"
+        "    os.kill(os.getppid(), signal.SIGKILL)"
+    )
+    nb = notebook(
+        tmp_path,
+        "killer.ipynb",
+        [counted(ran, "c0", "x = 41"), counted(ran, "c1", kill_a), "y = x + 1\nprint('y', y)"],
+    )
+    await fleet.robot("robot-a")
+    job = await fleet.orch.submit(nb)
+    await fleet.until(lambda: fleet.procs["robot-a"].poll() is not None)
+    await fleet.robot("robot-b")
+    done = await fleet.finished(job.job_id)
+    assert (done.status, done.robot_id) == (RunStatus.COMPLETED, "robot-b")
+    assert ran.read_text().split().count("c1") == 2
+    once_per_attempt(await fleet.history(), job.job_id)
+
+
+async def test_frozen_robot_that_never_accepts_then_dies(fleet: Fleet, tmp_path: Path) -> None:
+    """A robot frozen (SIGSTOP) before it could accept its job, then SIGKILLed: the job goes
+    back to the queue and completes on another robot."""
+    nb = notebook(tmp_path, "quick.ipynb", ["x = 1", "print('x', x)"])
+    proc = await fleet.robot("robot-a")
+    proc.send_signal(signal.SIGSTOP)
+    job = await fleet.orch.submit(nb)
+    await fleet.until(lambda: fleet.job(job.job_id).robot_id == "robot-a")
+    assert fleet.job(job.job_id).accepted_at is None
+    await fleet.robot("robot-b")
+    fleet.kill("robot-a")
+    done = await fleet.finished(job.job_id)
+    assert (done.status, done.robot_id) == (RunStatus.COMPLETED, "robot-b")
+    assert done.failures == 0  # a lost attempt is not a failure
+    once_per_attempt(await fleet.history(), job.job_id)
