@@ -52,7 +52,8 @@ def measure(path: Path, params: dict[str, Any], work: Path, reps: int) -> dict[s
     sum_off = nbs.median([r.cell_sum_s for r in off])
     paired = nbs.median([a.cell_sum_s - b.cell_sum_s for a, b in zip(on, off, strict=True)])
     snaps = [s for r in on for s in r.snapshot_ms()]
-    last_cell = on[0].result.cells[-1].cell_id
+    last = on[0].result.cells[-1]
+    last_cell = last.cell_id or str(last.cell_index)
     ns_bytes = common.namespace_bytes(on[0].manifests, last_cell)
     return {
         "cells": n_cells,

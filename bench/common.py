@@ -47,7 +47,7 @@ class Timed:
         return [float(m["snapshot_ms"]) for m in self.manifests.values() if "snapshot_ms" in m]
 
     def durations(self) -> dict[str, float]:
-        return {c.cell_id: c.duration_s for c in self.result.cells}
+        return {c.cell_id or str(c.cell_index): c.duration_s for c in self.result.cells}
 
     def step_walls_s(self) -> dict[str, float]:
         """Cell id -> time from its start to the next cell's start: the cell plus what the
@@ -55,7 +55,7 @@ class Timed:
         writer ...). The last cell has none."""
         cells = self.result.cells
         return {
-            a.cell_id: b.started_at.timestamp() - a.started_at.timestamp()
+            a.cell_id or str(a.cell_index): b.started_at.timestamp() - a.started_at.timestamp()
             for a, b in itertools.pairwise(cells)
         }
 

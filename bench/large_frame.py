@@ -59,7 +59,7 @@ def _per_run(run: common.Timed) -> dict[str, Any]:
         "small_s": nbs.median([durations[c] for c in SMALL]),
         "small_step_s": nbs.median([steps[c] for c in SMALL if c in steps]),
         "create_snapshot_ms": snaps.get(CREATE),
-        "small_snapshot_ms": nbs.median([float(snaps[c]) for c in SMALL if snaps.get(c)])
+        "small_snapshot_ms": nbs.median([float(s) for c in SMALL if (s := snaps.get(c))])
         if any(snaps.get(c) for c in SMALL)
         else None,
         "create_forked": forked.get(CREATE),

@@ -27,7 +27,7 @@ def write_notebook(
     path: Path, cells: Sequence[str], *, parameters: int | None = None, prefix: str = "b"
 ) -> Path:
     """Write ``cells`` (code sources) as a notebook; ``parameters`` is the tagged cell's index."""
-    nb = nbformat.v4.new_notebook()
+    nb = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
     nb.metadata["kernelspec"] = {
         "display_name": "Python 3",
         "language": "python",
@@ -35,13 +35,13 @@ def write_notebook(
     }
     nb.metadata["language_info"] = {"name": "python"}
     for index, source in enumerate(cells):
-        cell = nbformat.v4.new_code_cell(source)
+        cell = nbformat.v4.new_code_cell(source)  # type: ignore[no-untyped-call]
         cell["id"] = f"{prefix}-{index:02d}"
         if index == parameters:
             cell.metadata["tags"] = ["parameters"]
         nb.cells.append(cell)
     path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
+    nbformat.write(nb, path)  # type: ignore[no-untyped-call]
     return path
 
 

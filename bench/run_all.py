@@ -1,7 +1,9 @@
 """Run every benchmark and rewrite docs/benchmarks.md.
 
-    .venv/bin/python bench/run_all.py            # full: ~10 minutes on 2 cores
+    .venv/bin/python bench/run_all.py            # full: ~14 minutes on 2 cores
     .venv/bin/python bench/run_all.py --quick    # smoke test: 3 repetitions, smaller sizes
+    .venv/bin/python bench/run_all.py --only orchestrated_run,dispatch_throughput
+                                                 # re-measure some; keep the other sections
 
 The raw figures also go to ``bench/out/results[-quick].json`` (not committed).
 """
@@ -27,7 +29,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-MODULES = ["checkpoint_overhead", "snapshot_paths", "large_frame", "resume_speedup", "vs_papermill"]
+MODULES = [
+    "checkpoint_overhead",
+    "snapshot_paths",
+    "large_frame",
+    "resume_speedup",
+    "vs_papermill",
+    "orchestrated_run",
+    "dispatch_throughput",
+]
 DOC = ROOT / "docs" / "benchmarks.md"
 OUT = ROOT / "bench" / "out"
 PACKAGES = ["casare_nb", "papermill", "nbclient", "jupyter_client", "ipykernel", "pandas"]
@@ -105,6 +115,15 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], quick: bool, too
             "Not the figures to quote.",
             "",
         ]
+    if info.get("only"):
+        kept = sorted({r["date"] for r in results if "date" in r and r["name"] not in info["only"]})
+        out += [
+            f"Sections {', '.join(info['only'])} re-measured on {info['date']} (`{command} --only "
+            f"{','.join(info['only'])}`); the others are kept from the run(s) of "
+            f"{', '.join(kept) or 'an earlier date'}: each section gives its own date and "
+            "sources.",
+            "",
+        ]
     out += [
         "## Machine",
         "",
@@ -146,12 +165,17 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], quick: bool, too
     out.append("")
     for r in results:
         out += [f"## {r['title']}", ""]
+        when = r.get("date", info["date"])
         out += [
             f"- Command: `{r['command']}{' --quick' if quick else ''}`",
             f"- Runs: {r.get('runs', '-')}",
-            f"- Machine: {short}",
-            "",
+            f"- Machine: {info['nproc']} CPUs (`nproc`), Python {info['python']}, {when}"
+            if when != info["date"]
+            else f"- Machine: {short}",
         ]
+        if r.get("source") and r["source"] != info["source_before"]:
+            out.append(f"- Product sources sha256 when measured: `{r['source']}`")
+        out.append("")
         if "error" in r:
             out += ["**Failed:**", "", "```", r["traceback"].rstrip(), "```", ""]
             continue
@@ -188,13 +212,39 @@ def load() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller data")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated module names: measure only those and keep the other sections "
+        "from the last run's bench/out/results[-quick].json",
+    )
     args = parser.parse_args(argv)
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(only) - set(MODULES))
+    if unknown:
+        parser.error(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULES)}")
+    raw = OUT / f"results{'-quick' if args.quick else ''}.json"
+    previous: dict[str, dict[str, Any]] = {}
+    if only:
+        try:
+            old = json.loads(raw.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            parser.error(f"--only needs the results of an earlier run in {raw}: {exc}")
+        for r in old.get("results", []):
+            r.setdefault("date", old.get("machine", {}).get("date", "?"))
+            r.setdefault("source", old.get("machine", {}).get("source_before", ""))
+            previous[r.get("name", "")] = r
     info = machine()
+    info["only"] = only
     info["load_before"] = load()
     info["source_before"] = source_fingerprint()
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
     for name in MODULES:
+        if only and name not in only:
+            if name in previous:
+                results.append(previous[name])
+            continue
         print(f"== {name}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         try:
@@ -210,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             }
             print(result["traceback"], file=sys.stderr)
         result["seconds"] = time.perf_counter() - t0
+        result.setdefault("name", name)
+        result["date"] = info["date"]
+        result["source"] = info["source_before"]
         print(f"   {name}: {result['seconds']:.0f} s", file=sys.stderr, flush=True)
         results.append(result)
     took = time.perf_counter() - started
@@ -220,10 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(render(results, info, args.quick, took) + "\n", encoding="utf-8")
     OUT.mkdir(parents=True, exist_ok=True)
-    raw = OUT / f"results{'-quick' if args.quick else ''}.json"
     raw.write_text(json.dumps({"machine": info, "results": results}, indent=1, default=str))
     print(f"wrote {DOC.relative_to(ROOT)} and {raw.relative_to(ROOT)}", file=sys.stderr)
-    return 1 if any("error" in r for r in results) else 0
+    return 1 if any("error" in r for r in results if not only or r.get("name") in only) else 0
 
 
 if __name__ == "__main__":

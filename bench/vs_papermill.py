@@ -46,7 +46,7 @@ def _subprocess(argv: list[str], cwd: Path) -> float:
 
 
 def _papermill_cells_s(out: Path) -> float:
-    nb = nbformat.read(out, as_version=4)
+    nb = nbformat.read(out, as_version=4)  # type: ignore[no-untyped-call]
     return sum(float(c.metadata.get("papermill", {}).get("duration") or 0) for c in nb.cells)
 
 

@@ -9,13 +9,25 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["RunResult", "Secret", "aresume", "arun_notebook", "resume", "run_notebook"]
+__all__ = [
+    "Client",
+    "ClientError",
+    "RunResult",
+    "Secret",
+    "aresume",
+    "arun_notebook",
+    "resume",
+    "run_notebook",
+]
 
 if TYPE_CHECKING:
+    from casare_nb.client import Client, ClientError
     from casare_nb.core.params import Secret
     from casare_nb.local import RunResult, aresume, arun_notebook, resume, run_notebook
 
 _LAZY = {
+    "Client": "casare_nb.client",
+    "ClientError": "casare_nb.client",
     "Secret": "casare_nb.core.params",
     "RunResult": "casare_nb.local",
     "run_notebook": "casare_nb.local",

@@ -14,11 +14,14 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from casare_nb.core.errors import CasareError
+
+if TYPE_CHECKING:
+    from casare_nb.client import Client
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 130
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -105,9 +108,11 @@ def _param_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _read_params(
     params: Sequence[tuple[str, str]], params_file: str | None
 ) -> tuple[dict[str, Any], dict[str, str]]:
+    typed: dict[str, Any] = {}
+    if not params and not params_file:
+        return typed, {}
     from casare_nb.core.params import parse_cli_pairs
 
-    typed: dict[str, Any] = {}
     if params_file:
         import yaml
 
@@ -419,6 +424,653 @@ def params(notebook: str, as_json: bool) -> None:
     click.echo(_table(rows, ["name", "type", "default"]))
 
 
+# ---------------------------------------------------------------- orchestrator, robots, client
+
+_LOG_LEVEL = click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Log level of the messages on stderr.",
+)
+
+
+def _setup_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if level != "debug":  # one line per connection is noise; casare_nb logs what matters
+        logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+@app.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="WebSocket port for robots and monitors (0: any free port).",
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=8766,
+    show_default=True,
+    help="HTTP API port (0: any free port).",
+)
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), help="Serve wss/https.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), help="Key of --tls-cert.")
+@_state_option
+@click.option(
+    "--workflows",
+    "workflows_dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=".",
+    show_default=True,
+    help="Workflows directory: submitted paths resolve here; paths outside are refused.",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds running jobs get to finish on SIGTERM/Ctrl-C.",
+)
+@_LOG_LEVEL
+def orchestrator(
+    host: str,
+    port: int,
+    http_port: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    state_dir: str | None,
+    workflows_dir: str,
+    drain_timeout: float,
+    log_level: str,
+) -> None:
+    """Run the orchestrator: robots connect over WebSocket, clients use the HTTP API.
+
+    SIGTERM or Ctrl-C drains (no new jobs, running jobs get --drain-timeout, robots are shut
+    down), then stops; a second signal stops at once.
+    """
+    _setup_logging(log_level)
+    from casare_nb.orchestrator.service import OrchestratorService, run_orchestrator
+
+    service = OrchestratorService(
+        state_dir,
+        host=host,
+        port=port,
+        http_port=http_port,
+        workflows_dir=workflows_dir,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+
+    def ready(s: Any) -> None:
+        click.echo("orchestrator ready")
+        click.echo(f"  robots, monitors  {s.ws_url}")
+        click.echo(f"  HTTP API          {s.http_url}  (/health, /docs)")
+        click.echo(f"  workflows         {s.workflows_dir}")
+        click.echo(f"  state             {s.state_dir}")
+        click.echo(f"  runtime file      {s.runtime_file}")
+        click.echo(
+            "add a robot:  casare-nb token create robot-1  then  "
+            f"casare-nb robot --orchestrator {s.ws_url} --token TOKEN --robot-id robot-1"
+        )
+
+    code = asyncio.run(
+        run_orchestrator(
+            service,
+            drain_timeout_s=drain_timeout,
+            on_ready=ready,
+            say=lambda line: click.echo(line),
+        )
+    )
+    sys.exit(code)
+
+
+@app.command()
+@click.option(
+    "--orchestrator",
+    "orchestrator_url",
+    metavar="URL",
+    help="ws://host:8765 (default: the config, CASARE_ORCHESTRATOR_URL, ws://127.0.0.1:8765).",
+)
+@click.option("--token", help="Bearer token (default: the config or CASARE_TOKEN).")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="File holding the token.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Robot config (default: ./robot_config.yaml if it exists).",
+)
+@click.option("--robot-id", help="Robot id (default: the config or CASARE_ROBOT_ID).")
+@click.option("--name", "robot_name", help="Display name (default: the id).")
+@click.option("--tags", help="Comma-separated tags jobs can ask for.")
+@click.option("--env", "environment", help="Environment (default: 'default').")
+@click.option("--max-jobs", type=click.IntRange(1, 64), help="Jobs at once (default 1).")
+@click.option("--pool-size", type=click.IntRange(1, 64), help="Warm kernels (default --max-jobs).")
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False),
+    help="Kernels' working directory (default: $CASARE_HOME/robots/ROBOT_ID).",
+)
+@_LOG_LEVEL
+def robot(
+    orchestrator_url: str | None,
+    token: str | None,
+    token_file: str | None,
+    config_path: str | None,
+    robot_id: str | None,
+    robot_name: str | None,
+    tags: str | None,
+    environment: str | None,
+    max_jobs: int | None,
+    pool_size: int | None,
+    work_dir: str | None,
+    log_level: str,
+) -> None:
+    """Run a robot: warm kernels that run the jobs the orchestrator sends.
+
+    SIGTERM or Ctrl-C: take no new jobs, let the running ones finish, exit; a second signal
+    cancels them (the orchestrator requeues them) and exits at once.
+    """
+    from casare_nb.robot.config import ConfigError, load_config
+
+    config = load_config(
+        config_path,
+        overrides={
+            "orchestrator_url": orchestrator_url,
+            "token": token,
+            "token_file": token_file,
+            "robot_id": robot_id,
+            "robot_name": robot_name,
+            "tags": tags,
+            "environment": environment,
+            "max_concurrent_jobs": max_jobs,
+            "kernel_pool_size": pool_size,
+            "work_dir": work_dir,
+        },
+    )
+    if not config.token_value():
+        raise ConfigError(
+            "no orchestrator token: give --token or --token-file, set CASARE_TOKEN, or "
+            "connection.token in the robot config (casare-nb token create NAME makes one)"
+        )
+    for notice in config.notices:
+        click.echo(f"casare-nb: warning: {notice}", err=True)
+    _setup_logging(log_level)
+    from casare_nb.robot.main import LocalRobot, run_robot
+
+    sys.exit(asyncio.run(run_robot(LocalRobot(config), say=lambda line: click.echo(line))))
+
+
+def _client_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = _state_option(f)
+    f = click.option(
+        "--token", envvar="CASARE_TOKEN", help="Bearer token (default: the runtime file's)."
+    )(f)
+    f = click.option(
+        "--url",
+        envvar="CASARE_URL",
+        help="Orchestrator HTTP URL (default: the runtime file of the state directory).",
+    )(f)
+    return f
+
+
+def _client(url: str | None, token: str | None, state_dir: str | None) -> tuple[Client, bool]:
+    """A Client, and whether it talks to an orchestrator of this machine (runtime file)."""
+    from casare_nb.client import Client
+
+    if url:
+        if not token:
+            _fail("--url needs a token: give --token or set CASARE_TOKEN")
+        return Client(url, token or ""), False
+    return Client.local(state_dir, token=token), True
+
+
+def _running_client(url: str | None, token: str | None, state_dir: str | None) -> Client | None:
+    """A Client if an orchestrator is given (--url) or runs on the state dir, else None."""
+    from casare_nb.orchestrator.api import pid_alive, read_runtime_file, runtime_file_path
+
+    if url:
+        return _client(url, token, state_dir)[0]
+    info = read_runtime_file(runtime_file_path(state_dir))
+    if info is not None and pid_alive(info.pid):
+        return _client(None, token, state_dir)[0]
+    return None
+
+
+_JOB_COLUMNS = ["job_id", "status", "priority", "workflow", "attempt", "robot", "created", "error"]
+
+
+def _job_row(job: Any) -> dict[str, Any]:
+    error = f"{job.error_name}: {job.error_message}" if job.error_name else ""
+    return {
+        "job_id": job.job_id,
+        "status": job.status.value,
+        "priority": job.priority.value,
+        "workflow": Path(job.workflow_path).name,
+        "attempt": job.attempt,
+        "robot": job.robot_id or "",
+        "created": f"{job.created_at:%Y-%m-%d %H:%M:%S}",
+        "error": error[:60],
+    }
+
+
+def jobs_table(jobs: Sequence[Any]) -> str:
+    """The ``casare-nb jobs`` table of ``jobs``."""
+    if not jobs:
+        return "no jobs"
+    return _table([_job_row(j) for j in jobs], _JOB_COLUMNS)
+
+
+def job_event_printer(echo: Callable[[str], None] = click.echo) -> Callable[[Any], None]:
+    """An ``on_event`` for ``Client.wait``: one line per start, cell, requeue."""
+    from casare_nb.protocol import EventKind
+
+    def on_event(event: Any) -> None:
+        data = event.data
+        if event.kind is EventKind.JOB_QUEUED and not data.get("reason"):
+            job = data["job"]
+            echo(f"  job {job['job_id']} queued ({Path(job['workflow_path']).name})")
+        elif event.kind is EventKind.JOB_STARTED:
+            job = data["job"]
+            echo(f"  started on robot {job['robot_id']} (attempt {job['attempt']})")
+        elif event.kind is EventKind.JOB_QUEUED:
+            why = data["job"].get("error_message") or ""
+            echo(f"  queued again ({data['reason']}){': ' + why if why else ''}")
+        elif event.kind is EventKind.CELL_FINISHED:
+            done, total = data.get("cells_done", 0), data.get("cells_total", 0)
+            width = 20
+            filled = round(width * done / max(total, 1))
+            echo(
+                f"  [{'#' * filled}{'-' * (width - filled)}] {done:>3}/{total:<3} "
+                f"cell {data['cell_index']:>3}  {data['status']:<11} {data['duration_s']:8.3f} s"
+            )
+
+    return on_event
+
+
+def job_outcome(job: Any) -> str:
+    """One line saying how a finished job ended."""
+    if job.status.value == "completed":
+        return f"job {job.job_id} completed (attempt {job.attempt}, robot {job.robot_id})"
+    why = f": {job.error_name}: {job.error_message}" if job.error_name else ""
+    return f"job {job.job_id} {job.status.value} (attempt {job.attempt}){why}"
+
+
+def _finish_wait(job: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(job.model_dump_json(indent=1))
+    elif job.status.value == "completed":
+        click.echo(job_outcome(job))
+    else:
+        click.echo(job_outcome(job), err=True)
+        click.echo(f"re-run from the failed cell:  casare-nb rerun {job.job_id} --wait", err=True)
+    sys.exit(0 if job.status.value == "completed" else EXIT_FAILED)
+
+
+def _workflow_arg(workflow: str, local: bool) -> str:
+    """A local file is sent as its absolute path to a local orchestrator; anything else as
+    typed, for the orchestrator to resolve against its workflows directory."""
+    path = Path(workflow)
+    if local and path.is_file():
+        return str(path.absolute())
+    return workflow
+
+
+_wait_options = [
+    click.option(
+        "--wait", is_flag=True, help="Wait for the job to finish; exit 1 unless completed."
+    ),
+    click.option(
+        "--timeout", "wait_timeout", type=click.FloatRange(min=0), help="Seconds to wait."
+    ),
+    click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),
+]
+
+
+def _with(options: Sequence[Callable[..., Any]]) -> Callable[..., Any]:
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+_submit_params = [
+    click.option(
+        "-p",
+        "--parameter",
+        "params",
+        nargs=2,
+        multiple=True,
+        metavar="NAME VALUE",
+        help="A parameter value (coerced to the type the notebook declares).",
+    ),
+    click.option(
+        "-f",
+        "--parameters-file",
+        "params_file",
+        type=click.Path(dir_okay=False),
+        help="YAML or JSON file of parameters.",
+    ),
+]
+
+
+@app.command()
+@click.argument("workflow")
+@_with(_submit_params)
+@click.option(
+    "--priority",
+    type=click.Choice(["low", "normal", "high", "critical"]),
+    default="normal",
+    show_default=True,
+)
+@click.option("--tags", help="Comma-separated tags the robot must have.")
+@click.option("--env", "environment", help="Environment the robot must be in.")
+@click.option("--max-retries", type=click.IntRange(0, 100), default=0, show_default=True)
+@_with(_wait_options)
+@_client_options
+def submit(
+    workflow: str,
+    params: Sequence[tuple[str, str]],
+    params_file: str | None,
+    priority: str,
+    tags: str | None,
+    environment: str | None,
+    max_retries: int,
+    wait: bool,
+    wait_timeout: float | None,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+    state_dir: str | None,
+) -> None:
+    """Queue a run of WORKFLOW on the orchestrator (path relative to its workflows dir)."""
+    typed, raw = _read_params(params, params_file)
+    client, local = _client(url, token, state_dir)
+    with client:
+        job = client.submit(
+            _workflow_arg(workflow, local),
+            typed,
+            raw_parameters=raw,
+            priority=priority,
+            tags=[t.strip() for t in (tags or "").split(",") if t.strip()],
+            environment=environment,
+            max_retries=max_retries,
+            wait=wait,
+            timeout=wait_timeout,
+            on_event=None if as_json else job_event_printer(),
+        )
+    if wait:
+        _finish_wait(job, as_json)
+    elif as_json:
+        click.echo(job.model_dump_json(indent=1))
+    else:
+        name = Path(job.workflow_path).name
+        click.echo(f"job {job.job_id} queued ({name}, priority {job.priority.value})")
+
+
+@app.command()
+@click.argument("job_id")
+@click.option(
+    "--from-failed/--from-start",
+    default=True,
+    show_default=True,
+    help="Resume from the failed cell (namespace restored), or run the whole notebook again.",
+)
+@_with(_submit_params)
+@_with(_wait_options)
+@_client_options
+def rerun(
+    job_id: str,
+    from_failed: bool,
+    params: Sequence[tuple[str, str]],
+    params_file: str | None,
+    wait: bool,
+    wait_timeout: float | None,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+    state_dir: str | None,
+) -> None:
+    """A new attempt of the finished job JOB_ID, from its failed cell by default."""
+    typed, raw = _read_params(params, params_file)
+    client, _ = _client(url, token, state_dir)
+    with client:
+        job = client.rerun(
+            job_id,
+            from_failed,
+            typed or None,
+            raw_parameters=raw or None,
+            wait=wait,
+            timeout=wait_timeout,
+            on_event=None if as_json else job_event_printer(),
+        )
+    if wait:
+        _finish_wait(job, as_json)
+    elif as_json:
+        click.echo(job.model_dump_json(indent=1))
+    else:
+        how = "from the failed cell" if from_failed else "from the start"
+        click.echo(f"job {job.job_id} queued again, {how}")
+
+
+@app.command()
+@click.option(
+    "--status",
+    type=click.Choice(["queued", "running", "completed", "failed", "cancelled", "timeout", "dead"]),
+    help="Only jobs in this status.",
+)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@_client_options
+def jobs(
+    status: str | None,
+    limit: int,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+    state_dir: str | None,
+) -> None:
+    """The orchestrator's jobs, newest first."""
+    client, _ = _client(url, token, state_dir)
+    with client:
+        found = client.list(status, limit)
+    if as_json:
+        click.echo(json.dumps([j.model_dump(mode="json") for j in found], indent=1))
+        return
+    click.echo(jobs_table(found))
+
+
+_ROBOT_COLUMNS = ["robot_id", "name", "status", "env", "load", "cpu", "mem", "last_heartbeat"]
+
+
+def _robot_row(robot: Any) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    beat = ""
+    if robot.last_heartbeat is not None:
+        ago = (datetime.now(UTC) - robot.last_heartbeat).total_seconds()
+        beat = f"{robot.last_heartbeat:%H:%M:%S} ({max(ago, 0):.0f} s ago)"
+    return {
+        "robot_id": robot.robot_id,
+        "name": robot.name,
+        "status": robot.status.value,
+        "env": robot.environment,
+        "load": f"{robot.running_jobs}/{robot.max_concurrent_jobs}",
+        "cpu": f"{robot.cpu_percent:.0f}%" if robot.cpu_percent is not None else "",
+        "mem": f"{robot.memory_percent:.0f}%" if robot.memory_percent is not None else "",
+        "last_heartbeat": beat,
+    }
+
+
+@app.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@_client_options
+def robots(as_json: bool, url: str | None, token: str | None, state_dir: str | None) -> None:
+    """The robots that registered with the orchestrator, and their load."""
+    client, _ = _client(url, token, state_dir)
+    with client:
+        found = client.robots()
+    if as_json:
+        click.echo(json.dumps([r.model_dump(mode="json") for r in found], indent=1))
+    elif not found:
+        click.echo("no robots yet")
+    else:
+        click.echo(_table([_robot_row(r) for r in found], _ROBOT_COLUMNS))
+
+
+@app.command()
+@click.argument("job_id")
+@_client_options
+def cancel(job_id: str, url: str | None, token: str | None, state_dir: str | None) -> None:
+    """Cancel JOB_ID: a queued job at once, a running one once its robot interrupted it."""
+    client, _ = _client(url, token, state_dir)
+    with client:
+        job = client.cancel(job_id)
+    if job.status.value == "cancelled":
+        click.echo(f"job {job.job_id} cancelled")
+    else:
+        click.echo(f"job {job.job_id}: cancel sent to robot {job.robot_id}; it stops shortly")
+
+
+@app.command()
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds the running jobs get to finish.",
+)
+@_client_options
+def drain(timeout: float, url: str | None, token: str | None, state_dir: str | None) -> None:
+    """Stop taking jobs, let running ones finish (up to --timeout), shut the robots down."""
+    client, _ = _client(url, token, state_dir)
+    with client:
+        report = client.drain(timeout)
+    click.echo("draining: the orchestrator takes no new jobs")
+    click.echo(f"  finished while waiting  {', '.join(report.finished_jobs) or '-'}")
+    click.echo(f"  still unfinished        {', '.join(report.unfinished_jobs) or '-'}")
+    click.echo(f"  robots shut down        {', '.join(report.robots_shut_down) or '-'}")
+
+
+@app.group()
+def token() -> None:
+    """Bearer tokens for robots, monitors and clients (stored hashed)."""
+
+
+class _TokenStore:
+    """The state dir's token table, opened directly when no orchestrator runs."""
+
+    def __init__(self, state_dir: str | None) -> None:
+        from casare_nb.notebook.checkpoint import StateDir
+
+        self.state = StateDir(state_dir)
+        self._store: Any = None
+
+    def __enter__(self) -> Any:
+        from casare_nb.store.history import HistoryStore
+        from casare_nb.store.queue import QueueStore
+
+        try:
+            self.state.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _fail(f"cannot create state directory {self.state.root}: {exc.strerror}")
+        self._store = QueueStore(HistoryStore(self.state.history_path))
+        return self._store
+
+    def __exit__(self, *exc: object) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+def _queue_call(call: Callable[[], Any]) -> Any:
+    from casare_nb.store.queue import QueueError
+
+    try:
+        return call()
+    except QueueError as exc:
+        _fail(str(exc))
+
+
+@token.command("create")
+@click.argument("name")
+@_client_options
+def token_create(name: str, url: str | None, token: str | None, state_dir: str | None) -> None:
+    """Create the token NAME and print it (shown only this once)."""
+    from casare_nb.orchestrator.api import TOKEN_NAME_PATTERN
+
+    if not re.fullmatch(TOKEN_NAME_PATTERN, name):
+        _fail(f"token name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    client = _running_client(url, token, state_dir)
+    if client is not None:
+        with client:
+            value = client.create_token(name)
+    else:
+        with _TokenStore(state_dir) as store:
+            value = _queue_call(lambda: store.create_token(name))
+    click.echo(value)
+    click.echo(f"token {name} created; it is shown only this once", err=True)
+
+
+@token.command("revoke")
+@click.argument("name")
+@_client_options
+def token_revoke(name: str, url: str | None, token: str | None, state_dir: str | None) -> None:
+    """Revoke the token NAME (its connections are closed)."""
+    client = _running_client(url, token, state_dir)
+    if client is not None:
+        with client:
+            client.revoke_token(name)
+    else:
+        with _TokenStore(state_dir) as store:
+            _queue_call(lambda: store.revoke_token(name))
+    click.echo(f"token {name} revoked")
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@_client_options
+def token_list(as_json: bool, url: str | None, token: str | None, state_dir: str | None) -> None:
+    """Every token: name, created, revoked (never the token)."""
+    client = _running_client(url, token, state_dir)
+    if client is not None:
+        with client:
+            rows = [t.model_dump() for t in client.tokens()]
+    else:
+        from casare_nb.notebook.checkpoint import StateDir
+
+        if not StateDir(state_dir).history_path.exists():
+            rows = []
+        else:
+            with _TokenStore(state_dir) as store:
+                rows = _queue_call(store.list_tokens)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1, default=str))
+        return
+    if not rows:
+        click.echo("no tokens")
+        return
+    table = [
+        {
+            "name": r["name"],
+            "created": f"{r['created_at']:%Y-%m-%d %H:%M:%S}",
+            "revoked": f"{r['revoked_at']:%Y-%m-%d %H:%M:%S}" if r["revoked_at"] else "",
+        }
+        for r in rows
+    ]
+    click.echo(_table(table, ["name", "created", "revoked"]))
+
+
 @app.command()
 @_state_option
 @click.option(
@@ -428,7 +1080,11 @@ def params(notebook: str, as_json: bool) -> None:
     show_default=True,
 )
 def demo(state_dir: str | None, workflows: str) -> None:
-    """Run the example workflows: one fails on purpose and is resumed; then the history."""
+    """The example workflows through a local orchestrator and robot; two fail and are re-run.
+
+    Starts an orchestrator (free ports) and one robot in this process, submits the examples
+    with the Python Client, re-runs the failing ones from their failed cell, prints the jobs.
+    """
     from casare_nb.demo import run_demo
 
     sys.exit(run_demo(Path(workflows), state_dir))

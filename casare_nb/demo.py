@@ -1,92 +1,155 @@
-"""``casare-nb demo``: the main job on embedded defaults, for a first look.
+"""``casare-nb demo``: the platform on embedded defaults, for a first look.
 
-Runs the example workflows in this process: a report that completes, an ingest that fails
-at its validation cell and is resumed from there with a parameter fix, a notebook with an
-expensive prefix that fails after it and is resumed without paying for the prefix again;
-then prints the history.
+Starts an orchestrator (WebSocket + HTTP API on free ports, state in ``./.casare`` or
+``$CASARE_HOME``) and one robot with warm kernels, in this process, then drives them the
+way a user does, through :class:`~casare_nb.Client`:
+
+1. ``sales_report`` completes;
+2. ``flaky_ingest`` fails at its validation cell and is re-run from that cell with a looser
+   ``max_bad_ratio``;
+3. ``long_prefix`` fails after its slow prefix and is re-run from the failed cell, without
+   paying for the prefix again;
+
+then prints the jobs table. Exit code 0 when every step did what it should, 1 otherwise.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from casare_nb.core.models import RunStatus
-from casare_nb.local import RunResult, aresume, arun_notebook
+from casare_nb.client import Client
+from casare_nb.core.models import Job, RunStatus
+from casare_nb.protocol import Event, EventKind
+
+ROBOT_ID = "demo-robot"
 
 
-def _line(result: RunResult, took: float) -> str:
-    where = f" at cell {result.failed_cell}" if result.failed_cell is not None else ""
-    extra = f" ({result.error_name}: {result.error_message})" if result.error_name else ""
-    replayed = f", replayed cells {result.replayed_cells}" if result.replayed_cells else ""
-    return (
-        f"  -> {result.status.value}{where} in {took:.2f} s, attempt {result.attempt}"
-        f"{replayed}{extra}"
-    )
+class _Watcher:
+    """Prints a job's events as they come and remembers which cells ran."""
+
+    def __init__(self, printer: Callable[[Any], None]) -> None:
+        self.printer = printer
+        self.cells: list[int] = []
+
+    def __call__(self, event: Event) -> None:
+        self.printer(event)
+        if event.kind is EventKind.CELL_FINISHED:
+            self.cells.append(int(event.data["cell_index"]))
 
 
-async def _demo(workflows: Path, state_dir: str | None) -> list[tuple[str, bool]]:
-    from casare_nb.cli import _Printer
+def _params(values: dict[str, Any]) -> str:
+    return "".join(f" -p {name} {value}" for name, value in values.items())
 
-    printer = _Printer(quiet=False)
-    checks: list[tuple[str, bool]] = []
 
-    async def run(name: str, params: dict[str, Any]) -> RunResult:
+def _outcome(job: Job, took: float) -> str:
+    why = f": {job.error_name}: {job.error_message}" if job.error_name else ""
+    return f"  -> {job.status.value} in {took:.2f} s (attempt {job.attempt}){why}"
+
+
+def _scenario(client: Client, checks: list[tuple[str, bool]]) -> None:
+    from casare_nb.cli import job_event_printer, jobs_table
+
+    printer = job_event_printer()
+
+    def submit(workflow: str, params: dict[str, Any]) -> tuple[Job, float, list[int]]:
+        click.echo(f"\n$ casare-nb submit {workflow}{_params(params)} --wait")
+        watcher = _Watcher(printer)
+        started = time.perf_counter()
+        job = client.submit(workflow, params, wait=True, timeout=120, on_event=watcher)
+        took = time.perf_counter() - started
+        click.echo(_outcome(job, took))
+        return job, took, watcher.cells
+
+    def rerun(job: Job, params: dict[str, Any]) -> tuple[Job, float, list[int]]:
         click.echo(
-            f"\n$ casare-nb run {workflows / name} "
-            + " ".join(f"-p {k} {v}" for k, v in params.items())
+            f"\n$ casare-nb rerun {job.job_id}{_params(params)} --wait   # from the failed cell"
         )
-        t = time.perf_counter()
-        result = await arun_notebook(
-            workflows / name, params, state_dir=state_dir, progress=printer, source="demo"
+        watcher = _Watcher(printer)
+        started = time.perf_counter()
+        again = client.rerun(
+            job.job_id,
+            from_failed=True,
+            parameters=params,
+            wait=True,
+            timeout=120,
+            on_event=watcher,
         )
-        click.echo(_line(result, time.perf_counter() - t))
-        return result
+        took = time.perf_counter() - started
+        click.echo(_outcome(again, took))
+        return again, took, watcher.cells
 
-    async def resume(result: RunResult, params: dict[str, Any]) -> tuple[RunResult, float]:
-        click.echo(
-            f"\n$ casare-nb resume {result.run_id} "
-            + " ".join(f"-p {k} {v}" for k, v in params.items())
-        )
-        t = time.perf_counter()
-        again = await aresume(result.run_id, params, state_dir=state_dir, progress=printer)
-        took = time.perf_counter() - t
-        click.echo(_line(again, took))
-        return again, took
-
-    report = await run("sales_report.ipynb", {"region": "EU"})
+    report, _, _ = submit("sales_report.ipynb", {"region": "EU"})
     checks.append(("sales_report completes", report.status is RunStatus.COMPLETED))
 
-    ingest = await run("flaky_ingest.ipynb", {})
-    checks.append(("flaky_ingest fails at its validation cell", ingest.status is RunStatus.FAILED))
-    fixed, _ = await resume(ingest, {"max_bad_ratio": 0.1})
-    checks.append(("flaky_ingest resumed from the failed cell completes", fixed.ok))
+    ingest, _, first_cells = submit("flaky_ingest.ipynb", {})
+    checks.append(
+        (
+            "flaky_ingest fails at its validation cell",
+            ingest.status is RunStatus.FAILED and ingest.error_name == "AssertionError",
+        )
+    )
+    fixed, _, rerun_cells = rerun(ingest, {"max_bad_ratio": 0.1})
+    checks.append(
+        (
+            "flaky_ingest re-run from the failed cell completes",
+            fixed.status is RunStatus.COMPLETED and fixed.attempt == ingest.attempt + 1,
+        )
+    )
 
-    t = time.perf_counter()
-    slow = await run("long_prefix.ipynb", {"warmup_seconds": 3.0})
-    first = time.perf_counter() - t
+    slow, first_took, slow_cells = submit("long_prefix.ipynb", {"warmup_seconds": 3.0})
     checks.append(("long_prefix fails after its prefix", slow.status is RunStatus.FAILED))
-    quick, took = await resume(slow, {"fail": False})
-    checks.append(("long_prefix resumed without re-running the prefix", quick.ok))
-    click.echo(f"  resume took {took:.2f} s against {first:.2f} s for the first attempt")
-    return checks
+    prefix_cell = slow_cells[-2] if len(slow_cells) >= 2 else -1  # the cell before the failure
+    quick, took, quick_cells = rerun(slow, {"fail": False})
+    click.echo(
+        f"  the re-run took {took:.2f} s against {first_took:.2f} s for the first attempt; "
+        f"cells run: {quick_cells}"
+    )
+    checks.append(
+        (
+            "long_prefix re-run from the failed cell completes without its slow prefix",
+            quick.status is RunStatus.COMPLETED and prefix_cell not in quick_cells,
+        )
+    )
+    del first_cells, rerun_cells
+
+    click.echo("\n$ casare-nb jobs")
+    click.echo(jobs_table(client.list(limit=10)))
 
 
 def run_demo(workflows: Path, state_dir: str | None) -> int:
     """Run the demo; answer the exit code (0 when every step did what it should)."""
-    from click.testing import CliRunner
+    from casare_nb.orchestrator.service import OrchestratorService, ServiceThread
+    from casare_nb.robot.main import default_work_dir, local_robot
 
-    from casare_nb.cli import app
-
-    checks = asyncio.run(_demo(workflows, state_dir))
-    click.echo("\n$ casare-nb history")
-    args = ["history"] + (["--state-dir", state_dir] if state_dir else [])
-    click.echo(CliRunner().invoke(app, args).output, nl=False)
+    service = OrchestratorService(
+        state_dir,
+        port=0,
+        http_port=0,
+        workflows_dir=workflows,
+        heartbeat_interval_s=0.5,
+    )
+    work_dir = (
+        Path(state_dir).absolute() / "robots" / ROBOT_ID
+        if state_dir
+        else default_work_dir(ROBOT_ID)
+    )
+    robot = local_robot(ROBOT_ID, pool_size=2, work_dir=work_dir, heartbeat_interval_s=0.5)
+    click.echo("casare-nb demo: an orchestrator and one robot in this process")
+    started = time.perf_counter()
+    checks: list[tuple[str, bool]] = []
+    with ServiceThread(service, robots=[robot]) as cluster:
+        click.echo(f"  orchestrator  {service.ws_url} (robots)  {service.http_url} (HTTP API)")
+        click.echo(f"  robot         {ROBOT_ID}, 2 warm kernels, work dir {work_dir}")
+        click.echo(f"  state         {service.state_dir}")
+        with cluster.client() as client:
+            _scenario(client, checks)
     click.echo()
     for what, ok in checks:
         click.echo(f"  [{'ok' if ok else 'FAILED'}] {what}")
-    return 0 if all(ok for _, ok in checks) else 1
+    click.echo(f"demo finished in {time.perf_counter() - started:.1f} s")
+    return 0 if checks and all(ok for _, ok in checks) else 1

@@ -71,6 +71,7 @@ async def test_rerun_from_failed_cell_resumes_on_another_robot(
     job = await cluster.orch.submit(nb)
     failed = await cluster.finished(job.job_id)
     assert (failed.status, failed.robot_id) == (RunStatus.FAILED, "robot-a")
+    assert (failed.failed_cell, failed.error_name) == (3, "AssertionError")  # c1, after params
     await cluster.stop_bot(robot_a)
     await cluster.robot("robot-b")
     with pytest.raises(ParameterError, match="limit"):

@@ -205,3 +205,64 @@ async def test_frozen_robot_that_never_accepts_then_dies(fleet: Fleet, tmp_path:
     assert (done.status, done.robot_id) == (RunStatus.COMPLETED, "robot-b")
     assert done.failures == 0  # a lost attempt is not a failure
     once_per_attempt(await fleet.history(), job.job_id)
+
+
+def test_orchestrator_sigkilled_mid_run_restarts_and_the_job_continues(tmp_path: Path) -> None:
+    """SIGKILL the orchestrator while a cell runs and start it again: the queue is restored,
+    the robot reconnects and its job continues as the same attempt; nothing runs twice and
+    each cell is recorded once."""
+    from test_cli_service import Gate, Proc, start_orchestrator, start_robot
+
+    (tmp_path / "workflows").mkdir()
+    ran = tmp_path / "ran.log"
+    gate = Gate(tmp_path, "c1")
+    notebook(
+        tmp_path / "workflows",
+        "long.ipynb",
+        [
+            counted(ran, "c0", "rows = list(range(10))"),
+            counted(ran, "c1", gate.cell),
+            "print(sum(rows))",
+        ],
+    )
+    later = notebook(tmp_path / "workflows", "later.ipynb", ["x = 1"])
+    (tmp_path / "robot_config.yaml").write_text("connection:\n  reconnect_max_backoff_s: 1\n")
+    orch = start_orchestrator(tmp_path)
+    procs = [orch.proc]
+    try:
+        port = orch.ws_url.rsplit(":", 1)[1]
+        procs.append(start_robot(orch, "robot-1", "--config", str(tmp_path / "robot_config.yaml")))
+        with orch.client() as client:
+            job = client.submit("long.ipynb")
+            gate.wait_started()
+            queued = client.submit(str(later), tags=["nowhere"])
+        orch.proc.kill()  # SIGKILL: no drain, no goodbye
+        again = Proc(
+            tmp_path,
+            "orchestrator",
+            "--port",
+            port,
+            "--http-port",
+            "0",
+            "--workflows",
+            "workflows",
+            "--log-level",
+            "warning",
+        )
+        procs.append(again)
+        again.expect("runtime file")
+        orch.proc = again
+        with orch.client() as client:
+            assert client.get(queued.job_id).status is RunStatus.QUEUED
+            gate.open()
+            done = client.wait(job.job_id, timeout=RUN_TIMEOUT)
+        assert (done.status, done.attempt, done.robot_id) == (RunStatus.COMPLETED, 1, "robot-1")
+        assert ran.read_text().split() == ["c0", "c1"]
+        again.popen.send_signal(signal.SIGTERM)
+        assert again.wait() == 0
+        history = HistoryStore(tmp_path / "state" / HISTORY_FILE)
+        once_per_attempt(history, job.job_id)
+        assert {c.cell_id for c in history.list_cells(job.job_id)} >= {"c0", "c1", "c2"}
+    finally:
+        for proc in procs:
+            proc.kill()

@@ -332,7 +332,10 @@ def test_reopen_queues_a_finished_job_again(queue: QueueStore) -> None:
     running(queue)
     queue.requeue("j1", eligible_at=T0, resume_from_failed=True, failed=True)
     queue.assign("j1", "robot-1", now=T0)
-    queue.finish("j1", 2, JobStatus.FAILED, now=T0, error_name="ValueError", error_message="x")
+    failed = queue.finish(
+        "j1", 2, JobStatus.FAILED, now=T0, error_name="ValueError", error_message="x", failed_cell=4
+    )
+    assert failed.failed_cell == 4
     later = T0 + timedelta(minutes=5)
     job = queue.reopen("j1", now=later, resume_from_failed=True, parameters={"limit": 5})
     assert (job.status, job.attempt, job.failures, job.eligible_at) == (
@@ -341,7 +344,7 @@ def test_reopen_queues_a_finished_job_again(queue: QueueStore) -> None:
         0,
         later,
     )
-    assert (job.error_name, job.error_message, job.finished_at) == (None, None, None)
+    assert (job.error_name, job.error_message, job.finished_at, job.failed_cell) == (None,) * 4
     assert job.parameters == {"limit": 5} and job.resume_from_failed
     with pytest.raises(QueueError, match="job j1 is still queued: only a finished job re-runs"):
         queue.reopen("j1", now=later, resume_from_failed=False)

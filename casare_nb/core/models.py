@@ -146,6 +146,7 @@ class Job(BaseModel):
     resume_from_failed: bool = False  # the next attempt resumes from the last checkpoint
     source: str = "api"
     failures: int = 0  # attempts that ran and failed or timed out (what max_retries counts)
+    failed_cell: int | None = None  # the cell index the last failed attempt stopped at
 
 
 class Robot(BaseModel):

@@ -150,9 +150,10 @@ class CheckpointStore:
             self._write_manifest(job_id, attempt, cell_id, manifest)
             return []
         self._pending[key] = _Offer(job_id, attempt, cell_id, manifest, set(missing))
+        asked = {sha for sha in missing if sha in self._waiting}  # another offer asked already
         for sha in missing:
             self._waiting.setdefault(sha, set()).add(key)
-        return sorted(missing)
+        return sorted(missing - asked)
 
     def awaited(self, sha256: str) -> bool:
         """Some pending offer waits for this blob."""

@@ -243,6 +243,11 @@ class JobManager:
         """Ask the dispatcher to look at the queue now."""
         self._wake.set()
 
+    @property
+    def history_writer(self) -> HistoryWriter:
+        """The background writer of the cell and run records."""
+        return self._writer
+
     def flush_history(self, timeout: float | None = None) -> None:
         """Block until the history records put so far are written (blocking)."""
         self._writer.flush(timeout)
@@ -462,10 +467,20 @@ class JobManager:
     # -- robot messages ------------------------------------------------------------------
 
     def on_message(self, robot_id: str, msg: JobMessage) -> Error | None:
-        """Handle one job message from robot ``robot_id``; the error to answer, if any."""
-        if self._dedup.seen(dedup_key(msg)):
+        """Handle one job message from robot ``robot_id``; the error to answer, if any.
+
+        A copy of a message already handled (a robot resends what it is not sure arrived) is
+        dropped; a message whose handling raised is not remembered, so its resend is handled.
+        """
+        key = dedup_key(msg)
+        if key in self._dedup:
             logger.debug("dropped a duplicate %s for job %s", msg.type, msg.job_id)
             return None
+        error = self._on_message(robot_id, msg)
+        self._dedup.seen(key)
+        return error
+
+    def _on_message(self, robot_id: str, msg: JobMessage) -> Error | None:
         job = self.queue.get_job(msg.job_id)
         if job is None:
             return _error(ErrorCode.UNKNOWN_JOB, f"unknown job {msg.job_id!r}", msg)
@@ -573,6 +588,9 @@ class JobManager:
         """A blob a checkpoint offer waits for; stored, acknowledged, and the offers it
         completes confirmed with ``checkpoint_stored``. Blobs nobody asked for are refused."""
         if not self.checkpoints.awaited(msg.sha256):
+            if self.checkpoints.has_blob(msg.sha256):  # a second copy: already stored
+                self.link.send_to_robot(robot_id, BlobAck(sha256=[msg.sha256], reply_to=msg.id))
+                return None
             return _error(ErrorCode.INVALID_MESSAGE, f"blob {msg.sha256} was not asked for", msg)
         try:
             self.checkpoints.write_blob(msg.payload())
@@ -690,6 +708,7 @@ class JobManager:
             now=now,
             error_name=msg.error_name,
             error_message=msg.error_message,
+            failed_cell=msg.failed_cell,
         )
         self._finished(done)
 
@@ -866,9 +885,9 @@ class JobManager:
     # -- helpers -------------------------------------------------------------------------
 
     def _release(self, job_id: str, attempt: int) -> None:
-        """The attempt ended (or never started): free its robot's slot."""
+        """The attempt ended (or never started): free its robot's slot. Its pending
+        checkpoint offers stay: their blobs may still be on the way."""
         record = self._attempts.pop((job_id, attempt), None)
-        self.checkpoints.forget_attempt(job_id, attempt)
         for robot_id, jobs in list(self._assigned.items()):
             jobs.discard(job_id)
             if not jobs:

@@ -49,7 +49,6 @@ from ssl import SSLContext
 from types import TracebackType
 from typing import Any, Final
 
-from pydantic import BaseModel, Field
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
@@ -57,12 +56,14 @@ from websockets.http11 import Request, Response
 
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.models import Job, Priority, Robot, RunStatus
+from casare_nb.orchestrator.api import DrainResult
 from casare_nb.orchestrator.jobs import JOB_MESSAGES, JobManager, OrchestratorDraining
 from casare_nb.orchestrator.registry import NotRegistered, RobotIdTaken, RobotRegistry
 from casare_nb.protocol import (
     MAX_FRAME_BYTES,
     BlobGet,
     BlobPut,
+    Deduplicator,
     Envelope,
     Error,
     ErrorCode,
@@ -90,7 +91,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "HISTORY_FILE",
-    "DrainReport",
+    "DrainResult",
     "Orchestrator",
     "OrchestratorDraining",
 ]
@@ -107,16 +108,6 @@ logger = logging.getLogger("casare_nb.orchestrator")
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class DrainReport(BaseModel):
-    """What a drain did: the jobs that ended while it waited, those still running when it
-    gave up (their robots stop them; they are requeued to resume after a restart), and the
-    robots told to shut down."""
-
-    finished_jobs: list[str] = Field(default_factory=list)
-    unfinished_jobs: list[str] = Field(default_factory=list)
-    robots_shut_down: list[str] = Field(default_factory=list)
 
 
 def _dump(robot: Robot) -> dict[str, Any]:
@@ -268,7 +259,9 @@ class Orchestrator:
             retry_policy=retry_policy,
             reconnect_grace_s=reconnect_grace_s,
         )
-        self._drain_report: DrainReport | None = None
+        self._log_ids = Deduplicator()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._drain_report: DrainResult | None = None
         self._drain_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -318,6 +311,8 @@ class Orchestrator:
             self._server.close()
             await self._server.wait_closed()
         await self.job_manager.stop()
+        for task in list(self._tasks):
+            task.cancel()
         await asyncio.to_thread(self.queue.close)
         self._notify()
         logger.info("orchestrator on %s stopped", self.url)
@@ -399,7 +394,7 @@ class Orchestrator:
         """True once :meth:`drain` began: no submissions, no new dispatch."""
         return self.job_manager.draining
 
-    async def drain(self, timeout_s: float = 60.0) -> DrainReport:
+    async def drain(self, timeout_s: float = 60.0) -> DrainResult:
         """The runbook's graceful shutdown: stop taking submissions and dispatching, wait up
         to ``timeout_s`` for the running jobs to end, then tell every connected robot to shut
         down (jobs still running are stopped and requeued to resume from their checkpoint)
@@ -432,7 +427,7 @@ class Orchestrator:
                 await self.wait_for(
                     lambda: not self._robot_peers, timeout=max(5.0, self.heartbeat_interval_s)
                 )
-            report = DrainReport(
+            report = DrainResult(
                 finished_jobs=sorted(running - left),
                 unfinished_jobs=sorted(left),
                 robots_shut_down=robots,
@@ -754,7 +749,7 @@ class Orchestrator:
             return self._refuse(
                 peer, ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc), False, msg.id)
             )
-        peer.send(HeartbeatAck(seq=msg.seq, reply_to=msg.id))
+        self._ack(peer, HeartbeatAck(seq=msg.seq, reply_to=msg.id))
         if before is not None and (before.status, before.running_jobs) != (
             robot.status,
             robot.running_jobs,
@@ -765,7 +760,29 @@ class Orchestrator:
         self._notify()
         return True
 
+    def _ack(self, peer: _Peer, ack: HeartbeatAck) -> None:
+        """Send a heartbeat_ack once every record the robot's earlier messages produced is in
+        the database: the robot forgets what an ack covers, so an orchestrator SIGKILLed after
+        the ack must not lose it."""
+        writer = self.job_manager.history_writer
+        mark = writer.mark()
+        if writer.reached(mark):
+            peer.send(ack)
+            return
+
+        async def when_written() -> None:
+            if await asyncio.to_thread(writer.wait_mark, mark, 30.0):
+                peer.send(ack)
+            else:
+                logger.warning("history writes are slow: heartbeat_ack to %r withheld", peer)
+
+        task = asyncio.create_task(when_written(), name=f"ack-{peer.session}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _on_log_batch(self, peer: _Peer, msg: LogBatch) -> None:
+        if self._log_ids.seen(msg.id):  # a robot resends what it is not sure arrived
+            return
         robot_log = logging.getLogger(f"casare_nb.orchestrator.robot.{peer.robot_id}")
         where = f"[job {msg.job_id} attempt {msg.attempt}] " if msg.job_id else ""
         if msg.dropped:

@@ -28,6 +28,30 @@ operator's instruction, and every heartbeat repeats it.
 Jobs are not run here. A :class:`JobRunner` receives the job messages; the default
 :class:`RejectingRunner` answers every ``job_assign`` with ``job_reject`` so the orchestrator
 requeues the job at once instead of waiting for a timeout.
+
+**Offline buffer.** What the runner reports about its jobs (``job_accept``, ``job_progress``,
+``job_complete``, ``job_failed``, ``job_cancelled``, ``checkpoint_offer``, ``blob_put``, a
+``log_batch`` with a ``job_id``) is never lost to a link that is down: the ``send`` the runner
+gets puts it in the agent's :class:`Outbox` and returns, and one sender task writes the outbox
+in order while the link is up. A message stays in the outbox until it is known to have
+arrived: written to the socket *and* followed by a heartbeat the orchestrator acknowledged
+(frames are read in order, so that ack covers everything written before that heartbeat). When
+the link drops, whatever was unsent, half-sent or unacknowledged goes back to the front of the
+outbox and is sent again after the next registration, under the same message ids: delivery is
+at-least-once and the orchestrator drops duplicates by id and by
+:func:`~casare_nb.protocol.dedup_key` (job, attempt, cell). The outbox is capped in bytes
+(``buffer_max_bytes``, :data:`DEFAULT_BUFFER_BYTES`); when full it drops its oldest
+``job_progress``, ``log_batch`` and ``blob_put`` messages first, then ``job_accept`` and
+``checkpoint_offer``, with a warning naming the counts, and never a final result
+(``job_complete``, ``job_failed``, ``job_cancelled``). Other messages (heartbeats, status,
+``job_reject``, errors) are never buffered: sent at once, or an error if the link is down.
+
+**Resume.** ``register`` carries ``resume_from``: the jobs the runner still holds plus the jobs
+with messages in the outbox (e.g. one that finished while offline). ``register_ack``'s
+``continue_jobs`` names those the orchestrator still considers this robot's: their buffered
+messages are sent first, before anything new. Every other job of ``resume_from`` was given to
+someone else: its buffered messages are dropped, later ones about it too, and
+:meth:`JobRunner.abandon` stops it. An ack without ``continue_jobs`` abandons them all.
 """
 
 from __future__ import annotations
@@ -38,7 +62,9 @@ import math
 import platform
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter, OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar
 
 import psutil
@@ -54,6 +80,7 @@ from casare_nb.protocol import (
     BlobAck,
     BlobPut,
     Capabilities,
+    CheckpointOffer,
     CheckpointStored,
     CheckpointWant,
     Envelope,
@@ -61,10 +88,16 @@ from casare_nb.protocol import (
     ErrorCode,
     Heartbeat,
     HeartbeatAck,
+    JobAccept,
     JobAssign,
     JobCancel,
+    JobCancelled,
+    JobComplete,
+    JobFailed,
+    JobProgress,
     JobRef,
     JobReject,
+    LogBatch,
     Message,
     Pause,
     ProtocolError,
@@ -83,16 +116,19 @@ from casare_nb.robot.backoff import Backoff
 from casare_nb.robot.config import ConfigError, RobotConfig
 
 __all__ = [
+    "DEFAULT_BUFFER_BYTES",
     "KERNELS",
     "MISSED_ACKS",
     "AgentError",
     "AgentStatus",
     "JobRunner",
+    "Outbox",
     "RegistrationRefused",
     "RejectingRunner",
     "RobotAgent",
     "Unauthorized",
     "host_metrics",
+    "is_buffered",
     "refusal_is_retryable",
 ]
 
@@ -115,8 +151,18 @@ CLOSE_TIMEOUT_S = 2.0  # stop() and reconnects wait at most this long for a hung
 REGISTER_TIMEOUT_S = 10.0
 MISSED_ACKS = 3
 """Heartbeat intervals without a heartbeat_ack after which the link counts as dead."""
+DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024
+"""Default cap of the :class:`Outbox`, in bytes of encoded frames."""
+DROP_WARNING_EVERY_S = 60.0
+"""At most one warning this often about messages the full outbox dropped (counts are summed)."""
 
 _JOB_MESSAGES = (JobAssign, JobCancel, CheckpointWant, CheckpointStored, BlobPut, BlobAck)
+_FINAL_RESULTS = (JobComplete, JobFailed, JobCancelled)
+_BUFFERED = (JobAccept, JobProgress, CheckpointOffer, BlobPut, LogBatch, *_FINAL_RESULTS)
+_DROP_ORDER = ((JobProgress, LogBatch, BlobPut), (JobAccept, CheckpointOffer))
+"""What a full outbox drops, oldest first, tier by tier; final results are never dropped."""
+_BLOB_JOBS_KEPT = 4096  # blob hash -> job, learnt from checkpoint_offer, to scope a blob_put
+_ABANDONED_KEPT = 1024  # abandoned attempts remembered, to drop what the runner still sends
 _FATAL_CODES = frozenset({ErrorCode.UNSUPPORTED_VERSION, ErrorCode.UNAUTHORIZED})
 _VERSION_REFUSAL = re.compile(r"\bversion\b", re.IGNORECASE)
 _ID_TAKEN = re.compile(
@@ -178,6 +224,24 @@ class JobRunner(Protocol):
         """One job message (job_assign, job_cancel, checkpoint_want, checkpoint_stored,
         blob_put, blob_ack). Must return promptly: run the job in a task of its own.
         ``job_assign`` arrives only when the robot is online, not paused and has a free slot.
+
+        ``send`` stays usable after the link drops. Job reports (job_accept, job_progress,
+        job_complete, job_failed, job_cancelled, checkpoint_offer, blob_put, log_batch with a
+        job_id) are queued in the agent's outbox and delivered in order, after a reconnect if
+        need be: ``send`` returns at once and does not fail for a link that is down. Anything
+        else (job_reject, error) is sent now and raises ``ConnectionError`` or
+        ``ConnectionClosed`` if the link is down. A frame too large raises ``ProtocolError``.
+        """
+        ...
+
+    async def abandon(self, ref: JobRef) -> None:
+        """Stop this attempt now without reporting: the orchestrator gave it to someone else.
+
+        Called after a reconnect for each job of ``register.resume_from`` that the
+        ``register_ack``'s ``continue_jobs`` leaves out; for a job it no longer holds
+        (finished while offline) there is nothing to do. The agent calls it in a task of its
+        own and serves meanwhile, so it may wait for the job to stop. Whatever the runner
+        still sends about ``ref`` is dropped by the agent.
         """
         ...
 
@@ -211,11 +275,201 @@ class RejectingRunner:
         else:
             log.debug("no job to take %s; ignored", msg.type)
 
+    async def abandon(self, ref: JobRef) -> None:
+        return None
+
     async def drain(self) -> None:
         return None
 
     async def cancel_all(self) -> None:
         return None
+
+
+# --------------------------------------------------------------------------- the outbox
+
+
+def is_buffered(msg: Envelope) -> bool:
+    """Whether ``msg`` is a job report the outbox keeps until delivered (see the module doc)."""
+    if isinstance(msg, LogBatch):
+        return msg.job_id is not None
+    return isinstance(msg, _BUFFERED)
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One message in the outbox, encoded once: a resend is the same frame, the same id."""
+
+    msg: Envelope
+    frame: str
+    size: int
+    job_id: str | None
+    attempt: int | None  # None: any attempt of job_id (a log_batch may leave it out)
+    confirm_seq: int = 0  # once written: the heartbeat whose ack says it arrived
+
+    def belongs_to(self, refs: set[tuple[str, int]], job_ids: set[str]) -> bool:
+        if self.job_id is None:
+            return True
+        if self.attempt is None:
+            return self.job_id in job_ids
+        return (self.job_id, self.attempt) in refs
+
+
+class Outbox:
+    """The runner's job reports not yet known to have reached the orchestrator. Sans-I/O.
+
+    Oldest first, in three parts: *unconfirmed* (written on the current connection, waiting
+    for a heartbeat_ack that covers them), the one *in flight* (being written), *pending* (not
+    written yet). :meth:`take` / :meth:`written` / :meth:`unwritten` move a message along,
+    :meth:`confirm` forgets what a heartbeat_ack covers, :meth:`rewind` puts everything back in
+    front of pending when a connection ends. ``max_bytes`` caps the encoded frames held; see
+    :meth:`put` for what a full outbox drops.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_BUFFER_BYTES) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"the outbox needs max_bytes >= 1, not {max_bytes}")
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        """Size of the frames held, in bytes."""
+        self.dropped: Counter[str] = Counter()
+        """Messages dropped to keep under max_bytes since the outbox was made, by type."""
+        self._pending: deque[_Entry] = deque()
+        self._in_flight: _Entry | None = None
+        self._unconfirmed: deque[_Entry] = deque()
+        self._blob_jobs: OrderedDict[str, JobRef] = OrderedDict()
+        self._abandoned: OrderedDict[tuple[str, int], None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pending) + len(self._unconfirmed) + (self._in_flight is not None)
+
+    def jobs(self) -> list[JobRef]:
+        """The (job, attempt)s with messages held, in order of their oldest message."""
+        refs: dict[JobRef, None] = {}
+        for entry in self._entries():
+            if entry.job_id is not None and entry.attempt is not None:
+                refs.setdefault(JobRef(job_id=entry.job_id, attempt=entry.attempt))
+        return list(refs)
+
+    def put(self, msg: Envelope) -> Counter[str]:
+        """Queue ``msg`` (a job report: :func:`is_buffered`) behind the others.
+
+        Returns what was dropped to make room, by type: the oldest job_progress, log_batch and
+        blob_put first, then job_accept and checkpoint_offer, until the frames fit in
+        ``max_bytes``; final results are never dropped, so they alone may exceed it. A message
+        about an abandoned attempt is dropped at once (not counted). Raises
+        :class:`~casare_nb.protocol.ProtocolError` for a frame too large to send.
+        """
+        frame = encode(msg)
+        job_id, attempt = self._job_of(msg)
+        if job_id is not None and attempt is not None and (job_id, attempt) in self._abandoned:
+            log.debug("dropped %s of abandoned job %s attempt %s", msg.type, job_id, attempt)
+            return Counter()
+        entry = _Entry(msg, frame, len(frame.encode("utf-8")), job_id, attempt)
+        if entry.size > self.max_bytes and _droppable(entry):
+            self.dropped[msg.type] += 1
+            return Counter({msg.type: 1})
+        self._pending.append(entry)
+        self.bytes += entry.size
+        return self._make_room()
+
+    def take(self) -> _Entry | None:
+        """The oldest pending message, now in flight; None if nothing is pending."""
+        if self._in_flight is not None:
+            raise RuntimeError("the outbox has a message in flight already")
+        if not self._pending:
+            return None
+        self._in_flight = self._pending.popleft()
+        return self._in_flight
+
+    def written(self, entry: _Entry, confirm_seq: int) -> None:
+        """``entry`` is written; the ack of heartbeat ``confirm_seq`` (or later) confirms it."""
+        self._settle_flight(entry)
+        entry.confirm_seq = confirm_seq
+        self._unconfirmed.append(entry)
+
+    def unwritten(self, entry: _Entry) -> None:
+        """Writing ``entry`` failed or was interrupted: first in line again."""
+        self._settle_flight(entry)
+        self._pending.appendleft(entry)
+
+    def confirm(self, seq: int) -> None:
+        """The orchestrator acknowledged heartbeat ``seq``: what was written before it arrived."""
+        while self._unconfirmed and self._unconfirmed[0].confirm_seq <= seq:
+            self.bytes -= self._unconfirmed.popleft().size
+
+    def rewind(self) -> None:
+        """The connection ended: what it did not confirm is pending again, in order, first."""
+        if self._in_flight is not None:
+            self._pending.appendleft(self._in_flight)
+            self._in_flight = None
+        self._pending.extendleft(reversed(self._unconfirmed))
+        self._unconfirmed.clear()
+
+    def keep_jobs(self, current: Iterable[JobRef], abandon: Iterable[JobRef]) -> int:
+        """After a reconnect: drop the messages of every job but ``current`` and remember
+        ``abandon``, so later messages about those are dropped too. Returns how many messages
+        were dropped. Messages that name no job (a blob_put of no known checkpoint) stay."""
+        for ref in abandon:
+            self._abandoned[(ref.job_id, ref.attempt)] = None
+            self._abandoned.move_to_end((ref.job_id, ref.attempt))
+            while len(self._abandoned) > _ABANDONED_KEPT:
+                self._abandoned.popitem(last=False)
+        refs = {(ref.job_id, ref.attempt) for ref in current}
+        job_ids = {job_id for job_id, _ in refs}
+        before = len(self)
+        for part in (self._unconfirmed, self._pending):
+            kept = [entry for entry in part if entry.belongs_to(refs, job_ids)]
+            self.bytes -= sum(entry.size for entry in part if not entry.belongs_to(refs, job_ids))
+            part.clear()
+            part.extend(kept)
+        return before - len(self)
+
+    def _entries(self) -> list[_Entry]:
+        flight = [self._in_flight] if self._in_flight is not None else []
+        return [*self._unconfirmed, *flight, *self._pending]
+
+    def _settle_flight(self, entry: _Entry) -> None:
+        if entry is not self._in_flight:
+            raise RuntimeError("that message is not the one in flight")
+        self._in_flight = None
+
+    def _job_of(self, msg: Envelope) -> tuple[str | None, int | None]:
+        if isinstance(msg, BlobPut):
+            ref = self._blob_jobs.get(msg.sha256)
+            return (ref.job_id, ref.attempt) if ref is not None else (None, None)
+        if isinstance(msg, CheckpointOffer):
+            for sha in msg.blobs:
+                self._blob_jobs[sha] = msg.ref
+                self._blob_jobs.move_to_end(sha)
+            while len(self._blob_jobs) > _BLOB_JOBS_KEPT:
+                self._blob_jobs.popitem(last=False)
+        job_id = getattr(msg, "job_id", None)
+        attempt = getattr(msg, "attempt", None)
+        return (job_id if isinstance(job_id, str) else None), (
+            attempt if isinstance(attempt, int) else None
+        )
+
+    def _make_room(self) -> Counter[str]:
+        dropped: Counter[str] = Counter()
+        for kinds in _DROP_ORDER:
+            for part in (self._unconfirmed, self._pending):  # oldest first
+                if self.bytes <= self.max_bytes:
+                    break
+                i = 0
+                while self.bytes > self.max_bytes and i < len(part):
+                    entry = part[i]
+                    if isinstance(entry.msg, kinds):
+                        del part[i]
+                        self.bytes -= entry.size
+                        dropped[entry.msg.type] += 1
+                    else:
+                        i += 1
+        self.dropped.update(dropped)
+        return dropped
+
+
+def _droppable(entry: _Entry) -> bool:
+    return not isinstance(entry.msg, _FINAL_RESULTS)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -243,7 +497,8 @@ class RobotAgent:
     check; tests inject both. ``metrics`` replaces psutil; with
     ``observability.resource_monitoring_enabled`` false nothing is measured and heartbeats
     carry 0. ``backoff`` defaults to :class:`Backoff` capped at
-    ``connection.reconnect_max_backoff_s``.
+    ``connection.reconnect_max_backoff_s``. ``buffer_max_bytes`` caps the :class:`Outbox`
+    holding job reports until they are delivered (see the module docstring).
     """
 
     def __init__(
@@ -255,6 +510,7 @@ class RobotAgent:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         metrics: Metrics | None = None,
+        buffer_max_bytes: int = DEFAULT_BUFFER_BYTES,
     ) -> None:
         self.config = config
         self.robot_id = config.robot.robot_id
@@ -281,6 +537,15 @@ class RobotAgent:
         self._stop = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._last_ack_at = 0.0
+        self.outbox = Outbox(buffer_max_bytes)
+        """Job reports on their way to the orchestrator (kept while the link is down)."""
+        self._outbox_ready = asyncio.Event()  # set: something is pending
+        self._outbox_idle = asyncio.Event()  # set: nothing pending or in flight
+        self._outbox_idle.set()
+        self._beat_seq = 0  # the seq of the next heartbeat on this connection
+        self._drops: Counter[str] = Counter()  # dropped, not yet warned about
+        self._drops_warned_at: float | None = None
+        self._abandoning: set[asyncio.Task[None]] = set()
 
     # -- observable state ------------------------------------------------------------------
 
@@ -396,6 +661,7 @@ class RobotAgent:
         finally:
             self._ws = None
             self.connected.clear()
+            self.outbox.rewind()
             await ws.close(*close)
 
     async def _connect(self, token: str) -> ClientConnection:
@@ -437,11 +703,18 @@ class RobotAgent:
                 casare_version=__version__,
                 checkpoints=self.config.job_execution.checkpoint_enabled,
             ),
-            resume_from=self.runner.running_jobs(),
+            resume_from=self._resume_from(),
         )
 
+    def _resume_from(self) -> list[JobRef]:
+        """The jobs the runner holds, then those with reports in the outbox."""
+        refs = dict.fromkeys(self.runner.running_jobs())
+        refs.update(dict.fromkeys(self.outbox.jobs()))
+        return list(refs)
+
     async def _register(self, ws: ClientConnection) -> None:
-        await ws.send(encode(self._register_message()))
+        register = self._register_message()
+        await ws.send(encode(register))
         try:
             async with asyncio.timeout(REGISTER_TIMEOUT_S):
                 while True:
@@ -464,14 +737,43 @@ class RobotAgent:
         else:
             self.heartbeat_interval_s = self.config.connection.heartbeat_interval_s
         self._last_ack_at = self._clock()
-        self._ws = ws
-        self.connected.set()
         log.info(
             "robot %s registered with %s (heartbeat every %.1f s)",
             self.robot_id,
             self.config.connection.orchestrator_url,
             self.heartbeat_interval_s,
         )
+        await self._resume(register.resume_from, msg.continue_jobs)
+        self._ws = ws
+        self.connected.set()
+
+    async def _resume(self, resumed: list[JobRef], current: list[JobRef]) -> None:
+        """Keep the reports of the jobs the orchestrator continues; abandon the others."""
+        self._warn_drops(force=True)
+        keep = [ref for ref in resumed if ref in current]
+        abandon = [ref for ref in resumed if ref not in current]
+        dropped = self.outbox.keep_jobs(keep, abandon)
+        if keep:
+            log.info("continuing %s; %d messages to deliver", _refs(keep), len(self.outbox))
+        if abandon:
+            log.warning(
+                "the orchestrator gave %s to others: abandoned, %d buffered messages dropped",
+                _refs(abandon),
+                dropped,
+            )
+            # in a task of its own: stopping a kernel must not hold up the heartbeats
+            task = asyncio.create_task(self._abandon(abandon), name="robot-abandon-jobs")
+            self._abandoning.add(task)
+            task.add_done_callback(self._abandoning.discard)
+
+    async def _abandon(self, refs: list[JobRef]) -> None:
+        async def one(ref: JobRef) -> None:
+            try:
+                await self.runner.abandon(ref)
+            except Exception:
+                log.exception("the runner failed to abandon job %s", ref.job_id)
+
+        await asyncio.gather(*(one(ref) for ref in refs))
 
     def _refused(self, reason: str, code: ErrorCode | None) -> Exception:
         text = f"the orchestrator refused to register robot {self.robot_id}: {reason}"
@@ -480,29 +782,83 @@ class RobotAgent:
         return RegistrationRefused(text)
 
     async def _serve(self, ws: ClientConnection) -> None:
+        self._beat_seq = 0
         receiving = asyncio.create_task(self._receive_loop(ws))
         beating = asyncio.create_task(self._heartbeat_loop())
+        sending = asyncio.create_task(self._outbox_loop(ws))
+        tasks = {receiving, beating, sending}
         try:
-            await asyncio.wait({receiving, beating}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            receiving.cancel()
-            beating.cancel()
-            await asyncio.wait({receiving, beating})
-        if receiving.done() and not receiving.cancelled():
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+        if receiving in done:
             receiving.result()  # None after a shutdown, else raises
             return
-        beating.result()  # raises: the heartbeat loop never ends on its own
+        (sending if sending in done else beating).result()  # raises: they never end otherwise
 
     async def _heartbeat_loop(self) -> None:
         interval = self.heartbeat_interval_s
-        seq = 0
         while True:
             silent = self._clock() - self._last_ack_at
             if silent > MISSED_ACKS * interval:
                 raise _Retry(f"no heartbeat_ack from the orchestrator for {silent:.0f} s")
+            seq = self._beat_seq
+            self._beat_seq += 1
             await self._send(self._heartbeat(seq))
-            seq += 1
             await self._sleep(interval)
+
+    async def _outbox_loop(self, ws: ClientConnection) -> None:
+        """Write the outbox in order, one message at a time, the only writer of job reports;
+        raises ConnectionClosed when the link fails (the message stays first in line)."""
+        while True:
+            entry = self.outbox.take()
+            if entry is None:
+                self._outbox_ready.clear()
+                self._outbox_idle.set()
+                await self._outbox_ready.wait()
+                continue
+            written = False
+            try:
+                await ws.send(entry.frame)
+                written = True
+            finally:
+                if written:  # a heartbeat started from now on is read after it
+                    self.outbox.written(entry, self._beat_seq)
+                else:  # failed or cancelled: it may or may not have left; resent either way
+                    self.outbox.unwritten(entry)
+
+    async def _send_for_runner(self, msg: Envelope) -> None:
+        """The runner's ``send``: job reports go to the outbox, the rest is sent now."""
+        if not is_buffered(msg):
+            await self._send(msg)
+            return
+        dropped = self.outbox.put(msg)
+        if dropped:
+            self._drops.update(dropped)
+            self._warn_drops()
+        if len(self.outbox):
+            self._outbox_idle.clear()
+            self._outbox_ready.set()
+
+    def _warn_drops(self, *, force: bool = False) -> None:
+        """Warn about the messages the full outbox dropped: at once, then at most once every
+        DROP_WARNING_EVERY_S with the counts summed (and at the next registration)."""
+        if not self._drops:
+            return
+        now = self._clock()
+        last = self._drops_warned_at
+        if not force and last is not None and now - last < DROP_WARNING_EVERY_S:
+            return
+        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(self._drops.items()))
+        log.warning(
+            "offline buffer full (%d bytes): dropped the oldest %s; final results are kept",
+            self.outbox.max_bytes,
+            counts,
+        )
+        self._drops.clear()
+        self._drops_warned_at = now
 
     def _heartbeat(self, seq: int) -> Heartbeat:
         load = self._read_metrics()
@@ -541,6 +897,8 @@ class RobotAgent:
         """Act on one message; True ends the session (shutdown)."""
         if isinstance(msg, HeartbeatAck):
             self._last_ack_at = self._clock()
+            if msg.seq < self._beat_seq:
+                self.outbox.confirm(msg.seq)
         elif isinstance(msg, StatusRequest):
             await self._send(self._status_response(reply_to=msg.id))
         elif isinstance(msg, Pause):
@@ -559,7 +917,7 @@ class RobotAgent:
                 JobReject(job_id=msg.job_id, attempt=msg.attempt, reason=refusal, reply_to=msg.id)
             )
         elif isinstance(msg, _JOB_MESSAGES):
-            await self.runner.handle(msg, self._send)
+            await self.runner.handle(msg, self._send_for_runner)
         else:
             log.debug("ignoring %s from the orchestrator", msg.type)
         return False
@@ -591,6 +949,7 @@ class RobotAgent:
             await self.runner.drain()
         else:
             await self.runner.cancel_all()
+        await self._outbox_idle.wait()  # the jobs' last reports go out before the link closes
 
     def _on_error(self, msg: Error) -> None:
         text = f"the orchestrator reported {msg.code.value}: {msg.message}"
@@ -620,6 +979,10 @@ def _closed_message(exc: ConnectionClosed) -> str:
         return "the connection to the orchestrator was lost"
     code, reason = exc.rcvd.code, exc.rcvd.reason
     return f"the orchestrator closed the connection (code {code}{_colon(reason)})"
+
+
+def _refs(refs: list[JobRef]) -> str:
+    return ", ".join(f"{ref.job_id} attempt {ref.attempt}" for ref in refs)
 
 
 def _colon(text: str | None) -> str:

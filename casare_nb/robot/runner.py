@@ -42,7 +42,7 @@ from casare_nb.core.errors import CasareError
 from casare_nb.core.models import CellRecord, RunRecord, RunStatus
 from casare_nb.local import RunResult, aresume_attempt, arun_notebook
 from casare_nb.notebook.checkpoint import AttemptPaths, StateDir, write_json_atomic
-from casare_nb.notebook.executor import Options
+from casare_nb.notebook.executor import Options, Step
 from casare_nb.notebook.pool import KernelPool
 from casare_nb.orchestrator.checkpoints import blob_refs
 from casare_nb.protocol import (
@@ -107,6 +107,13 @@ class _ProgressRecorder:
 
     def put_cells(self, cells: Sequence[CellRecord]) -> None:
         return None  # cell_done reports each cell, with its outputs
+
+    def cell_started(self, step: Step, position: int, total: int) -> None:
+        """The engine's progress: this cell is ``position`` of ``total`` (replays included)."""
+        self._total = max(total, position)
+
+    def cell_finished(self, record: CellRecord, position: int, total: int) -> None:
+        return None
 
     def cell_done(self, cell: CellRecord, executed: dict[str, Any]) -> None:
         self._done += 1
@@ -362,6 +369,7 @@ class EngineRunner:
                 from_attempt=msg.resume.from_attempt,
                 from_cell=msg.resume.from_cell,
                 recorder=recorder,
+                progress=recorder,
                 on_cell=recorder.cell_done,
                 kernels=self.pool,
                 state_dir=self.state.root,
@@ -375,6 +383,7 @@ class EngineRunner:
             notebook=notebook,
             run_id=msg.job_id,
             recorder=recorder,
+            progress=recorder,
             on_cell=recorder.cell_done,
             kernels=self.pool,
             state_dir=self.state.root,

@@ -140,7 +140,9 @@ MIGRATIONS: list[tuple[int, str]] = [
     (
         3,
         # Failures that count against max_retries, apart from attempts lost with a robot.
-        "ALTER TABLE jobs ADD COLUMN failures INTEGER DEFAULT 0;",
+        # and the cell an attempt failed at.
+        "ALTER TABLE jobs ADD COLUMN failures INTEGER DEFAULT 0;"
+        "ALTER TABLE jobs ADD COLUMN failed_cell INTEGER;",
     ),
 ]
 
@@ -617,6 +619,21 @@ class HistoryWriter:
             for cell in snapshots:
                 self._cells[(cell.run_id, cell.attempt, cell.cell_index)] = cell
             self._enqueued()
+
+    def mark(self) -> int:
+        """A mark for everything put so far (see :meth:`reached` and :meth:`wait_mark`)."""
+        with self._cond:
+            return self._queued
+
+    def reached(self, mark: int) -> bool:
+        """Everything put before ``mark`` was written (or the writer stopped)."""
+        with self._cond:
+            return self._done >= mark or self._thread_exited
+
+    def wait_mark(self, mark: int, timeout: float | None = None) -> bool:
+        """Block until :meth:`reached` (True) or ``timeout`` seconds passed (False)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._done >= mark or self._thread_exited, timeout)
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until everything put so far is written; raise the first error hit since.

@@ -68,6 +68,7 @@ _JOB_COLUMNS: Final[dict[str, str]] = {
     "resume_from_failed": "BOOLEAN",
     "source": "VARCHAR",
     "failures": "INTEGER",
+    "failed_cell": "INTEGER",
 }
 _JOB_SELECT: Final[str] = ", ".join(_JOB_COLUMNS)
 _JOB_TIMES: Final[tuple[str, ...]] = tuple(
@@ -110,6 +111,7 @@ def _job_row(job: Job) -> tuple[Any, ...]:
         job.resume_from_failed,
         job.source,
         job.failures,
+        job.failed_cell,
     )
 
 
@@ -344,26 +346,28 @@ class QueueStore:
         now: datetime,
         error_name: str | None = None,
         error_message: str | None = None,
+        failed_cell: int | None = None,
     ) -> Job:
         """Queued or running -> a final ``status`` (completed, failed, cancelled, timeout, dead).
 
-        Sets finished_at and the error fields. A stale attempt raises QueueError; finishing
-        a finished job again with the same status returns it unchanged, with another status
-        raises QueueError.
+        Sets finished_at, the error fields and the failed cell's index. A stale attempt
+        raises QueueError; finishing a finished job again with the same status returns it
+        unchanged, with another status raises QueueError.
         """
         status = JobStatus(status)
         if not status.finished:
             raise QueueError(f"cannot finish job {job_id} as {status}: not a final status")
         with self._write() as con:
             rows = con.execute(
-                f"UPDATE jobs SET status = ?, finished_at = ?, error_name = ?, error_message = ?"
-                f" WHERE job_id = ? AND attempt = ? AND status IN (?, ?)"
+                f"UPDATE jobs SET status = ?, finished_at = ?, error_name = ?, error_message = ?,"
+                f" failed_cell = ? WHERE job_id = ? AND attempt = ? AND status IN (?, ?)"
                 f" RETURNING {_JOB_SELECT}",
                 [
                     status.value,
                     _to_db_time(now),
                     error_name,
                     error_message,
+                    failed_cell,
                     job_id,
                     attempt,
                     *_UNFINISHED,
@@ -397,7 +401,8 @@ class QueueStore:
             rows = con.execute(
                 f"UPDATE jobs SET status = ?, eligible_at = ?, robot_id = NULL,"
                 f" assigned_at = NULL, accepted_at = NULL, finished_at = NULL,"
-                f" error_name = NULL, error_message = NULL, cancel_requested = FALSE,"
+                f" error_name = NULL, error_message = NULL, failed_cell = NULL,"
+                f" cancel_requested = FALSE,"
                 f" failures = 0, resume_from_failed = ?, parameters = coalesce(?, parameters)"
                 f" WHERE job_id = ? AND status NOT IN (?, ?) RETURNING {_JOB_SELECT}",
                 [

@@ -1,0 +1,503 @@
+"""The Python API of a running orchestrator, for analysts, notebooks and the CLI.
+
+:class:`Client` is synchronous: HTTP calls with httpx, events over the orchestrator's
+WebSocket (the ``subscribe`` message of :mod:`casare_nb.protocol`) with the same bearer
+token. ``Client.local()`` reads the runtime file a local orchestrator writes in its state
+directory (``./.casare/orchestrator.json`` or ``$CASARE_HOME``)::
+
+    from casare_nb import Client
+
+    client = Client.local()                       # or Client("http://host:8766", token)
+    job = client.submit("flaky_ingest.ipynb", wait=True)
+    if job.status != "completed":
+        job = client.rerun(job.job_id, parameters={"max_bad_ratio": 0.1}, wait=True)
+
+Every failure is a :class:`ClientError` (a :class:`~casare_nb.core.errors.CasareError`) with
+the server's one-line reason and the HTTP ``status`` (None when the orchestrator could not
+be reached); :class:`WaitTimeout` when :meth:`Client.wait` runs out of time.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import ssl
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
+from urllib.parse import urlsplit
+
+import httpx
+
+from casare_nb.core.errors import CasareError
+from casare_nb.core.models import Job, Priority, Robot, RunStatus
+from casare_nb.orchestrator.api import (
+    DrainResult,
+    Health,
+    ServerInfo,
+    TokenCreated,
+    TokenInfo,
+    pid_alive,
+    read_runtime_file,
+    runtime_file_path,
+)
+
+if TYPE_CHECKING:  # the event stream's modules load on first use: `casare-nb jobs` stays quick
+    from websockets.sync.client import ClientConnection
+
+    from casare_nb.protocol import Event, Topic
+
+__all__ = ["Client", "ClientError", "Subscription", "WaitTimeout"]
+
+TopicName: TypeAlias = "Topic | str"
+
+
+class ClientError(CasareError):
+    """A request failed: ``str(err)`` is the server's one-line reason; ``status`` the HTTP
+    status (None when the orchestrator could not be reached or the stream broke)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.status))
+
+
+class WaitTimeout(ClientError, TimeoutError):
+    """:meth:`Client.wait` ran out of time; the job goes on."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _job_id_of(event: Event) -> str | None:
+    if event.topic.value == "cells":
+        value = event.data.get("job_id")
+    else:
+        value = (event.data.get("job") or {}).get("job_id")
+    return value if isinstance(value, str) else None
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _wait_topics(on_event: Callable[[Event], None] | None) -> frozenset[Topic]:
+    from casare_nb.protocol import Topic
+
+    return frozenset({Topic.JOBS, Topic.CELLS} if on_event else {Topic.JOBS})
+
+
+class _Monitor:
+    """One subscribed WebSocket connection: events in order, with deadlines."""
+
+    def __init__(self, ws: ClientConnection, open_timeout: float) -> None:
+        self.ws = ws
+        self.open_timeout = open_timeout
+        self.snapshot: Event | None = None
+
+    def subscribe(self, topics: frozenset[Topic]) -> None:
+        """Subscribe to ``topics`` (and ``robots``, whose snapshot reply confirms it)."""
+        from casare_nb.protocol import Subscribe, Topic, encode
+
+        request = Subscribe(topics=topics | {Topic.ROBOTS})
+        self.ws.send(encode(request))
+        deadline = time.monotonic() + self.open_timeout
+        while True:
+            try:
+                event = self.next(deadline)
+            except WaitTimeout:
+                raise ClientError("the orchestrator did not confirm the subscription") from None
+            if event.reply_to == request.id:
+                self.snapshot = event
+                return
+
+    def next(self, deadline: float | None) -> Event:
+        """The next event; :class:`WaitTimeout` once ``deadline`` (monotonic) passes."""
+        from websockets.exceptions import ConnectionClosed
+
+        from casare_nb.protocol import MAX_FRAME_BYTES, Error, Event, ProtocolError, Role, decode
+
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeout("timed out waiting for events")
+            try:
+                frame = self.ws.recv(timeout=remaining)
+            except TimeoutError:
+                raise WaitTimeout("timed out waiting for events") from None
+            except ConnectionClosed as exc:
+                why = f": {exc.rcvd.reason}" if exc.rcvd and exc.rcvd.reason else ""
+                raise ClientError(f"the orchestrator closed the event stream{why}") from None
+            try:
+                msg = decode(frame, max_bytes=MAX_FRAME_BYTES, sender=Role.ORCHESTRATOR)
+            except ProtocolError as exc:
+                raise ClientError(f"the orchestrator sent an invalid event: {exc}") from None
+            if isinstance(msg, Event):
+                return msg
+            if isinstance(msg, Error):
+                raise ClientError(f"the orchestrator refused the subscription: {msg.message}")
+
+
+class Subscription(Iterator["Event"]):
+    """Events of the subscribed topics, in order: iterate (blocking) or :meth:`receive` with
+    a timeout. Subscribed from the moment it is made; :meth:`close` (or ``with``) ends it."""
+
+    def __init__(
+        self, monitor: contextlib.AbstractContextManager[_Monitor], topics: frozenset[Topic]
+    ) -> None:
+        self.topics = topics
+        self._stack = contextlib.ExitStack()
+        self._monitor = self._stack.enter_context(monitor)
+        snapshot = self._monitor.snapshot
+        robots = any(topic.value == "robots" for topic in topics)
+        self._pending = [snapshot] if snapshot is not None and robots else []
+
+    def __iter__(self) -> Subscription:
+        return self
+
+    def __next__(self) -> Event:
+        return self.receive()
+
+    def receive(self, timeout: float | None = None) -> Event:
+        """The next event; :class:`WaitTimeout` after ``timeout`` seconds without one."""
+        if self._pending:
+            return self._pending.pop(0)
+        deadline = _deadline(timeout)
+        while True:
+            event = self._monitor.next(deadline)
+            if event.topic in self.topics:
+                return event
+
+    def close(self) -> None:
+        """Disconnect; idempotent."""
+        self._stack.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Client:
+    """A running orchestrator's API: jobs, robots, tokens, drain, and its event stream.
+
+    ``url`` is the HTTP base URL (``http://127.0.0.1:8766``), ``token`` a bearer token
+    (``casare-nb token create NAME``). ``timeout`` bounds each HTTP request and the event
+    stream's opening; ``ssl_context`` verifies an https/wss orchestrator. Use it as a
+    context manager, or :meth:`close` it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ClientError(f"orchestrator URL must be http(s)://host:port, not {url!r}")
+        if not token:
+            raise ClientError("no token: give one (--token, CASARE_TOKEN) or use Client.local()")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._token = token
+        self._ssl = ssl_context
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            verify=ssl_context if ssl_context is not None else True,
+        )
+        self._ws_url: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Client {self.url}>"
+
+    @classmethod
+    def local(
+        cls,
+        state_dir: str | os.PathLike[str] | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+    ) -> Client:
+        """A client of the orchestrator running on ``state_dir`` (``$CASARE_HOME`` or
+        ``./.casare``), from the runtime file it wrote; ``token`` instead of its admin token."""
+        path = runtime_file_path(state_dir)
+        info = read_runtime_file(path)
+        if info is None:
+            raise ClientError(
+                f"no orchestrator running: no runtime file {path} "
+                "(start one with `casare-nb orchestrator`, or give --url and --token)"
+            )
+        if not pid_alive(info.pid):
+            raise ClientError(
+                f"no orchestrator running: {path} is stale (process {info.pid} is gone)"
+            )
+        context = None
+        if info.tls_cert:
+            context = ssl.create_default_context(cafile=info.tls_cert)
+        return cls(info.http_url, token or info.token, timeout=timeout, ssl_context=context)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        try:
+            response = self._http.request(
+                method,
+                path,
+                json=json,
+                params=params,
+                timeout=timeout if timeout is not None else self.timeout,
+            )
+        except httpx.TimeoutException:
+            raise ClientError(f"the orchestrator at {self.url} did not answer in time") from None
+        except httpx.HTTPError as exc:
+            why = _one_line(str(exc)) or type(exc).__name__
+            raise ClientError(f"cannot reach the orchestrator at {self.url}: {why}") from None
+        if response.status_code >= 400:
+            raise ClientError(self._reason(response), response.status_code)
+        return response
+
+    @staticmethod
+    def _reason(response: httpx.Response) -> str:
+        with contextlib.suppress(ValueError, AttributeError):
+            detail = response.json().get("detail")
+            if isinstance(detail, str) and detail:
+                return _one_line(detail)
+        text = _one_line(response.text)[:200]
+        return f"HTTP {response.status_code}{': ' + text if text else ''}"
+
+    def info(self) -> ServerInfo:
+        """Version, the WebSocket URL, whether the orchestrator drains."""
+        return ServerInfo.model_validate(self._request("GET", "/api/info").json())
+
+    def health(self) -> Health:
+        """``/health``: status, robots online, jobs by status."""
+        return Health.model_validate(self._request("GET", "/health").json())
+
+    def submit(
+        self,
+        workflow: str | os.PathLike[str],
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        raw_parameters: Mapping[str, str] | None = None,
+        priority: Priority | str = Priority.NORMAL,
+        tags: Sequence[str] = (),
+        environment: str | None = None,
+        max_retries: int = 0,
+        wait: bool = False,
+        timeout: float | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> Job:
+        """Queue a run of ``workflow`` (relative to the orchestrator's workflows directory);
+        the queued job, or with ``wait`` the finished one (see :meth:`wait`)."""
+        body = {
+            "workflow": os.fspath(workflow),
+            "parameters": dict(parameters or {}),
+            "raw_parameters": dict(raw_parameters or {}),
+            "priority": str(priority),
+            "tags": builtins.list(tags),
+            "environment": environment,
+            "max_retries": max_retries,
+        }
+        if not wait:
+            return Job.model_validate(self._request("POST", "/api/jobs", json=body).json())
+        deadline = _deadline(timeout)
+        with self._monitor(_wait_topics(on_event)) as monitor:  # before: no event is missed
+            job = Job.model_validate(self._request("POST", "/api/jobs", json=body).json())
+            return self._wait(monitor, job.job_id, deadline, timeout, on_event)
+
+    def get(self, job_id: str) -> Job:
+        """The job ``job_id`` (404 if unknown)."""
+        return Job.model_validate(self._request("GET", f"/api/jobs/{job_id}").json())
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job: a queued one at once, a running one once its robot stopped it."""
+        return Job.model_validate(self._request("POST", f"/api/jobs/{job_id}/cancel").json())
+
+    def rerun(
+        self,
+        job_id: str,
+        from_failed: bool = True,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        raw_parameters: Mapping[str, str] | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> Job:
+        """A new attempt of a finished job: from the failed cell with the namespace restored
+        (``from_failed``), or from the start; ``parameters`` change values."""
+        body = {
+            "from_failed": from_failed,
+            "parameters": dict(parameters) if parameters is not None else None,
+            "raw_parameters": dict(raw_parameters) if raw_parameters is not None else None,
+        }
+        path = f"/api/jobs/{job_id}/rerun"
+        if not wait:
+            return Job.model_validate(self._request("POST", path, json=body).json())
+        deadline = _deadline(timeout)
+        with self._monitor(_wait_topics(on_event)) as monitor:
+            job = Job.model_validate(self._request("POST", path, json=body).json())
+            return self._wait(monitor, job.job_id, deadline, timeout, on_event)
+
+    def robots(self) -> builtins.list[Robot]:
+        """Every robot that registered since the orchestrator started."""
+        return [Robot.model_validate(r) for r in self._request("GET", "/api/robots").json()]
+
+    def drain(self, timeout_s: float = 60.0) -> DrainResult:
+        """Refuse new jobs, wait up to ``timeout_s`` for running ones, shut robots down."""
+        response = self._request(
+            "POST", "/api/drain", json={"timeout_s": timeout_s}, timeout=timeout_s + self.timeout
+        )
+        return DrainResult.model_validate(response.json())
+
+    def create_token(self, name: str) -> str:
+        """A new bearer token ``name``, returned this once."""
+        response = self._request("POST", "/api/tokens", json={"name": name})
+        return TokenCreated.model_validate(response.json()).token
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke the token ``name``; its connections are closed."""
+        self._request("DELETE", f"/api/tokens/{name}")
+
+    def tokens(self) -> builtins.list[TokenInfo]:
+        """Every token: name, created, revoked (never the token)."""
+        return [TokenInfo.model_validate(t) for t in self._request("GET", "/api/tokens").json()]
+
+    # -- events --------------------------------------------------------------------------
+
+    def ws_url(self) -> str:
+        """The orchestrator's WebSocket URL (from ``/api/info``; an unspecified bind
+        address is replaced by this client's host)."""
+        if self._ws_url is None:
+            advertised = urlsplit(self.info().ws_url)
+            host = advertised.hostname or ""
+            if host in ("0.0.0.0", "::", ""):
+                host = urlsplit(self.url).hostname or "127.0.0.1"
+            host = f"[{host}]" if ":" in host else host
+            port = f":{advertised.port}" if advertised.port else ""
+            self._ws_url = f"{advertised.scheme}://{host}{port}"
+        return self._ws_url
+
+    @contextlib.contextmanager
+    def _monitor(self, topics: frozenset[Topic]) -> Iterator[_Monitor]:
+        from websockets.exceptions import InvalidStatus, WebSocketException
+        from websockets.sync.client import connect as ws_connect
+
+        from casare_nb.protocol import MAX_FRAME_BYTES
+
+        url = self.ws_url()
+        try:
+            ws = ws_connect(
+                url,
+                additional_headers={"Authorization": f"Bearer {self._token}"},
+                ssl=self._ssl if url.startswith("wss:") else None,
+                max_size=MAX_FRAME_BYTES,
+                open_timeout=self.timeout,
+                close_timeout=2,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            body = (
+                _one_line(exc.response.body.decode(errors="replace")) if exc.response.body else ""
+            )
+            why = f"the orchestrator refused the event stream (HTTP {status})"
+            raise ClientError(f"{why}: {body}" if body else why, status) from None
+        except (OSError, WebSocketException, TimeoutError) as exc:
+            why = _one_line(str(exc)) or type(exc).__name__
+            raise ClientError(f"cannot open the event stream at {url}: {why}") from None
+        with ws:
+            monitor = _Monitor(ws, self.timeout)
+            monitor.subscribe(topics)
+            yield monitor
+
+    def subscribe(self, topics: Iterable[TopicName] = ("robots", "jobs", "cells")) -> Subscription:
+        """The orchestrator's events of ``topics``, as they happen: a blocking iterator,
+        subscribed when this returns (events from then on are not missed).
+
+        ``robots`` starts with a snapshot (kind ``robot_status``, ``data["snapshot"]``).
+        Use it in a ``with`` block, or :meth:`Subscription.close` it, to disconnect.
+        """
+        from casare_nb.protocol import Topic
+
+        names = builtins.list(topics)
+        try:
+            wanted = frozenset(Topic(t) for t in names)
+        except ValueError:
+            known = ", ".join(t.value for t in Topic)
+            raise ClientError(f"unknown topic in {names}: use {known}") from None
+        if not wanted:
+            raise ClientError("subscribe to at least one topic")
+        return Subscription(self._monitor(wanted), wanted)
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        *,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> Job:
+        """Block until the job reaches a final status and answer it; :class:`WaitTimeout`
+        after ``timeout`` seconds. Listens to the event stream (no polling); ``on_event``
+        sees the job's events (queued, started, each cell, finished) as they come."""
+        deadline = _deadline(timeout)
+        with self._monitor(_wait_topics(on_event)) as monitor:
+            return self._wait(monitor, job_id, deadline, timeout, on_event)
+
+    def _wait(
+        self,
+        monitor: _Monitor,
+        job_id: str,
+        deadline: float | None,
+        timeout: float | None,
+        on_event: Callable[[Event], None] | None,
+    ) -> Job:
+        job = self.get(job_id)  # subscribed already: a finish from now on is an event
+        if job.status.finished:
+            return job
+        while True:
+            try:
+                event = monitor.next(deadline)
+            except WaitTimeout:
+                status = self.get(job_id).status.value
+                raise WaitTimeout(f"job {job_id} is still {status} after {timeout} s") from None
+            if _job_id_of(event) != job_id:
+                continue
+            if on_event is not None:
+                on_event(event)
+            if event.kind.value == "job_finished":
+                return Job.model_validate(event.data["job"])
+
+    def list(self, status: RunStatus | str | None = None, limit: int = 100) -> builtins.list[Job]:
+        """Up to ``limit`` jobs, newest first, optionally only those in ``status``."""
+        params: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            params["status"] = str(status)
+        response = self._request("GET", "/api/jobs", params=params)
+        return [Job.model_validate(j) for j in response.json()]

@@ -1,0 +1,187 @@
+"""The orchestrator's HTTP API models and its runtime file: what crosses the HTTP boundary.
+
+Pure pydantic, no I/O framework: the server (:mod:`casare_nb.orchestrator.http`, FastAPI)
+and the client (:mod:`casare_nb.client`, httpx) both import this module, so neither pulls in
+the other's library. Models are named by what they ask or answer (``SubmitJob``,
+``RerunJob``, ``DrainRequest`` ...); jobs and robots travel as the domain's
+:class:`~casare_nb.core.models.Job` and :class:`~casare_nb.core.models.Robot`.
+
+Every error response is ``{"detail": "<one line>"}`` with its HTTP status (:class:`ErrorBody`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from casare_nb.core.models import Priority, RunStatus
+
+__all__ = [
+    "DEFAULT_HTTP_PORT",
+    "RUNTIME_FILE",
+    "TOKEN_NAME_PATTERN",
+    "CreateToken",
+    "DrainRequest",
+    "DrainResult",
+    "ErrorBody",
+    "Health",
+    "RerunJob",
+    "RuntimeInfo",
+    "ServerInfo",
+    "SubmitJob",
+    "TokenCreated",
+    "TokenInfo",
+    "pid_alive",
+    "read_runtime_file",
+    "runtime_file_path",
+]
+
+DEFAULT_HTTP_PORT: Final = 8766
+RUNTIME_FILE: Final = "orchestrator.json"
+"""Written in the state directory by a running orchestrator (mode 0600), removed on stop."""
+TOKEN_NAME_PATTERN: Final = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubmitJob(_Request):
+    """``POST /api/jobs``: queue a run of a workflow.
+
+    ``workflow`` is relative to the orchestrator's workflows directory (an absolute path must
+    lie inside it). ``parameters`` are typed JSON values; ``raw_parameters`` are strings
+    coerced to the declared types, as ``-p NAME VALUE`` does on the command line.
+    """
+
+    workflow: str = Field(min_length=1, description="Notebook path, relative to the workflows dir.")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Typed values.")
+    raw_parameters: dict[str, str] = Field(
+        default_factory=dict, description="Text values, coerced to the declared types."
+    )
+    priority: Priority = Priority.NORMAL
+    tags: list[str] = Field(default_factory=list, description="The robot must have all of them.")
+    environment: str | None = Field(default=None, description="None: any environment.")
+    max_retries: int = Field(default=0, ge=0, le=100)
+
+
+class RerunJob(_Request):
+    """``POST /api/jobs/{id}/rerun``: a new attempt of a finished job.
+
+    ``from_failed`` resumes from the last checkpoint before the failed cell; false starts
+    over. ``parameters`` / ``raw_parameters`` change values for the new attempt.
+    """
+
+    from_failed: bool = True
+    parameters: dict[str, Any] | None = None
+    raw_parameters: dict[str, str] | None = None
+
+
+class DrainRequest(_Request):
+    """``POST /api/drain``: stop taking jobs, wait up to ``timeout_s`` for the running ones,
+    then shut every robot down."""
+
+    timeout_s: float = Field(default=60.0, ge=0, le=86_400)
+
+
+class DrainResult(BaseModel):
+    """What a drain came to: jobs that finished while waiting, jobs still unfinished when the
+    timeout hit, robots told to shut down."""
+
+    finished_jobs: list[str] = Field(default_factory=list)
+    unfinished_jobs: list[str] = Field(default_factory=list)
+    robots_shut_down: list[str] = Field(default_factory=list)
+
+
+class CreateToken(_Request):
+    """``POST /api/tokens``: a new bearer token (for a robot, a monitor or a user)."""
+
+    name: str = Field(pattern=TOKEN_NAME_PATTERN, description="Letters, digits, '.', '_', '-'.")
+
+
+class TokenCreated(BaseModel):
+    """The new token, shown this once (only its hash is stored)."""
+
+    name: str
+    token: str
+
+
+class TokenInfo(BaseModel):
+    """A token as ``GET /api/tokens`` lists it: never the token nor its hash."""
+
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class ServerInfo(BaseModel):
+    """``GET /api/info``."""
+
+    version: str
+    ws_url: str = Field(description="Where robots and monitors connect (same bearer tokens).")
+    draining: bool
+    protocol_version: int
+
+
+class Health(BaseModel):
+    """``GET /health`` (no token needed): for load balancers and probes."""
+
+    status: Literal["ok", "draining"]
+    robots_online: int
+    jobs: dict[RunStatus, int] = Field(description="Number of jobs in every status.")
+
+
+class ErrorBody(BaseModel):
+    """Every error response: one line saying what was wrong."""
+
+    detail: str
+
+
+class RuntimeInfo(BaseModel):
+    """``<state_dir>/orchestrator.json``: how local tools reach the running orchestrator.
+
+    Holds a bearer token (created at start, revoked at stop), hence mode 0600."""
+
+    pid: int
+    version: str
+    ws_url: str
+    http_url: str
+    token: str
+    token_name: str
+    state_dir: str
+    workflows_dir: str
+    started_at: datetime
+    tls_cert: str | None = Field(default=None, description="Trust it to reach https/wss.")
+
+
+def runtime_file_path(state_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The runtime file of ``state_dir`` (default ``$CASARE_HOME`` or ``./.casare``)."""
+    root = Path(state_dir) if state_dir else Path(os.environ.get("CASARE_HOME") or ".casare")
+    return root.absolute() / RUNTIME_FILE
+
+
+def read_runtime_file(path: Path) -> RuntimeInfo | None:
+    """The runtime file's content; None if it does not exist or cannot be parsed."""
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        return RuntimeInfo.model_validate(data)
+    except (OSError, ValueError, ValidationError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (the runtime file's owner)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True

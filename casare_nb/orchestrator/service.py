@@ -1,0 +1,435 @@
+"""The orchestrator as a service: WebSocket + HTTP API in one event loop, a runtime file,
+graceful shutdown on SIGTERM.
+
+- :class:`OrchestratorService` starts an :class:`~casare_nb.orchestrator.server.Orchestrator`
+  and its :class:`~casare_nb.orchestrator.http.HttpServer`, creates a local admin token and
+  writes ``<state_dir>/orchestrator.json`` (URLs, pid, that token; mode 0600), like Jupyter's
+  ``jpserver-*.json``. Stopping revokes the token and removes the file.
+- :func:`run_orchestrator` is ``casare-nb orchestrator``: it runs a service until SIGTERM or
+  SIGINT, then drains (no new jobs, running ones get ``drain_timeout_s``, robots are shut
+  down) and stops; a second signal stops at once. Exit code 0.
+- :class:`ServiceThread` runs a service, and local robots, in a thread of its own: for the
+  demo, a notebook, and tests that drive it with the synchronous :class:`~casare_nb.Client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import signal
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+from urllib.parse import urlsplit
+
+from casare_nb import __version__
+from casare_nb.core.errors import CasareError
+from casare_nb.orchestrator.api import (
+    DEFAULT_HTTP_PORT,
+    RUNTIME_FILE,
+    DrainResult,
+    RuntimeInfo,
+    pid_alive,
+    read_runtime_file,
+    runtime_file_path,
+)
+from casare_nb.orchestrator.http import HttpServer
+from casare_nb.orchestrator.server import DEFAULT_HOST, DEFAULT_PORT, Orchestrator
+
+if TYPE_CHECKING:
+    from casare_nb.client import Client
+    from casare_nb.robot.main import LocalRobot
+
+__all__ = ["OrchestratorService", "ServiceError", "ServiceThread", "run_orchestrator"]
+
+logger = logging.getLogger("casare_nb.orchestrator.service")
+
+ADMIN_TOKEN_PREFIX: Final = "local-admin-"
+"""Name prefix of the token a service creates for local tools (revoked when it stops)."""
+
+_T = TypeVar("_T")
+
+
+class ServiceError(CasareError):
+    """The service cannot start: address in use, another orchestrator on the state dir ..."""
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable by the owner only (0600)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _answers(running: RuntimeInfo) -> bool:
+    """Whether the orchestrator of a runtime file is alive: its process exists and its HTTP
+    port accepts connections (a reused pid alone does not count)."""
+    if not pid_alive(running.pid):
+        return False
+    parts = urlsplit(running.http_url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), 2):
+            return True
+    except OSError:
+        return False
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE or "address already in use" in str(exc).lower():
+        why = "address already in use (another orchestrator? pick --port/--http-port)"
+    else:
+        why = exc.strerror or " ".join(str(exc).split())
+    return f"cannot listen on {host}:{port}: {why}"
+
+
+class OrchestratorService:
+    """An orchestrator with its HTTP API, one admin token and a runtime file.
+
+    ``await start()`` / ``await stop()``, or ``async with``. ``port``/``http_port`` 0 pick
+    free ports. ``workflows_dir`` (default: the working directory) is where relative
+    workflow paths of the API resolve, and the only place workflows are taken from.
+    ``tls_cert``/``tls_key`` serve ``wss://`` and ``https://``. Other keyword arguments go to
+    :class:`~casare_nb.orchestrator.server.Orchestrator` (heartbeat interval ...).
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str] | None = None,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        http_port: int = DEFAULT_HTTP_PORT,
+        workflows_dir: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        write_runtime_file: bool = True,
+        **orchestrator_options: Any,
+    ) -> None:
+        if (tls_cert is None) != (tls_key is None):
+            raise ServiceError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
+        self.state_dir = runtime_file_path(state_dir).parent
+        self.workflows_dir = Path(workflows_dir or ".").absolute()
+        self.host = host
+        self.port = port
+        self.http_port = http_port
+        self.tls_cert = Path(tls_cert) if tls_cert else None
+        self.tls_key = Path(tls_key) if tls_key else None
+        self.write_runtime_file = write_runtime_file
+        self.runtime_file = self.state_dir / RUNTIME_FILE
+        self._options = orchestrator_options
+        self._orchestrator: Orchestrator | None = None
+        self._http: HttpServer | None = None
+        self.admin_token: str | None = None
+        self.admin_token_name: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<OrchestratorService {self.state_dir}>"
+
+    @property
+    def orchestrator(self) -> Orchestrator:
+        if self._orchestrator is None:
+            raise RuntimeError("the service is not started")
+        return self._orchestrator
+
+    @property
+    def ws_url(self) -> str:
+        return self.orchestrator.url
+
+    @property
+    def http_url(self) -> str:
+        if self._http is None:
+            raise RuntimeError("the service is not started")
+        return self._http.url
+
+    async def start(self) -> OrchestratorService:
+        """Check the state dir is free, start both servers, create the admin token, write
+        the runtime file. A :class:`ServiceError` (one line) if any of it fails."""
+        if self._orchestrator is not None:
+            raise RuntimeError("the service is already started")
+        if not self.workflows_dir.is_dir():
+            raise ServiceError(f"workflows directory {self.workflows_dir} does not exist")
+        running = read_runtime_file(self.runtime_file)
+        if running is not None and running.pid != os.getpid() and _answers(running):
+            raise ServiceError(
+                f"an orchestrator already runs on {self.state_dir} (pid {running.pid}, "
+                f"{running.http_url}); stop it or use another --state-dir"
+            )
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ServiceError(f"cannot create state directory {self.state_dir}: {exc}") from None
+        ssl_context = self._ssl_context()
+        orch = Orchestrator(
+            self.state_dir, host=self.host, port=self.port, ssl_context=ssl_context, **self._options
+        )
+        self._orchestrator = orch
+        try:
+            try:
+                await orch.start()
+            except OSError as exc:
+                raise ServiceError(_bind_error(self.host, self.port, exc)) from None
+            http = HttpServer(
+                orch,
+                workflows_dir=self.workflows_dir,
+                host=self.host,
+                port=self.http_port,
+                ssl_certfile=self.tls_cert,
+                ssl_keyfile=self.tls_key,
+            )
+            try:
+                await http.start()
+            except OSError as exc:
+                raise ServiceError(_bind_error(self.host, self.http_port, exc)) from None
+            self._http = http
+            await asyncio.to_thread(self._create_admin_token)
+            if self.write_runtime_file:
+                self._write_runtime_file()
+        except BaseException:
+            await self.stop()
+            raise
+        logger.info("orchestrator service up: %s, %s", orch.url, self.http_url)
+        return self
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ServiceError(f"cannot load TLS certificate {self.tls_cert}: {exc}") from None
+        return context
+
+    def _create_admin_token(self) -> None:
+        orch = self.orchestrator
+        for row in orch.queue.list_tokens():  # left behind by a service that was killed
+            if row["name"].startswith(ADMIN_TOKEN_PREFIX) and row["revoked_at"] is None:
+                orch.revoke_token(row["name"])
+        name = f"{ADMIN_TOKEN_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+        self.admin_token = orch.create_token(name)
+        self.admin_token_name = name
+
+    def _write_runtime_file(self) -> None:
+        assert self.admin_token is not None and self.admin_token_name is not None
+        info = RuntimeInfo(
+            pid=os.getpid(),
+            version=__version__,
+            ws_url=self.ws_url,
+            http_url=self.http_url,
+            token=self.admin_token,
+            token_name=self.admin_token_name,
+            state_dir=str(self.state_dir),
+            workflows_dir=str(self.workflows_dir),
+            started_at=datetime.now(UTC),
+            tls_cert=str(self.tls_cert.absolute()) if self.tls_cert else None,
+        )
+        _write_private(self.runtime_file, info.model_dump_json(indent=1) + "\n")
+
+    def _remove_runtime_file(self) -> None:
+        current = read_runtime_file(self.runtime_file)
+        if current is not None and current.token_name == self.admin_token_name:
+            with contextlib.suppress(OSError):
+                self.runtime_file.unlink()
+
+    async def drain(self, timeout_s: float = 60.0) -> DrainResult:
+        """No new jobs; wait up to ``timeout_s`` for running ones; shut the robots down."""
+        report = await self.orchestrator.drain(timeout_s)
+        return report
+
+    async def stop(self) -> None:
+        """Remove the runtime file, revoke the admin token, stop both servers; idempotent."""
+        orch, http = self._orchestrator, self._http
+        if orch is None:
+            return
+        self._remove_runtime_file()
+        if http is not None:
+            await http.stop()
+        if self.admin_token_name is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(orch.revoke_token, self.admin_token_name)
+        await orch.stop()
+
+    async def __aenter__(self) -> OrchestratorService:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def run_orchestrator(
+    service: OrchestratorService,
+    *,
+    drain_timeout_s: float = 60.0,
+    on_ready: Callable[[OrchestratorService], None] | None = None,
+    say: Callable[[str], None] | None = None,
+) -> int:
+    """Run ``service`` until SIGTERM/SIGINT; then drain (up to ``drain_timeout_s``) and stop.
+
+    A second signal while draining stops at once. ``on_ready`` is called once both servers
+    listen and the runtime file is written; ``say`` gets one line per shutdown step.
+    Answers the exit code (0).
+    """
+    tell = say or (lambda line: logger.info("%s", line))
+    loop = asyncio.get_running_loop()
+    signals = asyncio.Queue[int]()
+    handled = (signal.SIGTERM, signal.SIGINT)
+    for sig in handled:
+        loop.add_signal_handler(sig, signals.put_nowait, int(sig))
+    try:
+        await service.start()
+        if on_ready is not None:
+            on_ready(service)
+        first = await signals.get()
+        tell(
+            f"{signal.Signals(first).name}: draining for up to {drain_timeout_s:g} s "
+            "(again to stop at once)"
+        )
+        drain = asyncio.create_task(service.drain(drain_timeout_s))
+        second = asyncio.create_task(signals.get())
+        await asyncio.wait({drain, second}, return_when=asyncio.FIRST_COMPLETED)
+        second.cancel()
+        if drain.done():
+            report = drain.result()
+            tell(
+                f"drained: {len(report.finished_jobs)} jobs finished, "
+                f"{len(report.unfinished_jobs)} unfinished, "
+                f"{len(report.robots_shut_down)} robots shut down"
+            )
+        else:
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
+            tell("second signal: stopping now")
+    finally:
+        await service.stop()
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+    tell("orchestrator stopped")
+    return 0
+
+
+class ServiceThread:
+    """An :class:`OrchestratorService` and local robots, run in a thread of their own.
+
+    For code that is synchronous or has its own event loop (the demo, a notebook, tests
+    using :class:`~casare_nb.Client`): ``start()`` returns once the service listens and
+    every robot is online; ``stop()`` stops the robots, then the service. ``robots`` are
+    factories such as :func:`~casare_nb.robot.main.local_robot`: each is given the
+    orchestrator (to create its token) and makes a started
+    :class:`~casare_nb.robot.main.LocalRobot` in the service's loop.
+    """
+
+    def __init__(
+        self,
+        service: OrchestratorService,
+        *,
+        robots: Sequence[Callable[[Orchestrator], Coroutine[Any, Any, LocalRobot]]] = (),
+    ) -> None:
+        self.service = service
+        self._robot_factories = list(robots)
+        self.robots: list[LocalRobot] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._stop = asyncio.Event()  # bound to the service's loop on first use
+
+    def start(self, timeout: float = 120.0) -> ServiceThread:
+        """Start the thread, the service and the robots; re-raises what failed."""
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._main, args=(ready,), name="casare-orchestrator", daemon=True
+        )
+        self._thread.start()
+        try:
+            ready.result(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _main(self, ready: concurrent.futures.Future[None]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve(ready))
+        finally:
+            loop.close()
+            self._stopped.set()
+
+    async def _serve(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            await self.service.start()
+            for factory in self._robot_factories:
+                self.robots.append(await factory(self.service.orchestrator))
+        except BaseException as exc:
+            await self._shutdown()
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        await self._stop.wait()
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        for robot in self.robots:
+            with contextlib.suppress(Exception):
+                await robot.stop(graceful=False)
+        await self.service.stop()
+
+    def call(self, make: Callable[[], Coroutine[Any, Any, _T]], timeout: float = 120.0) -> _T:
+        """Run a coroutine in the service's loop and answer its result (blocking)."""
+        if self._loop is None:
+            raise RuntimeError("the service thread is not started")
+        return asyncio.run_coroutine_threadsafe(make(), self._loop).result(timeout)
+
+    def client(self, token: str | None = None) -> Client:
+        """A :class:`~casare_nb.Client` of the service (its admin token by default)."""
+        from casare_nb.client import Client
+
+        return Client(self.service.http_url, token or self.service.admin_token or "")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop the robots and the service, then the thread; idempotent."""
+        loop, thread = self._loop, self._thread
+        if thread is None:
+            return
+        if loop is not None and not self._stopped.is_set():
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(self._stop.set)
+        thread.join(timeout)
+        if thread.is_alive():
+            print("casare-nb: the orchestrator thread did not stop in time", file=sys.stderr)
+        self._thread = None
+
+    def __enter__(self) -> ServiceThread:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

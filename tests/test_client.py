@@ -1,0 +1,225 @@
+"""casare_nb.Client against a real orchestrator and a real robot with real kernels, served in
+a thread of their own (ServiceThread); the client talks HTTP and WebSocket on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import write_notebook
+
+from casare_nb import Client, ClientError
+from casare_nb.core.models import RunStatus
+from casare_nb.orchestrator.service import OrchestratorService, ServiceThread
+from casare_nb.protocol import Event, EventKind
+from casare_nb.robot.main import local_robot
+
+WAIT = 90.0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceThread]:
+    root = tmp_path_factory.mktemp("client")
+    workflows = root / "workflows"
+    workflows.mkdir()
+    write_notebook(workflows / "add.ipynb", ["y = n + 1", "print('y is', y)"], params="n: int = 1")
+    write_notebook(
+        workflows / "checked.ipynb",
+        [
+            "open('ran.log', 'a').write('load\\n')\ndata = list(range(10))",
+            "assert len(data) <= limit, f'{len(data)} rows > limit {limit}'",
+            "total = sum(data)",
+        ],
+        params="limit: int = 5",
+    )
+    write_notebook(workflows / "sleepy.ipynb", ["import time\ntime.sleep(60)"])
+    service = OrchestratorService(
+        root / "state", port=0, http_port=0, workflows_dir=workflows, heartbeat_interval_s=0.5
+    )
+    robot = local_robot("robot-a", pool_size=2, work_dir=root / "robot-a", heartbeat_interval_s=0.5)
+    with ServiceThread(service, robots=[robot]) as thread:
+        yield thread
+
+
+@pytest.fixture
+def client(cluster: ServiceThread) -> Iterator[Client]:
+    with cluster.client() as c:
+        yield c
+
+
+def test_submit_with_wait_answers_the_completed_job(client: Client) -> None:
+    """submit(wait=True) returns the job once completed, on the robot, with its parameters."""
+    job = client.submit("add.ipynb", {"n": 41}, wait=True, timeout=WAIT)
+    assert (job.status, job.attempt, job.robot_id) == (RunStatus.COMPLETED, 1, "robot-a")
+    assert job.parameters == {"n": 41}
+    assert client.get(job.job_id) == job
+    assert job.job_id in [j.job_id for j in client.list(RunStatus.COMPLETED)]
+
+
+def test_wait_reports_each_cell_of_the_job_in_order(client: Client) -> None:
+    """on_event sees queued, started, every cell in order, then finished, for this job only."""
+    seen: list[Event] = []
+    job = client.submit("add.ipynb", raw_parameters={"n": "2"}, wait=True, on_event=seen.append)
+    assert job.status is RunStatus.COMPLETED and job.parameters == {"n": 2}
+    kinds = [e.kind for e in seen]
+    assert kinds[:2] == [EventKind.JOB_QUEUED, EventKind.JOB_STARTED]
+    assert kinds[-1] is EventKind.JOB_FINISHED
+    cells = [e.data for e in seen if e.kind is EventKind.CELL_FINISHED]
+    assert [c["cell_id"] for c in cells][-2:] == ["c0", "c1"]
+    assert [c["cells_done"] for c in cells] == sorted(c["cells_done"] for c in cells)
+    assert all(c["job_id"] == job.job_id for c in cells)
+
+
+def test_failed_job_rerun_from_the_failed_cell_with_a_new_parameter_completes(
+    client: Client, cluster: ServiceThread
+) -> None:
+    """A job failing at its check is re-run from that cell with limit=20: the loading cell is
+    not run again, the new attempt completes."""
+    failed = client.submit("checked.ipynb", wait=True, timeout=WAIT)
+    assert (failed.status, failed.error_name) == (RunStatus.FAILED, "AssertionError")
+    log = cluster.robots[0].work_dir / "ran.log"
+    loads = log.read_text().split().count("load")
+    seen: list[Event] = []
+    done = client.rerun(
+        failed.job_id, parameters={"limit": 20}, wait=True, timeout=WAIT, on_event=seen.append
+    )
+    assert (done.status, done.attempt) == (RunStatus.COMPLETED, 2)
+    assert done.parameters["limit"] == 20
+    ran = [e.data["cell_id"] for e in seen if e.kind is EventKind.CELL_FINISHED]
+    assert "c0" not in ran and ran[-2:] == ["c1", "c2"]
+    assert log.read_text().split().count("load") == loads  # the loading cell did not run
+
+
+def test_rerun_from_the_start_runs_every_cell_again(client: Client) -> None:
+    """rerun(from_failed=False) runs the notebook from its first cell."""
+    failed = client.submit("checked.ipynb", wait=True, timeout=WAIT)
+    assert failed.status is RunStatus.FAILED
+    seen: list[Event] = []
+    done = client.rerun(
+        failed.job_id, False, {"limit": 20}, wait=True, timeout=WAIT, on_event=seen.append
+    )
+    assert done.status is RunStatus.COMPLETED
+    ran = [e.data["cell_id"] for e in seen if e.kind is EventKind.CELL_FINISHED]
+    assert ran[-3:] == ["c0", "c1", "c2"]
+
+
+def test_subscribe_starts_with_the_robots_snapshot_then_yields_job_events(
+    client: Client,
+) -> None:
+    """subscribe() yields the robots snapshot first, then the events of a submitted job."""
+    with client.subscribe(("robots", "jobs")) as events:
+        snapshot = next(events)
+        assert snapshot.kind is EventKind.ROBOT_STATUS and snapshot.data["snapshot"] is True
+        assert [r["robot_id"] for r in snapshot.data["robots"]] == ["robot-a"]
+        job = client.submit("add.ipynb")
+        kinds = []
+        while EventKind.JOB_FINISHED not in kinds:
+            event = events.receive(timeout=WAIT)
+            if event.topic.value == "jobs" and event.data["job"]["job_id"] == job.job_id:
+                kinds.append(event.kind)
+    assert kinds == [EventKind.JOB_QUEUED, EventKind.JOB_STARTED, EventKind.JOB_FINISHED]
+
+
+def test_cancelling_a_running_job_ends_it_cancelled(client: Client) -> None:
+    """cancel() of a job running a 60 s cell ends it cancelled, long before the minute."""
+    with client.subscribe(("jobs",)) as events:
+        job = client.submit("sleepy.ipynb")
+        while True:
+            event = events.receive(timeout=WAIT)
+            if event.kind is EventKind.JOB_STARTED and event.data["job"]["job_id"] == job.job_id:
+                break
+    assert client.cancel(job.job_id).status is RunStatus.RUNNING  # asked; the robot stops it
+    done = client.wait(job.job_id, timeout=WAIT)
+    assert done.status is RunStatus.CANCELLED
+
+
+def test_client_errors_carry_the_status_and_the_one_line_reason(
+    client: Client, cluster: ServiceThread
+) -> None:
+    """Unknown job 404, cancel of a finished job 409, bad parameter 422, bad token 401: each a
+    ClientError (exit code 2) with the server's line; it survives pickling."""
+    with pytest.raises(ClientError) as unknown:
+        client.get("no-such-job")
+    assert unknown.value.status == 404 and "unknown job" in str(unknown.value)
+    done = client.submit("add.ipynb", wait=True, timeout=WAIT)
+    with pytest.raises(ClientError) as finished:
+        client.cancel(done.job_id)
+    assert finished.value.status == 409 and "completed" in str(finished.value)
+    with pytest.raises(ClientError) as bad:
+        client.submit("add.ipynb", {"n": "many"})
+    assert bad.value.status == 422 and "\n" not in str(bad.value)
+    with Client(cluster.service.http_url, "wrong-token") as stranger:
+        with pytest.raises(ClientError) as refused:
+            stranger.robots()
+        assert refused.value.status == 401
+        with pytest.raises(ClientError) as stream:
+            next(iter(stranger.subscribe(("jobs",))))
+    assert "HTTP 401" in str(stream.value) or stream.value.status == 401
+    copy = pickle.loads(pickle.dumps(bad.value))
+    assert (str(copy), copy.status, copy.exit_code) == (str(bad.value), 422, 2)
+
+
+def test_wait_gives_up_after_its_timeout_and_the_job_goes_on(client: Client) -> None:
+    """wait() on a job no robot can take raises WaitTimeout (a TimeoutError); it stays queued."""
+    job = client.submit("add.ipynb", tags=["nowhere"])
+    with pytest.raises(TimeoutError, match="still queued"):
+        client.wait(job.job_id, timeout=0.3)
+    assert client.get(job.job_id).status is RunStatus.QUEUED
+    client.cancel(job.job_id)
+
+
+def test_robots_lists_the_robot_with_its_load(client: Client) -> None:
+    """robots() lists robot-a online with its capacity and a heartbeat."""
+    (robot,) = client.robots()
+    assert robot.robot_id == "robot-a" and robot.max_concurrent_jobs == 1
+    assert robot.status.value in ("online", "busy") and robot.last_heartbeat is not None
+
+
+def test_local_reads_the_private_runtime_file_that_stop_removes(tmp_path: Path) -> None:
+    """Client.local() uses <state>/orchestrator.json (mode 0600, admin token); stop removes it
+    and then Client.local() says no orchestrator runs."""
+    state = tmp_path / "state"
+    service = OrchestratorService(state, port=0, http_port=0, workflows_dir=tmp_path)
+    with ServiceThread(service):
+        runtime = state / "orchestrator.json"
+        assert stat.S_IMODE(runtime.stat().st_mode) == 0o600
+        info = json.loads(runtime.read_text())
+        assert info["pid"] == os.getpid() and info["ws_url"] == service.ws_url
+        with Client.local(state) as local:
+            assert local.url == service.http_url
+            assert local.info().ws_url == service.ws_url
+            assert local.health().status == "ok"
+    assert not runtime.exists()
+    with pytest.raises(ClientError, match="no orchestrator running"):
+        Client.local(state)
+    runtime.write_text(json.dumps({**info, "pid": 2**22 + 12345}))  # a dead process's file
+    with pytest.raises(ClientError, match="stale"):
+        Client.local(state)
+
+
+def test_unreachable_orchestrator_is_a_client_error_without_status(tmp_path: Path) -> None:
+    """A URL where nothing listens gives a ClientError naming it, with status None."""
+    with (
+        Client("http://127.0.0.1:9", "token") as nowhere,
+        pytest.raises(ClientError, match="cannot reach the orchestrator") as err,
+    ):
+        nowhere.list()
+    assert err.value.status is None
+
+
+def test_importing_casare_nb_does_not_import_httpx() -> None:
+    """``import casare_nb`` stays light: httpx and the client load on first use of Client."""
+    code = (
+        "import sys, casare_nb\n"
+        "assert 'httpx' not in sys.modules and 'casare_nb.client' not in sys.modules\n"
+        "casare_nb.Client\n"
+        "assert 'httpx' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
