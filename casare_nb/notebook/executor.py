@@ -46,6 +46,9 @@ class Options:
     run_timeout: float | None = None
     max_output_bytes: int = 1_000_000
     checkpoint: bool = True
+    # rewrite the output notebook after every cell; a robot turns it off: its orchestrator
+    # keeps the notebook so far from the cells job_progress carries
+    save_each_cell: bool = True
     interrupt_grace: float = 5.0
     large_bytes: int = 1 << 20
     fork_bytes: int = 16 << 20
@@ -383,7 +386,8 @@ class Executor:
             self.on_cells([record])
         if self.on_cell:
             self.on_cell(record, cell)
-        self.save()
+        if self.options.save_each_cell:
+            self.save()
 
     def save(self) -> None:
         """Write the output notebook so far (atomic rename)."""

@@ -47,12 +47,20 @@ def _preload_code() -> str:
 class KernelSession:
     """One running kernel and its client."""
 
-    def __init__(self, km: AsyncKernelManager, kc: Any, language: str, info: dict[str, Any]):
+    def __init__(
+        self,
+        km: AsyncKernelManager,
+        kc: Any,
+        language: str,
+        info: dict[str, Any],
+        cwd: Path | None = None,
+    ):
         self.km = km
         self.kc = kc
         self.language = language
         self.language_info = info
         self.checkpoint_ready = False
+        self.cwd = cwd or Path.cwd()  # the kernel's working directory, as far as we moved it
 
     @classmethod
     async def start(
@@ -77,7 +85,8 @@ class KernelSession:
             await km.shutdown_kernel(now=True)
             raise
         info = reply["content"].get("language_info", {})
-        return cls(km, kc, str(info.get("name", "")).lower(), info)
+        folder = Path(cwd).absolute() if cwd else None
+        return cls(km, kc, str(info.get("name", "")).lower(), info, folder)
 
     @property
     def kernel_name(self) -> str:
@@ -124,8 +133,13 @@ class KernelSession:
         return answer
 
     async def chdir(self, path: str | os.PathLike[str]) -> None:
-        """Move the kernel's working directory (a warm kernel started elsewhere)."""
-        await self.call(f"__import__('os').chdir({str(path)!r})")
+        """Move the kernel's working directory (a warm kernel started elsewhere); no round
+        trip when it is there already."""
+        folder = Path(path).absolute()
+        if folder == self.cwd:
+            return
+        await self.call(f"__import__('os').chdir({str(folder)!r})")
+        self.cwd = folder
 
     async def casare(self, function: str, *args: Any, timeout: float = 120) -> Any:
         """Call a function of the kernel-side module with literal arguments."""

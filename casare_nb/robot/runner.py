@@ -352,9 +352,11 @@ class EngineRunner:
     async def _execute(
         self, msg: JobAssign, running: _Running, recorder: _ProgressRecorder, send: Send
     ) -> RunResult:
-        options = None
-        if msg.timeouts.cell_s is not None or msg.timeouts.run_s is not None:
-            options = Options(cell_timeout=msg.timeouts.cell_s, run_timeout=msg.timeouts.run_s)
+        # no per-cell rewrite of the output notebook: the orchestrator keeps the notebook so
+        # far from the cells each job_progress carries
+        options = Options(
+            cell_timeout=msg.timeouts.cell_s, run_timeout=msg.timeouts.run_s, save_each_cell=False
+        )
         self.work_dir.mkdir(parents=True, exist_ok=True)
         notebook = json.dumps(msg.notebook).encode("utf-8")
         values = {**msg.parameters, **msg.secret_parameters}
