@@ -37,6 +37,7 @@ MODULES = [
     "vs_papermill",
     "orchestrated_run",
     "dispatch_throughput",
+    "failover",
 ]
 DOC = ROOT / "docs" / "benchmarks.md"
 OUT = ROOT / "bench" / "out"
