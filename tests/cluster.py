@@ -20,7 +20,7 @@ from casare_nb.robot.config import load_config
 from casare_nb.robot.runner import EngineRunner
 from casare_nb.store.history import HistoryStore
 
-__all__ = ["RUN_TIMEOUT", "Bot", "Cluster", "cluster", "notebook"]
+__all__ = ["RUN_TIMEOUT", "Bot", "Cluster", "cluster", "counted", "notebook", "waiting_cell"]
 
 RUN_TIMEOUT = 60.0
 
@@ -118,3 +118,16 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 
 def notebook(tmp_path: Path, name: str, cells: Sequence[str], **kw: Any) -> Path:
     return write_notebook(tmp_path / name, cells, **kw)
+
+
+def counted(log: Path, name: str, body: str = "") -> str:
+    """A cell appending ``name`` to ``log`` each time it executes, then ``body``."""
+    return f"with open({str(log)!r}, 'a') as _f:\n    _f.write({name!r} + '\\n')\n{body}"
+
+
+def waiting_cell(started: Path, go: Path) -> str:
+    """A cell that touches ``started``, then waits until ``go`` exists."""
+    return (
+        f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\n"
+        f"while not pathlib.Path({str(go)!r}).exists():\n    time.sleep(0.02)"
+    )

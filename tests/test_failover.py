@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cluster import Cluster, notebook
+from cluster import Cluster, counted, notebook, waiting_cell
 
 from casare_nb.core.models import RunStatus
 from casare_nb.core.params import ParameterError
@@ -24,11 +24,6 @@ def cell_outputs(path: Path, cell_id: str) -> str:
     nb = json.loads(path.read_text())
     cell = next(c for c in nb["cells"] if c.get("id") == cell_id)
     return json.dumps(cell.get("outputs", []))
-
-
-def counting_cell(log: Path, name: str, body: str) -> str:
-    """A cell that appends its name to ``log`` each time it executes, then runs ``body``."""
-    return f"with open({str(log)!r}, 'a') as _f:\n    _f.write({name!r} + '\\n')\n{body}"
 
 
 async def test_checkpoints_reach_the_orchestrator_once_per_blob(
@@ -61,7 +56,7 @@ async def test_rerun_from_failed_cell_resumes_on_another_robot(
         tmp_path,
         "flaky.ipynb",
         [
-            counting_cell(log, "c0", "data = [1, 2, 3]\nprint('loaded', len(data))"),
+            counted(log, "c0", "data = [1, 2, 3]\nprint('loaded', len(data))"),
             "assert len(data) <= limit, f'{len(data)} rows > limit {limit}'",
             "print('total', sum(data))",
         ],
@@ -95,16 +90,13 @@ async def test_job_of_a_lost_robot_resumes_from_its_last_checkpoint(
     log = tmp_path / "ran.log"
     started = tmp_path / "started"
     go = tmp_path / "go"
-    wait = (
-        f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\n"
-        f"while not pathlib.Path({str(go)!r}).exists():\n    time.sleep(0.02)"
-    )
+    wait = waiting_cell(started, go)
     nb = notebook(
         tmp_path,
         "long.ipynb",
         [
-            counting_cell(log, "c0", "rows = [n * n for n in range(10)]"),
-            counting_cell(log, "c1", wait),
+            counted(log, "c0", "rows = [n * n for n in range(10)]"),
+            counted(log, "c1", wait),
             "print('sum', sum(rows))",
         ],
     )
@@ -161,10 +153,7 @@ async def test_drain_waits_for_running_jobs_then_shuts_robots_down(
     shuts the robots down."""
     go = tmp_path / "go"
     started = tmp_path / "started"
-    wait = (
-        f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\n"
-        f"while not pathlib.Path({str(go)!r}).exists():\n    time.sleep(0.02)"
-    )
+    wait = waiting_cell(started, go)
     nb = notebook(tmp_path, "wait.ipynb", [wait])
     quick = notebook(tmp_path, "quick.ipynb", ["x = 1"])
     bot = await cluster.robot("robot-a", capacity=1)

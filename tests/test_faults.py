@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from cluster import RUN_TIMEOUT, notebook
+from cluster import RUN_TIMEOUT, counted, notebook, waiting_cell
 
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.models import Job, RobotStatus, RunStatus
@@ -114,11 +114,6 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
         await orch.stop()
 
 
-def counted(log: Path, name: str, body: str = "") -> str:
-    """A cell appending ``name`` to ``log`` each time it executes, then ``body``."""
-    return f"with open({str(log)!r}, 'a') as _f:\n    _f.write({name!r} + '\\n')\n{body}"
-
-
 def once_per_attempt(history: HistoryStore, job_id: str) -> None:
     cells = history.list_cells(job_id)
     keys = [(c.attempt, c.cell_index) for c in cells]
@@ -131,10 +126,7 @@ async def test_robot_sigkilled_mid_cell_job_resumes_on_another(
     """SIGKILL a robot while a cell runs: the job resumes on the other robot from the last
     checkpoint (earlier cells not re-run); each cell recorded once per attempt."""
     ran, started, go = tmp_path / "ran.log", tmp_path / "started", tmp_path / "go"
-    wait = (
-        f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\n"
-        f"while not pathlib.Path({str(go)!r}).exists():\n    time.sleep(0.02)"
-    )
+    wait = waiting_cell(started, go)
     nb = notebook(
         tmp_path,
         "long.ipynb",

@@ -360,40 +360,30 @@ class EngineRunner:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         notebook = json.dumps(msg.notebook).encode("utf-8")
         values = {**msg.parameters, **msg.secret_parameters}
+        common: dict[str, Any] = {
+            "notebook": notebook,
+            "run_id": msg.job_id,
+            "recorder": recorder,
+            "progress": recorder,
+            "on_cell": recorder.cell_done,
+            "kernels": self.pool,
+            "state_dir": self.state.root,
+            "cwd": self.work_dir,
+            "cancel": running.cancel,
+            "options": options,
+            "source": "robot",
+        }
         if msg.resume is not None:
             await self._materialise(msg, send)
             return await aresume_attempt(
                 msg.workflow_path,
                 values,
-                notebook=notebook,
-                run_id=msg.job_id,
                 attempt=msg.attempt,
                 from_attempt=msg.resume.from_attempt,
                 from_cell=msg.resume.from_cell,
-                recorder=recorder,
-                progress=recorder,
-                on_cell=recorder.cell_done,
-                kernels=self.pool,
-                state_dir=self.state.root,
-                cwd=self.work_dir,
-                cancel=running.cancel,
-                options=options,
+                **common,
             )
-        return await arun_notebook(
-            msg.workflow_path,
-            values,
-            notebook=notebook,
-            run_id=msg.job_id,
-            recorder=recorder,
-            progress=recorder,
-            on_cell=recorder.cell_done,
-            kernels=self.pool,
-            state_dir=self.state.root,
-            cwd=self.work_dir,
-            cancel=running.cancel,
-            options=options,
-            source="robot",
-        )
+        return await arun_notebook(msg.workflow_path, values, **common)
 
     async def _materialise(self, msg: JobAssign, send: Send) -> None:
         """Put the resumed attempt's notebook and manifests in this robot's state folder and
