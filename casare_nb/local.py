@@ -462,7 +462,8 @@ async def execute_prepared(
             record.restore_mode = result.restore_mode
             record.restored_from_cell = result.restored_from_cell
             record.cells_total = len(steps) + len(result.replayed_cells)
-        executor.save()
+        if executor.options.save_each_cell:
+            executor.save()  # the notebook so far exists before the first cell ends
         await asyncio.to_thread(writer.flush)  # the run is on record before its first cell
         if outcome is None or outcome.status is RunStatus.COMPLETED:
             replayed = outcome.cells if outcome else []

@@ -116,9 +116,13 @@ class AttemptPaths:
                     wanted.append(ref.removesuffix(".json"))
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary name in the same folder, then rename over ``path``."""
-    text = json.dumps(data, indent=1, ensure_ascii=False, sort_keys=True)
+def write_json_atomic(path: Path, data: Any, *, compact: bool = False) -> None:
+    """Write JSON to a temporary name in the same folder, then rename over ``path``;
+    ``compact``: no indentation (a file rewritten often, read by programs)."""
+    if compact:
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    else:
+        text = json.dumps(data, indent=1, ensure_ascii=False, sort_keys=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         tmp.write_text(text + "\n", encoding="utf-8")

@@ -258,7 +258,7 @@ class CheckpointStore:
                 break
         else:
             return
-        write_json_atomic(paths.output, notebook)
+        write_json_atomic(paths.output, notebook, compact=True)
 
     def latest_output(self, job_id: str, before: int) -> int | None:
         """The newest attempt <= ``before`` that has a notebook-so-far, or None."""
