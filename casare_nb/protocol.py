@@ -23,7 +23,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
 import json
+import os
+import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Mapping
@@ -151,8 +154,38 @@ RobotState = Literal["online", "busy", "draining"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
+class _Ids:
+    """Message ids: 16 random hex digits drawn once per process (again in a forked child),
+    then a counter. One ``os.urandom`` per process, not one per message (``uuid4`` cost
+    0.2-0.7 ms a call on the benchmark machine)."""
+
+    lock = threading.Lock()
+    prefix: str | None = None
+    counter = itertools.count(1)
+    hooked = False
+
+    @classmethod
+    def new(cls) -> str:
+        prefix = cls.prefix
+        if prefix is None:
+            with cls.lock:
+                if cls.prefix is None:
+                    if not cls.hooked:
+                        os.register_at_fork(after_in_child=cls.forget)
+                        cls.hooked = True
+                    cls.counter = itertools.count(1)
+                    cls.prefix = uuid.uuid4().hex[:16]
+                prefix = cls.prefix
+        return f"{prefix}{next(cls.counter):016x}"
+
+    @classmethod
+    def forget(cls) -> None:
+        cls.lock = threading.Lock()  # a lock held by another thread at the fork stays held
+        cls.prefix = None
+
+
 def _new_id() -> str:
-    return uuid.uuid4().hex
+    return _Ids.new()
 
 
 def _utcnow() -> datetime:

@@ -32,7 +32,7 @@ OUTPUT = ROOT / "docs" / "protocol.md"
 
 ENUMS: tuple[type[Enum], ...] = (CellStatus, RunStatus, p.Topic, p.EventKind)
 FACTORIES: dict[Callable[[], Any], str] = {
-    p._new_id: "new uuid4 hex",
+    p._new_id: "random per-process prefix + counter",
     p._utcnow: "now",
     list: "`[]`",
     dict: "`{}`",

@@ -23,9 +23,14 @@ robot was marked offline: reconnect and register again); 1013 the peer reads too
 1001 the orchestrator stops.
 
 Jobs: :meth:`Orchestrator.submit`, :meth:`Orchestrator.cancel` and :meth:`Orchestrator.jobs`
-delegate to a :class:`~casare_nb.orchestrator.jobs.JobManager`, which dispatches to the
+delegate to a :class:`~casare_nb.orchestrator.jobs.JobManager`, which keeps the unfinished
+jobs in memory (its reads show them as they are there, written or not), dispatches to the
 connected robots and receives their job messages (``job_accept`` ... ``job_cancelled``); a
-robot that disconnects or misses its heartbeats has its running jobs requeued.
+robot that disconnects or misses its heartbeats has its running jobs requeued. A
+``heartbeat_ack`` is sent once the job manager's durable mark taken at the heartbeat is
+reached: everything the robot's earlier messages produced is in the database. Robot
+snapshots (:meth:`Orchestrator.robots`, read on every dispatch round) are copied from the
+registry once per change of it.
 
 Monitors subscribed to ``robots`` get a snapshot right after subscribing (an ``event`` of
 kind ``robot_status`` with ``data = {"snapshot": true, "robots": [...]}``, replying to the
@@ -240,6 +245,7 @@ class Orchestrator:
         self.history = HistoryStore(self.state_dir / HISTORY_FILE)
         self.queue = QueueStore(self.history)
         self.registry = RobotRegistry()
+        self._robots_snapshot: list[Robot] | None = None  # registry.robots() until it changes
         self._clock = clock
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -341,7 +347,10 @@ class Orchestrator:
 
     def robots(self) -> list[Robot]:
         """Every robot that registered since the start (offline ones too), by id."""
-        return self.registry.robots()
+        snapshot = self._robots_snapshot
+        if snapshot is None:  # the dispatcher asks on every round: copy once per change
+            snapshot = self._robots_snapshot = self.registry.robots()
+        return [robot.model_copy(update={"tags": list(robot.tags)}) for robot in snapshot]
 
     def robot(self, robot_id: str) -> Robot | None:
         """The robot ``robot_id``, or None if it never registered."""
@@ -573,6 +582,7 @@ class Orchestrator:
             if self._robot_peers.get(peer.robot_id) is peer:
                 del self._robot_peers[peer.robot_id]
             robot = self.registry.disconnect(peer.robot_id, now=self._clock(), session=peer.session)
+            self._robots_snapshot = None
             if robot is not None:
                 self._robot_offline(robot, "disconnected")
                 self.job_manager.robot_gone(robot.robot_id)
@@ -702,6 +712,7 @@ class Orchestrator:
     def _on_register(self, peer: _Peer, msg: Register) -> bool:
         try:
             robot = self.registry.register(msg, now=self._clock(), session=peer.session)
+            self._robots_snapshot = None
         except RobotIdTaken as exc:
             logger.warning("refused robot %s from %r: %s", msg.robot_id, peer, exc)
             peer.send(
@@ -745,6 +756,7 @@ class Orchestrator:
         before = self.registry.get(msg.robot_id)
         try:
             robot = self.registry.heartbeat(msg, now=self._clock(), session=peer.session)
+            self._robots_snapshot = None
         except NotRegistered as exc:
             return self._refuse(
                 peer, ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc), False, msg.id)
@@ -762,19 +774,20 @@ class Orchestrator:
 
     def _ack(self, peer: _Peer, ack: HeartbeatAck) -> None:
         """Send a heartbeat_ack once every record the robot's earlier messages produced is in
-        the database: the robot forgets what an ack covers, so an orchestrator SIGKILLed after
-        the ack must not lose it."""
-        writer = self.job_manager.history_writer
-        mark = writer.mark()
-        if writer.reached(mark):
+        the database (the job states the queue writer commits and the history): the robot
+        forgets what an ack covers, so an orchestrator SIGKILLed after the ack must not lose
+        it."""
+        jobs = self.job_manager
+        mark = jobs.durable_mark()
+        if jobs.is_durable(mark):
             peer.send(ack)
             return
 
         async def when_written() -> None:
-            if await asyncio.to_thread(writer.wait_mark, mark, 30.0):
+            if await jobs.durable(mark, 30.0):
                 peer.send(ack)
             else:
-                logger.warning("history writes are slow: heartbeat_ack to %r withheld", peer)
+                logger.warning("database writes are slow: heartbeat_ack to %r withheld", peer)
 
         task = asyncio.create_task(when_written(), name=f"ack-{peer.session}")
         self._tasks.add(task)
@@ -810,10 +823,10 @@ class Orchestrator:
 
     def _publish(self, kind: EventKind, data: dict[str, Any]) -> None:
         """Send an event to every monitor subscribed to its topic."""
-        event = Event(topic=kind.topic, kind=kind, data=data)
         monitors = [p for p in self._peers if p.role is Role.MONITOR and kind.topic in p.topics]
         if not monitors:
-            return
+            return  # no monitor: do not build (validate, give an id to) the event
+        event = Event(topic=kind.topic, kind=kind, data=data)
         try:
             frame = encode(event, max_bytes=self.max_frame_bytes)
         except ProtocolError as err:
@@ -839,6 +852,8 @@ class Orchestrator:
         gone = self.registry.sweep(
             self._clock(), interval_s=self.heartbeat_interval_s, misses=self.missed_heartbeats
         )
+        if gone:
+            self._robots_snapshot = None
         for robot in gone:
             self._robot_offline(robot, "missed_heartbeats")
             self.job_manager.robot_gone(robot.robot_id, grace=False)

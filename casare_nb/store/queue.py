@@ -5,27 +5,49 @@ a :class:`QueueStore` keeps ONE long-lived connection, opened through
 :meth:`HistoryStore.connect` (same path, migrations and lock retry) and closed by
 :meth:`QueueStore.close`. A lock serialises its use between threads.
 
-Every write runs in its own explicit transaction and is committed before the method
-returns, so a job acknowledged to a client survives a SIGKILL of the orchestrator. State
-transitions are compare-and-set: one ``UPDATE ... WHERE status = ... RETURNING`` whose
-empty result is then explained (unknown job, wrong status, stale attempt). Only non-key
-columns are ever updated.
+Two ways to write:
 
-Storage conventions are the history's: naive-UTC ``TIMESTAMP`` columns returned as aware
-UTC datetimes, ``parameters`` and ``tags`` as JSON text, enums as their values. Robot
-tokens are stored as their SHA-256 hex digest only.
+- **Direct** (``add_job`` ... ``cancel``): each call runs in its own explicit transaction,
+  committed before it returns. State transitions are compare-and-set: one
+  ``UPDATE ... WHERE status = ... RETURNING`` whose empty result is then explained (unknown
+  job, wrong status, stale attempt).
+- **Staged** (:meth:`QueueStore.stage`): the orchestrator keeps its unfinished jobs in memory
+  (it makes the compare-and-set decisions there) and hands every new state of a job to the
+  store, which returns at once. A writer thread commits what was staged in batches: one
+  transaction per batch, one ``INSERT`` and one ``UPDATE ... FROM unnest(...)`` whatever the
+  number of jobs, only the last state of each job (group commit). A batch starts at most
+  once per ``commit_interval_s`` (a DuckDB statement costs milliseconds of CPU whatever its
+  size), at once when someone waits for it (:meth:`~QueueStore.wait_mark`,
+  :meth:`~QueueStore.flush`, :meth:`~QueueStore.hurry`). Each stage gets a sequence number,
+  its **mark**: :meth:`~QueueStore.reached` / :meth:`~QueueStore.wait_mark` say when
+  everything staged up to it is committed, and ``written`` listeners hear of every commit.
+  A failed batch is retried (with backoff) until it commits; marks wait meanwhile.
+
+Reads never show a state older than what was staged: staged jobs not yet committed are laid
+over the rows read (the *overlay*), and direct writes and :meth:`~QueueStore.connection`
+first wait for the staged writes. Jobs added directly are reported to the ``added``
+listeners (the orchestrator adopts jobs queued behind its back, e.g. in bulk).
+
+Only non-key columns are ever updated. Storage conventions are the history's: naive-UTC
+``TIMESTAMP`` columns returned as aware UTC datetimes, ``parameters`` and ``tags`` as JSON
+text, enums as their values. Robot tokens are stored as their SHA-256 hex digest only.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import threading
+import time
+import weakref
 from collections import Counter
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final
@@ -45,6 +67,8 @@ from casare_nb.store.history import (
 )
 
 __all__ = ["QueueError", "QueueStore"]
+
+log = logging.getLogger(__name__)
 
 # Column name -> DuckDB type, in insert/select order; exactly the fields of Job.
 _JOB_COLUMNS: Final[dict[str, str]] = {
@@ -74,6 +98,38 @@ _JOB_SELECT: Final[str] = ", ".join(_JOB_COLUMNS)
 _JOB_TIMES: Final[tuple[str, ...]] = tuple(
     name for name, sql_type in _JOB_COLUMNS.items() if sql_type == "TIMESTAMP"
 )
+# A staged row: the job's columns, then cancel_requested (not a field of Job).
+_STAGED_COLUMNS: Final[dict[str, str]] = {**_JOB_COLUMNS, "cancel_requested": "BOOLEAN"}
+_STAGED_INSERT: Final[str] = (
+    f"INSERT OR IGNORE INTO jobs ({', '.join(_STAGED_COLUMNS)}) SELECT "
+    + ", ".join(f"unnest(?::{sql_type}[])" for sql_type in _STAGED_COLUMNS.values())
+    + " RETURNING job_id"
+)
+# What a state transition may change (the rest is written once, by the insert).
+_MUTABLE: Final[tuple[str, ...]] = (
+    "parameters",
+    "status",
+    "attempt",
+    "eligible_at",
+    "robot_id",
+    "assigned_at",
+    "accepted_at",
+    "finished_at",
+    "error_name",
+    "error_message",
+    "resume_from_failed",
+    "failures",
+    "failed_cell",
+    "cancel_requested",
+)
+_MUTABLE_AT: Final[tuple[int, ...]] = tuple(list(_STAGED_COLUMNS).index(c) for c in _MUTABLE)
+_STAGED_UPDATE: Final[str] = (
+    "UPDATE jobs SET "
+    + ", ".join(f"{name} = u.{name}" for name in _MUTABLE)
+    + " FROM (SELECT unnest(?::VARCHAR[]) AS job_id, "
+    + ", ".join(f"unnest(?::{_STAGED_COLUMNS[name]}[]) AS {name}" for name in _MUTABLE)
+    + ") AS u WHERE jobs.job_id = u.job_id"
+)
 _RANK_SQL: Final[str] = (
     "CASE priority "
     + " ".join(f"WHEN '{p.value}' THEN {p.rank}" for p in Priority)
@@ -83,6 +139,12 @@ _DISPATCH_ORDER: Final[str] = f"{_RANK_SQL} DESC, created_at ASC, job_id ASC"
 _QUEUED: Final[str] = JobStatus.QUEUED.value
 _RUNNING: Final[str] = JobStatus.RUNNING.value
 _UNFINISHED: Final[tuple[str, str]] = (_QUEUED, _RUNNING)
+
+COMMIT_INTERVAL_S: Final[float] = 0.05  # default group-commit window of staged writes
+_WAIT_S: Final[float] = 30.0  # longest a direct write or raw connection waits for staged writes
+_RETRY_FIRST_S: Final[float] = 0.05  # backoff between attempts of a failed batch...
+_RETRY_MAX_S: Final[float] = 2.0  # ...doubling up to this
+_CLOSE_ATTEMPTS: Final[int] = 3  # attempts of the last batches at close before giving up
 
 
 class QueueError(RuntimeError):
@@ -128,20 +190,68 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows -> one list per column (the parameters of an ``unnest`` statement)."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _rank_key(job: Job) -> tuple[int, datetime | None, str]:
+    """The dispatch order of :data:`_DISPATCH_ORDER`, in Python."""
+    return (-job.priority.rank, _to_db_time(job.created_at), job.job_id)
+
+
+def _newest_key(job: Job) -> tuple[datetime | None, str]:
+    return (_to_db_time(job.created_at), job.job_id)
+
+
+def _assigned_key(job: Job) -> tuple[datetime, str]:
+    return (_to_db_time(job.assigned_at) or datetime.min, job.job_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """The state of a job to write: the job, its cancel request, and whether it is new."""
+
+    job: Job
+    cancel_requested: bool
+    new: bool
+
+
 class QueueStore:
     """Jobs and robot tokens of an orchestrator, in its DuckDB file.
 
     Holds one connection, opened on first use (or on ``with``) and kept until
     :meth:`close`; safe to share between threads. Refused operations and database failures
-    raise :class:`QueueError`.
+    raise :class:`QueueError`. See the module docstring for direct and staged writes.
     """
 
-    def __init__(self, history: HistoryStore) -> None:
+    def __init__(
+        self, history: HistoryStore, *, commit_interval_s: float = COMMIT_INTERVAL_S
+    ) -> None:
+        if commit_interval_s < 0:
+            raise ValueError(f"commit_interval_s must be >= 0, not {commit_interval_s}")
         self.history = history
+        self.commit_interval_s = commit_interval_s
         self._lock = threading.RLock()
+        self._owner: int | None = None  # the thread holding the connection
         self._stack: contextlib.ExitStack | None = None
         self._con: Connection | None = None
         self._closed = False
+        # staged writes (guarded by _cond, never held during I/O)
+        self._cond = threading.Condition()
+        self._pending: dict[str, _Staged] = {}  # staged, not taken by the writer yet
+        self._inflight: dict[str, _Staged] = {}  # the batch being written
+        self._staged = 0  # mark of the last stage
+        self._written = 0  # every stage up to this mark is committed
+        self._refused: set[str] = set()  # new jobs whose insert found the id taken
+        self._write_error: str | None = None  # why the last batch failed, until one commits
+        self._stopping = False
+        self._hurry = False  # someone waits for a mark: commit without waiting the window
+        self._writer: threading.Thread | None = None
+        self._batches = 0
+        self._rows = 0
+        self._on_added: list[Callable[[list[Job]], None]] = []
+        self._on_written: list[Callable[[int], None]] = []
 
     def __repr__(self) -> str:
         return f"QueueStore({str(self.history.path)!r})"
@@ -150,19 +260,30 @@ class QueueStore:
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Connection]:
-        """The store's connection, held exclusively for the block.
+        """The store's connection, held exclusively for the block, once every staged write
+        is committed (so raw SQL sees them).
 
         Opens it on first use. DuckDB errors raised in the block come out as
         :class:`QueueError`. Do not call other methods of the store inside the block.
         """
+        self._settle()
+        with self._locked() as con:
+            yield con
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[Connection]:
+        """The connection, held exclusively (no wait for staged writes: the writer uses it)."""
         with self._lock:
             con = self._connect()
+            outer, self._owner = self._owner, threading.get_ident()
             try:
                 yield con
             except duckdb.Error as exc:
                 if isinstance(exc, duckdb.FatalException):
                     self._disconnect()  # the database is invalidated: reopen next time
                 raise QueueError(f"queue database {self.history.path}: {_one_line(exc)}") from exc
+            finally:
+                self._owner = outer
 
     def _connect(self) -> Connection:
         if self._closed:
@@ -182,8 +303,22 @@ class QueueStore:
             with contextlib.suppress(Exception):
                 stack.close()
 
-    def close(self) -> None:
-        """Close the connection (releasing the file); idempotent. Later calls raise."""
+    def close(self, timeout: float | None = _WAIT_S) -> None:
+        """Commit what is staged (a few attempts, up to ``timeout`` s), stop the writer and
+        close the connection (releasing the file); idempotent. Later calls raise."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            writer = self._writer
+        _LIVE_STORES.discard(self)
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(timeout)
+            if writer.is_alive():
+                log.error("%r: the writer did not stop within %s s", self, timeout)
+        with self._cond:
+            lost = len(self._pending) + len(self._inflight)
+        if lost:
+            log.error("%r: %d staged job states could not be written", self, lost)
         with self._lock:
             self._closed = True
             self._disconnect()
@@ -203,16 +338,235 @@ class QueueStore:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
-        """The connection inside one transaction, committed when the block ends."""
+        """The connection inside one transaction, committed when the block ends (after every
+        staged write: a direct write never races one)."""
         with self.connection() as con, _transaction(con):
             yield con
 
     def _select(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        with self.connection() as con:
+        with self._locked() as con:
             return con.execute(sql, list(params)).fetchall()
 
     def _jobs(self, sql: str, params: Sequence[object] = ()) -> list[Job]:
         return [_job_from_row(row) for row in self._select(sql, params)]
+
+    # -- listeners -----------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        *,
+        added: Callable[[list[Job]], None] | None = None,
+        written: Callable[[int], None] | None = None,
+    ) -> None:
+        """Call ``added(jobs)`` after :meth:`add_job` / :meth:`add_jobs` committed jobs (in
+        the caller's thread), and ``written(mark)`` after each commit of staged writes (in
+        the writer's thread: hand the work over, do not block)."""
+        if added is not None:
+            self._on_added.append(added)
+        if written is not None:
+            self._on_written.append(written)
+
+    def unsubscribe(
+        self,
+        *,
+        added: Callable[[list[Job]], None] | None = None,
+        written: Callable[[int], None] | None = None,
+    ) -> None:
+        """Stop calling listeners given to :meth:`subscribe`."""
+        if added is not None and added in self._on_added:
+            self._on_added.remove(added)
+        if written is not None and written in self._on_written:
+            self._on_written.remove(written)
+
+    def _added(self, jobs: list[Job]) -> None:
+        for listener in list(self._on_added):
+            try:
+                listener(jobs)
+            except Exception:
+                log.exception("%r: a listener of added jobs failed", self)
+
+    # -- staged writes -------------------------------------------------------------------
+
+    def stage(self, job: Job, *, cancel_requested: bool = False, new: bool = False) -> int:
+        """Hand the new state of a job to the writer thread; its mark. Returns at once.
+
+        ``new``: the job is not in the database yet (it is inserted; an existing id is left
+        as it is, see :meth:`insert_refused`). Otherwise only what a state transition
+        changes is written (status, attempt, times, robot, errors, failures, parameters,
+        cancel request): a job's workflow, priority, environment, tags, retries, creation
+        time and source are those of its insert. The last state staged for a job wins;
+        ``job`` must not be mutated afterwards.
+        """
+        with self._cond:
+            if self._stopping or self._closed:
+                raise QueueError(f"queue store for {self.history.path} is closed")
+            earlier = self._pending.get(job.job_id)
+            new = new or (earlier is not None and earlier.new)
+            self._pending[job.job_id] = _Staged(job, cancel_requested, new)
+            return self._enqueued()
+
+    def _enqueued(self) -> int:
+        """A new mark; start or wake the writer. The caller holds ``_cond``."""
+        self._staged += 1
+        if self._writer is None:
+            self._writer = threading.Thread(
+                target=self._write_loop,
+                name=f"casare-queue-{self.history.path.name}",
+                daemon=True,
+            )
+            self._writer.start()
+            _LIVE_STORES.add(self)
+        self._cond.notify_all()
+        return self._staged
+
+    def mark(self) -> int:
+        """The mark of everything staged so far."""
+        with self._cond:
+            return self._staged
+
+    def reached(self, mark: int) -> bool:
+        """Whether everything staged up to ``mark`` is committed."""
+        with self._cond:
+            return self._written >= mark
+
+    def wait_mark(self, mark: int, timeout: float | None = None) -> bool:
+        """Block until :meth:`reached` (True) or ``timeout`` seconds passed (False); what is
+        staged is committed without waiting for the group-commit window."""
+        with self._cond:
+            if self._written < mark:
+                self._hurry = True
+                self._cond.notify_all()
+            return self._cond.wait_for(lambda: self._written >= mark, timeout)
+
+    def hurry(self) -> None:
+        """Commit what is staged now, without waiting for the group-commit window (someone
+        waits for it)."""
+        with self._cond:
+            if self._written < self._staged:
+                self._hurry = True
+                self._cond.notify_all()
+
+    def flush(self, timeout: float | None = _WAIT_S) -> None:
+        """Block until everything staged so far is committed; QueueError after ``timeout``
+        seconds (naming the last write error, if any)."""
+        with self._cond:
+            target = self._staged
+            if self._written < target:
+                self._hurry = True
+                self._cond.notify_all()
+            if self._cond.wait_for(lambda: self._written >= target, timeout):
+                return
+            why = f": {self._write_error}" if self._write_error else ""
+        raise QueueError(
+            f"queue writes to {self.history.path} did not commit within {timeout:g} s{why}"
+        )
+
+    def insert_refused(self, job_id: str) -> bool:
+        """Whether a new job staged as ``job_id`` was not inserted, its id being taken (asked
+        once, after its mark is reached)."""
+        with self._cond:
+            if job_id in self._refused:
+                self._refused.discard(job_id)
+                return True
+            return False
+
+    def write_stats(self) -> tuple[int, int]:
+        """(batches, rows) the writer thread committed so far."""
+        with self._cond:
+            return self._batches, self._rows
+
+    def _settle(self) -> None:
+        """Wait for the staged writes (not in the writer, nor while holding the connection:
+        the writer needs it)."""
+        if self._owner == threading.get_ident() or threading.current_thread() is self._writer:
+            return
+        with self._cond:
+            if self._written >= self._staged:
+                return
+        self.flush()
+
+    def _overlay(self) -> dict[str, _Staged]:
+        """Staged states not committed yet, by job id (a copy)."""
+        with self._cond:
+            if not self._pending and not self._inflight:
+                return {}
+            return {**self._inflight, **self._pending}
+
+    def _has_work(self) -> bool:
+        return bool(self._pending)
+
+    def _write_loop(self) -> None:
+        failures = 0
+        last = time.monotonic()  # when the last batch began (the first one waits too)
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._has_work() or self._stopping)
+                if not self._has_work():
+                    return  # stopping, everything written
+                # group commit: one batch per window at most, unless someone waits
+                window = last + self.commit_interval_s - time.monotonic()
+                if window > 0:
+                    self._cond.wait_for(lambda: self._hurry or self._stopping, window)
+                last = time.monotonic()
+                self._hurry = False
+                batch, self._pending = self._pending, {}
+                self._inflight = batch
+                mark = self._staged
+            try:
+                refused = self._write_staged(batch)
+            except Exception as exc:  # keep the batch: memory is the truth, retry it
+                failures += 1
+                with self._cond:
+                    self._put_back(batch)
+                    self._write_error = _one_line(exc)
+                    if self._stopping and failures >= _CLOSE_ATTEMPTS:
+                        return
+                    log.warning("%r: a write failed (retrying): %s", self, exc)
+                    delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2 ** (failures - 1))
+                    self._cond.wait_for(lambda: self._stopping, delay)
+                    self._hurry = True  # the retry waits for the backoff, not the window
+                continue
+            failures = 0
+            with self._cond:
+                self._inflight = {}
+                self._written = mark
+                self._refused |= refused
+                self._write_error = None
+                self._batches += 1
+                self._rows += len(batch)
+                self._cond.notify_all()
+            for listener in list(self._on_written):
+                try:
+                    listener(mark)
+                except Exception:
+                    log.exception("%r: a listener of written marks failed", self)
+
+    def _put_back(self, batch: Mapping[str, _Staged]) -> None:
+        """A failed batch goes back where newer states did not replace it (``_cond`` held)."""
+        for job_id, staged in batch.items():
+            newer = self._pending.get(job_id)
+            if newer is None:
+                self._pending[job_id] = staged
+            elif staged.new and not newer.new:
+                self._pending[job_id] = _Staged(newer.job, newer.cancel_requested, True)
+        self._inflight = {}
+
+    def _write_staged(self, batch: Mapping[str, _Staged]) -> set[str]:
+        """Write a batch in one transaction; the ids of new jobs that were already there."""
+        new = [(*_job_row(s.job), s.cancel_requested) for s in batch.values() if s.new]
+        old = [(*_job_row(s.job), s.cancel_requested) for s in batch.values() if not s.new]
+        refused: set[str] = set()
+        with self._locked() as con, _transaction(con):
+            if new:
+                inserted = con.execute(_STAGED_INSERT, _columns(new)).fetchall()
+                refused = {row[0] for row in new} - {row[0] for row in inserted}
+            if old:
+                columns = _columns(old)
+                params = [columns[0], *(columns[at] for at in _MUTABLE_AT)]
+                count = con.execute(_STAGED_UPDATE, params).fetchone()
+                if count is not None and count[0] != len(old):
+                    log.error("%r: %d staged jobs are missing", self, len(old) - count[0])
+        return refused
 
     # -- jobs: writes --------------------------------------------------------------------
 
@@ -225,6 +579,7 @@ class QueueStore:
             con.execute(
                 f"INSERT INTO jobs ({_JOB_SELECT}) VALUES ({placeholders})", list(_job_row(job))
             )
+        self._added([job])
 
     def add_jobs(self, jobs: Sequence[Job]) -> None:
         """Insert many jobs in one statement and one transaction; all or nothing.
@@ -238,7 +593,6 @@ class QueueStore:
             repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
             raise QueueError(f"job ids given more than once: {', '.join(repeated[:5])}")
         rows = [_job_row(job) for job in jobs]
-        columns = [list(column) for column in zip(*rows, strict=True)]
         selects = ", ".join(f"unnest(?::{sql_type}[])" for sql_type in _JOB_COLUMNS.values())
         with self._write() as con:
             existing = con.execute(
@@ -248,7 +602,8 @@ class QueueStore:
             ).fetchall()
             if existing:
                 raise QueueError(f"jobs already exist: {', '.join(row[0] for row in existing)}")
-            con.execute(f"INSERT INTO jobs ({_JOB_SELECT}) SELECT {selects}", columns)
+            con.execute(f"INSERT INTO jobs ({_JOB_SELECT}) SELECT {selects}", _columns(rows))
+        self._added(list(jobs))
 
     def assign(self, job_id: str, robot_id: str, *, now: datetime) -> Job:
         """queued -> running on ``robot_id``: sets assigned_at, attempt += 1.
@@ -443,6 +798,9 @@ class QueueStore:
 
     def cancel_requested(self, job_id: str) -> bool:
         """Whether a cancel was requested while the job ran; unknown job raises QueueError."""
+        staged = self._overlay().get(job_id)
+        if staged is not None:
+            return staged.cancel_requested
         rows = self._select("SELECT cancel_requested FROM jobs WHERE job_id = ?", [job_id])
         if not rows:
             raise QueueError(f"unknown job {job_id}")
@@ -464,8 +822,37 @@ class QueueStore:
             )
 
     # -- jobs: reads ---------------------------------------------------------------------
+    # Each read lays the staged states not committed yet over the rows (see _overlay).
+
+    def _read_jobs(
+        self,
+        where: str,
+        params: Sequence[object],
+        *,
+        keep: Callable[[Job], bool],
+        order: str,
+        key: Callable[[Job], Any],
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> list[Job]:
+        """Jobs matching ``where`` (SQL) / ``keep`` (the same test on a staged job), sorted by
+        ``order`` (SQL) / ``key``; staged states replace their rows."""
+        overlay = self._overlay()
+        sql = f"SELECT {_JOB_SELECT} FROM jobs{where} ORDER BY {order}"
+        if limit is not None:
+            sql += f" LIMIT {int(limit) + len(overlay)}"
+        rows = self._jobs(sql, params)
+        if not overlay:
+            return rows[:limit] if limit is not None else rows
+        jobs = [job for job in rows if job.job_id not in overlay]
+        jobs += [s.job.model_copy(deep=True) for s in overlay.values() if keep(s.job)]
+        jobs.sort(key=key, reverse=reverse)
+        return jobs[:limit] if limit is not None else jobs
 
     def get_job(self, job_id: str) -> Job | None:
+        staged = self._overlay().get(job_id)
+        if staged is not None:
+            return staged.job.model_copy(deep=True)
         rows = self._jobs(f"SELECT {_JOB_SELECT} FROM jobs WHERE job_id = ?", [job_id])
         return rows[0] if rows else None
 
@@ -477,57 +864,103 @@ class QueueStore:
             return []
         params: list[object] = []
         where = ""
+        wanted: set[JobStatus] | None = None
         if status is not None:
-            values = sorted({JobStatus(s).value for s in status})
+            wanted = {JobStatus(s) for s in status}
+            values = sorted(s.value for s in wanted)
             where = f" WHERE status IN ({', '.join('?' for _ in values)})"
             params.extend(values)
-        params.append(limit)
-        return self._jobs(
-            f"SELECT {_JOB_SELECT} FROM jobs{where} ORDER BY created_at DESC, job_id DESC LIMIT ?",
+        return self._read_jobs(
+            where,
             params,
+            keep=lambda job: wanted is None or job.status in wanted,
+            order="created_at DESC, job_id DESC",
+            key=_newest_key,
+            reverse=True,
+            limit=limit,
         )
+
+    def unfinished(self) -> list[tuple[Job, bool]]:
+        """Every queued or running job with whether its cancel was requested (what an
+        orchestrator keeps in memory), in dispatch order."""
+        self._settle()
+        rows = self._select(
+            f"SELECT {_JOB_SELECT}, cancel_requested FROM jobs WHERE status IN (?, ?)"
+            f" ORDER BY {_DISPATCH_ORDER}",
+            list(_UNFINISHED),
+        )
+        return [(_job_from_row(row[:-1]), bool(row[-1])) for row in rows]
 
     def queued(self, *, now: datetime, limit: int = 1000) -> list[Job]:
         """Queued jobs eligible at ``now``, in dispatch order (priority, then oldest, then id)."""
         if limit <= 0:
             return []
-        return self._jobs(
-            f"SELECT {_JOB_SELECT} FROM jobs WHERE status = ? AND eligible_at <= ?"
-            f" ORDER BY {_DISPATCH_ORDER} LIMIT ?",
-            [_QUEUED, _to_db_time(now), limit],
+        return self._read_jobs(
+            " WHERE status = ? AND eligible_at <= ?",
+            [_QUEUED, _to_db_time(now)],
+            keep=lambda job: job.status is JobStatus.QUEUED and job.eligible_at <= now,
+            order=_DISPATCH_ORDER,
+            key=_rank_key,
+            limit=limit,
         )
 
     def count_by_status(self) -> dict[JobStatus, int]:
         """Number of jobs in every status (zero included)."""
         counts = dict.fromkeys(JobStatus, 0)
-        for status, count in self._select("SELECT status, count(*) FROM jobs GROUP BY status"):
-            counts[JobStatus(status)] = int(count)
+        overlay = self._overlay()
+        if overlay:
+            rows = self._select(
+                "SELECT status, count(*) FROM jobs"
+                " WHERE job_id NOT IN (SELECT unnest(?::VARCHAR[])) GROUP BY status",
+                [list(overlay)],
+            )
+        else:
+            rows = self._select("SELECT status, count(*) FROM jobs GROUP BY status")
+        for status, count in rows:
+            counts[JobStatus(status)] += int(count)
+        for staged in overlay.values():
+            counts[staged.job.status] += 1
         return counts
 
     def queue_depth_by_priority(self) -> dict[Priority, int]:
         """Number of queued jobs (eligible or not yet) per priority (zero included)."""
         depth = dict.fromkeys(Priority, 0)
+        overlay = self._overlay()
         rows = self._select(
-            "SELECT priority, count(*) FROM jobs WHERE status = ? GROUP BY priority", [_QUEUED]
+            "SELECT priority, count(*) FROM jobs WHERE status = ?"
+            " AND job_id NOT IN (SELECT unnest(?::VARCHAR[])) GROUP BY priority",
+            [_QUEUED, list(overlay)],
         )
         for priority, count in rows:
-            depth[Priority(priority)] = int(count)
+            depth[Priority(priority)] += int(count)
+        for staged in overlay.values():
+            if staged.job.status is JobStatus.QUEUED:
+                depth[staged.job.priority] += 1
         return depth
 
     def running_on(self, robot_id: str) -> list[Job]:
         """Running jobs assigned to ``robot_id``, oldest assignment first."""
-        return self._jobs(
-            f"SELECT {_JOB_SELECT} FROM jobs WHERE status = ? AND robot_id = ?"
-            f" ORDER BY assigned_at, job_id",
+        return self._read_jobs(
+            " WHERE status = ? AND robot_id = ?",
             [_RUNNING, robot_id],
+            keep=lambda job: job.status is JobStatus.RUNNING and job.robot_id == robot_id,
+            order="assigned_at, job_id",
+            key=_assigned_key,
         )
 
     def assigned_unaccepted(self, *, before: datetime) -> list[Job]:
         """Running jobs assigned before ``before`` that no robot has accepted yet."""
-        return self._jobs(
-            f"SELECT {_JOB_SELECT} FROM jobs WHERE status = ? AND accepted_at IS NULL"
-            f" AND assigned_at < ? ORDER BY assigned_at, job_id",
+        return self._read_jobs(
+            " WHERE status = ? AND accepted_at IS NULL AND assigned_at < ?",
             [_RUNNING, _to_db_time(before)],
+            keep=lambda job: (
+                job.status is JobStatus.RUNNING
+                and job.accepted_at is None
+                and job.assigned_at is not None
+                and job.assigned_at < before
+            ),
+            order="assigned_at, job_id",
+            key=_assigned_key,
         )
 
     # -- robot tokens --------------------------------------------------------------------
@@ -593,3 +1026,18 @@ class QueueStore:
             }
             for name, created_at, revoked_at in rows
         ]
+
+
+# Stores with a writer thread at interpreter exit commit what they staged (an atexit hook).
+_LIVE_STORES: weakref.WeakSet[QueueStore] = weakref.WeakSet()
+
+
+def _close_stores_at_exit() -> None:
+    for store in list(_LIVE_STORES):
+        try:
+            store.close(timeout=10.0)
+        except QueueError as exc:
+            log.warning("%s", exc)
+
+
+atexit.register(_close_stores_at_exit)
