@@ -279,12 +279,23 @@ def main(quick: bool = False) -> dict[str, Any]:
             vs_floor <= TARGET_VS_FLOOR,
         ),
     ]
+    if paper / floor < TARGET_VS_PAPERMILL:
+        findings_floor = [
+            f"The {TARGET_VS_PAPERMILL:.0f}x target cannot be met on this machine today: the "
+            f"floor itself (the cells on an already-running kernel, nothing else) is only "
+            f"{paper / floor:.0f}x faster than the papermill CLI ({common.ms(floor, 0)} vs "
+            f"{common.sec(paper)}; the issue assumed a ~30 ms floor). The orchestrated job "
+            f"is {vs_floor:.1f}x the floor (benchmark 5)."
+        ]
+    else:
+        findings_floor = []
     slow = [j for j in jobs if j["to_assign_s"] > 0.25]
     findings = [
         f"Orchestrated trivial job: {common.ms(warm, 0)} end to end (median), "
         f"{vs_paper:.1f}x faster than the papermill CLI and {vs_floor:.1f}x the warm-kernel "
         f"floor of {common.ms(floor, 0)}. Where the time goes (medians): {breakdown} "
-        "(benchmark 5)."
+        "(benchmark 5).",
+        *findings_floor,
     ]
     if slow:
         findings.append(
