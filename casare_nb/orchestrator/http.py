@@ -52,6 +52,7 @@ from casare_nb.orchestrator.api import (
     TokenCreated,
     TokenInfo,
 )
+from casare_nb.orchestrator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from casare_nb.orchestrator.server import DEFAULT_HOST, Orchestrator, OrchestratorDraining
 from casare_nb.protocol import PROTOCOL_VERSION
 from casare_nb.store.queue import QueueError
@@ -165,6 +166,22 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         return Health(
             status="draining" if orch.draining else "ok", robots_online=online, jobs=counts
         )
+
+    @app.get("/metrics", tags=["probes"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text exposition, without a token (the listener is local by default):
+        queue depth by priority, jobs by status, running jobs, robots by status, job
+        outcomes, cell durations, heartbeat misses, dispatch latency."""
+        try:
+            depth = await asyncio.to_thread(orch.queue.queue_depth_by_priority)
+            counts = await asyncio.to_thread(orch.queue.count_by_status)
+        except QueueError as exc:
+            logger.error("metrics: %s", exc)
+            return JSONResponse({"detail": "the orchestrator cannot read its queue"}, 503)
+        body = orch.metrics.render(
+            depth=depth, counts=counts, robots=orch.robots(), draining=orch.draining
+        )
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/api/info", response_model=ServerInfo, responses=_ERRORS, tags=["info"])
     async def info(_: Auth) -> ServerInfo:

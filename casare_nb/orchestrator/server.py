@@ -63,6 +63,7 @@ from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.models import Job, Priority, Robot, RunStatus
 from casare_nb.orchestrator.api import DrainResult
 from casare_nb.orchestrator.jobs import JOB_MESSAGES, JobManager, OrchestratorDraining
+from casare_nb.orchestrator.metrics import OrchestratorMetrics
 from casare_nb.orchestrator.registry import NotRegistered, RobotIdTaken, RobotRegistry
 from casare_nb.protocol import (
     MAX_FRAME_BYTES,
@@ -245,6 +246,7 @@ class Orchestrator:
         self.history = HistoryStore(self.state_dir / HISTORY_FILE)
         self.queue = QueueStore(self.history)
         self.registry = RobotRegistry()
+        self.metrics = OrchestratorMetrics()
         self._robots_snapshot: list[Robot] | None = None  # registry.robots() until it changes
         self._clock = clock
         self._server: Server | None = None
@@ -822,7 +824,8 @@ class Orchestrator:
     # -- events and liveness -------------------------------------------------------------
 
     def _publish(self, kind: EventKind, data: dict[str, Any]) -> None:
-        """Send an event to every monitor subscribed to its topic."""
+        """Count the event in the metrics; send it to every monitor subscribed to its topic."""
+        self.metrics.observe(kind, data)
         monitors = [p for p in self._peers if p.role is Role.MONITOR and kind.topic in p.topics]
         if not monitors:
             return  # no monitor: do not build (validate, give an id to) the event
