@@ -87,8 +87,11 @@ async def test_health_needs_no_token_and_counts_jobs_by_status(api: Api) -> None
     health = await api.http.get("/health", headers={"Authorization": ""})
     assert health.status_code == 200
     body = health.json()
-    assert body["status"] == "ok" and body["robots_online"] == 0
+    assert body["status"] == "ok" and body["robots_online"] == 0 and body["ready"] is True
     assert body["jobs"]["queued"] == 1 and body["jobs"]["completed"] == 0
+    assert body["queue"] == {"low": 0, "normal": 1, "high": 0, "critical": 0}
+    assert body["robots"]["online"] == 0
+    assert (await api.http.get("/health/ready")).status_code == 200
 
 
 async def test_info_names_the_websocket_url_and_the_draining_state(api: Api) -> None:
@@ -209,6 +212,8 @@ async def test_drain_refuses_new_jobs_with_503_and_health_says_draining(api: Api
     assert set(report.json()) == {"finished_jobs", "unfinished_jobs", "robots_shut_down"}
     assert "draining" in one_line(await api.submit(), 503)
     assert (await api.http.get("/health")).json()["status"] == "draining"
+    not_ready = await api.http.get("/health/ready")
+    assert not_ready.status_code == 503 and not_ready.json()["ready"] is False
     assert (await api.http.get("/api/info")).json()["draining"] is True
     again = await api.http.post("/api/drain")  # idempotent, empty body allowed
     assert again.status_code == 200

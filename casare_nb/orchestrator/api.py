@@ -19,7 +19,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from casare_nb.core.models import Priority, RunStatus
+from casare_nb.core.models import Priority, RobotStatus, RunStatus
 
 __all__ = [
     "DEFAULT_HTTP_PORT",
@@ -129,11 +129,17 @@ class ServerInfo(BaseModel):
 
 
 class Health(BaseModel):
-    """``GET /health`` (no token needed): for load balancers and probes."""
+    """``GET /health`` (no token needed): for load balancers and probes. ``ready`` is what
+    ``GET /health/ready`` answers 200 or 503 on: the database answers and no drain began."""
 
     status: Literal["ok", "draining"]
+    ready: bool = Field(default=True, description="Takes submissions and dispatches jobs.")
     robots_online: int
+    robots: dict[RobotStatus, int] = Field(
+        default_factory=dict, description="Robots in every status (offline ones it knew)."
+    )
     jobs: dict[RunStatus, int] = Field(description="Number of jobs in every status.")
+    queue: dict[Priority, int] = Field(default_factory=dict, description="Queued jobs by priority.")
 
 
 class ErrorBody(BaseModel):

@@ -154,18 +154,38 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
 
     # -- probes and info -----------------------------------------------------------------
 
-    @app.get("/health", response_model=Health, tags=["probes"])
-    async def health() -> Health | JSONResponse:
-        """Liveness and load, without a token: status, robots online, jobs by status."""
+    async def health_now() -> Health | JSONResponse:
         try:
             counts = await asyncio.to_thread(orch.queue.count_by_status)
+            depth = await asyncio.to_thread(orch.queue.queue_depth_by_priority)
         except QueueError as exc:
             logger.error("health: %s", exc)
             return JSONResponse({"detail": "the orchestrator cannot read its queue"}, 503)
-        online = sum(1 for r in orch.robots() if r.status is not RobotStatus.OFFLINE)
+        robots = orch.robots()
+        by_status = {s: sum(1 for r in robots if r.status is s) for s in RobotStatus}
         return Health(
-            status="draining" if orch.draining else "ok", robots_online=online, jobs=counts
+            status="draining" if orch.draining else "ok",
+            ready=not orch.draining,
+            robots_online=len(robots) - by_status[RobotStatus.OFFLINE],
+            robots=by_status,
+            jobs=counts,
+            queue=depth,
         )
+
+    @app.get("/health", response_model=Health, tags=["probes"])
+    async def health() -> Health | JSONResponse:
+        """Liveness and load, without a token: status, readiness, robots by status, jobs by
+        status, queue depth by priority (503 only when the database cannot be read)."""
+        return await health_now()
+
+    @app.get("/health/ready", response_model=Health, tags=["probes"])
+    async def ready() -> Health | JSONResponse:
+        """Readiness, without a token: 200 while it takes submissions, 503 once a drain
+        began or the database cannot be read (a load balancer then stops sending work)."""
+        answer = await health_now()
+        if isinstance(answer, Health) and not answer.ready:
+            return JSONResponse(answer.model_dump(mode="json"), 503)
+        return answer
 
     @app.get("/metrics", tags=["probes"], response_class=Response)
     async def metrics() -> Response:
