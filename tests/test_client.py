@@ -218,8 +218,11 @@ def test_importing_casare_nb_does_not_import_httpx() -> None:
     """``import casare_nb`` stays light: httpx and the client load on first use of Client."""
     code = (
         "import sys, casare_nb\n"
-        "assert 'httpx' not in sys.modules and 'casare_nb.client' not in sys.modules\n"
+        "print('httpx' in sys.modules, 'casare_nb.client' in sys.modules)\n"
         "casare_nb.Client\n"
-        "assert 'httpx' in sys.modules\n"
+        "print('httpx' in sys.modules)\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert run.stdout.split() == ["False", "False", "True"]
