@@ -20,7 +20,16 @@ from casare_nb.robot.config import load_config
 from casare_nb.robot.runner import EngineRunner
 from casare_nb.store.history import HistoryStore
 
-__all__ = ["RUN_TIMEOUT", "Bot", "Cluster", "cluster", "counted", "notebook", "waiting_cell"]
+__all__ = [
+    "RUN_TIMEOUT",
+    "Bot",
+    "Cluster",
+    "Orchestrated",
+    "cluster",
+    "counted",
+    "notebook",
+    "waiting_cell",
+]
 
 RUN_TIMEOUT = 60.0
 
@@ -33,8 +42,34 @@ class Bot:
     task: asyncio.Task[None]
 
 
+class Orchestrated:
+    """What tests ask of an orchestrator running in this process: jobs, waits, history."""
+
+    orch: Orchestrator
+
+    def online(self, robot_id: str) -> bool:
+        robot = self.orch.robot(robot_id)
+        return robot is not None and robot.status is not RobotStatus.OFFLINE
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        await self.orch.wait_for(predicate, timeout=RUN_TIMEOUT)
+
+    def job(self, job_id: str) -> Job:
+        job = self.orch.job(job_id)
+        assert job is not None
+        return job
+
+    async def finished(self, job_id: str) -> Job:
+        await self.until(lambda: self.job(job_id).status.finished)
+        return self.job(job_id)
+
+    async def history(self) -> HistoryStore:
+        await asyncio.to_thread(self.orch.job_manager.flush_history, 30)
+        return HistoryStore(self.orch.state_dir / HISTORY_FILE)
+
+
 @dataclass
-class Cluster:
+class Cluster(Orchestrated):
     """An orchestrator and the robots the test starts; :meth:`close` stops them all."""
 
     root: Path
@@ -63,12 +98,8 @@ class Cluster:
         agent = RobotAgent(config, runner=runner, metrics=lambda: (0.0, 0.0))
         bot = Bot(agent, runner, pool, asyncio.create_task(agent.run()))
         self.bots.append(bot)
-        await self.orch.wait_for(lambda: self._online(robot_id), timeout=10)
+        await self.orch.wait_for(lambda: self.online(robot_id), timeout=10)
         return bot
-
-    def _online(self, robot_id: str) -> bool:
-        robot = self.orch.robot(robot_id)
-        return robot is not None and robot.status is not RobotStatus.OFFLINE
 
     async def stop_bot(self, bot: Bot) -> None:
         bot.agent.stop()
@@ -80,22 +111,6 @@ class Cluster:
             await self.stop_bot(bot)
             await bot.pool.close()
         await self.orch.stop()
-
-    async def until(self, predicate: Callable[[], bool]) -> None:
-        await self.orch.wait_for(predicate, timeout=RUN_TIMEOUT)
-
-    def job(self, job_id: str) -> Job:
-        job = self.orch.job(job_id)
-        assert job is not None
-        return job
-
-    async def finished(self, job_id: str) -> Job:
-        await self.until(lambda: self.job(job_id).status.finished)
-        return self.job(job_id)
-
-    async def history(self) -> HistoryStore:
-        await asyncio.to_thread(self.orch.job_manager.flush_history, 30)
-        return HistoryStore(self.orch.state_dir / HISTORY_FILE)
 
 
 @pytest.fixture

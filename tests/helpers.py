@@ -118,3 +118,23 @@ def injected_source(nb: Mapping[str, Any]) -> str:
             source = cell.get("source", "")
             return "".join(source) if isinstance(source, list) else str(source)
     raise AssertionError("no injected-parameters cell")
+
+
+def sigkill_after(script: str, arg: str, line: str) -> int:
+    """Run ``python -c script arg``, wait until it prints ``line``, SIGKILL it; its exit code."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, arg],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == line
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+        proc.stdout.close()
+        if proc.stdin is not None:
+            proc.stdin.close()
+    return proc.returncode

@@ -12,17 +12,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from cluster import RUN_TIMEOUT, counted, notebook, waiting_cell
+from cluster import RUN_TIMEOUT, Orchestrated, counted, notebook, waiting_cell
 
 from casare_nb.core.dispatch import RetryPolicy
-from casare_nb.core.models import Job, RobotStatus, RunStatus
+from casare_nb.core.models import RunStatus
 from casare_nb.orchestrator.server import HISTORY_FILE, Orchestrator
 from casare_nb.store.history import HistoryStore
 
 pytestmark = pytest.mark.timeout(180)
 
 
-class Fleet:
+class Fleet(Orchestrated):
     """An orchestrator in this process and robot processes started with ``casare-nb robot``."""
 
     def __init__(self, root: Path, orch: Orchestrator) -> None:
@@ -59,32 +59,11 @@ class Fleet:
             await self.orch.wait_for(lambda: self.online(robot_id), timeout=60)
         return proc
 
-    def online(self, robot_id: str) -> bool:
-        robot = self.orch.robot(robot_id)
-        return robot is not None and robot.status is not RobotStatus.OFFLINE
-
     def kill(self, robot_id: str) -> None:
         proc = self.procs[robot_id]
         proc.send_signal(signal.SIGCONT)  # a frozen process must run to die
         proc.kill()
         proc.wait(10)
-
-    def job(self, job_id: str) -> Job:
-        job = self.orch.job(job_id)
-        assert job is not None
-        return job
-
-    async def until(self, predicate: object) -> None:
-        assert callable(predicate)
-        await self.orch.wait_for(predicate, timeout=RUN_TIMEOUT)
-
-    async def finished(self, job_id: str) -> Job:
-        await self.until(lambda: self.job(job_id).status.finished)
-        return self.job(job_id)
-
-    async def history(self) -> HistoryStore:
-        await asyncio.to_thread(self.orch.job_manager.flush_history, 30)
-        return HistoryStore(self.orch.state_dir / HISTORY_FILE)
 
     def close(self) -> None:
         for proc in self.procs.values():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -11,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import sigkill_after
 
 from casare_nb.core.models import Job, JobStatus, Priority, RunRecord
 from casare_nb.store import history
@@ -463,22 +462,7 @@ def test_reopening_finds_every_job_in_its_state(db_path: Path) -> None:
 
 def test_committed_jobs_survive_sigkill(db_path: Path) -> None:
     """A process SIGKILLed right after add_job/assign returned loses neither write."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", ADD_THEN_BLOCK_SCRIPT, str(db_path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    try:
-        assert proc.stdout.readline().strip() == "added"
-    finally:
-        proc.kill()
-        proc.wait(timeout=60)
-        proc.stdout.close()
-        if proc.stdin is not None:
-            proc.stdin.close()
-    assert proc.returncode == -9
+    assert sigkill_after(ADD_THEN_BLOCK_SCRIPT, str(db_path), "added") == -9
 
     with QueueStore(HistoryStore(db_path)) as queue:
         added = queue.get_job("j-kill")

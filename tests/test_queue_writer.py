@@ -3,14 +3,13 @@ of staged states on reads, retries, and what survives a SIGKILL. Real DuckDB fil
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import sigkill_after
 
 from casare_nb.core.models import Job, JobStatus, Priority
 from casare_nb.store.history import HistoryStore
@@ -229,22 +228,7 @@ def test_close_commits_what_was_staged(db_path: Path) -> None:
 def test_a_reached_mark_survives_sigkill(db_path: Path) -> None:
     """A process SIGKILLed after its mark was reached keeps those changes; what it staged
     after (never committed) is simply not there."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", STAGE_THEN_BLOCK_SCRIPT, str(db_path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    try:
-        assert proc.stdout.readline().strip() == "durable"
-    finally:
-        proc.kill()
-        proc.wait(timeout=60)
-        proc.stdout.close()
-        if proc.stdin is not None:
-            proc.stdin.close()
-    assert proc.returncode == -9
+    assert sigkill_after(STAGE_THEN_BLOCK_SCRIPT, str(db_path), "durable") == -9
     with QueueStore(HistoryStore(db_path)) as queue:
         job = queue.get_job("j-staged")
     assert job is not None and (job.status, job.attempt, job.robot_id) == (
