@@ -16,6 +16,7 @@ __all__ = [
     "Secret",
     "aresume",
     "arun_notebook",
+    "output",
     "resume",
     "run_notebook",
 ]
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from casare_nb.client import Client, ClientError
     from casare_nb.core.params import Secret
     from casare_nb.local import RunResult, aresume, arun_notebook, resume, run_notebook
+    from casare_nb.record import output
 
 _LAZY = {
     "Client": "casare_nb.client",
@@ -34,6 +36,7 @@ _LAZY = {
     "arun_notebook": "casare_nb.local",
     "resume": "casare_nb.local",
     "aresume": "casare_nb.local",
+    "output": "casare_nb.record",
 }
 
 

@@ -25,19 +25,27 @@ import os
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from casare_nb.core.errors import CasareError
 from casare_nb.core.models import Job, Priority, Robot, RunStatus
 from casare_nb.orchestrator.api import (
     DrainResult,
+    FireInfo,
     Health,
+    NewSchedule,
+    NewTrigger,
+    ScheduleInfo,
     ServerInfo,
     TokenCreated,
     TokenInfo,
+    TriggerInfo,
+    UpcomingFire,
     pid_alive,
     read_runtime_file,
     runtime_file_path,
@@ -390,6 +398,101 @@ class Client:
         """Every token: name, created, revoked (never the token)."""
         return [TokenInfo.model_validate(t) for t in self._request("GET", "/api/tokens").json()]
 
+    def outputs(self, job_id: str) -> dict[str, Any]:
+        """The values job ``job_id`` recorded with ``casare_nb.output(name, value)``."""
+        result: dict[str, Any] = self._request("GET", f"/api/jobs/{job_id}/outputs").json()
+        return result
+
+    # -- schedules and triggers ----------------------------------------------------------
+
+    def add_schedule(
+        self,
+        workflow: str | os.PathLike[str],
+        *,
+        cron: str | None = None,
+        every: str | None = None,
+        at: datetime | str | None = None,
+        timezone: str = "UTC",
+        **fields: Any,
+    ) -> ScheduleInfo:
+        """Run ``workflow`` on a cron timetable, ``every`` duration (``15m``) or once ``at``
+        a date (wall time in ``timezone``); more fields: see :class:`NewSchedule`."""
+        body = _body(
+            NewSchedule,
+            {
+                "workflow": os.fspath(workflow),
+                "cron": cron,
+                "every": every,
+                "at": at,
+                "timezone": timezone,
+                **fields,
+            },
+        )
+        response = self._request("POST", "/api/schedules", json=body.model_dump(mode="json"))
+        return ScheduleInfo.model_validate(response.json())
+
+    def schedules(self) -> builtins.list[ScheduleInfo]:
+        """Every schedule with its next 3 due times."""
+        rows = self._request("GET", "/api/schedules").json()
+        return [ScheduleInfo.model_validate(row) for row in rows]
+
+    def schedule(self, schedule_id: str) -> ScheduleInfo:
+        """One schedule (404 if unknown)."""
+        return ScheduleInfo.model_validate(
+            self._request("GET", f"/api/schedules/{schedule_id}").json()
+        )
+
+    def upcoming(self, limit: int = 10) -> builtins.list[UpcomingFire]:
+        """The next ``limit`` due times across every schedule that is not paused."""
+        rows = self._request("GET", "/api/schedules/upcoming", params={"limit": limit}).json()
+        return [UpcomingFire.model_validate(row) for row in rows]
+
+    def fires(self, schedule_id: str, limit: int = 100) -> builtins.list[FireInfo]:
+        """The due times of a schedule that fired, newest first, and what came of each."""
+        path = f"/api/schedules/{schedule_id}/fires"
+        rows = self._request("GET", path, params={"limit": limit}).json()
+        return [FireInfo.model_validate(row) for row in rows]
+
+    def pause_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """Stop firing until resumed."""
+        response = self._request("POST", f"/api/schedules/{schedule_id}/pause")
+        return ScheduleInfo.model_validate(response.json())
+
+    def resume_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """Fire again from the next due time."""
+        response = self._request("POST", f"/api/schedules/{schedule_id}/resume")
+        return ScheduleInfo.model_validate(response.json())
+
+    def remove_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """Delete a schedule; it as it was."""
+        response = self._request("DELETE", f"/api/schedules/{schedule_id}")
+        return ScheduleInfo.model_validate(response.json())
+
+    def add_trigger(
+        self, kind: str, workflow: str | os.PathLike[str], **fields: Any
+    ) -> TriggerInfo:
+        """A ``webhook`` (``secret_env=``), ``file_watch`` (``path=``, ``pattern=``), or
+        ``on_success`` / ``on_failure`` chain (``run=``) of ``workflow``; see
+        :class:`NewTrigger`. A webhook's answer carries its URL."""
+        body = _body(NewTrigger, {"kind": kind, "workflow": os.fspath(workflow), **fields})
+        response = self._request("POST", "/api/triggers", json=body.model_dump(mode="json"))
+        return TriggerInfo.model_validate(response.json())
+
+    def triggers(self) -> builtins.list[TriggerInfo]:
+        """Every trigger, oldest first."""
+        return [TriggerInfo.model_validate(t) for t in self._request("GET", "/api/triggers").json()]
+
+    def set_trigger_enabled(self, trigger_id: str, enabled: bool) -> TriggerInfo:
+        """Enable or disable a trigger."""
+        action = "enable" if enabled else "disable"
+        response = self._request("POST", f"/api/triggers/{trigger_id}/{action}")
+        return TriggerInfo.model_validate(response.json())
+
+    def remove_trigger(self, trigger_id: str) -> TriggerInfo:
+        """Delete a trigger; it as it was."""
+        response = self._request("DELETE", f"/api/triggers/{trigger_id}")
+        return TriggerInfo.model_validate(response.json())
+
     # -- events --------------------------------------------------------------------------
 
     def ws_url(self) -> str:
@@ -501,3 +604,16 @@ class Client:
             params["status"] = str(status)
         response = self._request("GET", "/api/jobs", params=params)
         return [Job.model_validate(j) for j in response.json()]
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _body(model: type[_Model], data: Mapping[str, Any]) -> _Model:
+    """``data`` as a request ``model``; a one-line ClientError if it does not fit."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "request"
+        raise ClientError(f"{where}: {first.get('msg', 'invalid')}") from None

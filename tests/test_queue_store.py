@@ -75,8 +75,8 @@ def forget_migrations(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_migrations_upgrade_a_v1_file_and_keep_history(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file at schema version 1 gets jobs (with failures) and tokens; its runs are kept."""
-    assert SCHEMA_VERSION == 3
+    """A v1 file gets jobs (with failures, trigger), tokens and the trigger tables; runs kept."""
+    assert SCHEMA_VERSION == 4
     with monkeypatch.context() as patch:
         patch.setattr(history, "MIGRATIONS", history.MIGRATIONS[:1])
         patch.setattr(history, "_MIGRATED", set())
@@ -92,9 +92,10 @@ def test_migrations_upgrade_a_v1_file_and_keep_history(
         with queue.connection() as con:
             tables = {row[0] for row in con.execute("SHOW TABLES").fetchall()}
         assert queue.get_job("j1") == make_job()
-    assert {"runs", "cells", "jobs", "tokens"} <= tables
+    assert {"runs", "cells", "jobs", "tokens", "schedules", "fires", "triggers"} <= tables
+    assert {"deliveries", "watched_files", "outputs"} <= tables
     store = HistoryStore(db_path)
-    assert store.schema_version() == 3
+    assert store.schema_version() == 4
     assert [run.run_id for run in store.list_runs()] == ["r1"]
 
 

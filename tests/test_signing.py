@@ -1,10 +1,24 @@
-"""Webhook signatures (core/signing.py): GitHub's sha256 HMAC scheme and the timestamp window."""
+"""Webhook signatures (core/signing.py): GitHub's sha256 HMAC scheme, the signed timestamp and
+its window."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
 
-from casare_nb.core.signing import SignatureError, check_timestamp, sign, verify_signature
+from casare_nb.core.signing import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    SignatureError,
+    check_timestamp,
+    sign,
+    signed_headers,
+    signed_message,
+    verify_signature,
+)
 
 SECRET = b"s3cret"
 BODY = b'{"region": "EU"}'
@@ -14,8 +28,43 @@ def test_a_signature_made_with_the_secret_verifies() -> None:
     """sign() and verify_signature() agree; upper-case hex is accepted too."""
     header = sign(SECRET, BODY)
     assert header.startswith("sha256=") and len(header) == 7 + 64
-    verify_signature(SECRET, BODY, header)
-    verify_signature(SECRET, BODY, "sha256=" + header[7:].upper())
+    assert verify_signature(SECRET, BODY, header) == header[7:]
+    assert verify_signature(SECRET, BODY, "sha256=" + header[7:].upper()) == header[7:]
+
+
+def test_without_a_timestamp_the_signature_is_githubs_hmac_of_the_raw_body() -> None:
+    """No timestamp: the HMAC-SHA256 of the body bytes alone, as GitHub signs."""
+    expected = hmac.new(SECRET, BODY, hashlib.sha256).hexdigest()
+    assert signed_message(BODY) == BODY
+    assert sign(SECRET, BODY) == "sha256=" + expected
+
+
+def test_a_timestamp_is_covered_by_the_signature() -> None:
+    """With a timestamp the HMAC is over b"<timestamp>." + body; changing either breaks it."""
+    expected = hmac.new(SECRET, b"1800000000." + BODY, hashlib.sha256).hexdigest()
+    assert signed_message(BODY, 1_800_000_000) == b"1800000000." + BODY
+    assert signed_message(BODY, " 1800000000 ") == b"1800000000." + BODY
+    header = sign(SECRET, BODY, 1_800_000_000)
+    assert header == "sha256=" + expected
+    assert verify_signature(SECRET, BODY, header, "1800000000") == expected
+    with pytest.raises(SignatureError, match="does not match the body and X-Casare-Timestamp"):
+        verify_signature(SECRET, BODY, header, "1800000001")
+    with pytest.raises(SignatureError, match="does not match the body and X-Casare-Timestamp"):
+        verify_signature(SECRET, BODY, sign(SECRET, BODY), "1800000000")  # body-only signature
+    with pytest.raises(SignatureError, match=r"does not match the body$"):
+        verify_signature(SECRET, BODY, header)  # timestamp signed but not sent
+
+
+def test_signed_headers_carry_what_a_sender_sends() -> None:
+    """signed_headers() gives the signature, and the timestamp and delivery id when asked."""
+    assert signed_headers(SECRET, BODY) == {SIGNATURE_HEADER: sign(SECRET, BODY)}
+    headers = signed_headers(SECRET, BODY, timestamp=1_800_000_000, delivery_id="d-1")
+    assert headers == {
+        SIGNATURE_HEADER: sign(SECRET, BODY, 1_800_000_000),
+        TIMESTAMP_HEADER: "1800000000",
+        DELIVERY_HEADER: "d-1",
+    }
+    verify_signature(SECRET, BODY, headers[SIGNATURE_HEADER], headers[TIMESTAMP_HEADER])
 
 
 @pytest.mark.parametrize(

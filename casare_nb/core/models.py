@@ -121,6 +121,27 @@ class RobotStatus(StrEnum):
     OFFLINE = "offline"
 
 
+class TriggerKind(StrEnum):
+    """What started a job (besides a person or a program submitting it)."""
+
+    SCHEDULE = "schedule"
+    WEBHOOK = "webhook"
+    FILE_WATCH = "file_watch"
+    ON_SUCCESS = "on_success"
+    ON_FAILURE = "on_failure"
+
+
+class TriggerRef(BaseModel):
+    """What a job was started by, kept on the job: the schedule or trigger and the event."""
+
+    kind: TriggerKind
+    id: str
+    due_at: datetime | None = None  # schedule: the due time this job is the fire of
+    delivery_id: str | None = None  # webhook: the sender's delivery id
+    file: str | None = None  # file watch: the file that arrived
+    previous_job_id: str | None = None  # chaining: the job that finished
+
+
 class Job(BaseModel):
     """One submitted workflow run, queued until a robot takes it; ``job_id`` is its run id.
 
@@ -147,6 +168,7 @@ class Job(BaseModel):
     source: str = "api"
     failures: int = 0  # attempts that ran and failed or timed out (what max_retries counts)
     failed_cell: int | None = None  # the cell index the last failed attempt stopped at
+    trigger: TriggerRef | None = None  # the schedule or trigger that submitted it, if any
 
 
 class Robot(BaseModel):

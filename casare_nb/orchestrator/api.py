@@ -20,6 +20,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from casare_nb.core.models import Priority, RobotStatus, RunStatus
+from casare_nb.core.triggers import Schedule, ScheduleFields, Trigger, TriggerFields
 
 __all__ = [
     "DEFAULT_HTTP_PORT",
@@ -29,13 +30,19 @@ __all__ = [
     "DrainRequest",
     "DrainResult",
     "ErrorBody",
+    "FireInfo",
     "Health",
+    "NewSchedule",
+    "NewTrigger",
     "RerunJob",
     "RuntimeInfo",
+    "ScheduleInfo",
     "ServerInfo",
     "SubmitJob",
     "TokenCreated",
     "TokenInfo",
+    "TriggerInfo",
+    "UpcomingFire",
     "pid_alive",
     "read_runtime_file",
     "runtime_file_path",
@@ -68,6 +75,52 @@ class SubmitJob(_Request):
     tags: list[str] = Field(default_factory=list, description="The robot must have all of them.")
     environment: str | None = Field(default=None, description="None: any environment.")
     max_retries: int = Field(default=0, ge=0, le=100)
+
+
+class NewSchedule(ScheduleFields):
+    """``POST /api/schedules``: run a workflow on a timetable (fields: see the base)."""
+
+    workflow: str = Field(min_length=1, description="Notebook path, relative to the workflows dir.")
+
+
+class ScheduleInfo(BaseModel):
+    """A schedule with its next due times (none while paused)."""
+
+    schedule: Schedule
+    next_fire_times: list[datetime] = Field(default_factory=list)
+    last_due_at: datetime | None = None
+
+
+class UpcomingFire(BaseModel):
+    """One coming due time of a schedule (``GET /api/schedules/upcoming``)."""
+
+    due_at: datetime
+    schedule_id: str
+    workflow_path: str
+    timezone: str
+
+
+class FireInfo(BaseModel):
+    """A due time that fired, and what came of it (``submitted``, ``skipped: ...``)."""
+
+    schedule_id: str
+    due_at: datetime
+    fired_at: datetime
+    job_id: str | None
+    outcome: str
+
+
+class NewTrigger(TriggerFields):
+    """``POST /api/triggers``: an event that submits ``workflow`` (fields: see the base)."""
+
+    workflow: str = Field(min_length=1, description="Notebook path, relative to the workflows dir.")
+
+
+class TriggerInfo(BaseModel):
+    """A trigger, with its URL if it is a webhook."""
+
+    trigger: Trigger
+    url: str | None = None
 
 
 class RerunJob(_Request):

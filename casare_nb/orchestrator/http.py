@@ -26,6 +26,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Final
 
@@ -37,21 +38,29 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from casare_nb import __version__
 from casare_nb.core.errors import CasareError, WorkflowError
-from casare_nb.core.models import Job, Robot, RobotStatus, RunStatus
+from casare_nb.core.models import Job, Robot, RobotStatus, RunStatus, TriggerKind
 from casare_nb.core.params import ParameterError
+from casare_nb.core.triggers import Schedule, Trigger
 from casare_nb.orchestrator.api import (
     DEFAULT_HTTP_PORT,
     CreateToken,
     DrainRequest,
     DrainResult,
     ErrorBody,
+    FireInfo,
     Health,
+    NewSchedule,
+    NewTrigger,
     RerunJob,
+    ScheduleInfo,
     ServerInfo,
     SubmitJob,
     TokenCreated,
     TokenInfo,
+    TriggerInfo,
+    UpcomingFire,
 )
+from casare_nb.orchestrator.hooks import HookAccepted, HookRefused
 from casare_nb.orchestrator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from casare_nb.orchestrator.server import DEFAULT_HOST, Orchestrator, OrchestratorDraining
 from casare_nb.protocol import PROTOCOL_VERSION
@@ -303,6 +312,270 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
             raise _error(409, _one_line(exc)) from None
         except (ParameterError, WorkflowError, ValueError) as exc:
             raise _error(422, _one_line(exc)) from None
+
+    @app.get(
+        "/api/jobs/{job_id}/outputs",
+        response_model=dict[str, Any],
+        responses=one_job,
+        tags=["jobs"],
+    )
+    async def job_outputs(job_id: str, _: Auth) -> dict[str, Any]:
+        """The values the job's notebook recorded with ``casare_nb.output(name, value)``."""
+        await known_job(job_id)
+        return await asyncio.to_thread(orch.triggers.store.outputs, job_id)
+
+    # -- schedules -----------------------------------------------------------------------
+
+    def workflow_path(given: str) -> Path:
+        try:
+            return resolve_workflow(root, given)
+        except WorkflowError as exc:
+            raise _error(422, _one_line(exc)) from None
+
+    def schedule_info(schedule: Schedule, last: datetime | None = None) -> ScheduleInfo:
+        upcoming = [] if schedule.paused else orch.triggers.scheduler.next_fire_times(schedule, 3)
+        return ScheduleInfo(schedule=schedule, next_fire_times=upcoming, last_due_at=last)
+
+    one_schedule: dict[int | str, dict[str, Any]] = {
+        **_ERRORS,
+        404: {"model": ErrorBody, "description": "Unknown schedule."},
+    }
+    bad_schedule: dict[int | str, dict[str, Any]] = {
+        **_ERRORS,
+        422: {"model": ErrorBody, "description": "Bad timetable, parameter or workflow."},
+    }
+
+    @app.post(
+        "/api/schedules",
+        status_code=201,
+        response_model=ScheduleInfo,
+        responses=bad_schedule,
+        tags=["schedules"],
+    )
+    async def add_schedule(body: NewSchedule, _: Auth) -> ScheduleInfo:
+        """Run a workflow on a cron timetable, every N, or once at a date."""
+        path = workflow_path(body.workflow)
+        try:
+            schedule = await orch.triggers.add_schedule(body, path)
+        except (CasareError, ValueError) as exc:
+            raise _error(422, _one_line(exc)) from None
+        return schedule_info(schedule)
+
+    @app.get(
+        "/api/schedules", response_model=list[ScheduleInfo], responses=_ERRORS, tags=["schedules"]
+    )
+    async def list_schedules(_: Auth) -> list[ScheduleInfo]:
+        """Every schedule with its next 3 due times and its last fired one."""
+        schedules = await asyncio.to_thread(orch.triggers.store.schedules)
+        last = await asyncio.to_thread(orch.triggers.store.last_dues)
+        return [schedule_info(s, last.get(s.schedule_id)) for s in schedules]
+
+    @app.get(
+        "/api/schedules/upcoming",
+        response_model=list[UpcomingFire],
+        responses=_ERRORS,
+        tags=["schedules"],
+    )
+    async def upcoming(
+        _: Auth, limit: Annotated[int, Query(ge=1, le=1000)] = 10
+    ) -> list[UpcomingFire]:
+        """The next ``limit`` due times across every schedule that is not paused."""
+        return [
+            UpcomingFire(
+                due_at=due,
+                schedule_id=s.schedule_id,
+                workflow_path=s.workflow_path,
+                timezone=s.timezone,
+            )
+            for s, due in orch.triggers.scheduler.upcoming(limit)
+        ]
+
+    async def known_schedule(schedule_id: str) -> Schedule:
+        schedule = await asyncio.to_thread(orch.triggers.store.schedule, schedule_id)
+        if schedule is None:
+            raise _error(404, f"unknown schedule {schedule_id}")
+        return schedule
+
+    @app.get(
+        "/api/schedules/{schedule_id}",
+        response_model=ScheduleInfo,
+        responses=one_schedule,
+        tags=["schedules"],
+    )
+    async def get_schedule(schedule_id: str, _: Auth) -> ScheduleInfo:
+        """One schedule."""
+        schedule = await known_schedule(schedule_id)
+        last = await asyncio.to_thread(orch.triggers.store.last_due, schedule_id)
+        return schedule_info(schedule, last)
+
+    @app.get(
+        "/api/schedules/{schedule_id}/fires",
+        response_model=list[FireInfo],
+        responses=one_schedule,
+        tags=["schedules"],
+    )
+    async def schedule_fires(
+        schedule_id: str, _: Auth, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
+    ) -> list[FireInfo]:
+        """The due times that fired, newest first, and what came of each."""
+        await known_schedule(schedule_id)
+        fires = await asyncio.to_thread(orch.triggers.store.fires, schedule_id, limit=limit)
+        return [FireInfo.model_validate(f._asdict()) for f in fires]
+
+    async def change_schedule(schedule_id: str, change: str) -> ScheduleInfo:
+        await known_schedule(schedule_id)
+        scheduler = orch.triggers.scheduler
+        act = {"pause": scheduler.pause, "resume": scheduler.resume, "remove": scheduler.remove}
+        try:
+            schedule = await act[change](schedule_id)
+        except QueueError as exc:
+            raise _error(404, _one_line(exc)) from None
+        return schedule_info(schedule) if change != "remove" else ScheduleInfo(schedule=schedule)
+
+    @app.post(
+        "/api/schedules/{schedule_id}/pause",
+        response_model=ScheduleInfo,
+        responses=one_schedule,
+        tags=["schedules"],
+    )
+    async def pause_schedule(schedule_id: str, _: Auth) -> ScheduleInfo:
+        """Stop firing until resumed (due times passed meanwhile do not fire)."""
+        return await change_schedule(schedule_id, "pause")
+
+    @app.post(
+        "/api/schedules/{schedule_id}/resume",
+        response_model=ScheduleInfo,
+        responses=one_schedule,
+        tags=["schedules"],
+    )
+    async def resume_schedule(schedule_id: str, _: Auth) -> ScheduleInfo:
+        """Fire again from the next due time."""
+        return await change_schedule(schedule_id, "resume")
+
+    @app.delete(
+        "/api/schedules/{schedule_id}",
+        response_model=ScheduleInfo,
+        responses=one_schedule,
+        tags=["schedules"],
+    )
+    async def remove_schedule(schedule_id: str, _: Auth) -> ScheduleInfo:
+        """Delete a schedule (its fires stay in the history); the schedule as it was."""
+        return await change_schedule(schedule_id, "remove")
+
+    # -- triggers and webhooks -----------------------------------------------------------
+
+    def trigger_info(trigger: Trigger, request: Request) -> TriggerInfo:
+        url = None
+        if trigger.kind is TriggerKind.WEBHOOK:
+            url = f"{str(request.base_url).rstrip('/')}/hooks/{trigger.trigger_id}"
+        return TriggerInfo(trigger=trigger, url=url)
+
+    one_trigger: dict[int | str, dict[str, Any]] = {
+        **_ERRORS,
+        404: {"model": ErrorBody, "description": "Unknown trigger."},
+    }
+
+    @app.post(
+        "/api/triggers",
+        status_code=201,
+        response_model=TriggerInfo,
+        responses={**_ERRORS, 422: {"model": ErrorBody, "description": "Bad trigger."}},
+        tags=["triggers"],
+    )
+    async def add_trigger(body: NewTrigger, request: Request, _: Auth) -> TriggerInfo:
+        """A webhook, a file watch, or a chain (on_success / on_failure of ``workflow``)."""
+        path = workflow_path(body.workflow)
+        run = None if body.run is None else workflow_path(body.run)
+        try:
+            trigger = await orch.triggers.add_trigger(body, path, run)
+        except (CasareError, ValueError) as exc:
+            raise _error(422, _one_line(exc)) from None
+        return trigger_info(trigger, request)
+
+    @app.get(
+        "/api/triggers", response_model=list[TriggerInfo], responses=_ERRORS, tags=["triggers"]
+    )
+    async def list_triggers(request: Request, _: Auth) -> list[TriggerInfo]:
+        """Every trigger, oldest first."""
+        triggers = await asyncio.to_thread(orch.triggers.triggers)
+        return [trigger_info(t, request) for t in triggers]
+
+    @app.get(
+        "/api/triggers/{trigger_id}",
+        response_model=TriggerInfo,
+        responses=one_trigger,
+        tags=["triggers"],
+    )
+    async def get_trigger(trigger_id: str, request: Request, _: Auth) -> TriggerInfo:
+        """One trigger."""
+        trigger = await asyncio.to_thread(orch.triggers.store.trigger, trigger_id)
+        if trigger is None:
+            raise _error(404, f"unknown trigger {trigger_id}")
+        return trigger_info(trigger, request)
+
+    async def change_trigger(trigger_id: str, request: Request, change: str) -> TriggerInfo:
+        triggers = orch.triggers
+        try:
+            if change == "remove":
+                trigger = await triggers.remove_trigger(trigger_id)
+            else:
+                trigger = await triggers.set_enabled(trigger_id, change == "enable")
+        except QueueError as exc:
+            raise _error(404, _one_line(exc)) from None
+        return trigger_info(trigger, request)
+
+    @app.post(
+        "/api/triggers/{trigger_id}/enable",
+        response_model=TriggerInfo,
+        responses=one_trigger,
+        tags=["triggers"],
+    )
+    async def enable_trigger(trigger_id: str, request: Request, _: Auth) -> TriggerInfo:
+        """Fire again on its events."""
+        return await change_trigger(trigger_id, request, "enable")
+
+    @app.post(
+        "/api/triggers/{trigger_id}/disable",
+        response_model=TriggerInfo,
+        responses=one_trigger,
+        tags=["triggers"],
+    )
+    async def disable_trigger(trigger_id: str, request: Request, _: Auth) -> TriggerInfo:
+        """Ignore its events until enabled (a webhook answers 404)."""
+        return await change_trigger(trigger_id, request, "disable")
+
+    @app.delete(
+        "/api/triggers/{trigger_id}",
+        response_model=TriggerInfo,
+        responses=one_trigger,
+        tags=["triggers"],
+    )
+    async def remove_trigger(trigger_id: str, request: Request, _: Auth) -> TriggerInfo:
+        """Delete a trigger; the trigger as it was."""
+        return await change_trigger(trigger_id, request, "remove")
+
+    @app.post(
+        "/hooks/{trigger_id}",
+        response_model=HookAccepted,
+        responses={
+            401: {"model": ErrorBody, "description": "Missing, bad, stale or replayed signature."},
+            404: {"model": ErrorBody, "description": "No such webhook (or disabled)."},
+            422: {"model": ErrorBody, "description": "Body not JSON, or bad parameters."},
+            503: {"model": ErrorBody, "description": "Draining: no new jobs."},
+        },
+        tags=["webhooks"],
+    )
+    async def hook(trigger_id: str, request: Request) -> HookAccepted | JSONResponse:
+        """A webhook delivery, signed ``X-Casare-Signature-256: sha256=<HMAC>`` (no bearer
+        token): its JSON body becomes the run's parameters. A delivery id seen before answers
+        its first job (``duplicate``) and submits nothing."""
+        body = await request.body()
+        try:
+            accepted = await orch.triggers.hooks.deliver(trigger_id, request.headers, body)
+        except HookRefused as exc:
+            headers = {"WWW-Authenticate": "HMAC-SHA256"} if exc.status == 401 else None
+            return JSONResponse({"detail": exc.detail}, exc.status, headers=headers)
+        return accepted
 
     # -- robots and the orchestrator -----------------------------------------------------
 

@@ -106,6 +106,7 @@ from casare_nb.core.models import (
     RobotStatus,
     RunRecord,
     RunStatus,
+    TriggerRef,
 )
 from casare_nb.core.params import ParameterError, read_schema, redact
 from casare_nb.local import REDACTED, _parameterised, _read_output, new_run_id
@@ -267,6 +268,10 @@ class JobManager:
         self.reconnect_grace_s = reconnect_grace_s
         self.checkpoints = CheckpointStore(state_dir)
         self.draining = False
+        # called on the loop with every job that reaches a final status (chaining)
+        self.finished_listeners: list[Callable[[Job], None]] = []
+        # called on the loop with (job, cell index, executed cell) of each job_progress (outputs)
+        self.cell_listeners: list[Callable[[Job, int, dict[str, Any]], None]] = []
         self._lost: dict[str, asyncio.TimerHandle] = {}  # robot id -> its jobs' requeue
         self._clock = clock
         self._writer = HistoryWriter(history)
@@ -521,8 +526,13 @@ class JobManager:
         environment: str | None = None,
         max_retries: int = 0,
         source: str = "api",
+        trigger: TriggerRef | None = None,
+        job_id: str | None = None,
     ) -> Job:
         """Validate and queue a run of ``workflow_path``; the queued job, once committed.
+
+        ``trigger`` records what submitted it (a schedule, webhook...); ``job_id`` is the id
+        to give it (a trigger claims its event under the id first), a new one by default.
 
         Raises :class:`~casare_nb.core.params.ParameterError` (bad parameters) or
         :class:`~casare_nb.core.errors.WorkflowError` (no such or broken notebook) before
@@ -536,9 +546,12 @@ class JobManager:
             _validate, path, parameters or {}, raw_parameters
         )
         now = self._clock()
-        job_id = new_run_id()
-        while job_id in self._live or job_id in self._inserting:
+        if job_id is None:
             job_id = new_run_id()
+            while job_id in self._live or job_id in self._inserting:
+                job_id = new_run_id()
+        elif job_id in self._live or job_id in self._inserting:
+            raise QueueError(f"job {job_id} already exists")
         job = Job(
             job_id=job_id,
             workflow_path=str(path),
@@ -550,6 +563,7 @@ class JobManager:
             created_at=now,
             eligible_at=now,
             source=source,
+            trigger=trigger,
         )
         secrets = {k: _plain(v) for k, v in values.items() if k in secret_names}
         if secrets:
@@ -878,6 +892,11 @@ class JobManager:
                 )
             except (OSError, CheckpointError) as exc:
                 logger.warning("cannot keep cell %s of job %s: %s", msg.cell_id, job.job_id, exc)
+            for listener in self.cell_listeners:
+                try:
+                    listener(job, msg.cell_index, msg.cell)
+                except Exception:
+                    logger.exception("a cell listener failed on job %s", job.job_id)
         self.link.publish(
             EventKind.CELL_FINISHED,
             {
@@ -1275,6 +1294,11 @@ class JobManager:
         self._secrets.pop(job.job_id, None)
         self._skip.pop(job.job_id, None)
         logger.info("job %s %s", job.job_id, job.status.value)
+        for listener in list(self.finished_listeners):
+            try:
+                listener(job.model_copy(deep=True))
+            except Exception:
+                logger.exception("a finished-job listener failed on job %s", job.job_id)
         self.link.publish(EventKind.JOB_FINISHED, {"job": _dump(job)})
         self.link.notify()
         self.wake()

@@ -60,7 +60,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from casare_nb.core.dispatch import RetryPolicy
-from casare_nb.core.models import Job, Priority, Robot, RunStatus
+from casare_nb.core.models import Job, Priority, Robot, RunStatus, TriggerRef
 from casare_nb.orchestrator.api import DrainResult
 from casare_nb.orchestrator.jobs import JOB_MESSAGES, JobManager, OrchestratorDraining
 from casare_nb.orchestrator.metrics import OrchestratorMetrics
@@ -229,6 +229,8 @@ class Orchestrator:
         assign_timeout_s: float = 10.0,
         retry_policy: RetryPolicy | None = None,
         reconnect_grace_s: float = 5.0,
+        workflows_dir: str | Path | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         if heartbeat_interval_s <= 0:
             raise ValueError(f"heartbeat_interval_s must be > 0, not {heartbeat_interval_s}")
@@ -271,6 +273,13 @@ class Orchestrator:
         self._tasks: set[asyncio.Task[None]] = set()
         self._drain_report: DrainResult | None = None
         self._drain_lock = asyncio.Lock()
+        from casare_nb.orchestrator.triggers import Triggers  # apscheduler, watchdog: here only
+
+        self.triggers = Triggers(
+            self,
+            environ=environ,
+            workflows_dir=None if workflows_dir is None else Path(workflows_dir),
+        )
 
     def __repr__(self) -> str:
         state = "stopped" if self._stopped else "serving" if self._server else "not started"
@@ -303,6 +312,7 @@ class Orchestrator:
         self.port = int(self._server.sockets[0].getsockname()[1])
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="orchestrator-sweeper")
         self.job_manager.start()
+        await self.triggers.start()
         logger.info("orchestrator listening on %s", self.url)
         return self.port
 
@@ -311,6 +321,7 @@ class Orchestrator:
         if self._stopped:
             return
         self._stopped = True
+        await self.triggers.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -347,6 +358,10 @@ class Orchestrator:
 
     # -- API -----------------------------------------------------------------------------
 
+    def now(self) -> datetime:
+        """The orchestrator's clock (aware UTC): the time of every decision it makes."""
+        return self._clock()
+
     def robots(self) -> list[Robot]:
         """Every robot that registered since the start (offline ones too), by id."""
         snapshot = self._robots_snapshot
@@ -368,10 +383,14 @@ class Orchestrator:
         tags: Sequence[str] = (),
         environment: str | None = None,
         max_retries: int = 0,
+        source: str = "api",
+        trigger: TriggerRef | None = None,
+        job_id: str | None = None,
     ) -> Job:
         """Validate the parameters against the workflow's schema and queue a run of it;
         the queued job. A :class:`~casare_nb.core.params.ParameterError` queues nothing.
-        Secret values stay in this process's memory, never in the database."""
+        Secret values stay in this process's memory, never in the database. ``trigger``
+        records the schedule or trigger that submits it; ``job_id`` names it in advance."""
         self._check_started()
         return await self.job_manager.submit(
             workflow_path,
@@ -381,6 +400,9 @@ class Orchestrator:
             tags=tags,
             environment=environment,
             max_retries=max_retries,
+            source=source,
+            trigger=trigger,
+            job_id=job_id,
         )
 
     async def rerun(

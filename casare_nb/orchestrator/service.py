@@ -178,7 +178,12 @@ class OrchestratorService:
             raise ServiceError(f"cannot create state directory {self.state_dir}: {exc}") from None
         ssl_context = self._ssl_context()
         orch = Orchestrator(
-            self.state_dir, host=self.host, port=self.port, ssl_context=ssl_context, **self._options
+            self.state_dir,
+            host=self.host,
+            port=self.port,
+            ssl_context=ssl_context,
+            workflows_dir=self.workflows_dir,
+            **self._options,
         )
         self._orchestrator = orch
         try:

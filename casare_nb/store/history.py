@@ -144,6 +144,62 @@ MIGRATIONS: list[tuple[int, str]] = [
         "ALTER TABLE jobs ADD COLUMN failures INTEGER DEFAULT 0;"
         "ALTER TABLE jobs ADD COLUMN failed_cell INTEGER;",
     ),
+    (
+        4,
+        # Schedules and triggers (casare_nb.store.triggers), as data rather than pickles.
+        # fires: one row per (schedule, due time) ever claimed, so no due time fires twice,
+        # across restarts too. deliveries: webhook deliveries seen (de-duplication, replay
+        # refusal). watched_files: files a file-watch trigger has handled. outputs: the
+        # values a notebook recorded with casare_nb.output(name, value).
+        """
+        ALTER TABLE jobs ADD COLUMN trigger VARCHAR;
+        CREATE TABLE schedules (
+            schedule_id VARCHAR NOT NULL PRIMARY KEY,
+            spec VARCHAR NOT NULL,
+            paused BOOLEAN NOT NULL DEFAULT FALSE,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE fires (
+            schedule_id VARCHAR NOT NULL,
+            due_at TIMESTAMP NOT NULL,
+            fired_at TIMESTAMP NOT NULL,
+            job_id VARCHAR,
+            outcome VARCHAR NOT NULL,
+            PRIMARY KEY (schedule_id, due_at)
+        );
+        CREATE TABLE triggers (
+            trigger_id VARCHAR NOT NULL PRIMARY KEY,
+            kind VARCHAR NOT NULL,
+            spec VARCHAR NOT NULL,
+            enabled BOOLEAN NOT NULL DEFAULT TRUE,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE deliveries (
+            trigger_id VARCHAR NOT NULL,
+            delivery_id VARCHAR NOT NULL,
+            signature VARCHAR NOT NULL,
+            received_at TIMESTAMP NOT NULL,
+            job_id VARCHAR,
+            PRIMARY KEY (trigger_id, delivery_id)
+        );
+        CREATE TABLE watched_files (
+            trigger_id VARCHAR NOT NULL,
+            path VARCHAR NOT NULL,
+            seen_at TIMESTAMP NOT NULL,
+            job_id VARCHAR,
+            PRIMARY KEY (trigger_id, path)
+        );
+        CREATE TABLE outputs (
+            run_id VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            value VARCHAR NOT NULL,
+            attempt INTEGER NOT NULL,
+            cell_index INTEGER,
+            recorded_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (run_id, name)
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]

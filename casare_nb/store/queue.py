@@ -93,6 +93,7 @@ _JOB_COLUMNS: Final[dict[str, str]] = {
     "source": "VARCHAR",
     "failures": "INTEGER",
     "failed_cell": "INTEGER",
+    "trigger": "VARCHAR",
 }
 _JOB_SELECT: Final[str] = ", ".join(_JOB_COLUMNS)
 _JOB_TIMES: Final[tuple[str, ...]] = tuple(
@@ -174,6 +175,7 @@ def _job_row(job: Job) -> tuple[Any, ...]:
         job.source,
         job.failures,
         job.failed_cell,
+        None if job.trigger is None else job.trigger.model_dump_json(exclude_none=True),
     )
 
 
@@ -181,6 +183,7 @@ def _job_from_row(row: Sequence[Any]) -> Job:
     data = dict(zip(_JOB_COLUMNS, row, strict=True))
     data["parameters"] = json.loads(data["parameters"])
     data["tags"] = json.loads(data["tags"])
+    data["trigger"] = None if data["trigger"] is None else json.loads(data["trigger"])
     for name in _JOB_TIMES:
         data[name] = _from_db_time(data[name])
     return Job.model_validate(data)
@@ -342,6 +345,18 @@ class QueueStore:
         staged write: a direct write never races one)."""
         with self.connection() as con, _transaction(con):
             yield con
+
+    @contextlib.contextmanager
+    def direct(self) -> Iterator[Connection]:
+        """The connection inside one transaction, committed when the block ends, for tables
+        other than ``jobs`` (schedules, triggers...): it does not wait for staged job writes.
+        Do not call other methods of the store inside the block."""
+        with self._locked() as con, _transaction(con):
+            yield con
+
+    def select(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one query on a table other than ``jobs`` (no overlay of staged jobs)."""
+        return self._select(sql, params)
 
     def _select(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         with self._locked() as con:

@@ -1,0 +1,403 @@
+"""Schedules, triggers and what they did, in the orchestrator's DuckDB file.
+
+Rows of the tables of migration 4 (see ``history.MIGRATIONS``), written through the
+orchestrator's :class:`~casare_nb.store.queue.QueueStore` connection, each call one
+transaction. A schedule or trigger is stored as its pydantic model's JSON (``spec``): data,
+never a pickle, so any version of the code can read and list it.
+
+The claims are what make triggers fire once: :meth:`TriggerStore.claim_fire` (one row per
+schedule and due time), :meth:`~TriggerStore.claim_delivery` (one per webhook delivery id)
+and :meth:`~TriggerStore.claim_file` (one per watched file) insert a row naming the job id
+the caller is about to submit, or report the row that was there first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from casare_nb.core.triggers import Schedule, Trigger, TriggerKind
+from casare_nb.store.history import _from_db_time, _to_db_time, _to_json
+from casare_nb.store.queue import QueueError, QueueStore
+
+__all__ = ["Claim", "Fire", "TriggerStore"]
+
+
+class Claim(NamedTuple):
+    """The outcome of a claim: whether this call made it, and the job id it names."""
+
+    new: bool
+    job_id: str | None
+
+
+class Fire(NamedTuple):
+    """One due time of a schedule and what came of it (``submitted``, ``skipped: ...``)."""
+
+    schedule_id: str
+    due_at: datetime
+    fired_at: datetime
+    job_id: str | None
+    outcome: str
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class TriggerStore:
+    """CRUD of schedules and triggers, and their claims, on a :class:`QueueStore`."""
+
+    def __init__(self, queue: QueueStore) -> None:
+        self.queue = queue
+
+    # -- schedules -----------------------------------------------------------------------
+
+    def add_schedule(self, schedule: Schedule) -> None:
+        """Store a new schedule; an id already taken raises QueueError."""
+        with self.queue.direct() as con:
+            if con.execute(
+                "SELECT 1 FROM schedules WHERE schedule_id = ?", [schedule.schedule_id]
+            ).fetchone():
+                raise QueueError(f"schedule {schedule.schedule_id} already exists")
+            con.execute(
+                "INSERT INTO schedules (schedule_id, spec, paused, created_at) VALUES (?, ?, ?, ?)",
+                [
+                    schedule.schedule_id,
+                    schedule.model_dump_json(),
+                    schedule.paused,
+                    _to_db_time(schedule.created_at),
+                ],
+            )
+
+    def replace_schedule(self, schedule: Schedule) -> None:
+        """Store ``schedule`` over the one with its id (a new one if there is none)."""
+        with self.queue.direct() as con:
+            con.execute("DELETE FROM schedules WHERE schedule_id = ?", [schedule.schedule_id])
+            con.execute(
+                "INSERT INTO schedules (schedule_id, spec, paused, created_at) VALUES (?, ?, ?, ?)",
+                [
+                    schedule.schedule_id,
+                    schedule.model_dump_json(),
+                    schedule.paused,
+                    _to_db_time(schedule.created_at),
+                ],
+            )
+
+    def schedules(self) -> list[Schedule]:
+        """Every schedule, oldest first."""
+        rows = self.queue.select(
+            "SELECT spec, paused FROM schedules ORDER BY created_at, schedule_id"
+        )
+        return [_schedule(spec, paused) for spec, paused in rows]
+
+    def schedule(self, schedule_id: str) -> Schedule | None:
+        """The schedule ``schedule_id``, or None."""
+        rows = self.queue.select(
+            "SELECT spec, paused FROM schedules WHERE schedule_id = ?", [schedule_id]
+        )
+        return _schedule(*rows[0]) if rows else None
+
+    def set_paused(self, schedule_id: str, paused: bool) -> Schedule:
+        """Pause or resume a schedule; the schedule as it is now. Unknown id: QueueError."""
+        with self.queue.direct() as con:
+            rows = con.execute(
+                "UPDATE schedules SET paused = ? WHERE schedule_id = ? RETURNING spec, paused",
+                [paused, schedule_id],
+            ).fetchall()
+        if not rows:
+            raise QueueError(f"unknown schedule {schedule_id}")
+        return _schedule(*rows[0])
+
+    def remove_schedule(self, schedule_id: str) -> Schedule:
+        """Delete a schedule (its fires stay in the history); it as it was. Unknown: QueueError."""
+        with self.queue.direct() as con:
+            rows = con.execute(
+                "DELETE FROM schedules WHERE schedule_id = ? RETURNING spec, paused",
+                [schedule_id],
+            ).fetchall()
+        if not rows:
+            raise QueueError(f"unknown schedule {schedule_id}")
+        return _schedule(*rows[0])
+
+    # -- fires ---------------------------------------------------------------------------
+
+    def claim_fire(
+        self, schedule_id: str, due_at: datetime, job_id: str | None, outcome: str
+    ) -> Claim:
+        """Record the fire of ``schedule_id`` for ``due_at``, unless one is recorded already
+        (then ``new`` is False and ``job_id`` is the first fire's)."""
+        with self.queue.direct() as con:
+            rows = con.execute(
+                "INSERT OR IGNORE INTO fires (schedule_id, due_at, fired_at, job_id, outcome)"
+                " VALUES (?, ?, ?, ?, ?) RETURNING job_id",
+                [schedule_id, _to_db_time(due_at), _to_db_time(_now()), job_id, outcome],
+            ).fetchall()
+            if rows:
+                return Claim(True, job_id)
+            first = con.execute(
+                "SELECT job_id FROM fires WHERE schedule_id = ? AND due_at = ?",
+                [schedule_id, _to_db_time(due_at)],
+            ).fetchone()
+        return Claim(False, None if first is None else first[0])
+
+    def set_fire_outcome(self, schedule_id: str, due_at: datetime, outcome: str) -> None:
+        """Change what a claimed fire came to (e.g. ``failed: <why>``)."""
+        with self.queue.direct() as con:
+            con.execute(
+                "UPDATE fires SET outcome = ? WHERE schedule_id = ? AND due_at = ?",
+                [outcome, schedule_id, _to_db_time(due_at)],
+            )
+
+    def last_due(self, schedule_id: str) -> datetime | None:
+        """The latest due time of ``schedule_id`` with a recorded fire, or None."""
+        rows = self.queue.select(
+            "SELECT max(due_at) FROM fires WHERE schedule_id = ?", [schedule_id]
+        )
+        return _from_db_time(rows[0][0]) if rows else None
+
+    def last_dues(self) -> dict[str, datetime]:
+        """The latest fired due time of every schedule that has one."""
+        rows = self.queue.select("SELECT schedule_id, max(due_at) FROM fires GROUP BY 1")
+        return {sid: _aware(due) for sid, due in rows}
+
+    def fires(self, schedule_id: str | None = None, *, limit: int = 1000) -> list[Fire]:
+        """Recorded fires, newest due time first (of one schedule, or all)."""
+        where, params = ("WHERE schedule_id = ?", [schedule_id]) if schedule_id else ("", [])
+        rows = self.queue.select(
+            "SELECT schedule_id, due_at, fired_at, job_id, outcome FROM fires "
+            f"{where} ORDER BY due_at DESC, schedule_id LIMIT ?",
+            [*params, limit],
+        )
+        return [Fire(sid, _aware(due), _aware(at), job, out) for sid, due, at, job, out in rows]
+
+    # -- triggers ------------------------------------------------------------------------
+
+    def add_trigger(self, trigger: Trigger) -> None:
+        """Store a new trigger; an id already taken raises QueueError."""
+        with self.queue.direct() as con:
+            if con.execute(
+                "SELECT 1 FROM triggers WHERE trigger_id = ?", [trigger.trigger_id]
+            ).fetchone():
+                raise QueueError(f"trigger {trigger.trigger_id} already exists")
+            con.execute(
+                "INSERT INTO triggers (trigger_id, kind, spec, enabled, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    trigger.trigger_id,
+                    trigger.kind.value,
+                    trigger.model_dump_json(),
+                    trigger.enabled,
+                    _to_db_time(trigger.created_at),
+                ],
+            )
+
+    def triggers(self, kind: TriggerKind | None = None) -> list[Trigger]:
+        """Every trigger (of one kind), oldest first."""
+        where, params = ("WHERE kind = ?", [kind.value]) if kind else ("", [])
+        rows = self.queue.select(
+            f"SELECT spec, enabled FROM triggers {where} ORDER BY created_at, trigger_id",
+            params,
+        )
+        return [_trigger(spec, enabled) for spec, enabled in rows]
+
+    def trigger(self, trigger_id: str) -> Trigger | None:
+        """The trigger ``trigger_id``, or None."""
+        rows = self.queue.select(
+            "SELECT spec, enabled FROM triggers WHERE trigger_id = ?", [trigger_id]
+        )
+        return _trigger(*rows[0]) if rows else None
+
+    def set_enabled(self, trigger_id: str, enabled: bool) -> Trigger:
+        """Enable or disable a trigger; the trigger as it is now. Unknown id: QueueError."""
+        with self.queue.direct() as con:
+            rows = con.execute(
+                "UPDATE triggers SET enabled = ? WHERE trigger_id = ? RETURNING spec, enabled",
+                [enabled, trigger_id],
+            ).fetchall()
+        if not rows:
+            raise QueueError(f"unknown trigger {trigger_id}")
+        return _trigger(*rows[0])
+
+    def remove_trigger(self, trigger_id: str) -> Trigger:
+        """Delete a trigger; it as it was. Unknown id: QueueError."""
+        with self.queue.direct() as con:
+            rows = con.execute(
+                "DELETE FROM triggers WHERE trigger_id = ? RETURNING spec, enabled",
+                [trigger_id],
+            ).fetchall()
+        if not rows:
+            raise QueueError(f"unknown trigger {trigger_id}")
+        return _trigger(*rows[0])
+
+    # -- webhook deliveries --------------------------------------------------------------
+
+    def claim_delivery(
+        self, trigger_id: str, delivery_id: str, signature: str, job_id: str
+    ) -> Claim:
+        """Record a webhook delivery about to submit ``job_id``, unless ``delivery_id`` was
+        seen already for this trigger (then ``new`` is False, with the first one's job)."""
+        with self.queue.direct() as con:
+            rows = con.execute(
+                "INSERT OR IGNORE INTO deliveries"
+                " (trigger_id, delivery_id, signature, received_at, job_id)"
+                " VALUES (?, ?, ?, ?, ?) RETURNING job_id",
+                [trigger_id, delivery_id, signature, _to_db_time(_now()), job_id],
+            ).fetchall()
+            if rows:
+                return Claim(True, job_id)
+            first = con.execute(
+                "SELECT job_id FROM deliveries WHERE trigger_id = ? AND delivery_id = ?",
+                [trigger_id, delivery_id],
+            ).fetchone()
+        return Claim(False, None if first is None else first[0])
+
+    def claim_deliveries(
+        self, trigger_id: str, deliveries: list[tuple[str, str, str]]
+    ) -> list[Claim | None]:
+        """Claim webhook deliveries ``(delivery id, signature, job id)`` of a trigger, in
+        order and in one transaction: for each, :meth:`claim_delivery`'s answer, or None
+        (nothing recorded) for a replay: a new delivery id whose signature is recorded."""
+        out: list[Claim | None] = []
+        rows: list[tuple[str, str, str]] = []
+        with self.queue.direct() as con:
+            claimed: dict[str, str | None] = dict(
+                con.execute(
+                    "SELECT delivery_id, job_id FROM deliveries WHERE trigger_id = ?"
+                    " AND delivery_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [trigger_id, [d for d, _, _ in deliveries]],
+                ).fetchall()
+            )
+            signed = {
+                sig
+                for (sig,) in con.execute(
+                    "SELECT DISTINCT signature FROM deliveries WHERE trigger_id = ?"
+                    " AND signature IN (SELECT unnest(?::VARCHAR[]))",
+                    [trigger_id, [s for _, s, _ in deliveries]],
+                ).fetchall()
+            }
+            for delivery_id, signature, job_id in deliveries:
+                if delivery_id in claimed:
+                    out.append(Claim(False, claimed[delivery_id]))
+                elif signature in signed:
+                    out.append(None)
+                else:
+                    claimed[delivery_id] = job_id
+                    signed.add(signature)
+                    rows.append((delivery_id, signature, job_id))
+                    out.append(Claim(True, job_id))
+            if rows:
+                con.execute(
+                    "INSERT INTO deliveries"
+                    " (trigger_id, delivery_id, signature, job_id, received_at)"
+                    " SELECT ?, unnest(?::VARCHAR[]), unnest(?::VARCHAR[]),"
+                    " unnest(?::VARCHAR[]), ?",
+                    [trigger_id, *map(list, zip(*rows, strict=True)), _to_db_time(_now())],
+                )
+        return out
+
+    def signature_seen(self, trigger_id: str, signature: str) -> bool:
+        """Whether a delivery with this exact signature was recorded for the trigger."""
+        return bool(
+            self.queue.select(
+                "SELECT 1 FROM deliveries WHERE trigger_id = ? AND signature = ? LIMIT 1",
+                [trigger_id, signature],
+            )
+        )
+
+    def release_delivery(self, trigger_id: str, delivery_id: str) -> None:
+        """Forget a claimed delivery whose job could not be submitted (it may come again)."""
+        with self.queue.direct() as con:
+            con.execute(
+                "DELETE FROM deliveries WHERE trigger_id = ? AND delivery_id = ?",
+                [trigger_id, delivery_id],
+            )
+
+    def deliveries(self, trigger_id: str) -> list[tuple[str, str | None]]:
+        """(delivery id, job id) of every recorded delivery of a trigger, oldest first."""
+        rows = self.queue.select(
+            "SELECT delivery_id, job_id FROM deliveries WHERE trigger_id = ?"
+            " ORDER BY received_at, delivery_id",
+            [trigger_id],
+        )
+        return [(str(d), j) for d, j in rows]
+
+    # -- watched files -------------------------------------------------------------------
+
+    def claim_file(self, trigger_id: str, path: str, job_id: str | None) -> Claim:
+        """Record that a file-watch trigger handles ``path`` (as ``job_id``), unless it did."""
+        with self.queue.direct() as con:
+            rows = con.execute(
+                "INSERT OR IGNORE INTO watched_files (trigger_id, path, seen_at, job_id)"
+                " VALUES (?, ?, ?, ?) RETURNING job_id",
+                [trigger_id, path, _to_db_time(_now()), job_id],
+            ).fetchall()
+            if rows:
+                return Claim(True, job_id)
+            first = con.execute(
+                "SELECT job_id FROM watched_files WHERE trigger_id = ? AND path = ?",
+                [trigger_id, path],
+            ).fetchone()
+        return Claim(False, None if first is None else first[0])
+
+    def release_file(self, trigger_id: str, path: str) -> None:
+        """Forget a claimed file whose job could not be submitted."""
+        with self.queue.direct() as con:
+            con.execute(
+                "DELETE FROM watched_files WHERE trigger_id = ? AND path = ?", [trigger_id, path]
+            )
+
+    def handled_files(self, trigger_id: str) -> dict[str, str | None]:
+        """Path -> job id of every file a file-watch trigger has handled."""
+        rows = self.queue.select(
+            "SELECT path, job_id FROM watched_files WHERE trigger_id = ?", [trigger_id]
+        )
+        return {str(path): job for path, job in rows}
+
+    # -- outputs -------------------------------------------------------------------------
+
+    def record_outputs(
+        self,
+        run_id: str,
+        attempt: int,
+        values: Mapping[str, tuple[Any, int | None]],
+    ) -> None:
+        """Store ``name -> (value, cell index)`` recorded by a run (a later value of a name
+        replaces the earlier one)."""
+        if not values:
+            return
+        now = _to_db_time(_now())
+        with self.queue.direct() as con:
+            for name, (value, cell) in values.items():
+                con.execute(
+                    "INSERT OR REPLACE INTO outputs"
+                    " (run_id, name, value, attempt, cell_index, recorded_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [run_id, name, _to_json(value), attempt, cell, now],
+                )
+
+    def outputs(self, run_id: str) -> dict[str, Any]:
+        """The values run ``run_id`` recorded with ``casare_nb.output``, by name."""
+        rows = self.queue.select(
+            "SELECT name, value FROM outputs WHERE run_id = ? ORDER BY name", [run_id]
+        )
+        return {str(name): json.loads(value) for name, value in rows}
+
+
+def _aware(value: datetime) -> datetime:
+    out = _from_db_time(value)
+    assert out is not None
+    return out
+
+
+def _schedule(spec: str, paused: bool) -> Schedule:
+    schedule = Schedule.model_validate_json(spec)
+    schedule.paused = bool(paused)
+    return schedule
+
+
+def _trigger(spec: str, enabled: bool) -> Trigger:
+    trigger = Trigger.model_validate_json(spec)
+    trigger.enabled = bool(enabled)
+    return trigger
