@@ -1218,6 +1218,22 @@ def _local_time(when: Any, timezone: str) -> str:
 _SCHEDULE_COLUMNS = ["schedule_id", "workflow", "when", "state", "next fire times"]
 
 
+def _show(
+    found: Sequence[Any],
+    as_json: bool,
+    empty: str,
+    columns: list[str],
+    row: Callable[[Any], dict[str, Any]],
+) -> None:
+    """``found`` as JSON, or as a table of ``row(item)``, or ``empty`` if there is none."""
+    if as_json:
+        click.echo(json.dumps([item.model_dump(mode="json") for item in found], indent=1))
+    elif not found:
+        click.echo(empty)
+    else:
+        click.echo(_table([row(item) for item in found], columns))
+
+
 @schedule.command("list")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @_client_options
@@ -1226,26 +1242,24 @@ def schedule_list(as_json: bool, url: str | None, token: str | None, state_dir: 
     client, _ = _client(url, token, state_dir)
     with client:
         found = client.schedules()
-    if as_json:
-        click.echo(json.dumps([i.model_dump(mode="json") for i in found], indent=1))
-        return
-    if not found:
-        click.echo("no schedules")
-        return
-    rows = [
-        {
-            "schedule_id": i.schedule.schedule_id,
-            "workflow": Path(i.schedule.workflow_path).name,
-            "when": _when(i.schedule),
-            "state": "paused" if i.schedule.paused else "active",
-            "next fire times": ", ".join(
-                _local_time(d, i.schedule.timezone) for d in i.next_fire_times
-            )
-            or "-",
-        }
-        for i in found
-    ]
-    click.echo(_table(rows, _SCHEDULE_COLUMNS))
+    _show(
+        found,
+        as_json,
+        "no schedules",
+        _SCHEDULE_COLUMNS,
+        lambda i: (
+            {
+                "schedule_id": i.schedule.schedule_id,
+                "workflow": Path(i.schedule.workflow_path).name,
+                "when": _when(i.schedule),
+                "state": "paused" if i.schedule.paused else "active",
+                "next fire times": ", ".join(
+                    _local_time(d, i.schedule.timezone) for d in i.next_fire_times
+                )
+                or "-",
+            }
+        ),
+    )
 
 
 @schedule.command("upcoming")
@@ -1259,21 +1273,19 @@ def schedule_upcoming(
     client, _ = _client(url, token, state_dir)
     with client:
         found = client.upcoming(limit)
-    if as_json:
-        click.echo(json.dumps([u.model_dump(mode="json") for u in found], indent=1))
-        return
-    if not found:
-        click.echo("nothing scheduled")
-        return
-    rows = [
-        {
-            "due": _local_time(u.due_at, u.timezone),
-            "schedule_id": u.schedule_id,
-            "workflow": Path(u.workflow_path).name,
-        }
-        for u in found
-    ]
-    click.echo(_table(rows, ["due", "schedule_id", "workflow"]))
+    _show(
+        found,
+        as_json,
+        "nothing scheduled",
+        ["due", "schedule_id", "workflow"],
+        lambda u: (
+            {
+                "due": _local_time(u.due_at, u.timezone),
+                "schedule_id": u.schedule_id,
+                "workflow": Path(u.workflow_path).name,
+            }
+        ),
+    )
 
 
 def _schedule_change(name: str, verb: str, doc: str) -> None:
@@ -1384,22 +1396,20 @@ def trigger_list(as_json: bool, url: str | None, token: str | None, state_dir: s
     client, _ = _client(url, token, state_dir)
     with client:
         found = client.triggers()
-    if as_json:
-        click.echo(json.dumps([i.model_dump(mode="json") for i in found], indent=1))
-        return
-    if not found:
-        click.echo("no triggers")
-        return
-    rows = [
-        {
-            "trigger_id": i.trigger.trigger_id,
-            "kind": i.trigger.kind.value,
-            "state": "enabled" if i.trigger.enabled else "disabled",
-            "what": _trigger_text(i.trigger) + (f"  ({i.url})" if i.url else ""),
-        }
-        for i in found
-    ]
-    click.echo(_table(rows, ["trigger_id", "kind", "state", "what"]))
+    _show(
+        found,
+        as_json,
+        "no triggers",
+        ["trigger_id", "kind", "state", "what"],
+        lambda i: (
+            {
+                "trigger_id": i.trigger.trigger_id,
+                "kind": i.trigger.kind.value,
+                "state": "enabled" if i.trigger.enabled else "disabled",
+                "what": _trigger_text(i.trigger) + (f"  ({i.url})" if i.url else ""),
+            }
+        ),
+    )
 
 
 def _trigger_change(name: str, verb: str, doc: str) -> None:

@@ -10,23 +10,33 @@ way a user does, through :class:`~casare_nb.Client`:
 3. ``long_prefix`` fails after its slow prefix and is re-run from the failed cell, without
    paying for the prefix again;
 
+4. a schedule due in two seconds fires ``sales_report``; a signed webhook delivery runs it
+   with the body's parameters, and the same signature on another body is refused;
+
 then prints the jobs table. Exit code 0 when every step did what it should, 1 otherwise.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 
 from casare_nb.client import Client
 from casare_nb.core.models import Job, RunStatus
 from casare_nb.protocol import Event, EventKind
 
 ROBOT_ID = "demo-robot"
+SECRET_ENV = "CASARE_DEMO_SECRET"
+DEMO_SECRET = secrets.token_hex(16).encode()
 
 
 class _Watcher:
@@ -116,9 +126,68 @@ def _scenario(client: Client, checks: list[tuple[str, bool]]) -> None:
         )
     )
     del first_cells, rerun_cells
+    _triggers(client, checks)
 
     click.echo("\n$ casare-nb jobs")
     click.echo(jobs_table(client.list(limit=10)))
+
+
+def _triggers(client: Client, checks: list[tuple[str, bool]]) -> None:
+    """A schedule due in two seconds and a signed webhook delivery each run sales_report;
+    both are removed afterwards (the state directory outlives the demo)."""
+    from casare_nb.core.signing import signed_headers
+
+    at = (datetime.now(UTC) + timedelta(seconds=2)).replace(microsecond=0)
+    click.echo(
+        f"\n$ casare-nb schedule add sales_report.ipynb --at {at:%Y-%m-%dT%H:%M:%S} --tz UTC"
+        " -p region US"
+    )
+    info = client.add_schedule(
+        "sales_report.ipynb", at=at.replace(tzinfo=None), raw_parameters={"region": "US"}
+    )
+    sid = info.schedule.schedule_id
+    click.echo(f"  schedule {sid} added; due {info.next_fire_times[0]:%H:%M:%S} UTC")
+    deadline = time.monotonic() + 60
+    while not client.fires(sid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fires = client.fires(sid)
+    scheduled = client.wait(fires[0].job_id, timeout=120) if fires and fires[0].job_id else None
+    if scheduled is not None:
+        click.echo(f"  -> fired: job {scheduled.job_id} {scheduled.status.value}")
+    checks.append(
+        (
+            "a schedule fires once at its due time and its job completes",
+            scheduled is not None
+            and scheduled.status is RunStatus.COMPLETED
+            and scheduled.trigger is not None
+            and scheduled.trigger.due_at == at,
+        )
+    )
+    client.remove_schedule(sid)
+
+    click.echo(f"\n$ casare-nb trigger add webhook sales_report.ipynb --secret-env {SECRET_ENV}")
+    hook = client.add_trigger("webhook", "sales_report.ipynb", secret_env=SECRET_ENV)
+    assert hook.url is not None
+    click.echo(f"  POST {hook.url}")
+    body = json.dumps({"region": "APAC"}).encode()
+    headers = signed_headers(DEMO_SECRET, body, timestamp=str(int(time.time())))
+    click.echo("$ curl -d '{\"region\": \"APAC\"}' -H 'X-Casare-Signature-256: sha256=…' …")
+    answer = httpx.post(hook.url, content=body, headers=headers, timeout=30)
+    forged = httpx.post(hook.url, content=b'{"region": "EU"}', headers=headers, timeout=30)
+    hooked = client.wait(answer.json()["job_id"], timeout=120) if answer.is_success else None
+    if hooked is not None:
+        click.echo(f"  -> {answer.status_code}: job {hooked.job_id} {hooked.status.value}")
+    click.echo(f"  the same signature on another body -> {forged.status_code}")
+    checks.append(
+        (
+            "a signed webhook runs the workflow with the body's parameters; a forged one is 401",
+            hooked is not None
+            and hooked.status is RunStatus.COMPLETED
+            and hooked.parameters == {"region": "APAC"}
+            and forged.status_code == 401,
+        )
+    )
+    client.remove_trigger(hook.trigger.trigger_id)
 
 
 def run_demo(workflows: Path, state_dir: str | None) -> int:
@@ -132,6 +201,7 @@ def run_demo(workflows: Path, state_dir: str | None) -> int:
         http_port=0,
         workflows_dir=workflows,
         heartbeat_interval_s=0.5,
+        environ={**os.environ, SECRET_ENV: DEMO_SECRET.decode()},
     )
     work_dir = (
         Path(state_dir).absolute() / "robots" / ROBOT_ID

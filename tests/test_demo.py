@@ -15,28 +15,36 @@ from casare_nb.core.models import RunStatus
 from casare_nb.orchestrator.api import RuntimeInfo
 from casare_nb.store.history import HistoryStore
 from casare_nb.store.queue import QueueStore
+from casare_nb.store.triggers import TriggerStore
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 
 
 def test_demo_runs_the_examples_through_the_orchestrator_and_exits_0(tmp_path: Path) -> None:
     """The demo completes sales_report, re-runs flaky_ingest and long_prefix from their failed
-    cells, prints the jobs table, exits 0 and leaves no runtime file behind."""
+    cells, fires a schedule and a signed webhook (a forged one refused), prints the jobs
+    table, exits 0 and leaves no runtime file, schedule or trigger behind."""
     proc = run_cli(tmp_path, "demo", "--workflows", str(WORKFLOWS), timeout=180)
     assert proc.returncode == EXIT_OK, describe(proc)
     out = proc.stdout
-    assert out.count("[ok]") == 5 and "FAILED" not in out, describe(proc)
+    assert out.count("[ok]") == 7 and "FAILED" not in out, describe(proc)
+    assert "the same signature on another body -> 401" in out
     assert "$ casare-nb rerun" in out and "$ casare-nb jobs" in out
     assert "AssertionError: bad rows 5.0% exceed max_bad_ratio 1.0%" in out
     state = tmp_path / "state"
     assert not (state / "orchestrator.json").exists()
     with QueueStore(HistoryStore(state / "history.duckdb")) as store:
-        jobs = {Path(j.workflow_path).name: j for j in store.list_jobs()}
-    assert {name: (j.status, j.attempt) for name, j in jobs.items()} == {
-        "sales_report.ipynb": (RunStatus.COMPLETED, 1),
-        "flaky_ingest.ipynb": (RunStatus.COMPLETED, 2),
-        "long_prefix.ipynb": (RunStatus.COMPLETED, 2),
-    }
+        jobs = store.list_jobs()
+        triggers = TriggerStore(store)
+        assert triggers.schedules() == [] and triggers.triggers() == []
+    by_source = sorted((Path(j.workflow_path).name, j.source, j.status, j.attempt) for j in jobs)
+    assert by_source == [
+        ("flaky_ingest.ipynb", "api", RunStatus.COMPLETED, 2),
+        ("long_prefix.ipynb", "api", RunStatus.COMPLETED, 2),
+        ("sales_report.ipynb", "api", RunStatus.COMPLETED, 1),
+        ("sales_report.ipynb", "schedule", RunStatus.COMPLETED, 1),
+        ("sales_report.ipynb", "webhook", RunStatus.COMPLETED, 1),
+    ]
 
 
 def test_demo_refuses_a_state_dir_another_orchestrator_runs_on(tmp_path: Path) -> None:

@@ -295,8 +295,9 @@ def test_bad_triggers_are_refused_with_one_line(client: Client, tmp_path: Path) 
 def test_schedule_and_trigger_commands_against_the_running_orchestrator(
     served: ServiceThread, client: Client, tmp_path: Path
 ) -> None:
-    """`schedule add` prints the next fire times, `schedule list` shows them, pause/remove
-    answer, a bad cron is one error line with exit 2, `trigger add webhook` prints the URL."""
+    """`schedule add` prints the next fire times, `list` and `upcoming` show them (not while
+    paused), a bad cron or --every 0 is one error line with exit 2, `trigger add webhook`
+    prints the URL, `trigger list` shows it, `trigger disable` answers."""
     state = ["--state-dir", str(served.service.state_dir)]
     added = run_cli(
         tmp_path,
@@ -321,6 +322,10 @@ def test_schedule_and_trigger_commands_against_the_running_orchestrator(
     assert sid in listed.stdout and "active" in listed.stdout, describe(listed)
     paused = run_cli(tmp_path, "schedule", "pause", sid, *state)
     assert paused.stdout.strip() == f"schedule {sid} paused", describe(paused)
+    assert run_cli(tmp_path, "schedule", "upcoming", *state).stdout.strip() == "nothing scheduled"
+    run_cli(tmp_path, "schedule", "resume", sid, *state)
+    coming = run_cli(tmp_path, "schedule", "upcoming", "-n", "2", *state)
+    assert coming.stdout.count(sid) == 2 and "06:00:00 CE" in coming.stdout, describe(coming)
     bad = run_cli(tmp_path, "schedule", "add", "report.ipynb", "--cron", "0 25 * * *", *state)
     assert bad.returncode == EXIT_BAD_INPUT and bad.stderr.startswith(ERROR_PREFIX)
     assert len(bad.stderr.strip().splitlines()) == 1, describe(bad)
@@ -330,6 +335,11 @@ def test_schedule_and_trigger_commands_against_the_running_orchestrator(
         tmp_path, "trigger", "add", "webhook", "report.ipynb", "--secret-env", "HOOK_SECRET", *state
     )
     assert hook.returncode == EXIT_OK and "/hooks/hook-" in hook.stdout, describe(hook)
+    hook_id = hook.stdout.split()[1]
+    listed_hooks = run_cli(tmp_path, "trigger", "list", *state)
+    assert hook_id in listed_hooks.stdout and "/hooks/" in listed_hooks.stdout
+    disabled = run_cli(tmp_path, "trigger", "disable", hook_id, *state)
+    assert disabled.stdout.strip() == f"trigger {hook_id} disabled", describe(disabled)
     removed = run_cli(tmp_path, "schedule", "remove", sid, *state)
     assert removed.returncode == EXIT_OK, describe(removed)
     assert sid not in run_cli(tmp_path, "schedule", "list", *state).stdout

@@ -53,7 +53,9 @@ class ScheduleKind(StrEnum):
     DATE = "date"  # once
 
 
-class _Fields(BaseModel):
+class JobFields(BaseModel):
+    """The job fields every way of submitting shares (``submit``, schedules, triggers)."""
+
     model_config = ConfigDict(extra="forbid")
 
     parameters: dict[str, Any] = Field(default_factory=dict, description="Typed values.")
@@ -66,7 +68,7 @@ class _Fields(BaseModel):
     max_retries: int = Field(default=0, ge=0, le=100)
 
 
-class JobTemplate(_Fields):
+class JobTemplate(JobFields):
     """What a schedule or trigger submits: the same fields as ``submit``.
 
     ``parameters`` are typed values (JSON), ``raw_parameters`` strings as given on the
@@ -121,7 +123,7 @@ class Trigger(JobTemplate):
     origin: str = "api"
 
 
-class ScheduleFields(_Fields):
+class ScheduleFields(JobFields):
     """A schedule as a person writes it (API request, notebook metadata); exactly one of
     ``cron``, ``every`` and ``at``.
 
@@ -143,7 +145,7 @@ class ScheduleFields(_Fields):
 TriggerKindName = Literal["webhook", "file_watch", "on_success", "on_failure"]
 
 
-class TriggerFields(_Fields):
+class TriggerFields(JobFields):
     """A trigger as a person writes it (API request, notebook metadata).
 
     - ``webhook``: ``POST /hooks/{id}`` signed with the secret held in the orchestrator's

@@ -20,7 +20,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from casare_nb.core.models import Priority, RobotStatus, RunStatus
-from casare_nb.core.triggers import Schedule, ScheduleFields, Trigger, TriggerFields
+from casare_nb.core.triggers import JobFields, Schedule, ScheduleFields, Trigger, TriggerFields
 
 __all__ = [
     "DEFAULT_HTTP_PORT",
@@ -58,7 +58,7 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SubmitJob(_Request):
+class SubmitJob(JobFields):
     """``POST /api/jobs``: queue a run of a workflow.
 
     ``workflow`` is relative to the orchestrator's workflows directory (an absolute path must
@@ -67,14 +67,6 @@ class SubmitJob(_Request):
     """
 
     workflow: str = Field(min_length=1, description="Notebook path, relative to the workflows dir.")
-    parameters: dict[str, Any] = Field(default_factory=dict, description="Typed values.")
-    raw_parameters: dict[str, str] = Field(
-        default_factory=dict, description="Text values, coerced to the declared types."
-    )
-    priority: Priority = Priority.NORMAL
-    tags: list[str] = Field(default_factory=list, description="The robot must have all of them.")
-    environment: str | None = Field(default=None, description="None: any environment.")
-    max_retries: int = Field(default=0, ge=0, le=100)
 
 
 class NewSchedule(ScheduleFields):

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -432,35 +432,27 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
             raise _error(404, _one_line(exc)) from None
         return schedule_info(schedule) if change != "remove" else ScheduleInfo(schedule=schedule)
 
-    @app.post(
-        "/api/schedules/{schedule_id}/pause",
-        response_model=ScheduleInfo,
-        responses=one_schedule,
-        tags=["schedules"],
-    )
-    async def pause_schedule(schedule_id: str, _: Auth) -> ScheduleInfo:
-        """Stop firing until resumed (due times passed meanwhile do not fire)."""
-        return await change_schedule(schedule_id, "pause")
+    def schedule_change(change: str, doc: str) -> Callable[..., Awaitable[ScheduleInfo]]:
+        async def route(schedule_id: str, _: Auth) -> ScheduleInfo:
+            return await change_schedule(schedule_id, change)
 
-    @app.post(
-        "/api/schedules/{schedule_id}/resume",
-        response_model=ScheduleInfo,
-        responses=one_schedule,
-        tags=["schedules"],
-    )
-    async def resume_schedule(schedule_id: str, _: Auth) -> ScheduleInfo:
-        """Fire again from the next due time."""
-        return await change_schedule(schedule_id, "resume")
+        route.__doc__ = doc
+        route.__name__ = f"{change}_schedule"
+        return route
 
-    @app.delete(
-        "/api/schedules/{schedule_id}",
-        response_model=ScheduleInfo,
-        responses=one_schedule,
-        tags=["schedules"],
-    )
-    async def remove_schedule(schedule_id: str, _: Auth) -> ScheduleInfo:
-        """Delete a schedule (its fires stay in the history); the schedule as it was."""
-        return await change_schedule(schedule_id, "remove")
+    for change, verb, path, doc in (
+        ("pause", "POST", "/pause", "Stop firing until resumed (due times meanwhile do not fire)."),
+        ("resume", "POST", "/resume", "Fire again from the next due time."),
+        ("remove", "DELETE", "", "Delete a schedule (its fires stay); the schedule as it was."),
+    ):
+        app.add_api_route(
+            "/api/schedules/{schedule_id}" + path,
+            schedule_change(change, doc),
+            methods=[verb],
+            response_model=ScheduleInfo,
+            responses=one_schedule,
+            tags=["schedules"],
+        )
 
     # -- triggers and webhooks -----------------------------------------------------------
 
@@ -524,35 +516,27 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
             raise _error(404, _one_line(exc)) from None
         return trigger_info(trigger, request)
 
-    @app.post(
-        "/api/triggers/{trigger_id}/enable",
-        response_model=TriggerInfo,
-        responses=one_trigger,
-        tags=["triggers"],
-    )
-    async def enable_trigger(trigger_id: str, request: Request, _: Auth) -> TriggerInfo:
-        """Fire again on its events."""
-        return await change_trigger(trigger_id, request, "enable")
+    def trigger_change(change: str, doc: str) -> Callable[..., Awaitable[TriggerInfo]]:
+        async def route(trigger_id: str, request: Request, _: Auth) -> TriggerInfo:
+            return await change_trigger(trigger_id, request, change)
 
-    @app.post(
-        "/api/triggers/{trigger_id}/disable",
-        response_model=TriggerInfo,
-        responses=one_trigger,
-        tags=["triggers"],
-    )
-    async def disable_trigger(trigger_id: str, request: Request, _: Auth) -> TriggerInfo:
-        """Ignore its events until enabled (a webhook answers 404)."""
-        return await change_trigger(trigger_id, request, "disable")
+        route.__doc__ = doc
+        route.__name__ = f"{change}_trigger"
+        return route
 
-    @app.delete(
-        "/api/triggers/{trigger_id}",
-        response_model=TriggerInfo,
-        responses=one_trigger,
-        tags=["triggers"],
-    )
-    async def remove_trigger(trigger_id: str, request: Request, _: Auth) -> TriggerInfo:
-        """Delete a trigger; the trigger as it was."""
-        return await change_trigger(trigger_id, request, "remove")
+    for change, verb, path, doc in (
+        ("enable", "POST", "/enable", "Fire again on its events."),
+        ("disable", "POST", "/disable", "Ignore its events until enabled (a webhook: 404)."),
+        ("remove", "DELETE", "", "Delete a trigger; the trigger as it was."),
+    ):
+        app.add_api_route(
+            "/api/triggers/{trigger_id}" + path,
+            trigger_change(change, doc),
+            methods=[verb],
+            response_model=TriggerInfo,
+            responses=one_trigger,
+            tags=["triggers"],
+        )
 
     @app.post(
         "/hooks/{trigger_id}",

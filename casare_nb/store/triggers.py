@@ -42,6 +42,17 @@ class Fire(NamedTuple):
     outcome: str
 
 
+class _Table(NamedTuple):
+    name: str
+    key: str
+    flag: str
+    noun: str
+
+
+_SCHEDULES = _Table("schedules", "schedule_id", "paused", "schedule")
+_TRIGGERS = _Table("triggers", "trigger_id", "enabled", "trigger")
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -56,70 +67,86 @@ class TriggerStore:
 
     def add_schedule(self, schedule: Schedule) -> None:
         """Store a new schedule; an id already taken raises QueueError."""
-        with self.queue.direct() as con:
-            if con.execute(
-                "SELECT 1 FROM schedules WHERE schedule_id = ?", [schedule.schedule_id]
-            ).fetchone():
-                raise QueueError(f"schedule {schedule.schedule_id} already exists")
-            con.execute(
-                "INSERT INTO schedules (schedule_id, spec, paused, created_at) VALUES (?, ?, ?, ?)",
-                [
-                    schedule.schedule_id,
-                    schedule.model_dump_json(),
-                    schedule.paused,
-                    _to_db_time(schedule.created_at),
-                ],
-            )
+        self._insert(_SCHEDULES, schedule.schedule_id, schedule, schedule.paused)
 
     def replace_schedule(self, schedule: Schedule) -> None:
         """Store ``schedule`` over the one with its id (a new one if there is none)."""
-        with self.queue.direct() as con:
-            con.execute("DELETE FROM schedules WHERE schedule_id = ?", [schedule.schedule_id])
-            con.execute(
-                "INSERT INTO schedules (schedule_id, spec, paused, created_at) VALUES (?, ?, ?, ?)",
-                [
-                    schedule.schedule_id,
-                    schedule.model_dump_json(),
-                    schedule.paused,
-                    _to_db_time(schedule.created_at),
-                ],
-            )
+        self._insert(_SCHEDULES, schedule.schedule_id, schedule, schedule.paused, replace=True)
 
     def schedules(self) -> list[Schedule]:
         """Every schedule, oldest first."""
-        rows = self.queue.select(
-            "SELECT spec, paused FROM schedules ORDER BY created_at, schedule_id"
-        )
-        return [_schedule(spec, paused) for spec, paused in rows]
+        return [_schedule(*row) for row in self._rows(_SCHEDULES)]
 
     def schedule(self, schedule_id: str) -> Schedule | None:
         """The schedule ``schedule_id``, or None."""
-        rows = self.queue.select(
-            "SELECT spec, paused FROM schedules WHERE schedule_id = ?", [schedule_id]
-        )
+        rows = self._rows(_SCHEDULES, schedule_id)
         return _schedule(*rows[0]) if rows else None
 
     def set_paused(self, schedule_id: str, paused: bool) -> Schedule:
         """Pause or resume a schedule; the schedule as it is now. Unknown id: QueueError."""
-        with self.queue.direct() as con:
-            rows = con.execute(
-                "UPDATE schedules SET paused = ? WHERE schedule_id = ? RETURNING spec, paused",
-                [paused, schedule_id],
-            ).fetchall()
-        if not rows:
-            raise QueueError(f"unknown schedule {schedule_id}")
-        return _schedule(*rows[0])
+        return _schedule(*self._change(_SCHEDULES, schedule_id, paused))
 
     def remove_schedule(self, schedule_id: str) -> Schedule:
         """Delete a schedule (its fires stay in the history); it as it was. Unknown: QueueError."""
+        return _schedule(*self._change(_SCHEDULES, schedule_id, None))
+
+    # -- the schedules and triggers tables (id, spec, flag, created_at) --------------------
+
+    def _insert(
+        self,
+        table: _Table,
+        item_id: str,
+        item: Schedule | Trigger,
+        flag: bool,
+        *,
+        replace: bool = False,
+        kind: str | None = None,
+    ) -> None:
+        columns = [table.key, "spec", table.flag, "created_at"]
+        values: list[object] = [item_id, item.model_dump_json(), flag, _to_db_time(item.created_at)]
+        if kind is not None:
+            columns.append("kind")
+            values.append(kind)
         with self.queue.direct() as con:
-            rows = con.execute(
-                "DELETE FROM schedules WHERE schedule_id = ? RETURNING spec, paused",
-                [schedule_id],
-            ).fetchall()
+            if replace:
+                con.execute(f"DELETE FROM {table.name} WHERE {table.key} = ?", [item_id])
+            elif con.execute(
+                f"SELECT 1 FROM {table.name} WHERE {table.key} = ?", [item_id]
+            ).fetchone():
+                raise QueueError(f"{table.noun} {item_id} already exists")
+            con.execute(
+                f"INSERT INTO {table.name} ({', '.join(columns)})"
+                f" VALUES ({', '.join('?' * len(values))})",
+                values,
+            )
+
+    def _rows(
+        self, table: _Table, item_id: str | None = None, kind: str | None = None
+    ) -> list[tuple[str, bool]]:
+        where, params = "", []
+        if item_id is not None:
+            where, params = f"WHERE {table.key} = ?", [item_id]
+        elif kind is not None:
+            where, params = "WHERE kind = ?", [kind]
+        rows = self.queue.select(
+            f"SELECT spec, {table.flag} FROM {table.name} {where} ORDER BY created_at, {table.key}",
+            params,
+        )
+        return [(str(spec), bool(flag)) for spec, flag in rows]
+
+    def _change(self, table: _Table, item_id: str, flag: bool | None) -> tuple[str, bool]:
+        """Set the flag (None: delete the row); the row as it is (was). Unknown: QueueError."""
+        with self.queue.direct() as con:
+            if flag is None:
+                sql = f"DELETE FROM {table.name} WHERE {table.key} = ?"
+                params: list[object] = [item_id]
+            else:
+                sql = f"UPDATE {table.name} SET {table.flag} = ? WHERE {table.key} = ?"
+                params = [flag, item_id]
+            rows = con.execute(f"{sql} RETURNING spec, {table.flag}", params).fetchall()
         if not rows:
-            raise QueueError(f"unknown schedule {schedule_id}")
-        return _schedule(*rows[0])
+            raise QueueError(f"unknown {table.noun} {item_id}")
+        return str(rows[0][0]), bool(rows[0][1])
 
     # -- fires ---------------------------------------------------------------------------
 
@@ -176,60 +203,26 @@ class TriggerStore:
 
     def add_trigger(self, trigger: Trigger) -> None:
         """Store a new trigger; an id already taken raises QueueError."""
-        with self.queue.direct() as con:
-            if con.execute(
-                "SELECT 1 FROM triggers WHERE trigger_id = ?", [trigger.trigger_id]
-            ).fetchone():
-                raise QueueError(f"trigger {trigger.trigger_id} already exists")
-            con.execute(
-                "INSERT INTO triggers (trigger_id, kind, spec, enabled, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [
-                    trigger.trigger_id,
-                    trigger.kind.value,
-                    trigger.model_dump_json(),
-                    trigger.enabled,
-                    _to_db_time(trigger.created_at),
-                ],
-            )
+        self._insert(
+            _TRIGGERS, trigger.trigger_id, trigger, trigger.enabled, kind=trigger.kind.value
+        )
 
     def triggers(self, kind: TriggerKind | None = None) -> list[Trigger]:
         """Every trigger (of one kind), oldest first."""
-        where, params = ("WHERE kind = ?", [kind.value]) if kind else ("", [])
-        rows = self.queue.select(
-            f"SELECT spec, enabled FROM triggers {where} ORDER BY created_at, trigger_id",
-            params,
-        )
-        return [_trigger(spec, enabled) for spec, enabled in rows]
+        return [_trigger(*row) for row in self._rows(_TRIGGERS, kind=kind and kind.value)]
 
     def trigger(self, trigger_id: str) -> Trigger | None:
         """The trigger ``trigger_id``, or None."""
-        rows = self.queue.select(
-            "SELECT spec, enabled FROM triggers WHERE trigger_id = ?", [trigger_id]
-        )
+        rows = self._rows(_TRIGGERS, trigger_id)
         return _trigger(*rows[0]) if rows else None
 
     def set_enabled(self, trigger_id: str, enabled: bool) -> Trigger:
         """Enable or disable a trigger; the trigger as it is now. Unknown id: QueueError."""
-        with self.queue.direct() as con:
-            rows = con.execute(
-                "UPDATE triggers SET enabled = ? WHERE trigger_id = ? RETURNING spec, enabled",
-                [enabled, trigger_id],
-            ).fetchall()
-        if not rows:
-            raise QueueError(f"unknown trigger {trigger_id}")
-        return _trigger(*rows[0])
+        return _trigger(*self._change(_TRIGGERS, trigger_id, enabled))
 
     def remove_trigger(self, trigger_id: str) -> Trigger:
         """Delete a trigger; it as it was. Unknown id: QueueError."""
-        with self.queue.direct() as con:
-            rows = con.execute(
-                "DELETE FROM triggers WHERE trigger_id = ? RETURNING spec, enabled",
-                [trigger_id],
-            ).fetchall()
-        if not rows:
-            raise QueueError(f"unknown trigger {trigger_id}")
-        return _trigger(*rows[0])
+        return _trigger(*self._change(_TRIGGERS, trigger_id, None))
 
     # -- webhook deliveries --------------------------------------------------------------
 
