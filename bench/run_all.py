@@ -38,6 +38,7 @@ MODULES = [
     "orchestrated_run",
     "dispatch_throughput",
     "failover",
+    "schedule_latency",
 ]
 DOC = ROOT / "docs" / "benchmarks.md"
 OUT = ROOT / "bench" / "out"

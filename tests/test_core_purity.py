@@ -109,3 +109,24 @@ def test_importing_the_package_is_lazy() -> None:
     assert "nbclient" not in loaded
     assert "duckdb" not in loaded
     assert loaded == []
+
+
+OWNERS = {
+    "apscheduler": {"orchestrator/schedules.py"},
+    "watchdog": {"orchestrator/watch.py"},
+    "prometheus_client": {"orchestrator/metrics.py"},
+    "fastapi": {"orchestrator/http.py"},
+    "uvicorn": {"orchestrator/http.py"},
+    "duckdb": {"store/history.py", "store/queue.py"},
+}
+
+
+def test_each_heavy_dependency_is_imported_by_its_one_module() -> None:
+    """apscheduler, watchdog, prometheus_client, FastAPI/uvicorn and duckdb are each imported
+    only by the module(s) that own them."""
+    package = CORE.parent
+    seen: dict[str, set[str]] = {name: set() for name in OWNERS}
+    for path in package.rglob("*.py"):
+        for root in imported_roots(ast.parse(path.read_text("utf-8"))) & set(OWNERS):
+            seen[root].add(path.relative_to(package).as_posix())
+    assert seen == OWNERS
