@@ -522,6 +522,11 @@ class JobAssign(_JobScoped):
     )
     priority: Priority = Field(default=Priority.NORMAL, description="low, normal, high, critical.")
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Execution limits.")
+    start_at: UtcDatetime | None = Field(
+        default=None,
+        description="Set for a job sent ahead of its due time (a schedule's): the robot "
+        "accepts and prepares it at once and runs its first cell at this instant, not before.",
+    )
 
     @model_validator(mode="after")
     def _secrets_apart(self) -> JobAssign:

@@ -24,7 +24,7 @@ from casare_nb.core.cells import source_sha256
 from casare_nb.core.models import CellRecord, CellStatus, RunStatus
 from casare_nb.core.params import PARAMETERS_TAG, scrub
 from casare_nb.notebook.checkpoint import AttemptPaths, StateDir, write_json_atomic
-from casare_nb.notebook.kernels import KernelCallError, KernelSession
+from casare_nb.notebook.kernels import KernelCallError, KernelSession, casare_code
 
 SKIP_TAG = "skip-execution"
 TRUNCATED_NOTICE = "\n[casare: output truncated after {limit} bytes]\n"
@@ -52,6 +52,9 @@ class Options:
     interrupt_grace: float = 5.0
     large_bytes: int = 1 << 20
     fork_bytes: int = 16 << 20
+    # run the first cell at this instant (aware), not before: a job sent ahead of its due
+    # time is prepared (kernel, checkpoint hook, plan) first, then waits (limits start then)
+    start_at: datetime | None = None
 
 
 class Progress(Protocol):
@@ -165,30 +168,58 @@ class Executor:
         self.cells_done = 0
         self.kernel_gone = False
         self.secret_source = ""
+        self._setup: list[str] = []  # control code prepare() leaves to the next call
+        self._start_at = self.options.start_at
 
     # ------------------------------------------------------------------ set-up
 
     async def prepare(self, *, secret_names: Sequence[str], secret_source: str = "") -> None:
         """Install the checkpoint hook and inject secrets silently (never into the notebook).
 
-        Secrets are injected now (a resume starts past the parameters cell) and again right
-        after the parameters cell runs, which would otherwise reset them to its defaults."""
+        Both go to the kernel with the next control call (the plan of :meth:`run`, or a
+        :meth:`restore`): one round trip before the first cell instead of three. Secrets are
+        injected then (a resume starts past the parameters cell) and again right after the
+        parameters cell runs, which would otherwise reset them to its defaults."""
         self.secret_source = secret_source
         if self.checkpointing:
-            await self.session.install_checkpointing(
-                blob_dir=str(self.state.blob_dir),
-                large_bytes=self.options.large_bytes,
-                fork_bytes=self.options.fork_bytes,
-                secret_names=list(secret_names),
+            self._setup.append(
+                self.session.checkpointing_code(
+                    blob_dir=str(self.state.blob_dir),
+                    large_bytes=self.options.large_bytes,
+                    fork_bytes=self.options.fork_bytes,
+                    secret_names=list(secret_names),
+                )
             )
         if secret_source:
-            await self.session.call(secret_source)
+            self._setup.append(secret_source)
 
     async def restore(self, manifest: str, names: list[str] | None = None) -> dict[str, Any]:
         """Load a checkpointed namespace (or ``names`` of it) into the kernel; answer
         loaded/failed/skipped names."""
-        answer: dict[str, Any] = await self.session.casare("restore", manifest, names)
+        answer: dict[str, Any] = await self._control(casare_code("restore", manifest, names))
         return answer
+
+    async def _control(self, code: str = "None", *, timeout: float = 120) -> Any:
+        """Run control code silently, after the set-up :meth:`prepare` left: one round trip."""
+        setup, self._setup = self._setup, []
+        answer = await self.session.call("\n".join([*setup, code]), timeout=timeout)
+        if setup and self.checkpointing:
+            self.session.checkpoint_ready = True
+        return answer
+
+    async def _wait_for_start(self, cancel: asyncio.Event | None) -> None:
+        """Until ``options.start_at`` (on the loop's monotonic clock), or a cancel; once."""
+        start_at, self._start_at = self._start_at, None
+        if start_at is None:
+            return
+        delay = (start_at - datetime.now(UTC)).total_seconds()
+        if delay <= 0:
+            return
+        if cancel is None:
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cancel.wait(), delay)
 
     # ------------------------------------------------------------------ run
 
@@ -204,9 +235,12 @@ class Executor:
 
         ``done`` and ``total`` place these steps in a longer run, for progress reports."""
         loop = asyncio.get_running_loop()
-        run_deadline = loop.time() + self.options.run_timeout if self.options.run_timeout else None
         if self.checkpointing:
-            await self.session.casare("push_plan", [self._plan_entry(s) for s in steps])
+            await self._control(casare_code("push_plan", [self._plan_entry(s) for s in steps]))
+        elif self._setup:
+            await self._control()
+        await self._wait_for_start(cancel)
+        run_deadline = loop.time() + self.options.run_timeout if self.options.run_timeout else None
         outcome = Outcome(status=RunStatus.COMPLETED)
         total = total if total is not None else done + len(steps)
         for position, step in enumerate(steps, start=done + 1):
@@ -252,7 +286,7 @@ class Executor:
         outcome.traceback = self._traceback(step.index)
 
     async def _flush(self) -> list[str]:
-        answer = await self.session.casare("flush", timeout=600)
+        answer = await self._control(casare_code("flush"), timeout=600)
         return list(answer.get("errors", [])) if answer else []
 
     def _cell_id(self, index: int) -> str:

@@ -125,12 +125,15 @@ class KernelSession:
     async def install_checkpointing(self, **config: Any) -> dict[str, Any]:
         """Preload (if not done yet) and configure the snapshot code for a run, in one round
         trip."""
-        code = f"__import__('sys').modules['__casare__'].configure(**{config!r})"
-        if not self.checkpoint_ready:
-            code = _preload_code() + code
-        answer: dict[str, Any] = await self.call(code)
+        answer: dict[str, Any] = await self.call(self.checkpointing_code(**config))
         self.checkpoint_ready = True
         return answer
+
+    def checkpointing_code(self, **config: Any) -> str:
+        """The code :meth:`install_checkpointing` runs, to send along with another call (then
+        set :attr:`checkpoint_ready` once it ran)."""
+        code = f"__import__('sys').modules['__casare__'].configure(**{config!r})"
+        return code if self.checkpoint_ready else _preload_code() + code
 
     async def chdir(self, path: str | os.PathLike[str]) -> None:
         """Move the kernel's working directory (a warm kernel started elsewhere); no round
@@ -143,10 +146,7 @@ class KernelSession:
 
     async def casare(self, function: str, *args: Any, timeout: float = 120) -> Any:
         """Call a function of the kernel-side module with literal arguments."""
-        arglist = ", ".join(repr(a) for a in args)
-        return await self.call(
-            f"__import__('sys').modules['__casare__'].{function}({arglist})", timeout=timeout
-        )
+        return await self.call(casare_code(function, *args), timeout=timeout)
 
     async def interrupt(self) -> None:
         await self.km.interrupt_kernel()
@@ -175,6 +175,12 @@ class KernelSession:
                 f.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+def casare_code(function: str, *args: Any) -> str:
+    """The code calling a function of the kernel-side module with literal arguments."""
+    arglist = ", ".join(repr(a) for a in args)
+    return f"__import__('sys').modules['__casare__'].{function}({arglist})"
 
 
 async def _reply(kc: Any, msg_id: str, timeout: float) -> dict[str, Any]:

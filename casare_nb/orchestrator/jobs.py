@@ -13,10 +13,11 @@ The path of one job:
 2. The dispatcher (woken by a submit, a robot registering, a heartbeat, a finished job, and
    at least every heartbeat interval) plans with :func:`~casare_nb.core.dispatch.plan_dispatch`
    over the first queued jobs in dispatch order and sends ``job_assign`` with the workflow as
-   it is on disk now. A robot's running count is the number of jobs assigned here and not
-   ended (authoritative: a heartbeat sent while the robot still ran its previous job does
-   not keep it busy; after an orchestrator restart :meth:`JobManager.robot_back` counts the
-   jobs a robot continues).
+   it is on disk now (with ``start_at`` for a job submitted ahead of its due time, while
+   that is still ahead: the robot prepares it and waits). A robot's running count is the
+   number of jobs assigned here and not ended (authoritative: a heartbeat sent while the
+   robot still ran its previous job does not keep it busy; after an orchestrator restart
+   :meth:`JobManager.robot_back` counts the jobs a robot continues).
 3. ``job_accept`` marks the attempt started; ``job_reject`` requeues the job (and skips that
    robot once); an attempt not accepted within ``assign_timeout_s`` is requeued.
 4. ``job_progress`` records each cell once in the history; messages about an attempt that
@@ -90,7 +91,7 @@ import os
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -284,6 +285,7 @@ class JobManager:
         self._inserting: set[str] = set()  # submitted job ids waiting for their insert
         self._workflows: dict[str, tuple[tuple[int, ...], bytes, dict[str, Any], str]] = {}
         self._secrets: dict[str, dict[str, Any]] = {}
+        self._start_at: dict[str, datetime] = {}  # job id -> its first cell's time (in memory)
         self._assigned: dict[str, set[str]] = {}  # robot id -> job ids sent and not ended
         self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._skip: dict[str, str] = {}  # job id -> robot that just rejected it
@@ -528,11 +530,15 @@ class JobManager:
         source: str = "api",
         trigger: TriggerRef | None = None,
         job_id: str | None = None,
+        start_at: datetime | None = None,
     ) -> Job:
         """Validate and queue a run of ``workflow_path``; the queued job, once committed.
 
         ``trigger`` records what submitted it (a schedule, webhook...); ``job_id`` is the id
         to give it (a trigger claims its event under the id first), a new one by default.
+        ``start_at`` (aware; a schedule's due time, submitted ahead of it): the job is
+        dispatched at once and its robot runs the first cell at that instant; dispatched once
+        it has passed (no free robot before), the job runs at once. Kept in memory only.
 
         Raises :class:`~casare_nb.core.params.ParameterError` (bad parameters) or
         :class:`~casare_nb.core.errors.WorkflowError` (no such or broken notebook) before
@@ -540,6 +546,8 @@ class JobManager:
         be stored."""
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, not {max_retries}")
+        if start_at is not None and start_at.utcoffset() is None:
+            raise ValueError("start_at must be timezone-aware")
         self._check_not_draining()
         path = Path(workflow_path).absolute()
         values, secret_names = await asyncio.to_thread(
@@ -568,10 +576,13 @@ class JobManager:
         secrets = {k: _plain(v) for k, v in values.items() if k in secret_names}
         if secrets:
             self._secrets[job_id] = redact(secrets, ())
+        if start_at is not None:
+            self._start_at[job_id] = start_at
         try:
             mark = self.queue.stage(job, new=True)
         except BaseException:
             self._secrets.pop(job_id, None)
+            self._start_at.pop(job_id, None)
             raise
         self._inserting.add(job_id)
         adopted: asyncio.Future[QueueError | None] = asyncio.get_running_loop().create_future()
@@ -582,6 +593,7 @@ class JobManager:
             error: QueueError | None = None
             if self.queue.insert_refused(job_id):
                 self._secrets.pop(job_id, None)
+                self._start_at.pop(job_id, None)
                 error = QueueError(f"job {job_id} already exists")
             else:
                 self._live.add(job)
@@ -1166,6 +1178,10 @@ class JobManager:
             return False
         job = self._live.assign(queued.job_id, robot_id, now=now)
         resume = self._resume_spec(job, notebook, raw) if job.resume_from_failed else None
+        start_at = self._start_at.get(job.job_id)
+        if start_at is not None and start_at <= datetime.now(UTC):  # real time: robots wait in it
+            del self._start_at[job.job_id]
+            start_at = None
         msg = JobAssign(
             job_id=job.job_id,
             attempt=job.attempt,
@@ -1175,6 +1191,7 @@ class JobManager:
             secret_parameters=secrets,
             priority=job.priority,
             resume=resume,
+            start_at=start_at,
         )
         self._assigned.setdefault(robot_id, set()).add(job.job_id)
         self._attempts[(job.job_id, job.attempt)] = _Attempt(
@@ -1292,6 +1309,7 @@ class JobManager:
     def _finished(self, job: Job) -> None:
         """The job reached a final status."""
         self._secrets.pop(job.job_id, None)
+        self._start_at.pop(job.job_id, None)
         self._skip.pop(job.job_id, None)
         logger.info("job %s %s", job.job_id, job.status.value)
         for listener in list(self.finished_listeners):

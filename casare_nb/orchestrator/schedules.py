@@ -16,6 +16,15 @@ missed ones as ``coalesce`` and ``misfire_grace_s`` say. Due times always contin
 previous one (``get_next_fire_time(previous, previous)``), as APScheduler does live, so both
 compute the same instants.
 
+Dispatch ahead: APScheduler fires each due time ``lead_s`` (:data:`DISPATCH_LEAD_S`) early,
+through a wrapping trigger whose fire times are shifted (:class:`EarlyTrigger`); the listener
+adds the lead back, claims the exact due time and submits the job with ``start_at`` = the due
+time, so it is dispatched at once and its robot prepares it and runs its first cell at the
+due time. The job's ``trigger.due_at`` is the due time; ``misfire_grace_s`` and
+``max_instances`` keep counting from it. A due time planned less than ``lead_s`` ahead (a
+schedule added, resumed or started just before it; an interval shorter than the lead) fires
+at the due time, by an APScheduler job of its own (id ``<schedule id>`` + :data:`_AT_DUE`).
+
 Crontab's day of week is read as crontab does (0 or 7 = Sunday, 1-5 = Monday to Friday;
 3.x's ``from_crontab`` reads 0 as Monday). DST is APScheduler's: a wall time that does not
 exist (spring forward) fires at that wall time with the earlier offset, i.e. an hour later
@@ -25,6 +34,7 @@ in the new one; a wall time that exists twice (fall back) fires twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import math
@@ -35,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -49,14 +60,24 @@ from casare_nb.store.triggers import TriggerStore
 if TYPE_CHECKING:
     from casare_nb.orchestrator.server import Orchestrator
 
-__all__ = ["CATCH_UP_CAP", "SKIPPED_MAX_INSTANCES", "Scheduler", "crontab_weekdays"]
+__all__ = [
+    "CATCH_UP_CAP",
+    "DISPATCH_LEAD_S",
+    "SKIPPED_MAX_INSTANCES",
+    "EarlyTrigger",
+    "Scheduler",
+    "crontab_weekdays",
+]
 
 logger = logging.getLogger(__name__)
 
 CATCH_UP_CAP: Final = 1000
 """At most this many missed due times of one schedule are looked at, the latest ones."""
 SKIPPED_MAX_INSTANCES: Final = "skipped: max_instances"
+DISPATCH_LEAD_S: Final = 0.5
+"""How long before its due time a schedule's job is submitted and sent to a robot."""
 _STOP_WAIT_S: Final = 10.0
+_AT_DUE: Final = "\x1fat-due"  # suffix of the APScheduler job firing at the due time itself
 _APS_INSTANCES: Final = 1000  # APScheduler's own limit: its job function only hands over
 _DAYS: Final = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DOW_PART: Final = re.compile(r"(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?")
@@ -181,6 +202,36 @@ def missed_dues(
     return dues, due
 
 
+class EarlyTrigger(BaseTrigger):  # type: ignore[misc]  # apscheduler 3 is untyped
+    """``trigger``'s due times, ``lead`` earlier (computed in UTC, so a DST change between
+    the two instants does not move them)."""
+
+    def __init__(self, trigger: BaseTrigger, lead: timedelta) -> None:
+        self.trigger = trigger
+        self.lead = lead
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        zone = getattr(self.trigger, "timezone", UTC)
+        previous = None
+        if previous_fire_time is not None:
+            previous = (previous_fire_time.astimezone(UTC) + self.lead).astimezone(zone)
+        due: datetime | None = self.trigger.get_next_fire_time(
+            previous, now.astimezone(UTC) + self.lead
+        )
+        return None if due is None else (due.astimezone(UTC) - self.lead).astimezone(zone)
+
+    def __str__(self) -> str:
+        return f"{self.trigger}, {self.lead.total_seconds():g} s early"
+
+
+def _grace_s(schedule: Schedule) -> int | None:
+    """``misfire_grace_s`` as APScheduler 3 takes it: whole seconds >= 1, or None."""
+    grace = schedule.misfire_grace_s
+    return None if grace is None else max(1, math.ceil(grace))
+
+
 async def _nothing() -> None:
     """The APScheduler job's function: the due time arrives in its EVENT_JOB_EXECUTED."""
 
@@ -195,7 +246,8 @@ class Scheduler:
 
     ``clock`` (aware UTC; the orchestrator's by default) is "now" in every decision made
     here: catch-up at :meth:`start`, :meth:`validate`, :meth:`upcoming`. Live fires follow
-    real time (APScheduler's)."""
+    real time (APScheduler's), ``lead_s`` ahead of each due time (0: at it, and the job is
+    submitted then)."""
 
     def __init__(
         self,
@@ -203,14 +255,19 @@ class Scheduler:
         store: TriggerStore,
         *,
         clock: Callable[[], datetime] | None = None,
+        lead_s: float = DISPATCH_LEAD_S,
     ) -> None:
+        if not (lead_s >= 0 and math.isfinite(lead_s)):
+            raise ValueError(f"lead_s must be >= 0 seconds, not {lead_s}")
         self.orch = orch
         self.store = store
+        self.lead = timedelta(seconds=lead_s)
         self._clock: Callable[[], datetime] = clock or orch._clock
         self._schedules: dict[str, Schedule] = {}
         self._triggers: dict[str, BaseTrigger] = {}
         self._unfinished: dict[str, set[str]] = {}  # schedule id -> its queued/running jobs
         self._aps: AsyncIOScheduler | None = None
+        self._planned: dict[str, str] = {}  # schedule id -> its APScheduler job's id
         self._stopped = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -358,11 +415,14 @@ class Scheduler:
 
     # -- fires ---------------------------------------------------------------------------
 
-    async def fire_due(self, schedule_id: str, due_at: datetime) -> str | None:
+    async def fire_due(
+        self, schedule_id: str, due_at: datetime, *, start_at: datetime | None = None
+    ) -> str | None:
         """Submit the run of ``schedule_id`` due at ``due_at``, once: the job id, or None
         when the due time was claimed before, ``max_instances`` runs are still queued or
         running (recorded ``skipped: max_instances``), or the submit failed (recorded
-        ``failed: <why>``, and logged)."""
+        ``failed: <why>``, and logged). ``start_at``: fired ahead of time, the job's first
+        cell runs then (the due time); the ``max_instances`` check waits for it if need be."""
         schedule = self._schedules.get(schedule_id)
         if schedule is None:
             logger.info("schedule %s is gone: due time %s not fired", schedule_id, due_at)
@@ -370,6 +430,13 @@ class Scheduler:
         due = due_at.astimezone(UTC)
         live = self._unfinished.setdefault(schedule_id, set())
         if len(live) >= schedule.max_instances:
+            self._forget_finished(live)
+        if len(live) >= schedule.max_instances and start_at is not None:
+            # fired ahead of time: the runs still going may end by the due time
+            await asyncio.sleep(max(0.0, (start_at - datetime.now(UTC)).total_seconds()))
+            start_at = None
+            if self._stopped or schedule_id not in self._schedules:
+                return None
             self._forget_finished(live)
         if len(live) >= schedule.max_instances:
             claim = await asyncio.to_thread(
@@ -389,7 +456,9 @@ class Scheduler:
             ref = TriggerRef(kind=TriggerKind.SCHEDULE, id=schedule_id, due_at=due)
             template = schedule.model_dump(include=_TEMPLATE)  # what submit takes
             try:
-                await self.orch.submit(**template, source="schedule", trigger=ref, job_id=job_id)
+                await self.orch.submit(
+                    **template, source="schedule", trigger=ref, job_id=job_id, start_at=start_at
+                )
             except Exception as exc:  # the scheduler goes on; the fire records why
                 why = _one_line(exc)
                 logger.error("schedule %s due %s: %s", schedule_id, due, why)
@@ -422,16 +491,30 @@ class Scheduler:
             await asyncio.to_thread(self.store.claim_fire, sid, dues[-1], None, why)
 
     def _on_event(self, event: JobExecutionEvent) -> None:
-        """APScheduler ran a schedule's job function for a due time, or missed one."""
+        """APScheduler ran a schedule's job function for a due time (``lead`` ahead of it,
+        or at it), or missed one."""
         if self._stopped:
             return
-        due: datetime = event.scheduled_run_time
-        if event.code == EVENT_JOB_MISSED:
-            late = (datetime.now(UTC) - due).total_seconds()
+        sid = event.job_id.removesuffix(_AT_DUE)
+        at_due = sid != event.job_id
+        due: datetime = event.scheduled_run_time.astimezone(UTC)
+        due += timedelta(0) if at_due else self.lead
+        now = datetime.now(UTC)
+        late = (now - due).total_seconds()
+        schedule = self._schedules.get(sid)
+        # an early job's grace counts from its early fire time: APScheduler allows lead more
+        grace = None if schedule is None or at_due else _grace_s(schedule)
+        if event.code == EVENT_JOB_MISSED or (grace is not None and late > grace):
             why = f"skipped: {late:.1f} s late (misfire_grace_s)"
-            self._spawn(asyncio.to_thread(self.store.claim_fire, event.job_id, due, None, why))
+            self._spawn(asyncio.to_thread(self.store.claim_fire, sid, due, None, why))
         else:
-            self._spawn(self.fire_due(event.job_id, due))
+            start_at = due if due > now else None
+            self._spawn(self.fire_due(sid, due, start_at=start_at))
+        if at_due and schedule is not None and self.lead:  # the next one may go ahead
+            trigger = self._triggers.get(sid)
+            upcoming = None if trigger is None else _next(trigger, due)
+            if upcoming is not None and upcoming.astimezone(UTC) - self.lead > now:
+                self._plan(schedule, upcoming)
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -470,24 +553,34 @@ class Scheduler:
         return trigger
 
     def _plan(self, schedule: Schedule, due: datetime | None) -> None:
-        """Have APScheduler fire ``schedule`` next at ``due`` (nothing if None or paused)."""
+        """Have APScheduler fire ``schedule`` next at ``due`` (nothing if None or paused):
+        ``lead`` ahead of it if that is still to come, else at it."""
         sid = schedule.schedule_id
         if self._aps is None or self._stopped or due is None or schedule.paused:
             self._unplan(sid)
             return
-        grace = schedule.misfire_grace_s  # APScheduler 3 takes whole seconds >= 1 or None
+        grace, trigger = _grace_s(schedule), self._triggers[sid]
+        lead = self.lead
+        if lead and due.astimezone(UTC) - lead <= datetime.now(UTC):  # APScheduler's time
+            lead = timedelta(0)
+        job_id = sid if lead else sid + _AT_DUE
+        if self._planned.get(sid, job_id) != job_id:
+            self._unplan(sid)
+        self._planned[sid] = job_id
         self._aps.add_job(
             _nothing,
-            trigger=self._triggers[sid],
-            id=sid,
+            trigger=EarlyTrigger(trigger, lead) if lead else trigger,
+            id=job_id,
             name=f"schedule {sid}",
-            next_run_time=due,
+            next_run_time=due.astimezone(UTC) - lead,
             replace_existing=True,
             coalesce=schedule.coalesce,
-            misfire_grace_time=None if grace is None else max(1, math.ceil(grace)),
+            misfire_grace_time=None if grace is None else math.ceil(grace + lead.total_seconds()),
             max_instances=_APS_INSTANCES,
         )
 
     def _unplan(self, schedule_id: str) -> None:
-        if self._aps is not None and self._aps.get_job(schedule_id) is not None:
-            self._aps.remove_job(schedule_id)
+        job_id = self._planned.pop(schedule_id, None)
+        if self._aps is not None and job_id is not None:
+            with contextlib.suppress(JobLookupError):  # a date schedule's, once it fired
+                self._aps.remove_job(job_id)

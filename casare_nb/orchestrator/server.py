@@ -386,11 +386,14 @@ class Orchestrator:
         source: str = "api",
         trigger: TriggerRef | None = None,
         job_id: str | None = None,
+        start_at: datetime | None = None,
     ) -> Job:
         """Validate the parameters against the workflow's schema and queue a run of it;
         the queued job. A :class:`~casare_nb.core.params.ParameterError` queues nothing.
         Secret values stay in this process's memory, never in the database. ``trigger``
-        records the schedule or trigger that submits it; ``job_id`` names it in advance."""
+        records the schedule or trigger that submits it; ``job_id`` names it in advance;
+        ``start_at``: when its first cell runs, for a job submitted ahead of its due time
+        (see :meth:`JobManager.submit <casare_nb.orchestrator.jobs.JobManager.submit>`)."""
         self._check_started()
         return await self.job_manager.submit(
             workflow_path,
@@ -403,6 +406,7 @@ class Orchestrator:
             source=source,
             trigger=trigger,
             job_id=job_id,
+            start_at=start_at,
         )
 
     async def rerun(

@@ -22,6 +22,10 @@ blobs it lacks are fetched with ``blob_get``, then the engine resumes
 Messages go through the agent's ``send``, which buffers job messages while the link is down
 and delivers them after the robot registers again. ``abandon`` stops an attempt the
 orchestrator gave to another robot, reporting nothing.
+
+A ``job_assign`` with ``start_at`` (a scheduled job sent ahead of its due time) is accepted
+and prepared at once (kernel, checkpoint hook, plan) and its first cell runs at ``start_at``;
+a ``job_cancel`` meanwhile ends it before any cell ran.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +334,8 @@ class EngineRunner:
 
     async def _run(self, msg: JobAssign, running: _Running, send: Send) -> None:
         started = time.monotonic()
+        if msg.start_at is not None:  # sent ahead of its due time: its duration starts then
+            started += max(0.0, (msg.start_at - datetime.now(UTC)).total_seconds())
         paths = self.state.attempt(msg.job_id, msg.attempt)
         recorder = _ProgressRecorder(msg, send, paths, self.state.blob_dir)
         result: RunResult | None = None
@@ -346,7 +353,7 @@ class EngineRunner:
             self._jobs.pop(msg.job_id, None)
         if running.abandoned:
             return
-        duration = round(time.monotonic() - started, 6)
+        duration = round(max(0.0, time.monotonic() - started), 6)
         await _send_safely(send, self._final(msg, running, result, error, duration))
 
     async def _execute(
@@ -355,7 +362,10 @@ class EngineRunner:
         # no per-cell rewrite of the output notebook: the orchestrator keeps the notebook so
         # far from the cells each job_progress carries
         options = Options(
-            cell_timeout=msg.timeouts.cell_s, run_timeout=msg.timeouts.run_s, save_each_cell=False
+            cell_timeout=msg.timeouts.cell_s,
+            run_timeout=msg.timeouts.run_s,
+            save_each_cell=False,
+            start_at=msg.start_at,
         )
         self.work_dir.mkdir(parents=True, exist_ok=True)
         notebook = json.dumps(msg.notebook).encode("utf-8")
