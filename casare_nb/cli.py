@@ -1157,21 +1157,16 @@ def schedule_add(
     coalesce: bool,
     misfire_grace: str | None,
     max_instances: int,
-    params: Sequence[tuple[str, str]],
-    params_file: str | None,
-    priority: str,
-    tags: str | None,
-    environment: str | None,
-    max_retries: int,
     as_json: bool,
     url: str | None,
     token: str | None,
     state_dir: str | None,
+    **job: Any,
 ) -> None:
     """Run WORKFLOW on --cron, --every or --at (exactly one); prints its next due times."""
     if sum(x is not None for x in (cron, every, at)) != 1:
         _fail("give exactly one of --cron, --every, --at")
-    fields = _template(params, params_file, priority, tags, environment, max_retries)
+    fields = _template(**job)
     client, local = _client(url, token, state_dir)
     with client:
         info = client.add_schedule(
@@ -1340,19 +1335,14 @@ def trigger_add(
     pattern: str,
     file_parameter: str,
     run: str | None,
-    params: Sequence[tuple[str, str]],
-    params_file: str | None,
-    priority: str,
-    tags: str | None,
-    environment: str | None,
-    max_retries: int,
     as_json: bool,
     url: str | None,
     token: str | None,
     state_dir: str | None,
+    **job: Any,
 ) -> None:
     """Add a KIND trigger of WORKFLOW (a webhook prints its URL)."""
-    fields = _template(params, params_file, priority, tags, environment, max_retries)
+    fields = _template(**job)
     client, local = _client(url, token, state_dir)
     path = watch_path
     if path is not None and local:

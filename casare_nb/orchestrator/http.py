@@ -422,7 +422,7 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         fires = await asyncio.to_thread(orch.triggers.store.fires, schedule_id, limit=limit)
         return [FireInfo.model_validate(f._asdict()) for f in fires]
 
-    async def change_schedule(schedule_id: str, change: str) -> ScheduleInfo:
+    async def change_schedule(schedule_id: str, _: Request, change: str) -> ScheduleInfo:
         await known_schedule(schedule_id)
         scheduler = orch.triggers.scheduler
         act = {"pause": scheduler.pause, "resume": scheduler.resume, "remove": scheduler.remove}
@@ -431,28 +431,6 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         except QueueError as exc:
             raise _error(404, _one_line(exc)) from None
         return schedule_info(schedule) if change != "remove" else ScheduleInfo(schedule=schedule)
-
-    def schedule_change(change: str, doc: str) -> Callable[..., Awaitable[ScheduleInfo]]:
-        async def route(schedule_id: str, _: Auth) -> ScheduleInfo:
-            return await change_schedule(schedule_id, change)
-
-        route.__doc__ = doc
-        route.__name__ = f"{change}_schedule"
-        return route
-
-    for change, verb, path, doc in (
-        ("pause", "POST", "/pause", "Stop firing until resumed (due times meanwhile do not fire)."),
-        ("resume", "POST", "/resume", "Fire again from the next due time."),
-        ("remove", "DELETE", "", "Delete a schedule (its fires stay); the schedule as it was."),
-    ):
-        app.add_api_route(
-            "/api/schedules/{schedule_id}" + path,
-            schedule_change(change, doc),
-            methods=[verb],
-            response_model=ScheduleInfo,
-            responses=one_schedule,
-            tags=["schedules"],
-        )
 
     # -- triggers and webhooks -----------------------------------------------------------
 
@@ -516,27 +494,49 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
             raise _error(404, _one_line(exc)) from None
         return trigger_info(trigger, request)
 
-    def trigger_change(change: str, doc: str) -> Callable[..., Awaitable[TriggerInfo]]:
-        async def route(trigger_id: str, request: Request, _: Auth) -> TriggerInfo:
-            return await change_trigger(trigger_id, request, change)
+    def change_route(
+        change: Callable[[str, Request, str], Awaitable[Any]], action: str, doc: str
+    ) -> Callable[..., Awaitable[Any]]:
+        async def route(item_id: str, request: Request, _: Auth) -> Any:
+            return await change(item_id, request, action)
 
         route.__doc__ = doc
-        route.__name__ = f"{change}_trigger"
         return route
 
-    for change, verb, path, doc in (
-        ("enable", "POST", "/enable", "Fire again on its events."),
-        ("disable", "POST", "/disable", "Ignore its events until enabled (a webhook: 404)."),
-        ("remove", "DELETE", "", "Delete a trigger; the trigger as it was."),
+    for noun, change, model, errors, actions in (
+        (
+            "schedules",
+            change_schedule,
+            ScheduleInfo,
+            one_schedule,
+            (
+                ("pause", "POST", "Stop firing until resumed (due times meanwhile do not fire)."),
+                ("resume", "POST", "Fire again from the next due time."),
+                ("remove", "DELETE", "Delete a schedule (its fires stay); it as it was."),
+            ),
+        ),
+        (
+            "triggers",
+            change_trigger,
+            TriggerInfo,
+            one_trigger,
+            (
+                ("enable", "POST", "Fire again on its events."),
+                ("disable", "POST", "Ignore its events until enabled (a webhook: 404)."),
+                ("remove", "DELETE", "Delete a trigger; the trigger as it was."),
+            ),
+        ),
     ):
-        app.add_api_route(
-            "/api/triggers/{trigger_id}" + path,
-            trigger_change(change, doc),
-            methods=[verb],
-            response_model=TriggerInfo,
-            responses=one_trigger,
-            tags=["triggers"],
-        )
+        for action, verb, doc in actions:
+            app.add_api_route(
+                f"/api/{noun}/{{item_id}}" + ("" if action == "remove" else f"/{action}"),
+                change_route(change, action, doc),
+                methods=[verb],
+                name=f"{action}_{noun[:-1]}",
+                response_model=model,
+                responses=errors,
+                tags=[noun],
+            )
 
     @app.post(
         "/hooks/{trigger_id}",
