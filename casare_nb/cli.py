@@ -1214,13 +1214,18 @@ _SCHEDULE_COLUMNS = ["schedule_id", "workflow", "when", "state", "next fire time
 
 
 def _show(
-    found: Sequence[Any],
+    connection: tuple[str | None, str | None, str | None],
+    fetch: Callable[[Client], Sequence[Any]],
     as_json: bool,
     empty: str,
     columns: list[str],
     row: Callable[[Any], dict[str, Any]],
 ) -> None:
-    """``found`` as JSON, or as a table of ``row(item)``, or ``empty`` if there is none."""
+    """What ``fetch`` answers (through a client of ``connection``: url, token, state dir) as
+    JSON, or as a table of ``row(item)``, or ``empty`` if there is none."""
+    client, _ = _client(*connection)
+    with client:
+        found = fetch(client)
     if as_json:
         click.echo(json.dumps([item.model_dump(mode="json") for item in found], indent=1))
     elif not found:
@@ -1234,11 +1239,9 @@ def _show(
 @_client_options
 def schedule_list(as_json: bool, url: str | None, token: str | None, state_dir: str | None) -> None:
     """Every schedule with its next 3 fire times."""
-    client, _ = _client(url, token, state_dir)
-    with client:
-        found = client.schedules()
     _show(
-        found,
+        (url, token, state_dir),
+        lambda c: c.schedules(),
         as_json,
         "no schedules",
         _SCHEDULE_COLUMNS,
@@ -1265,11 +1268,9 @@ def schedule_upcoming(
     limit: int, as_json: bool, url: str | None, token: str | None, state_dir: str | None
 ) -> None:
     """The next fire times across every active schedule, soonest first."""
-    client, _ = _client(url, token, state_dir)
-    with client:
-        found = client.upcoming(limit)
     _show(
-        found,
+        (url, token, state_dir),
+        lambda c: c.upcoming(limit),
         as_json,
         "nothing scheduled",
         ["due", "schedule_id", "workflow"],
@@ -1383,11 +1384,9 @@ def _trigger_text(t: Any) -> str:
 @_client_options
 def trigger_list(as_json: bool, url: str | None, token: str | None, state_dir: str | None) -> None:
     """Every trigger."""
-    client, _ = _client(url, token, state_dir)
-    with client:
-        found = client.triggers()
     _show(
-        found,
+        (url, token, state_dir),
+        lambda c: c.triggers(),
         as_json,
         "no triggers",
         ["trigger_id", "kind", "state", "what"],

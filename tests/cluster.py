@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +11,13 @@ from typing import Any
 
 import pytest
 from conftest import write_notebook
+from websockets.asyncio.client import ClientConnection, connect
 
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.models import Job, RobotStatus
 from casare_nb.notebook.pool import KernelPool
 from casare_nb.orchestrator.server import HISTORY_FILE, Orchestrator
+from casare_nb.protocol import Register, RegisterAck, decode, encode
 from casare_nb.robot.agent import RobotAgent
 from casare_nb.robot.config import load_config
 from casare_nb.robot.runner import EngineRunner
@@ -27,6 +30,7 @@ __all__ = [
     "Orchestrated",
     "cluster",
     "counted",
+    "fake_robot",
     "notebook",
     "waiting_cell",
 ]
@@ -146,3 +150,15 @@ def waiting_cell(started: Path, go: Path) -> str:
         f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\n"
         f"while not pathlib.Path({str(go)!r}).exists():\n    time.sleep(0.02)"
     )
+
+
+@contextlib.asynccontextmanager
+async def fake_robot(orch: Orchestrator, robot_id: str) -> AsyncIterator[ClientConnection]:
+    """A WebSocket registered as robot ``robot_id`` (its own token), for tests that play the
+    robot's side of the protocol by hand."""
+    token = await asyncio.to_thread(orch.create_token, robot_id)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with connect(orch.url, additional_headers=headers) as ws:
+        await ws.send(encode(Register(robot_id=robot_id, name=robot_id)))
+        assert isinstance(decode(await ws.recv()), RegisterAck)
+        yield ws

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import Cluster, notebook, waiting_cell
-from websockets.asyncio.client import connect
+from cluster import Cluster, fake_robot, notebook, waiting_cell
 
 from casare_nb.core.models import RunStatus, TriggerKind
 from casare_nb.core.triggers import Schedule, ScheduleKind
@@ -26,7 +25,7 @@ from casare_nb.orchestrator.schedules import (
     make_trigger,
 )
 from casare_nb.orchestrator.server import Orchestrator
-from casare_nb.protocol import JobAssign, Register, RegisterAck, decode, encode
+from casare_nb.protocol import JobAssign, decode
 
 STAMP = "import time\nopen(out, 'w').write(repr(time.time()))"
 LEAD = timedelta(seconds=DISPATCH_LEAD_S)
@@ -144,25 +143,23 @@ async def test_a_robot_that_never_accepts_gets_the_job_again_without_a_passed_st
     """A job_assign with start_at that is never accepted is sent again after the assign
     timeout, without start_at once that has passed."""
     flow = stamp_flow(tmp_path)
-    async with Orchestrator(
-        tmp_path / "state",
-        port=0,
-        heartbeat_interval_s=0.1,
-        missed_heartbeats=50,
-        assign_timeout_s=0.3,
-    ) as orch:
-        token = await asyncio.to_thread(orch.create_token, "mute-robot")
-        headers = {"Authorization": f"Bearer {token}"}
-        async with connect(orch.url, additional_headers=headers) as ws:
-            await ws.send(encode(Register(robot_id="mute-robot", name="mute")))
-            assert isinstance(decode(await ws.recv()), RegisterAck)
-            start_at = datetime.now(UTC) + timedelta(seconds=0.2)
-            await orch.submit(flow, {"out": str(tmp_path / "x.txt")}, start_at=start_at)
-            first = decode(await ws.recv())
-            assert isinstance(first, JobAssign) and first.start_at == start_at  # not answered
-            second = decode(await ws.recv())
-            assert isinstance(second, JobAssign) and second.attempt == first.attempt + 1
-            assert second.start_at is None and datetime.now(UTC) > start_at
+    async with (
+        Orchestrator(
+            tmp_path / "state",
+            port=0,
+            heartbeat_interval_s=0.1,
+            missed_heartbeats=50,
+            assign_timeout_s=0.3,
+        ) as orch,
+        fake_robot(orch, "mute-robot") as ws,
+    ):
+        start_at = datetime.now(UTC) + timedelta(seconds=0.2)
+        await orch.submit(flow, {"out": str(tmp_path / "x.txt")}, start_at=start_at)
+        first = decode(await ws.recv())
+        assert isinstance(first, JobAssign) and first.start_at == start_at  # not answered
+        second = decode(await ws.recv())
+        assert isinstance(second, JobAssign) and second.attempt == first.attempt + 1
+        assert second.start_at is None and datetime.now(UTC) > start_at
 
 
 # -- schedules ---------------------------------------------------------------------------------

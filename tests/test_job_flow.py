@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cluster import RUN_TIMEOUT, Cluster, notebook
+from cluster import RUN_TIMEOUT, Cluster, fake_robot, notebook
 from websockets.asyncio.client import connect
 
 from casare_nb.core.models import CellStatus, Priority, RunStatus
@@ -24,8 +24,6 @@ from casare_nb.protocol import (
     JobAssign,
     JobProgress,
     JobReject,
-    Register,
-    RegisterAck,
     Subscribe,
     Topic,
     decode,
@@ -176,11 +174,7 @@ async def test_stale_attempt_progress_is_refused(cluster: Cluster, tmp_path: Pat
     """job_progress for an attempt that is not the job's current one gets stale_attempt."""
     nb = notebook(tmp_path, "waiting.ipynb", ["x = 1"])
     job = await cluster.orch.submit(nb, tags=["nowhere"])
-    token = await asyncio.to_thread(cluster.orch.create_token, "fake-robot")
-    headers = {"Authorization": f"Bearer {token}"}
-    async with connect(cluster.orch.url, additional_headers=headers) as ws:
-        await ws.send(encode(Register(robot_id="fake-robot", name="fake")))
-        assert isinstance(decode(await ws.recv()), RegisterAck)
+    async with fake_robot(cluster.orch, "fake-robot") as ws:
         progress = JobProgress(
             job_id=job.job_id,
             attempt=1,
@@ -205,38 +199,34 @@ async def test_stale_attempt_progress_is_refused(cluster: Cluster, tmp_path: Pat
 async def test_unaccepted_and_rejected_assignments_are_requeued(tmp_path: Path) -> None:
     """An assignment not accepted in time, then one rejected, are both sent again."""
     nb = notebook(tmp_path, "bounced.ipynb", ["x = 1"])
-    async with Orchestrator(
-        tmp_path / "state",
-        port=0,
-        heartbeat_interval_s=0.1,
-        missed_heartbeats=50,
-        assign_timeout_s=0.3,
-    ) as orch:
-        token = await asyncio.to_thread(orch.create_token, "fake-robot")
-        headers = {"Authorization": f"Bearer {token}"}
-        async with connect(orch.url, additional_headers=headers) as ws:
-            await ws.send(encode(Register(robot_id="fake-robot", name="fake")))
-            assert isinstance(decode(await ws.recv()), RegisterAck)
-            job = await orch.submit(nb)
-            first = decode(await ws.recv())
-            assert isinstance(first, JobAssign) and first.attempt == 1  # not answered
-            second = decode(await ws.recv())
-            assert isinstance(second, JobAssign) and second.attempt == 2
-            await ws.send(encode(JobReject(job_id=job.job_id, attempt=2, reason="busy")))
-            third = decode(await ws.recv())
-            assert isinstance(third, JobAssign) and third.attempt == 3
-            assert "x = 1" in json.dumps(third.notebook["cells"])
-            await ws.send(encode(JobAccept(job_id=job.job_id, attempt=3)))
-            await orch.wait_for(
-                lambda: (j := orch.job(job.job_id)) is not None and bool(j.accepted_at)
-            )
-            current = orch.job(job.job_id)
-            assert current is not None
-            assert (current.status, current.attempt, current.robot_id) == (
-                RunStatus.RUNNING,
-                3,
-                "fake-robot",
-            )
+    async with (
+        Orchestrator(
+            tmp_path / "state",
+            port=0,
+            heartbeat_interval_s=0.1,
+            missed_heartbeats=50,
+            assign_timeout_s=0.3,
+        ) as orch,
+        fake_robot(orch, "fake-robot") as ws,
+    ):
+        job = await orch.submit(nb)
+        first = decode(await ws.recv())
+        assert isinstance(first, JobAssign) and first.attempt == 1  # not answered
+        second = decode(await ws.recv())
+        assert isinstance(second, JobAssign) and second.attempt == 2
+        await ws.send(encode(JobReject(job_id=job.job_id, attempt=2, reason="busy")))
+        third = decode(await ws.recv())
+        assert isinstance(third, JobAssign) and third.attempt == 3
+        assert "x = 1" in json.dumps(third.notebook["cells"])
+        await ws.send(encode(JobAccept(job_id=job.job_id, attempt=3)))
+        await orch.wait_for(lambda: (j := orch.job(job.job_id)) is not None and bool(j.accepted_at))
+        current = orch.job(job.job_id)
+        assert current is not None
+        assert (current.status, current.attempt, current.robot_id) == (
+            RunStatus.RUNNING,
+            3,
+            "fake-robot",
+        )
 
 
 async def test_monitors_get_job_and_cell_events(cluster: Cluster, tmp_path: Path) -> None:

@@ -76,6 +76,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _with_errors(status: int, description: str) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers of a route: 401 and ``status``."""
+    return {**_ERRORS, status: {"model": ErrorBody, "description": description}}
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
@@ -260,10 +265,7 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         """Jobs, newest first, optionally only those in ``status``."""
         return await asyncio.to_thread(orch.jobs, status, limit=limit)
 
-    one_job: dict[int | str, dict[str, Any]] = {
-        **_ERRORS,
-        404: {"model": ErrorBody, "description": "Unknown job."},
-    }
+    one_job = _with_errors(404, "Unknown job.")
 
     @app.get("/api/jobs/{job_id}", response_model=Job, responses=one_job, tags=["jobs"])
     async def get_job(job_id: str, _: Auth) -> Job:
@@ -336,14 +338,8 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         upcoming = [] if schedule.paused else orch.triggers.scheduler.next_fire_times(schedule, 3)
         return ScheduleInfo(schedule=schedule, next_fire_times=upcoming, last_due_at=last)
 
-    one_schedule: dict[int | str, dict[str, Any]] = {
-        **_ERRORS,
-        404: {"model": ErrorBody, "description": "Unknown schedule."},
-    }
-    bad_schedule: dict[int | str, dict[str, Any]] = {
-        **_ERRORS,
-        422: {"model": ErrorBody, "description": "Bad timetable, parameter or workflow."},
-    }
+    one_schedule = _with_errors(404, "Unknown schedule.")
+    bad_schedule = _with_errors(422, "Bad timetable, parameter or workflow.")
 
     @app.post(
         "/api/schedules",
@@ -440,16 +436,13 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
             url = f"{str(request.base_url).rstrip('/')}/hooks/{trigger.trigger_id}"
         return TriggerInfo(trigger=trigger, url=url)
 
-    one_trigger: dict[int | str, dict[str, Any]] = {
-        **_ERRORS,
-        404: {"model": ErrorBody, "description": "Unknown trigger."},
-    }
+    one_trigger = _with_errors(404, "Unknown trigger.")
 
     @app.post(
         "/api/triggers",
         status_code=201,
         response_model=TriggerInfo,
-        responses={**_ERRORS, 422: {"model": ErrorBody, "description": "Bad trigger."}},
+        responses=_with_errors(422, "Bad trigger."),
         tags=["triggers"],
     )
     async def add_trigger(body: NewTrigger, request: Request, _: Auth) -> TriggerInfo:
