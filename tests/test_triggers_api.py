@@ -52,6 +52,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceThread]:
         params="rows = 0\nprevious_run_id = ''",
     )
     write_notebook(workflows / "secretive.ipynb", ["x = 1"], params="api_key: Secret = ''")
+    write_notebook(
+        workflows / "load.ipynb",
+        ["rows = open(file_path).read().count('\\n')"],
+        params="file_path = ''",
+    )
     service = OrchestratorService(
         root / "state",
         port=0,
@@ -270,6 +275,26 @@ def test_on_success_chain_passes_the_run_id_and_recorded_outputs(client: Client)
     assert job.status is RunStatus.COMPLETED, job.error_message
     assert job.parameters == {"rows": 42, "previous_run_id": first.job_id}
     assert job.source == "chain"
+
+
+def test_file_watch_trigger_submits_a_new_csv_with_its_path(client: Client, tmp_path: Path) -> None:
+    """A file-watch trigger added over HTTP submits load.ipynb once for a new matching file,
+    with the file's path as file_path, and nothing for a file that does not match."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    info = client.add_trigger("file_watch", "load.ipynb", path=str(inbox), pattern="*.csv")
+    assert info.trigger.watch_path == str(inbox) and info.url is None
+    (inbox / "notes.txt").write_text("ignored\n")
+    (inbox / "sales.csv").write_text("a,b\n1,2\n")
+    deadline = time.monotonic() + WAIT
+    while not (mine := [j for j in client.list(limit=200) if j.source == "file_watch"]):
+        assert time.monotonic() < deadline, "the new file was not submitted"
+        time.sleep(0.05)
+    job = client.wait(mine[0].job_id, timeout=WAIT)
+    assert job.status is RunStatus.COMPLETED, job.error_message
+    assert job.parameters == {"file_path": str(inbox / "sales.csv")}
+    assert job.trigger is not None and job.trigger.file == str(inbox / "sales.csv")
+    assert [j.job_id for j in client.list(limit=200) if j.source == "file_watch"] == [job.job_id]
 
 
 def test_bad_triggers_are_refused_with_one_line(client: Client, tmp_path: Path) -> None:
