@@ -115,18 +115,18 @@ def test_upcoming_merges_schedules_and_leaves_out_paused_ones(client: Client) ->
     """upcoming() is the soonest-first merge of the active schedules' due times; a paused
     schedule drops out and comes back on resume; a removed one is gone (404)."""
     hourly = client.add_schedule("report.ipynb", every="1h").schedule
-    daily = client.add_schedule("report.ipynb", cron="30 7 * * *").schedule
+    slower = client.add_schedule("report.ipynb", every="90m").schedule
     coming = client.upcoming(6)
     assert [u.due_at for u in coming] == sorted(u.due_at for u in coming)
-    assert {u.schedule_id for u in coming} == {hourly.schedule_id, daily.schedule_id}
+    assert {u.schedule_id for u in coming} == {hourly.schedule_id, slower.schedule_id}
     client.pause_schedule(hourly.schedule_id)
-    assert {u.schedule_id for u in client.upcoming(6)} == {daily.schedule_id}
+    assert {u.schedule_id for u in client.upcoming(6)} == {slower.schedule_id}
     assert client.schedule(hourly.schedule_id).next_fire_times == []
     client.resume_schedule(hourly.schedule_id)
     assert hourly.schedule_id in {u.schedule_id for u in client.upcoming(6)}
-    client.remove_schedule(daily.schedule_id)
+    client.remove_schedule(slower.schedule_id)
     with pytest.raises(ClientError) as err:
-        client.schedule(daily.schedule_id)
+        client.schedule(slower.schedule_id)
     assert err.value.status == 404
 
 
@@ -171,7 +171,7 @@ def test_a_due_schedule_submits_a_job_that_records_its_schedule_and_due_time(
 ) -> None:
     """A schedule due in a moment submits one job like submit would: validated parameters,
     source "schedule", the schedule id and due time on the job and in its fires."""
-    at = (datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0, tzinfo=None)
+    at = (datetime.now(UTC) + timedelta(seconds=2)).replace(microsecond=0, tzinfo=None)
     info = client.add_schedule(
         "report.ipynb", at=at.isoformat(), raw_parameters={"count": "3"}, timezone="UTC"
     )
