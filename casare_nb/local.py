@@ -13,6 +13,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,9 +101,24 @@ class RunResult(BaseModel):
         return f"casare-nb resume {self.run_id}"
 
 
+_ISSUED_LOCK = threading.Lock()
+_issued: tuple[str, set[str]] = ("", set())  # this second, and the ids drawn in it
+
+
 def new_run_id() -> str:
-    """Sortable by start time, unique enough to type: 20261127-004512-3fa9c1."""
-    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    """Sortable by start time, short enough to type: 20261127-004512-3fa9c1; never the same
+    twice in one process (an orchestrator draws hundreds a second: 3 random bytes alone would
+    repeat within a second now and then)."""
+    global _issued
+    second = f"{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    with _ISSUED_LOCK:
+        if _issued[0] != second:
+            _issued = (second, set())
+        drawn = _issued[1]
+        while (run_id := f"{second}-{secrets.token_hex(3)}") in drawn:
+            pass
+        drawn.add(run_id)
+    return run_id
 
 
 def _validated(

@@ -45,7 +45,7 @@ from casare_nb.core.triggers import Trigger, TriggerKind, TriggerRef
 from casare_nb.local import new_run_id
 from casare_nb.orchestrator.jobs import OrchestratorDraining
 from casare_nb.orchestrator.server import Orchestrator
-from casare_nb.store.queue import QueueError
+from casare_nb.store.queue import JobExists
 from casare_nb.store.triggers import Claim, TriggerStore
 
 __all__ = ["HookAccepted", "HookRefused", "WebhookReceiver"]
@@ -249,8 +249,8 @@ class WebhookReceiver:
                         job_id=job_id,
                     )
                     return job_id
-                except QueueError as exc:
-                    if attempt == _ID_ATTEMPTS or "already exists" not in str(exc):
+                except JobExists:
+                    if attempt == _ID_ATTEMPTS:
                         raise
                 taken, job_id = job_id, self._new_job_id()
                 self._pending.discard(taken)

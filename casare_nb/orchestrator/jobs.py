@@ -141,7 +141,7 @@ from casare_nb.protocol import (
     dedup_key,
 )
 from casare_nb.store.history import HistoryStore, HistoryWriter
-from casare_nb.store.queue import QueueError, QueueStore
+from casare_nb.store.queue import JobExists, QueueError, QueueStore
 
 __all__ = [
     "JOB_MESSAGES",
@@ -559,7 +559,7 @@ class JobManager:
             while job_id in self._live or job_id in self._inserting:
                 job_id = new_run_id()
         elif job_id in self._live or job_id in self._inserting:
-            raise QueueError(f"job {job_id} already exists")
+            raise JobExists(f"job {job_id} already exists")
         job = Job(
             job_id=job_id,
             workflow_path=str(path),
@@ -594,7 +594,7 @@ class JobManager:
             if self.queue.insert_refused(job_id):
                 self._secrets.pop(job_id, None)
                 self._start_at.pop(job_id, None)
-                error = QueueError(f"job {job_id} already exists")
+                error = JobExists(f"job {job_id} already exists")
             else:
                 self._live.add(job)
                 logger.info("queued job %s (%s, %s)", job_id, path.name, job.priority.value)

@@ -66,7 +66,7 @@ from casare_nb.store.history import (
     _transaction,
 )
 
-__all__ = ["QueueError", "QueueStore"]
+__all__ = ["JobExists", "QueueError", "QueueStore"]
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,11 @@ _CLOSE_ATTEMPTS: Final[int] = 3  # attempts of the last batches at close before 
 
 class QueueError(RuntimeError):
     """A queue operation was refused (unknown job, wrong state, stale attempt...) or failed."""
+
+
+class JobExists(QueueError):
+    """A new job's id is taken already (run ids are made per second: a submitter in the same
+    second may have drawn the same one)."""
 
 
 def _job_row(job: Job) -> tuple[Any, ...]:
@@ -589,7 +594,7 @@ class QueueStore:
         """Insert a job (committed on return); an existing ``job_id`` raises QueueError."""
         with self._write() as con:
             if con.execute("SELECT 1 FROM jobs WHERE job_id = ?", [job.job_id]).fetchone():
-                raise QueueError(f"job {job.job_id} already exists")
+                raise JobExists(f"job {job.job_id} already exists")
             placeholders = ", ".join("?" for _ in _JOB_COLUMNS)
             con.execute(
                 f"INSERT INTO jobs ({_JOB_SELECT}) VALUES ({placeholders})", list(_job_row(job))
