@@ -31,6 +31,7 @@ __all__ = [
     "cluster",
     "counted",
     "fake_robot",
+    "impatient_with_fake_robot",
     "notebook",
     "waiting_cell",
 ]
@@ -162,3 +163,17 @@ async def fake_robot(orch: Orchestrator, robot_id: str) -> AsyncIterator[ClientC
         await ws.send(encode(Register(robot_id=robot_id, name=robot_id)))
         assert isinstance(decode(await ws.recv()), RegisterAck)
         yield ws
+
+
+@contextlib.asynccontextmanager
+async def impatient_with_fake_robot(
+    state_dir: Path, robot_id: str
+) -> AsyncIterator[tuple[Orchestrator, ClientConnection]]:
+    """An orchestrator that waits only 0.3 s for a job_accept, and a hand-played robot."""
+    async with (
+        Orchestrator(
+            state_dir, port=0, heartbeat_interval_s=0.1, missed_heartbeats=50, assign_timeout_s=0.3
+        ) as orch,
+        fake_robot(orch, robot_id) as ws,
+    ):
+        yield orch, ws

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import Cluster, fake_robot, notebook, waiting_cell
+from cluster import Cluster, impatient_with_fake_robot, notebook, waiting_cell
 
 from casare_nb.core.models import RunStatus, TriggerKind
 from casare_nb.core.triggers import Schedule, ScheduleKind
@@ -143,16 +143,7 @@ async def test_a_robot_that_never_accepts_gets_the_job_again_without_a_passed_st
     """A job_assign with start_at that is never accepted is sent again after the assign
     timeout, without start_at once that has passed."""
     flow = stamp_flow(tmp_path)
-    async with (
-        Orchestrator(
-            tmp_path / "state",
-            port=0,
-            heartbeat_interval_s=0.1,
-            missed_heartbeats=50,
-            assign_timeout_s=0.3,
-        ) as orch,
-        fake_robot(orch, "mute-robot") as ws,
-    ):
+    async with impatient_with_fake_robot(tmp_path / "state", "mute-robot") as (orch, ws):
         start_at = datetime.now(UTC) + timedelta(seconds=0.2)
         await orch.submit(flow, {"out": str(tmp_path / "x.txt")}, start_at=start_at)
         first = decode(await ws.recv())

@@ -8,13 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from cluster import RUN_TIMEOUT, Cluster, fake_robot, notebook
+from cluster import RUN_TIMEOUT, Cluster, fake_robot, impatient_with_fake_robot, notebook
 from websockets.asyncio.client import connect
 
 from casare_nb.core.models import CellStatus, Priority, RunStatus
 from casare_nb.core.params import ParameterError
 from casare_nb.orchestrator.jobs import output_path
-from casare_nb.orchestrator.server import Orchestrator
 from casare_nb.protocol import (
     Error,
     ErrorCode,
@@ -199,16 +198,7 @@ async def test_stale_attempt_progress_is_refused(cluster: Cluster, tmp_path: Pat
 async def test_unaccepted_and_rejected_assignments_are_requeued(tmp_path: Path) -> None:
     """An assignment not accepted in time, then one rejected, are both sent again."""
     nb = notebook(tmp_path, "bounced.ipynb", ["x = 1"])
-    async with (
-        Orchestrator(
-            tmp_path / "state",
-            port=0,
-            heartbeat_interval_s=0.1,
-            missed_heartbeats=50,
-            assign_timeout_s=0.3,
-        ) as orch,
-        fake_robot(orch, "fake-robot") as ws,
-    ):
+    async with impatient_with_fake_robot(tmp_path / "state", "fake-robot") as (orch, ws):
         job = await orch.submit(nb)
         first = decode(await ws.recv())
         assert isinstance(first, JobAssign) and first.attempt == 1  # not answered
