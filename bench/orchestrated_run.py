@@ -36,7 +36,8 @@ from jupyter_client.manager import AsyncKernelManager
 from bench import common
 from bench import notebooks as nbs
 from bench.cluster import JobWatch, RobotProcess, robot_tokens
-from casare_nb.orchestrator.server import HISTORY_FILE, Orchestrator
+from casare_nb.notebook.state import HISTORY_FILE
+from casare_nb.orchestrator.server import Orchestrator
 from casare_nb.store.history import HistoryStore
 
 COMMAND = ".venv/bin/python -m bench.orchestrated_run"

@@ -24,19 +24,20 @@ __all__ = [
 if TYPE_CHECKING:
     from casare_nb.client import Client, ClientError
     from casare_nb.core.params import Secret
-    from casare_nb.local import RunResult, aresume, arun_notebook, resume, run_notebook
-    from casare_nb.record import output
+    from casare_nb.local import aresume, arun_notebook, resume, run_notebook
+    from casare_nb.notebook.run import RunResult
+    from casare_nb.outputs import output
 
 _LAZY = {
     "Client": "casare_nb.client",
     "ClientError": "casare_nb.client",
     "Secret": "casare_nb.core.params",
-    "RunResult": "casare_nb.local",
+    "RunResult": "casare_nb.notebook.run",
     "run_notebook": "casare_nb.local",
     "arun_notebook": "casare_nb.local",
     "resume": "casare_nb.local",
     "aresume": "casare_nb.local",
-    "output": "casare_nb.record",
+    "output": "casare_nb.outputs",
 }
 
 

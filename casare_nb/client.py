@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from casare_nb.core.errors import CasareError
+from casare_nb.core.errors import CasareError, one_line
 from casare_nb.core.models import Job, Priority, Robot, RunStatus
 from casare_nb.orchestrator.api import (
     DrainResult,
@@ -75,10 +75,6 @@ class ClientError(CasareError):
 
 class WaitTimeout(ClientError, TimeoutError):
     """:meth:`Client.wait` ran out of time; the job goes on."""
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _job_id_of(event: Event) -> str | None:
@@ -285,7 +281,7 @@ class Client:
         except httpx.TimeoutException:
             raise ClientError(f"the orchestrator at {self.url} did not answer in time") from None
         except httpx.HTTPError as exc:
-            why = _one_line(str(exc)) or type(exc).__name__
+            why = one_line(exc)
             raise ClientError(f"cannot reach the orchestrator at {self.url}: {why}") from None
         if response.status_code >= 400:
             raise ClientError(self._reason(response), response.status_code)
@@ -296,8 +292,8 @@ class Client:
         with contextlib.suppress(ValueError, AttributeError):
             detail = response.json().get("detail")
             if isinstance(detail, str) and detail:
-                return _one_line(detail)
-        text = _one_line(response.text)[:200]
+                return one_line(detail)
+        text = one_line(response.text)[:200]
         return f"HTTP {response.status_code}{': ' + text if text else ''}"
 
     def info(self) -> ServerInfo:
@@ -527,13 +523,11 @@ class Client:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
-            body = (
-                _one_line(exc.response.body.decode(errors="replace")) if exc.response.body else ""
-            )
+            body = one_line(exc.response.body.decode(errors="replace")) if exc.response.body else ""
             why = f"the orchestrator refused the event stream (HTTP {status})"
             raise ClientError(f"{why}: {body}" if body else why, status) from None
         except (OSError, WebSocketException, TimeoutError) as exc:
-            why = _one_line(str(exc)) or type(exc).__name__
+            why = one_line(exc)
             raise ClientError(f"cannot open the event stream at {url}: {why}") from None
         with ws:
             monitor = _Monitor(ws, self.timeout)

@@ -50,7 +50,7 @@ from pydantic import (
 )
 
 from casare_nb.core.errors import CasareError
-from casare_nb.core.models import CellRecord, CellStatus, Priority, RunStatus
+from casare_nb.core.models import CellRecord, CellStatus, Priority, ResumePlan, RunStatus
 from casare_nb.core.params import REDACTED
 
 __all__ = [
@@ -94,7 +94,6 @@ __all__ = [
     "ProtocolError",
     "Register",
     "RegisterAck",
-    "ResumeRobot",
     "ResumeSpec",
     "Role",
     "Shutdown",
@@ -104,6 +103,7 @@ __all__ = [
     "Timeouts",
     "Topic",
     "TypeName",
+    "Unpause",
     "Unsubscribe",
     "decode",
     "dedup_key",
@@ -112,7 +112,7 @@ __all__ = [
     "senders",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 SUPPORTED_PROTOCOL_VERSIONS: frozenset[int] = frozenset({PROTOCOL_VERSION})
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 # The largest blob whose blob_put fits a default frame: base64 makes 4 chars of 3 bytes, and
@@ -368,24 +368,19 @@ class Timeouts(_Model):
 
 
 class ResumeSpec(_Model):
-    """How a new attempt resumes an earlier one (restore a checkpoint, re-run from a cell)."""
+    """How a new attempt resumes an earlier one, as the orchestrator planned it: the robot
+    puts the manifests in the new attempt's checkpoint folder, fetches the blobs it lacks,
+    restores the namespace and runs from ``plan.start``. The job's notebook already holds
+    the earlier outputs of the cells before that."""
 
-    repr_brief: ClassVar[frozenset[str]] = frozenset({"previous_output", "manifests"})
+    repr_brief: ClassVar[frozenset[str]] = frozenset({"manifests"})
 
     from_attempt: int = Field(ge=1, description="The attempt being resumed.")
-    restore_cell_id: str | None = Field(
-        default=None,
-        description="Restore the namespace as it was after this cell; null: plan it locally.",
-    )
-    from_cell: int | None = Field(
-        default=None, ge=0, description="Re-run from this cell index; null: the failed cell."
-    )
-    previous_output: dict[str, Any] | None = Field(
-        default=None, description="Output notebook of the resumed attempt (says what ran ok)."
-    )
+    plan: ResumePlan = Field(description="Where to start, what to restore and re-run.")
     manifests: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
-        description="Checkpoint manifests of the resumed attempt, by cell id.",
+        description="The checkpoint manifests the restore reads (and those they refer to), "
+        "by cell id.",
     )
     blobs: list[Sha256] = Field(
         default_factory=list,
@@ -445,7 +440,7 @@ class Register(Envelope):
     capabilities: Capabilities = Field(
         default_factory=Capabilities, description="Kernels and features."
     )
-    resume_from: list[JobRef] = Field(
+    holding: list[JobRef] = Field(
         default_factory=list,
         description="Jobs it still holds after a reconnect (running or finished, unreported).",
     )
@@ -469,7 +464,7 @@ class RegisterAck(Envelope):
     )
     continue_jobs: list[JobRef] = Field(
         default_factory=list,
-        description="Jobs of resume_from still current: keep and report them; "
+        description="Jobs of holding still current: keep and report them; "
         "abandon the others (superseded).",
     )
 
@@ -509,9 +504,9 @@ class JobAssign(_JobScoped):
 
     type: Literal["job_assign"] = "job_assign"
     workflow_path: str = Field(description="The workflow, as the orchestrator names it.")
-    notebook: Notebook = Field(description="The workflow notebook to run.")
-    parameters: dict[str, Any] = Field(
-        default_factory=dict, description="Validated parameter values."
+    notebook: Notebook = Field(
+        description="The notebook to run as it is: the workflow with its parameters injected "
+        "(papermill's injected-parameters cell), and for a resume the earlier outputs."
     )
     secret_parameters: dict[str, Any] = Field(
         default_factory=dict,
@@ -527,13 +522,6 @@ class JobAssign(_JobScoped):
         description="Set for a job sent ahead of its due time (a schedule's): the robot "
         "accepts and prepares it at once and runs its first cell at this instant, not before.",
     )
-
-    @model_validator(mode="after")
-    def _secrets_apart(self) -> JobAssign:
-        both = sorted(set(self.parameters) & set(self.secret_parameters))
-        if both:
-            raise ValueError(f"parameters given both plain and secret: {', '.join(both)}")
-        return self
 
     @field_serializer("secret_parameters")
     def _mask_secrets(self, value: dict[str, Any], info: SerializationInfo) -> dict[str, Any]:
@@ -769,7 +757,7 @@ class LogBatch(Envelope):
 
 
 class Pause(Envelope):
-    """Orchestrator -> robot: take no new jobs; running jobs go on (undone by resume_robot)."""
+    """Orchestrator -> robot: take no new jobs; running jobs go on (undone by unpause)."""
 
     direction: ClassVar[str] = ORCHESTRATOR_TO_ROBOT
 
@@ -777,12 +765,12 @@ class Pause(Envelope):
     reason: str | None = Field(default=None, description="Why, for the robot's log.")
 
 
-class ResumeRobot(Envelope):
-    """Orchestrator -> robot: take jobs again after a pause (not a run resume)."""
+class Unpause(Envelope):
+    """Orchestrator -> robot: take jobs again after a pause."""
 
     direction: ClassVar[str] = ORCHESTRATOR_TO_ROBOT
 
-    type: Literal["resume_robot"] = "resume_robot"
+    type: Literal["unpause"] = "unpause"
 
 
 class Shutdown(Envelope):
@@ -908,7 +896,7 @@ Message = Annotated[
     | CheckpointStored
     | LogBatch
     | Pause
-    | ResumeRobot
+    | Unpause
     | Shutdown
     | StatusRequest
     | StatusResponse
@@ -941,7 +929,7 @@ SECTIONS: tuple[tuple[str, tuple[type[Envelope], ...]], ...] = (
         (CheckpointOffer, CheckpointWant, BlobPut, BlobAck, BlobGet, CheckpointStored),
     ),
     ("Logs", (LogBatch,)),
-    ("Control", (Pause, ResumeRobot, Shutdown, StatusRequest, StatusResponse)),
+    ("Control", (Pause, Unpause, Shutdown, StatusRequest, StatusResponse)),
     ("Errors", (Error,)),
     ("Monitor channel", (Subscribe, Unsubscribe, Event)),
 )
@@ -951,6 +939,7 @@ NESTED_MODELS: tuple[type[BaseModel], ...] = (
     JobRef,
     Capabilities,
     Timeouts,
+    ResumePlan,
     ResumeSpec,
     LogRecord,
 )
@@ -1045,7 +1034,7 @@ def _unsupported(version: int) -> str:
     return f"unsupported protocol version {version}: this side speaks {spoken}"
 
 
-def _one_line(exc: ValidationError) -> str:
+def _validation_summary(exc: ValidationError) -> str:
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     first = errors[0]
     loc = ".".join(str(part) for part in first["loc"])
@@ -1112,7 +1101,7 @@ def decode(
     try:
         msg = MESSAGE_ADAPTER.validate_python(obj)
     except ValidationError as exc:
-        refuse(ErrorCode.INVALID_MESSAGE, _one_line(exc))
+        refuse(ErrorCode.INVALID_MESSAGE, _validation_summary(exc))
     if isinstance(msg, Register) and msg.protocol_version not in SUPPORTED_PROTOCOL_VERSIONS:
         refuse(ErrorCode.UNSUPPORTED_VERSION, _unsupported(msg.protocol_version))
     return msg

@@ -16,7 +16,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.models import Job, RobotStatus
 from casare_nb.notebook.pool import KernelPool
-from casare_nb.orchestrator.server import HISTORY_FILE, Orchestrator
+from casare_nb.notebook.state import StateDir
+from casare_nb.orchestrator.server import Orchestrator
 from casare_nb.protocol import Register, RegisterAck, decode, encode
 from casare_nb.robot.agent import RobotAgent
 from casare_nb.robot.config import load_config
@@ -70,7 +71,7 @@ class Orchestrated:
 
     async def history(self) -> HistoryStore:
         await asyncio.to_thread(self.orch.job_manager.flush_history, 30)
-        return HistoryStore(self.orch.state_dir / HISTORY_FILE)
+        return HistoryStore(StateDir(self.orch.state_dir).history_path)
 
 
 @dataclass

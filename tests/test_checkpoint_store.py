@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from casare_nb.orchestrator.checkpoints import CheckpointError, CheckpointStore
+from casare_nb.notebook.state import CheckpointError
+from casare_nb.store.checkpoints import CheckpointStore
 
 
 def sha(data: bytes) -> str:

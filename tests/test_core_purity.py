@@ -118,15 +118,22 @@ OWNERS = {
     "fastapi": {"orchestrator/http.py"},
     "uvicorn": {"orchestrator/http.py"},
     "duckdb": {"store/history.py", "store/queue.py"},
+    "papermill": {"papermill_engine.py"},
 }
 
 
 def test_each_heavy_dependency_is_imported_by_its_one_module() -> None:
-    """apscheduler, watchdog, prometheus_client, FastAPI/uvicorn and duckdb are each imported
-    only by the module(s) that own them."""
+    """apscheduler, watchdog, prometheus_client, FastAPI/uvicorn, duckdb and papermill are each
+    imported only by the module(s) that own them."""
     package = CORE.parent
     seen: dict[str, set[str]] = {name: set() for name in OWNERS}
     for path in package.rglob("*.py"):
         for root in imported_roots(ast.parse(path.read_text("utf-8"))) & set(OWNERS):
             seen[root].add(path.relative_to(package).as_posix())
     assert seen == OWNERS
+
+
+def test_robot_processes_do_not_import_duckdb() -> None:
+    """The robot's modules (agent, runner, process) load no duckdb: a robot keeps no history."""
+    code = "import casare_nb.robot.main, casare_nb.robot.runner, casare_nb.robot.agent"
+    assert "duckdb" not in loaded_forbidden(code)

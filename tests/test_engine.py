@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from conftest import Workspace, cell_index, mark, outputs_text
+from nbformat import NotebookNode
 
 from casare_nb.core.errors import StateError
-from casare_nb.core.models import CellStatus, RunStatus
-from casare_nb.core.params import ParameterError
+from casare_nb.core.models import CellRecord, CellStatus, RunRecord, RunStatus
+from casare_nb.core.params import ParameterError, read_schema
 from casare_nb.notebook.executor import Options, Step
+from casare_nb.notebook.hooks import RunHooks
+from casare_nb.notebook.run import RunResult, RunSpec, execute, parameterised
+from casare_nb.notebook.state import StateDir
+from casare_nb.notebook.workflow import load_workflow
 
 
 async def test_run_completes_and_records_history(ws: Workspace) -> None:
@@ -147,8 +153,8 @@ async def test_megabytes_of_output_are_truncated(ws: Workspace) -> None:
     assert outputs_text(result.output_path, "c1") == "after\n"
 
 
-class _CancelWhenStarted:
-    """Progress that sets the cancel event when a given cell starts."""
+class _CancelWhenStarted(RunHooks):
+    """Hooks that set the cancel event when a given cell starts."""
 
     def __init__(self, nb: Path, cell_id: str, cancel: asyncio.Event) -> None:
         self.index, self.cancel = cell_index(nb, cell_id), cancel
@@ -157,15 +163,12 @@ class _CancelWhenStarted:
         if step.index == self.index:
             asyncio.get_running_loop().call_later(0.3, self.cancel.set)
 
-    def cell_finished(self, record: object, position: int, total: int) -> None:
-        pass
-
 
 async def test_cancel_interrupts_the_running_cell(ws: Workspace) -> None:
     """Cancelling interrupts the kernel at once and records the run and the cell as cancelled."""
     nb = ws.notebook([mark("c0"), "import time\ntime.sleep(60)", mark("c2")])
     cancel = asyncio.Event()
-    result = await ws.run(nb, cancel=cancel, progress=_CancelWhenStarted(nb, "c1", cancel))
+    result = await ws.run(nb, cancel=cancel, hooks=_CancelWhenStarted(nb, "c1", cancel))
     assert result.status is RunStatus.CANCELLED
     assert result.cells[-1].status is CellStatus.CANCELLED
     assert result.cells[-1].duration_s < 10
@@ -200,44 +203,73 @@ async def test_notebook_kernel_language_recorded(ws: Workspace) -> None:
     assert run is not None and (run.kernel_name, run.language) == ("python3", "python")
 
 
-class _ListRecorder:
-    """A recorder that keeps what it is given, in order (a robot would send it on)."""
+class _ListHooks(RunHooks):
+    """Hooks that keep what they are told, in order (a robot would send it on)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
 
-    def put_run(self, run: object) -> None:
-        self.calls.append(("run", run.model_copy()))  # type: ignore[attr-defined]
+    def run_started(self, run: RunRecord) -> None:
+        self.calls.append(("run", run.model_copy()))
 
-    def put_cells(self, cells: object) -> None:
-        self.calls.extend(("cell", c) for c in cells)  # type: ignore[attr-defined]
+    async def cells_starting(self, run: RunRecord) -> None:
+        self.calls.append(("cells", None))
 
-    def flush(self, timeout: float | None = None) -> None:
-        self.calls.append(("flush", None))
+    def cell_finished(
+        self, record: CellRecord, cell: NotebookNode, position: int, total: int
+    ) -> None:
+        self.calls.append(("cell", (record, cell.get("id"), position, total)))
 
-    def close(self, timeout: float | None = None) -> None:
-        self.calls.append(("close", None))
+    def run_finished(self, run: RunRecord, result: RunResult) -> None:
+        self.calls.append(("end", run.model_copy()))
 
 
-async def test_notebook_bytes_and_recorder_replace_file_and_history(ws: Workspace) -> None:
-    """A run of notebook bytes under a given id reports to its recorder, in order, and
-    writes no history database (what a robot does for its orchestrator)."""
+async def test_engine_runs_a_prepared_notebook_and_tells_its_hooks(ws: Workspace) -> None:
+    """The engine runs a notebook prepared elsewhere (parameters injected) under a given id,
+    tells its hooks in order, and writes no history database (what a robot does)."""
     path = ws.notebook(["x = 2", "print(x * n)"], params="n: int = 1")
-    data = path.read_bytes()
-    path.unlink()
-    recorder = _ListRecorder()
-    result = await ws.run(
-        ws.root / "jobs" / "wf.ipynb",
-        {"n": 21},
-        notebook=data,
+    nb, _ = load_workflow(path)
+    schema = read_schema(nb)
+    nb_exec, secrets = parameterised(nb, {"n": 21}, schema)
+    record = RunRecord(
         run_id="job-42",
-        recorder=recorder,
+        workflow_path="jobs/wf.ipynb",
+        notebook_sha256="",
+        started_at=datetime.now(UTC),
     )
+    hooks = _ListHooks()
+    spec = RunSpec(nb_exec, record, StateDir(ws.state), secrets=secrets, cwd=ws.root)
+    result = await execute(spec, hooks=hooks)
     assert result.status is RunStatus.COMPLETED and result.run_id == "job-42"
     assert outputs_text(result.output_path, "c1") == "42\n"
-    kinds = [k for k, _ in recorder.calls]
-    assert kinds == ["run", "flush", *["cell"] * 4, "run", "close"]  # params, injected, c0, c1
-    first, last = recorder.calls[0][1], recorder.calls[-2][1]
+    assert result.notebook is not None and result.notebook["cells"][-1]["id"] == "c1"
+    kinds = [k for k, _ in hooks.calls]
+    assert kinds == ["run", "cells", *["cell"] * 4, "end"]  # params, injected, c0, c1
+    cells = [c for k, c in hooks.calls if k == "cell"]
+    assert [(cid, pos, total) for _, cid, pos, total in cells] == [  # type: ignore[misc]
+        ("params", 1, 4),
+        ("injected-parameters", 2, 4),
+        ("c0", 3, 4),
+        ("c1", 4, 4),
+    ]
+    first, last = hooks.calls[0][1], hooks.calls[-1][1]
     assert first.status is RunStatus.RUNNING and last.status is RunStatus.COMPLETED  # type: ignore[attr-defined]
-    assert last.parameters == {"n": 21}  # type: ignore[attr-defined]
     assert not (ws.state / "history.duckdb").exists()
+
+
+async def test_robot_style_run_writes_no_output_notebook(ws: Workspace) -> None:
+    """With save_each_cell and save_output off, the result holds the output notebook and
+    nothing is written where the output would go."""
+    path = ws.notebook(["print('hello')"])
+    nb, _ = load_workflow(path)
+    record = RunRecord(
+        run_id="job-7", workflow_path="wf", notebook_sha256="", started_at=datetime.now(UTC)
+    )
+    options = Options(save_each_cell=False, save_output=False)
+    spec = RunSpec(nb, record, StateDir(ws.state), options=options, cwd=ws.root)
+    result = await execute(spec)
+    assert result.status is RunStatus.COMPLETED
+    assert not Path(result.output_path).exists()
+    assert result.notebook is not None
+    assert result.notebook["metadata"]["casare"]["status"] == "completed"
+    assert result.notebook["cells"][-1]["outputs"][0]["text"] == "hello\n"

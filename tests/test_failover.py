@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from cluster import Cluster, counted, notebook, waiting_cell
 
+from casare_nb.core.errors import QueueError
 from casare_nb.core.models import RunStatus
 from casare_nb.core.params import ParameterError
 from casare_nb.orchestrator.jobs import OrchestratorDraining, output_path
 from casare_nb.orchestrator.server import Orchestrator
-from casare_nb.store.queue import QueueError
 
 
 def blob_count(root: Path) -> int:

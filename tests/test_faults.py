@@ -16,7 +16,8 @@ from cluster import RUN_TIMEOUT, Orchestrated, counted, notebook, waiting_cell
 
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.models import RunStatus
-from casare_nb.orchestrator.server import HISTORY_FILE, Orchestrator
+from casare_nb.notebook.state import HISTORY_FILE
+from casare_nb.orchestrator.server import Orchestrator
 from casare_nb.store.history import HistoryStore
 
 pytestmark = pytest.mark.timeout(180)

@@ -17,8 +17,9 @@ from cluster import notebook
 from websockets.asyncio.client import ClientConnection, connect
 
 from casare_nb.core.models import Job, RunStatus
+from casare_nb.notebook.state import HISTORY_FILE
 from casare_nb.orchestrator.jobs import OPEN_MARKER
-from casare_nb.orchestrator.server import HISTORY_FILE, Orchestrator
+from casare_nb.orchestrator.server import Orchestrator
 from casare_nb.protocol import (
     Envelope,
     Heartbeat,
@@ -87,7 +88,7 @@ async def fake_robot(
     token = await asyncio.to_thread(orch.create_token, robot_id)
     ws = await connect(orch.url, additional_headers={"Authorization": f"Bearer {token}"})
     register = Register(
-        robot_id=robot_id, name=robot_id, max_concurrent_jobs=capacity, resume_from=holds or []
+        robot_id=robot_id, name=robot_id, max_concurrent_jobs=capacity, holding=holds or []
     )
     await ws.send(encode(register))
     ack = decode(await asyncio.wait_for(ws.recv(), TIMEOUT))

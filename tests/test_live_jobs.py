@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from casare_nb.core.dispatch import dispatch_key
+from casare_nb.core.errors import QueueError
 from casare_nb.core.models import Job, Priority, RunStatus
 from casare_nb.orchestrator.live import LiveJobs
-from casare_nb.store.queue import QueueError
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

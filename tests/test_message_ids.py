@@ -36,7 +36,7 @@ def test_run_ids_never_repeat_in_a_process_even_when_random_bytes_do(
 ) -> None:
     """new_run_id draws again when its 3 random bytes repeat within the second: 5 ids from a
     source that repeats every value are 5 distinct ids of the documented shape."""
-    from casare_nb import local
+    from casare_nb.core import ids as local
 
     draws = iter(["aaaaaa", "aaaaaa", "bbbbbb", "aaaaaa", "bbbbbb", "cccccc", "dddddd", "eeeeee"])
     monkeypatch.setattr(local.secrets, "token_hex", lambda n: next(draws))

@@ -12,7 +12,8 @@ from cluster import notebook
 from websockets.asyncio.client import ClientConnection, connect
 
 from casare_nb.core.models import CellStatus, RunStatus
-from casare_nb.orchestrator.server import HISTORY_FILE, Orchestrator
+from casare_nb.notebook.state import HISTORY_FILE
+from casare_nb.orchestrator.server import Orchestrator
 from casare_nb.protocol import (
     Envelope,
     Error,

@@ -13,7 +13,7 @@ import casare_nb
 from casare_nb.core.models import RunStatus
 from casare_nb.core.outputs import OUTPUT_MIME, cell_outputs, extract_outputs, output_payload
 from casare_nb.local import arun_notebook
-from casare_nb.record import output
+from casare_nb.outputs import output
 
 
 def display(name: str, value: Any, output_type: str = "display_data") -> dict[str, Any]:
@@ -106,7 +106,7 @@ def test_output_outside_a_kernel_returns_the_value(capsys: pytest.CaptureFixture
 
 
 def test_output_is_exported_lazily() -> None:
-    """casare_nb.output is casare_nb.record.output, listed in __all__."""
+    """casare_nb.output is casare_nb.outputs.output, listed in __all__."""
     assert casare_nb.output is output
     assert "output" in casare_nb.__all__
 

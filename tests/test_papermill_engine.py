@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -125,3 +127,25 @@ def test_papermill_execute_notebook_in_process_with_casare_engine(
     assert run.status is RunStatus.COMPLETED
     assert run.source == "papermill"
     assert run.parameters == {"n": 3}
+
+
+@pytest.mark.parametrize(
+    "first",
+    ["import casare_nb.papermill_engine", "import papermill.engines"],
+    ids=["engine-first", "papermill-first"],
+)
+def test_engine_module_imports_on_its_own_and_registers_with_papermill(first: str) -> None:
+    """Importing the engine module before papermill (or after) works, and papermill's
+    registry names our class as its 'casare' engine."""
+    code = (
+        f"{first}\n"
+        "import casare_nb.papermill_engine as ours\n"
+        "from papermill.engines import papermill_engines\n"
+        "assert papermill_engines.get_engine('casare') is ours.CasareEngine\n"
+        "print(ours.CasareEngine.__name__)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "CasareEngine"

@@ -19,7 +19,7 @@ import pytest
 from pydantic import ValidationError
 
 from casare_nb import protocol as p
-from casare_nb.core.models import CellRecord, CellStatus, RunStatus
+from casare_nb.core.models import CellRecord, CellStatus, ResumePlan, RunStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 NB: dict[str, Any] = {
@@ -42,7 +42,7 @@ SAMPLES: dict[type[p.Envelope], Callable[[], p.Envelope]] = {
         tags=["gpu", "eu"],
         max_concurrent_jobs=3,
         capabilities=p.Capabilities(kernels=["python3"], python="3.11.9", features=["x"]),
-        resume_from=[REF],
+        holding=[REF],
     ),
     p.RegisterAck: lambda: p.RegisterAck(
         accepted=True, heartbeat_interval_s=5, continue_jobs=[REF], reply_to="abc"
@@ -61,13 +61,12 @@ SAMPLES: dict[type[p.Envelope], Callable[[], p.Envelope]] = {
         attempt=2,
         workflow_path="workflows/etl.ipynb",
         notebook=NB,
-        parameters={"n": 3, "when": "2025-01-01"},
         secret_parameters={"token": SECRET},
         resume=p.ResumeSpec(
             from_attempt=1,
-            restore_cell_id="c0",
-            from_cell=1,
-            previous_output=NB,
+            plan=ResumePlan(
+                start=2, restore_cell=0, restore_cell_id="c0", rerun=[1], inherit_ids=["c0"]
+            ),
             manifests={"c0": {"vars": {"x": {"blob": SHA_A}}}},
             blobs=[SHA_A],
         ),
@@ -127,7 +126,7 @@ SAMPLES: dict[type[p.Envelope], Callable[[], p.Envelope]] = {
         dropped=4,
     ),
     p.Pause: lambda: p.Pause(reason="maintenance"),
-    p.ResumeRobot: lambda: p.ResumeRobot(),
+    p.Unpause: lambda: p.Unpause(),
     p.Shutdown: lambda: p.Shutdown(graceful=False, reason="upgrade"),
     p.StatusRequest: lambda: p.StatusRequest(),
     p.StatusResponse: lambda: p.StatusResponse(
@@ -195,9 +194,12 @@ def test_every_message_is_documented(cls: type[p.Envelope]) -> None:
 
 
 def test_user_facing_names() -> None:
-    """The robot-level resume is resume_robot, distinct from a run resume (ResumeSpec)."""
-    assert p.ResumeRobot().type == "resume_robot"
-    assert "resume" not in p.MESSAGE_TYPES
+    """ "Resume" means one thing on the wire, a re-run from a checkpoint (ResumeSpec): a robot is
+    unpaused, and a reconnecting robot names the jobs it is holding."""
+    assert p.Unpause().type == "unpause"
+    assert not [t for t in p.MESSAGE_TYPES if "resume" in t]
+    assert "holding" in p.Register.model_fields
+    assert not [f for f in p.Register.model_fields if "resume" in f]
 
 
 # --------------------------------------------------------------------------- round trips
@@ -300,9 +302,9 @@ DECODE_ERRORS: list[tuple[str, str | bytes, p.ErrorCode, str]] = [
     ),
     (
         "unsupported-version-with-unknown-fields",
-        frame(type="register", robot_id="r", name="n", protocol_version=2, quic=True),
+        frame(type="register", robot_id="r", name="n", protocol_version=1, quic=True),
         p.ErrorCode.UNSUPPORTED_VERSION,
-        "this side speaks 1",
+        "this side speaks 2",
     ),
     (
         "unsupported-version",
@@ -329,7 +331,7 @@ def test_decode_errors(data: str | bytes, code: p.ErrorCode, text: str) -> None:
 
 def test_unsupported_version_is_fatal_and_answers_the_register() -> None:
     """A register of another version is refused as fatal, the Error replying to its id."""
-    reg = p.Register(robot_id="r", name="n", protocol_version=2)
+    reg = p.Register(robot_id="r", name="n", protocol_version=1)
     err = decode_error(p.encode(reg))
     assert err.code is p.ErrorCode.UNSUPPORTED_VERSION and err.fatal
     reply = err.to_message()
@@ -483,19 +485,6 @@ def test_decode_errors_do_not_echo_secrets() -> None:
     err = decode_error(json.dumps(wire))
     assert "job_assign.attempt" in str(err)
     assert SECRET not in str(err) and SECRET not in repr(err)
-
-
-def test_a_parameter_cannot_be_both_plain_and_secret() -> None:
-    """The same name in parameters and secret_parameters is refused."""
-    with pytest.raises(ValidationError, match="both plain and secret: token"):
-        p.JobAssign(
-            job_id="j",
-            attempt=1,
-            workflow_path="w",
-            notebook=NB,
-            parameters={"token": "x"},
-            secret_parameters={"token": "y"},
-        )
 
 
 # --------------------------------------------------------------------------- model rules

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from helpers import sigkill_after
 
+from casare_nb.core.errors import QueueError
 from casare_nb.core.models import Job, JobStatus, Priority, RunRecord
 from casare_nb.store import history
 from casare_nb.store.history import SCHEMA_VERSION, HistoryStore
-from casare_nb.store.queue import QueueError, QueueStore
+from casare_nb.store.queue import QueueStore
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

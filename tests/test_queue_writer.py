@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from helpers import sigkill_after
 
+from casare_nb.core.errors import QueueError
 from casare_nb.core.models import Job, JobStatus, Priority
 from casare_nb.store.history import HistoryStore
-from casare_nb.store.queue import QueueError, QueueStore
+from casare_nb.store.queue import QueueStore
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 WAIT = 30.0  # seconds a mark may take on a slow machine; never slept

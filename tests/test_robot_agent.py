@@ -35,11 +35,11 @@ from casare_nb.protocol import (
     Pause,
     Register,
     RegisterAck,
-    ResumeRobot,
     Role,
     Shutdown,
     StatusRequest,
     StatusResponse,
+    Unpause,
     decode,
     encode,
 )
@@ -490,7 +490,7 @@ async def test_pause_is_reported_and_resume_clears_it(
         assert agent.status == "paused"
         sleep.tick()
         beats = await orch.wait_for(Heartbeat, 2)
-        await orch.send(ResumeRobot())
+        await orch.send(Unpause())
         await orch.send(StatusRequest())
         resumed = (await orch.wait_for(StatusResponse, 2))[1]
         assert agent.status == "online"

@@ -2,7 +2,7 @@
 
 A real :class:`RobotAgent` talks to a fake orchestrator defined here: a real websockets server
 on 127.0.0.1 port 0 that records what arrives on which connection and answers ``register``
-with a ``register_ack`` the test chooses (by default continuing every job of resume_from).
+with a ``register_ack`` the test chooses (by default continuing every job of holding).
 The job runner is a small fake: the runner is not the unit here, the agent's ``send`` is. No
 test waits for real: heartbeat waits park until ``tick()``, the backoff wait before a
 reconnect parks while the test holds the robot offline; everything else waits on events,
@@ -73,7 +73,7 @@ def continue_all(register: Register, n: int) -> RegisterAck:
     return RegisterAck(
         accepted=True,
         heartbeat_interval_s=HB_S,
-        continue_jobs=register.resume_from,
+        continue_jobs=register.holding,
         reply_to=register.id,
     )
 
@@ -373,7 +373,7 @@ async def test_reports_sent_offline_arrive_after_reregister_in_order_before_new_
         (register,) = link.orch.on(2, Register)
         first = link.orch.on(2, Envelope)[0]
     assert first is register
-    assert register.resume_from == [ref("job-1")]
+    assert register.holding == [ref("job-1")]
     assert ids(link.orch.jobs_on(2)) == ids([*offline, late])
     assert link.orch.jobs_on(2) == [*offline, late]  # the same messages, ids and all
 
@@ -393,8 +393,8 @@ async def test_register_resumes_running_jobs_and_jobs_that_finished_offline(
         await link.come_back(2)
         await link.orch.until(lambda: bool(link.orch.on(2, JobComplete)))
         (register_2,) = link.orch.on(2, Register)
-    assert register_1.resume_from == []
-    assert register_2.resume_from == [ref("job-1"), ref("job-2")]
+    assert register_1.holding == []
+    assert register_2.holding == [ref("job-1"), ref("job-2")]
     assert link.orch.on(2, JobComplete) == [result]
     assert link.runner.abandoned == []
 
@@ -425,7 +425,7 @@ async def test_continue_jobs_keeps_some_and_abandons_the_others(tmp_path: Path) 
 
 
 async def test_ack_without_continue_jobs_abandons_every_resumed_job(tmp_path: Path) -> None:
-    """An ack with no continue_jobs abandons every job of resume_from and drops all their
+    """An ack with no continue_jobs abandons every job of holding and drops all their
     buffered reports; a job assigned afterwards is reported as usual."""
     async with linked(tmp_path, continue_none) as link:
         await link.assign("job-1", "job-2")
@@ -437,7 +437,7 @@ async def test_ack_without_continue_jobs_abandons_every_resumed_job(tmp_path: Pa
         assert len(link.agent.outbox) == 0
         await link.assign("job-3")
         (register_2,) = link.orch.on(2, Register)
-    assert register_2.resume_from == [ref("job-1"), ref("job-2")]
+    assert register_2.holding == [ref("job-1"), ref("job-2")]
     assert link.runner.abandoned == [ref("job-1"), ref("job-2")]
     (accept,) = link.orch.jobs_on(2)
     assert isinstance(accept, JobAccept) and accept.job_id == "job-3"
@@ -492,7 +492,7 @@ async def test_report_whose_send_failed_as_the_link_dropped_is_resent_with_its_i
     assert sent is not None
     assert link.orch.on(1, JobCancelled) == []
     assert link.orch.on(2, JobCancelled) == [sent]
-    assert link.orch.on(2, Register)[0].resume_from == [ref("job-1")]
+    assert link.orch.on(2, Register)[0].holding == [ref("job-1")]
 
 
 async def test_report_written_but_not_acknowledged_is_resent_with_its_id(

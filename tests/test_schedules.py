@@ -14,6 +14,7 @@ import pytest
 from cluster import Cluster, notebook, waiting_cell
 from pydantic import ValidationError
 
+from casare_nb.core.errors import QueueError
 from casare_nb.core.models import Job, Priority, RunStatus, TriggerKind
 from casare_nb.core.triggers import Schedule, ScheduleKind, TriggerError, parse_duration
 from casare_nb.orchestrator.schedules import (
@@ -22,7 +23,6 @@ from casare_nb.orchestrator.schedules import (
     crontab_weekdays,
 )
 from casare_nb.orchestrator.server import Orchestrator
-from casare_nb.store.queue import QueueError
 from casare_nb.store.triggers import TriggerStore
 
 BERLIN = ZoneInfo("Europe/Berlin")

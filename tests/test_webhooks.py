@@ -1,4 +1,4 @@
-"""Webhooks (orchestrator/hooks.py): signed deliveries submit jobs once, bad ones submit none."""
+"""Webhooks (orchestrator/webhooks.py): signed deliveries submit jobs once, bad ones submit none."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from cluster import Cluster, notebook
 from casare_nb.core.models import RunStatus, TriggerKind
 from casare_nb.core.signing import sign, signed_headers
 from casare_nb.core.triggers import Trigger
-from casare_nb.orchestrator.hooks import HookAccepted, HookRefused, WebhookReceiver
+from casare_nb.orchestrator.webhooks import HookAccepted, HookRefused, WebhookReceiver
 from casare_nb.store.triggers import Claim, TriggerStore
 
 SECRET = "s3cret"
@@ -288,7 +288,7 @@ async def test_a_webhook_without_its_secret_refuses_everything(
     receiver = make_receiver(cluster, tmp_path)
     for environ in ({}, {"HOOK_SECRET": ""}):
         receiver = WebhookReceiver(cluster.orch, receiver.store, environ=environ, now=lambda: NOW)
-        with caplog.at_level(logging.WARNING, logger="casare_nb.orchestrator.hooks"):
+        with caplog.at_level(logging.WARNING, logger="casare_nb.orchestrator.webhooks"):
             caplog.clear()
             for _ in range(3):
                 err = await refused(receiver, headers_for(BODY), BODY)
@@ -354,7 +354,7 @@ async def test_a_run_id_taken_by_another_submitter_is_replaced(
     receiver = make_receiver(cluster, tmp_path)
     taken = await cluster.orch.submit(tmp_path / "hooked.ipynb", job_id="20300101-000000-aaaaaa")
     ids = iter([taken.job_id, "20300101-000000-bbbbbb"])
-    monkeypatch.setattr("casare_nb.orchestrator.hooks.new_run_id", lambda: next(ids))
+    monkeypatch.setattr("casare_nb.orchestrator.webhooks.new_run_id", lambda: next(ids))
     accepted = await receiver.deliver("hook", headers_for(BODY, delivery_id="d-1"), BODY)
     assert accepted.job_id == "20300101-000000-bbbbbb"
     assert receiver.store.deliveries("hook") == [("d-1", accepted.job_id)]

@@ -18,9 +18,7 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from casare_nb.core.models import Job, Robot, RobotStatus, RunStatus
-
-_TAKES_JOBS = (RobotStatus.ONLINE, RobotStatus.BUSY)
+from casare_nb.core.models import Job, Robot, RunStatus
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,7 @@ def can_run(job: Job, robot: Robot, running: int | None = None) -> bool:
     ``running`` overrides the robot's count of running jobs."""
     busy = robot.running_jobs if running is None else running
     return (
-        robot.status in _TAKES_JOBS
+        robot.status.takes_jobs
         and busy < robot.max_concurrent_jobs
         and (job.environment is None or job.environment == robot.environment)
         and set(job.tags) <= set(robot.tags)
@@ -56,7 +54,7 @@ def plan_dispatch(
     A job no robot can take does not hold up the jobs behind it (they may need other
     robots); a job whose retry backoff has not elapsed (``eligible_at > now``) waits."""
     load = {r.robot_id: r.running_jobs for r in robots}
-    live = [r for r in robots if r.status in _TAKES_JOBS]
+    live = [r for r in robots if r.status.takes_jobs]
     plan: list[Assignment] = []
     for job in sorted(queued, key=dispatch_key):
         if job.status is not RunStatus.QUEUED or job.eligible_at > now:

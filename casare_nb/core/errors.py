@@ -23,3 +23,20 @@ class RunNotFound(CasareError):
 
 class ResumeError(CasareError):
     """The run cannot be resumed as asked."""
+
+
+class QueueError(RuntimeError):
+    """A job operation was refused (unknown job, wrong state, stale attempt...) or its store
+    failed."""
+
+
+class JobExists(QueueError):
+    """A new job's id is taken already."""
+
+
+def one_line(what: BaseException | str) -> str:
+    """An error (or text) as one line: white space folded; the type's name if it is empty."""
+    text = " ".join(str(what).split())
+    if text or isinstance(what, str):
+        return text
+    return type(what).__name__

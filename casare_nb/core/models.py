@@ -93,6 +93,33 @@ class CellRecord(BaseModel):
 
 # ---------------------------------------------------------------- orchestrator: jobs, robots
 
+
+class ResumePlan(BaseModel):
+    """How a new attempt resumes an earlier one, planned once (by the local runner or the
+    orchestrator) and carried out by whoever runs the attempt.
+
+    The namespace is restored as it was after ``restore_cell`` (from the manifest of
+    ``restore_cell_id``, carried into the new attempt with the others of ``inherit_ids``);
+    the cells in ``rerun`` are executed again to rebuild what lies between that checkpoint
+    and ``start``, the first cell of new work. ``carried`` cells keep their earlier outputs.
+    Indices are those of the parameterised notebook."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start: int = Field(ge=0, description="First cell executed as new work.")
+    restore_cell: int | None = Field(
+        default=None, ge=0, description="Namespace restored as it was after this cell."
+    )
+    restore_cell_id: str | None = Field(default=None, description="Id of that cell.")
+    rerun: list[int] = Field(
+        default_factory=list, description="Cells after the checkpoint, before start."
+    )
+    carried: list[int] = Field(default_factory=list, description="Cells keeping their outputs.")
+    inherit_ids: list[str] = Field(
+        default_factory=list, description="Manifests carried into the new attempt."
+    )
+
+
 JobStatus = RunStatus  # a job's state is its current run attempt's: queued → running → ...
 
 
@@ -119,6 +146,11 @@ class RobotStatus(StrEnum):
     BUSY = "busy"  # connected, every slot taken
     DRAINING = "draining"  # finishing its jobs, taking no new ones
     OFFLINE = "offline"
+
+    @property
+    def takes_jobs(self) -> bool:
+        """Whether a robot in this state may be sent a job (if it has a free slot)."""
+        return self in (RobotStatus.ONLINE, RobotStatus.BUSY)
 
 
 class TriggerKind(StrEnum):

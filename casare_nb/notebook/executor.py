@@ -1,30 +1,32 @@
 """Execute a notebook cell by cell on a kernel session, checkpointing every cell.
 
 The executor knows nothing of parameters or history tables: it takes a notebook already
-parameterised, a list of steps (cells to run, some of them replays), and reports each cell
-through a ``Progress`` callback. After each cell it rewrites the output notebook (checkpoint
-part a); the kernel-side hook has written the namespace snapshot (part b) before the cell's
-reply arrives.
+parameterised, a list of steps (cells to run, some of them replays), and tells its
+:class:`~casare_nb.notebook.hooks.Hooks` about each cell. After each cell it rewrites the
+output notebook (checkpoint part a; unless told not to); the kernel-side hook has written the
+namespace snapshot (part b) before the cell's reply arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, DeadKernelError
-from nbformat import NotebookNode, from_dict
+from nbformat import NotebookNode
 
 from casare_nb.core.cells import source_sha256
 from casare_nb.core.models import CellRecord, CellStatus, RunStatus
 from casare_nb.core.params import PARAMETERS_TAG, scrub
-from casare_nb.notebook.checkpoint import AttemptPaths, StateDir, write_json_atomic
+from casare_nb.notebook.hooks import Hooks
 from casare_nb.notebook.kernels import KernelCallError, KernelSession, casare_code
+from casare_nb.notebook.state import AttemptPaths, StateDir, write_json_atomic
+from casare_nb.notebook.workflow import nbformat_node
 
 SKIP_TAG = "skip-execution"
 TRUNCATED_NOTICE = "\n[casare: output truncated after {limit} bytes]\n"
@@ -46,29 +48,17 @@ class Options:
     run_timeout: float | None = None
     max_output_bytes: int = 1_000_000
     checkpoint: bool = True
-    # rewrite the output notebook after every cell; a robot turns it off: its orchestrator
-    # keeps the notebook so far from the cells job_progress carries
+    # rewrite the output notebook after every cell, and write it at the end; a robot turns
+    # both off: its orchestrator keeps the notebook so far from the cells job_progress
+    # carries, and the result holds the final one
     save_each_cell: bool = True
+    save_output: bool = True
     interrupt_grace: float = 5.0
     large_bytes: int = 1 << 20
     fork_bytes: int = 16 << 20
     # run the first cell at this instant (aware), not before: a job sent ahead of its due
     # time is prepared (kernel, checkpoint hook, plan) first, then waits (limits start then)
     start_at: datetime | None = None
-
-
-class Progress(Protocol):
-    def cell_started(self, step: Step, position: int, total: int) -> None: ...
-
-    def cell_finished(self, record: CellRecord, position: int, total: int) -> None: ...
-
-
-class NoProgress:
-    def cell_started(self, step: Step, position: int, total: int) -> None:
-        pass
-
-    def cell_finished(self, record: CellRecord, position: int, total: int) -> None:
-        pass
 
 
 @dataclass
@@ -145,10 +135,8 @@ class Executor:
         attempt: int,
         state: StateDir,
         options: Options | None = None,
-        progress: Progress | None = None,
+        hooks: Hooks | None = None,
         secret_values: Sequence[str] = (),
-        on_cells: Callable[[list[CellRecord]], None] | None = None,
-        on_cell: Callable[[CellRecord, NotebookNode], None] | None = None,
     ) -> None:
         self.session = session
         self.nb = nb
@@ -157,10 +145,8 @@ class Executor:
         self.state = state
         self.paths: AttemptPaths = state.attempt(run_id, attempt).create()
         self.options = options or Options()
-        self.progress = progress or NoProgress()
+        self.hooks = hooks or Hooks()
         self.secret_values = [s for s in secret_values if s]
-        self.on_cells = on_cells
-        self.on_cell = on_cell  # the record and the executed cell (outputs, metadata)
         self.client = _Client(nb, km=session.km, timeout=None, allow_errors=False)
         self.client.kc = session.kc
         self.client.max_output_bytes = self.options.max_output_bytes
@@ -244,11 +230,11 @@ class Executor:
         outcome = Outcome(status=RunStatus.COMPLETED)
         total = total if total is not None else done + len(steps)
         for position, step in enumerate(steps, start=done + 1):
-            self.progress.cell_started(step, position, total)
+            await self.hooks.cell_started(step, position, total)
             record = await self._run_step(step, run_deadline, cancel)
             outcome.cells.append(record)
             self._after_cell(step, record)
-            self.progress.cell_finished(record, position, total)
+            await self.hooks.cell_finished(record, self.nb.cells[step.index], position, total)
             if record.status is not CellStatus.OK:
                 self._fail(outcome, step, record)
                 break
@@ -416,10 +402,6 @@ class Executor:
             **({"replayed": True} if step.replay else {}),
             **({"output_truncated": True} if record.output_truncated else {}),
         }
-        if self.on_cells:
-            self.on_cells([record])
-        if self.on_cell:
-            self.on_cell(record, cell)
         if self.options.save_each_cell:
             self.save()
 
@@ -445,8 +427,3 @@ def _scrub_outputs(cell: NotebookNode, secrets: Sequence[str]) -> None:
         for key, value in out.get("data", {}).items():
             if isinstance(value, str):
                 out["data"][key] = scrub(value, secrets)
-
-
-def nbformat_node(data: dict[str, Any]) -> NotebookNode:
-    node: NotebookNode = from_dict(data)  # type: ignore[no-untyped-call]
-    return node

@@ -1,4 +1,4 @@
-"""Plan a re-run from the failed cell.
+"""Plan a re-run from the failed cell, once, where the earlier attempt's files are.
 
 The previous attempt's output notebook says, per cell id, whether the cell ran ``ok`` and
 with which source (sha256); its checkpoints say what the namespace was after each cell. The
@@ -6,31 +6,28 @@ resume point is the first executing cell that did not run ok with its current so
 failed cell, or an earlier cell the analyst edited, or one they inserted. The namespace is
 restored from the newest checkpoint before that point; cells between that checkpoint and
 the resume point, and cells that define what could not be saved, are replayed.
+
+:func:`prepare_resume` plans (:func:`plan_resume`), keeps the earlier outputs of the cells
+before the resume point (:func:`carry_outputs`) and carries the manifests the restore needs
+into the new attempt. The local runner calls it on its state directory, the orchestrator on
+its checkpoint store, which has the same layout; a robot gets the
+:class:`~casare_nb.core.models.ResumePlan` with the job and only carries it out.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
 
 from nbformat import NotebookNode
 
 from casare_nb.core.cells import replay_plan, source_sha256
-from casare_nb.core.errors import ResumeError
-from casare_nb.notebook.checkpoint import AttemptPaths
+from casare_nb.core.errors import ResumeError, WorkflowError
+from casare_nb.core.models import ResumePlan
 from casare_nb.notebook.executor import executes
-from casare_nb.notebook.workflow import INJECTED_ID
+from casare_nb.notebook.state import AttemptPaths, StateDir
+from casare_nb.notebook.workflow import INJECTED_ID, parse_workflow
 
-
-@dataclass
-class ResumePlan:
-    """Where to start, what to restore, what to replay first."""
-
-    start: int  # first cell executed as new work
-    restore_cell: int | None  # namespace restored as it was after this cell
-    restore_manifest: str | None
-    rerun: list[int] = field(default_factory=list)  # after the checkpoint, before start
-    carried: list[int] = field(default_factory=list)  # cells whose earlier outputs are kept
-    inherit_ids: list[str] = field(default_factory=list)  # manifests to carry forward
+__all__ = ["carry_outputs", "plan_resume", "prepare_resume", "read_output", "replays"]
 
 
 def _ran_ok(cell: NotebookNode, prev: NotebookNode | None) -> bool:
@@ -71,19 +68,22 @@ def plan_resume(
         start = from_cell
     before = [i for i in code if i < start]
     restore = None
-    manifest = None
     for i in reversed(before):
         cid = nb.cells[i].id
         found = prev_paths.read_manifest(cid)
         if found is not None and (
             cid == INJECTED_ID or found.get("source_sha256") == source_sha256(nb.cells[i].source)
         ):
-            restore, manifest = i, str(prev_paths.manifest(cid))
+            restore = i
             break
-    rerun = [i for i in before if restore is None or i > restore]
-    carried = [i for i in range(start) if nb.cells[i].id in prev_cells]
-    inherit = [nb.cells[i].id for i in before if restore is not None and i <= restore]
-    return ResumePlan(start, restore, manifest, rerun, carried, inherit)
+    return ResumePlan(
+        start=start,
+        restore_cell=restore,
+        restore_cell_id=None if restore is None else nb.cells[restore].id,
+        rerun=[i for i in before if restore is None or i > restore],
+        carried=[i for i in range(start) if nb.cells[i].id in prev_cells],
+        inherit_ids=[nb.cells[i].id for i in before if restore is not None and i <= restore],
+    )
 
 
 def replays(nb: NotebookNode, plan: ResumePlan, *, missing: set[str], python: bool) -> list[int]:
@@ -113,3 +113,31 @@ def carry_outputs(nb: NotebookNode, prev_output: NotebookNode | None, plan: Resu
         cell.execution_count = prev.get("execution_count")
         if "casare" in prev.get("metadata", {}):
             cell.metadata["casare"] = dict(prev.metadata["casare"], carried=True)
+
+
+def read_output(paths: AttemptPaths) -> NotebookNode | None:
+    """The output notebook (or notebook so far) of an attempt; None if there is none."""
+    with contextlib.suppress(OSError, WorkflowError):
+        return parse_workflow(paths.output.read_bytes(), str(paths.output))
+    return None
+
+
+def prepare_resume(
+    nb: NotebookNode,
+    state: StateDir,
+    run_id: str,
+    *,
+    from_attempt: int,
+    attempt: int,
+    from_cell: int | None = None,
+) -> ResumePlan:
+    """Plan the resume of attempt ``from_attempt`` of ``run_id`` as ``attempt``, for ``nb``
+    (the workflow as it is now, parameterised): carry the earlier outputs into ``nb`` and
+    the manifests the restore needs into the new attempt's folder. ResumeError if
+    ``from_cell`` cannot be honoured."""
+    prev_paths = state.attempt(run_id, from_attempt)
+    prev_output = read_output(prev_paths)
+    plan = plan_resume(nb, prev_output, prev_paths, from_cell=from_cell)
+    carry_outputs(nb, prev_output, plan)
+    state.attempt(run_id, attempt).inherit(prev_paths, plan.inherit_ids)
+    return plan

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import nbformat
 from nbformat import NotebookNode
@@ -45,6 +46,16 @@ def parse_workflow(raw: bytes, name: str = "<notebook>") -> NotebookNode:
     except nbformat.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
         raise WorkflowError(f"{name} is not a valid notebook: {first}") from None
+    return _normalised(nb)
+
+
+def as_notebook(data: dict[str, Any]) -> NotebookNode:
+    """Notebook JSON already checked (what an orchestrator sends a robot) as nbformat nodes,
+    normalised like :func:`parse_workflow`'s (sources as text, every cell with an id)."""
+    return _normalised(nbformat_node(data))
+
+
+def _normalised(nb: NotebookNode) -> NotebookNode:
     for index, cell in enumerate(nb.cells):
         if isinstance(cell.get("source"), list):
             cell["source"] = "".join(cell["source"])
@@ -52,6 +63,12 @@ def parse_workflow(raw: bytes, name: str = "<notebook>") -> NotebookNode:
             cell["id"] = f"cell-{index}"  # stable across reads, so resume can match cells
     nb.nbformat_minor = max(nb.nbformat_minor, 5)
     return nb
+
+
+def nbformat_node(data: dict[str, Any]) -> NotebookNode:
+    """``data`` (notebook or cell JSON) as nbformat nodes (attribute access)."""
+    node: NotebookNode = nbformat.from_dict(data)  # type: ignore[no-untyped-call]
+    return node
 
 
 def kernel_name_of(nb: NotebookNode, override: str | None = None) -> str:

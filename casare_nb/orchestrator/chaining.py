@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from casare_nb.core.errors import CasareError
+from casare_nb.core.ids import new_run_id
 from casare_nb.core.models import Job, RunStatus, TriggerKind, TriggerRef
 from casare_nb.core.outputs import cell_outputs
 from casare_nb.core.params import read_schema
 from casare_nb.core.triggers import PREVIOUS_RUN_PARAMETER, Trigger
-from casare_nb.local import new_run_id
 from casare_nb.notebook.workflow import load_workflow
 from casare_nb.orchestrator.server import Orchestrator
 from casare_nb.store.triggers import TriggerStore

@@ -37,9 +37,10 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from casare_nb import __version__
-from casare_nb.core.errors import CasareError, WorkflowError
+from casare_nb.core.errors import CasareError, QueueError, WorkflowError, one_line
 from casare_nb.core.models import Job, Robot, RobotStatus, RunStatus, TriggerKind
 from casare_nb.core.params import ParameterError
+from casare_nb.core.tokens import BadAuthorization, bearer_token
 from casare_nb.core.triggers import Schedule, Trigger
 from casare_nb.orchestrator.api import (
     DEFAULT_HTTP_PORT,
@@ -60,11 +61,10 @@ from casare_nb.orchestrator.api import (
     TriggerInfo,
     UpcomingFire,
 )
-from casare_nb.orchestrator.hooks import HookAccepted, HookRefused
 from casare_nb.orchestrator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from casare_nb.orchestrator.server import DEFAULT_HOST, Orchestrator, OrchestratorDraining
+from casare_nb.orchestrator.webhooks import HookAccepted, HookRefused
 from casare_nb.protocol import PROTOCOL_VERSION
-from casare_nb.store.queue import QueueError
 
 __all__ = ["HttpServer", "create_app", "resolve_workflow"]
 
@@ -79,11 +79,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def _with_errors(status: int, description: str) -> dict[int | str, dict[str, Any]]:
     """The documented error answers of a route: 401 and ``status``."""
     return {**_ERRORS, status: {"model": ErrorBody, "description": description}}
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 def _error(status: int, detail: str) -> HTTPException:
@@ -133,13 +128,10 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
     ) -> str:
         """The name of the request's live token; 401 otherwise."""
-        values = request.headers.getlist("authorization")
-        if not values:
-            raise _error(401, "missing 'Authorization: Bearer <token>' header")
-        scheme, _sep, token = values[0].strip().partition(" ")
-        token = token.strip()
-        if len(values) > 1 or scheme.lower() != "bearer" or not token or " " in token:
-            raise _error(401, "malformed Authorization header: expected 'Bearer <token>'")
+        try:
+            token = bearer_token(request.headers.getlist("authorization"))
+        except BadAuthorization as exc:
+            raise _error(401, str(exc)) from None
         try:
             name = await asyncio.to_thread(orch.queue.verify_token, token)
         except QueueError as exc:
@@ -158,7 +150,7 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
 
     @app.exception_handler(OrchestratorDraining)
     async def _draining(request: Request, exc: OrchestratorDraining) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(exc)}, status_code=503)
+        return JSONResponse({"detail": one_line(exc)}, status_code=503)
 
     async def known_job(job_id: str) -> Job:
         job = await asyncio.to_thread(orch.job, job_id)
@@ -252,9 +244,9 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
                 max_retries=body.max_retries,
             )
         except OrchestratorDraining as exc:
-            raise _error(503, _one_line(exc)) from None
+            raise _error(503, one_line(exc)) from None
         except (ParameterError, WorkflowError, ValueError) as exc:
-            raise _error(422, _one_line(exc)) from None
+            raise _error(422, one_line(exc)) from None
 
     @app.get("/api/jobs", response_model=list[Job], responses=_ERRORS, tags=["jobs"])
     async def list_jobs(
@@ -289,7 +281,7 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         try:
             return orch.cancel(job_id)
         except QueueError as exc:
-            raise _error(409, _one_line(exc)) from None
+            raise _error(409, one_line(exc)) from None
 
     @app.post(
         "/api/jobs/{job_id}/rerun",
@@ -309,11 +301,11 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
                 raw_parameters=spec.raw_parameters,
             )
         except OrchestratorDraining as exc:
-            raise _error(503, _one_line(exc)) from None
+            raise _error(503, one_line(exc)) from None
         except QueueError as exc:
-            raise _error(409, _one_line(exc)) from None
+            raise _error(409, one_line(exc)) from None
         except (ParameterError, WorkflowError, ValueError) as exc:
-            raise _error(422, _one_line(exc)) from None
+            raise _error(422, one_line(exc)) from None
 
     @app.get(
         "/api/jobs/{job_id}/outputs",
@@ -332,7 +324,7 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         try:
             return resolve_workflow(root, given)
         except WorkflowError as exc:
-            raise _error(422, _one_line(exc)) from None
+            raise _error(422, one_line(exc)) from None
 
     def schedule_info(schedule: Schedule, last: datetime | None = None) -> ScheduleInfo:
         upcoming = [] if schedule.paused else orch.triggers.scheduler.next_fire_times(schedule, 3)
@@ -354,7 +346,7 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         try:
             schedule = await orch.triggers.add_schedule(body, path)
         except (CasareError, ValueError) as exc:
-            raise _error(422, _one_line(exc)) from None
+            raise _error(422, one_line(exc)) from None
         return schedule_info(schedule)
 
     @app.get(
@@ -425,7 +417,7 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         try:
             schedule = await act[change](schedule_id)
         except QueueError as exc:
-            raise _error(404, _one_line(exc)) from None
+            raise _error(404, one_line(exc)) from None
         return schedule_info(schedule) if change != "remove" else ScheduleInfo(schedule=schedule)
 
     # -- triggers and webhooks -----------------------------------------------------------
@@ -452,7 +444,7 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         try:
             trigger = await orch.triggers.add_trigger(body, path, run)
         except (CasareError, ValueError) as exc:
-            raise _error(422, _one_line(exc)) from None
+            raise _error(422, one_line(exc)) from None
         return trigger_info(trigger, request)
 
     @app.get(
@@ -484,7 +476,7 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
             else:
                 trigger = await triggers.set_enabled(trigger_id, change == "enable")
         except QueueError as exc:
-            raise _error(404, _one_line(exc)) from None
+            raise _error(404, one_line(exc)) from None
         return trigger_info(trigger, request)
 
     def change_route(
@@ -581,7 +573,7 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         try:
             token = await asyncio.to_thread(orch.create_token, body.name)
         except QueueError as exc:
-            raise _error(409, _one_line(exc)) from None
+            raise _error(409, one_line(exc)) from None
         return TokenCreated(name=body.name, token=token)
 
     @app.get("/api/tokens", response_model=list[TokenInfo], responses=_ERRORS, tags=["tokens"])
@@ -604,12 +596,12 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         try:
             await asyncio.to_thread(orch.revoke_token, name)
         except QueueError as exc:
-            raise _error(404, _one_line(exc)) from None
+            raise _error(404, one_line(exc)) from None
         return Response(status_code=204)
 
     @app.exception_handler(CasareError)
     async def _user_error(request: Request, exc: CasareError) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(exc)}, status_code=422)
+        return JSONResponse({"detail": one_line(exc)}, status_code=422)
 
     return app
 

@@ -36,7 +36,7 @@ answered with ``checkpoint_want`` (the blobs it lacks), the blobs come as ``blob
 ``checkpoint_stored`` confirms once the manifest and all its blobs are stored.
 
 A robot that goes offline keeps its running jobs for ``reconnect_grace_s``: if it registers
-again within that time naming them in ``resume_from``, they continue (``continue_jobs``).
+again within that time naming them in ``holding``, they continue (``continue_jobs``).
 Otherwise they are requeued with ``resume_from_failed=True`` and the next attempt, on any
 robot, **resumes from the last stored checkpoint**: :meth:`JobManager._resume_spec` plans the
 resume on the stored notebook-so-far and manifests and sends them (``job_assign.resume``);
@@ -68,7 +68,7 @@ go to the history's :class:`~casare_nb.store.history.HistoryWriter`, handed over
 would cost a commit per dispatch on the robots' path). An orchestrator killed in between
 loses the assignment, not the attempt: the state directory keeps :data:`OPEN_MARKER` while
 a job manager runs, and when the next one finds it, dispatch waits ``reconnect_grace_s`` for
-the robots to register again; a robot naming in ``resume_from`` an attempt of a job queued
+the robots to register again; a robot naming in ``holding`` an attempt of a job queued
 at an earlier attempt keeps it (:meth:`JobManager.robot_back`), so the attempt is not handed
 out twice.
 
@@ -81,11 +81,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import functools
 import hashlib
 import heapq
 import itertools
-import json
 import logging
 import os
 import threading
@@ -95,26 +95,26 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from nbformat import NotebookNode
 from pydantic import SecretStr
 
 from casare_nb.core.dispatch import RetryPolicy, after_attempt, plan_dispatch
-from casare_nb.core.errors import CasareError, WorkflowError
+from casare_nb.core.errors import CasareError, JobExists, QueueError, WorkflowError, one_line
+from casare_nb.core.ids import new_run_id
 from casare_nb.core.models import (
     CellRecord,
     Job,
     Priority,
     Robot,
-    RobotStatus,
     RunRecord,
     RunStatus,
     TriggerRef,
 )
-from casare_nb.core.params import ParameterError, read_schema, redact
-from casare_nb.local import REDACTED, _parameterised, _read_output, new_run_id
-from casare_nb.notebook.checkpoint import write_json_atomic
-from casare_nb.notebook.resume import carry_outputs, plan_resume
+from casare_nb.core.params import REDACTED, ParameterError, ParamSchema, read_schema, redact
+from casare_nb.notebook.resume import prepare_resume
+from casare_nb.notebook.run import check_parameters, parameterised
+from casare_nb.notebook.state import CheckpointError, blob_refs, write_json_atomic
 from casare_nb.notebook.workflow import load_workflow, parse_workflow
-from casare_nb.orchestrator.checkpoints import CheckpointError, CheckpointStore, blob_refs
 from casare_nb.orchestrator.live import LiveJobs
 from casare_nb.protocol import (
     BlobAck,
@@ -140,8 +140,9 @@ from casare_nb.protocol import (
     ResumeSpec,
     dedup_key,
 )
+from casare_nb.store.checkpoints import CheckpointStore
 from casare_nb.store.history import HistoryStore, HistoryWriter
-from casare_nb.store.queue import JobExists, QueueError, QueueStore
+from casare_nb.store.queue import QueueStore
 
 __all__ = [
     "JOB_MESSAGES",
@@ -174,7 +175,6 @@ class OrchestratorDraining(CasareError):
     """The orchestrator is draining: it takes no new submissions."""
 
 
-_TAKES_JOBS = (RobotStatus.ONLINE, RobotStatus.BUSY)
 _SCAN_MIN = 16  # queued jobs a dispatch round looks at first (4 per free slot, at least this)
 _SCAN_MAX = 1000  # and at most, when the first ones fit no robot (tags, environment)
 _DURABLE_TIMEOUT_S = 30.0  # how long submit, rerun and cancel wait for their commit
@@ -222,6 +222,30 @@ def output_path(state_dir: Path, job_id: str, attempt: int) -> Path:
 
 def _plain(value: Any) -> Any:
     return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+@dataclass(frozen=True)
+class _Workflow:
+    """A workflow notebook as read from disk (parsed), its parameter schema and the SHA-256
+    of its bytes."""
+
+    nb: NotebookNode
+    schema: ParamSchema
+    sha256: str
+
+    @classmethod
+    def read(cls, path: str) -> _Workflow:
+        raw = Path(path).read_bytes()
+        nb = parse_workflow(raw, path)
+        return cls(nb, read_schema(nb), hashlib.sha256(raw).hexdigest())
+
+    def parameterised(self, values: Mapping[str, Any]) -> NotebookNode:
+        """The notebook to run with ``values`` (the job's stored ones, secrets included):
+        coerced to the types the workflow declares now and injected; :attr:`nb` itself when
+        there is nothing to inject. ParameterError if they do not fit it any more."""
+        checked, _ = check_parameters(self.schema, values, strict=True)
+        nb, _ = parameterised(self.nb, checked, self.schema)
+        return nb
 
 
 @dataclass
@@ -283,7 +307,7 @@ class JobManager:
         self._history_timer: asyncio.TimerHandle | None = None
         self._live = LiveJobs(self._stage)
         self._inserting: set[str] = set()  # submitted job ids waiting for their insert
-        self._workflows: dict[str, tuple[tuple[int, ...], bytes, dict[str, Any], str]] = {}
+        self._workflows: dict[str, tuple[tuple[int, ...], _Workflow]] = {}
         self._secrets: dict[str, dict[str, Any]] = {}
         self._start_at: dict[str, datetime] = {}  # job id -> its first cell's time (in memory)
         self._assigned: dict[str, set[str]] = {}  # robot id -> job ids sent and not ended
@@ -982,34 +1006,32 @@ class JobManager:
                 answers.append(BlobPut.of(data, reply_to=msg.id))
         return answers
 
-    def _resume_spec(self, job: Job, notebook: dict[str, Any], raw: bytes) -> ResumeSpec | None:
+    def _resume_spec(self, job: Job, nb: NotebookNode) -> ResumeSpec | None:
         """How attempt ``job.attempt`` resumes the newest earlier attempt the store holds a
-        notebook-so-far of: plans the resume as the robot will, starts the new attempt's
-        notebook-so-far with the carried cells and the manifests up to the restore point.
-        None (start over) when no earlier attempt left anything, or it cannot be planned."""
+        notebook-so-far of, planned once here (:func:`~casare_nb.notebook.resume.prepare_resume`
+        on the store: ``nb``, the notebook to send, gets the carried outputs; the new attempt
+        the manifests up to the restore point) and started as the new attempt's
+        notebook-so-far. None (start over) when no earlier attempt left anything, or it
+        cannot be planned."""
         prev = self.checkpoints.latest_output(job.job_id, job.attempt - 1)
         if prev is None:
             return None
         try:
-            nb = parse_workflow(raw, job.workflow_path)
-            schema = read_schema(nb)
-            values = {k: v for k, v in job.parameters.items() if k in schema.params}
-            nb_exec, _, _ = _parameterised(nb, values, schema)
-            prev_paths = self.checkpoints.attempt(job.job_id, prev)
-            prev_output = _read_output(prev_paths.output)
-            plan = plan_resume(nb_exec, prev_output, prev_paths)
-            carry_outputs(nb_exec, prev_output, plan)
-            paths = self.checkpoints.attempt(job.job_id, job.attempt)
-            paths.inherit(prev_paths, plan.inherit_ids)
-            self.checkpoints.start_output(job.job_id, job.attempt, dict(nb_exec))
+            self.checkpoints.attempt(job.job_id, job.attempt)  # the job id names a folder
+            plan = prepare_resume(
+                nb,
+                self.checkpoints.state,
+                job.job_id,
+                from_attempt=prev,
+                attempt=job.attempt,
+            )
+            self.checkpoints.start_output(job.job_id, job.attempt, nb)
         except (CasareError, ValueError, OSError) as exc:
             logger.warning("job %s: cannot plan a resume, starting over: %s", job.job_id, exc)
             return None
-        manifests = self.checkpoints.manifests_for(prev_paths, plan.inherit_ids)
+        paths = self.checkpoints.attempt(job.job_id, job.attempt)
+        manifests = self.checkpoints.manifests_for(paths, plan.inherit_ids)
         blobs = sorted({sha for m in manifests.values() for sha in blob_refs(m)})
-        restore = (
-            nb_exec.cells[plan.restore_cell].get("id") if plan.restore_cell is not None else None
-        )
         logger.info(
             "job %s attempt %d resumes attempt %d at cell %d (restoring after cell %s)",
             job.job_id,
@@ -1018,13 +1040,7 @@ class JobManager:
             plan.start,
             plan.restore_cell,
         )
-        return ResumeSpec(
-            from_attempt=prev,
-            restore_cell_id=restore,
-            previous_output=dict(prev_output) if prev_output is not None else None,
-            manifests=manifests,
-            blobs=blobs,
-        )
+        return ResumeSpec(from_attempt=prev, plan=plan, manifests=manifests, blobs=blobs)
 
     def _on_complete(self, job: Job, msg: JobComplete, now: datetime) -> None:
         self._after_output(job, msg.output_notebook, functools.partial(self._completed, job, now))
@@ -1115,7 +1131,7 @@ class JobManager:
         robots: list[Robot] = []
         free = 0
         for robot in self.link.robots():
-            if robot.status not in _TAKES_JOBS:
+            if not robot.status.takes_jobs:
                 continue
             # jobs assigned here and not ended: a heartbeat may be older than a job_complete
             busy = len(self._assigned.get(robot.robot_id, ()))
@@ -1149,7 +1165,7 @@ class JobManager:
 
     def _send_assign(self, queued: Job, robot_id: str, now: datetime) -> bool:
         try:
-            raw, notebook, sha256 = self._workflow(queued.workflow_path)
+            workflow = self._workflow(queued.workflow_path)
         except (OSError, ValueError, WorkflowError) as exc:
             done = self._live.finish(
                 queued.job_id,
@@ -1176,8 +1192,25 @@ class JobManager:
             )
             self._finished(done)
             return False
+        try:
+            notebook = workflow.parameterised({**queued.parameters, **secrets})
+        except ParameterError as exc:
+            # the workflow changed since the job was queued: its parameters no longer fit
+            done = self._live.finish(
+                queued.job_id,
+                queued.attempt,
+                RunStatus.FAILED,
+                now=now,
+                error_name="ParameterError",
+                error_message=one_line(exc),
+            )
+            self._finished(done)
+            return False
         job = self._live.assign(queued.job_id, robot_id, now=now)
-        resume = self._resume_spec(job, notebook, raw) if job.resume_from_failed else None
+        resume = None
+        if job.resume_from_failed:
+            notebook = copy.deepcopy(notebook) if notebook is workflow.nb else notebook
+            resume = self._resume_spec(job, notebook)
         start_at = self._start_at.get(job.job_id)
         if start_at is not None and start_at <= datetime.now(UTC):  # real time: robots wait in it
             del self._start_at[job.job_id]
@@ -1187,7 +1220,6 @@ class JobManager:
             attempt=job.attempt,
             workflow_path=job.workflow_path,
             notebook=notebook,
-            parameters={k: v for k, v in job.parameters.items() if k not in secrets},
             secret_parameters=secrets,
             priority=job.priority,
             resume=resume,
@@ -1195,7 +1227,7 @@ class JobManager:
         )
         self._assigned.setdefault(robot_id, set()).add(job.job_id)
         self._attempts[(job.job_id, job.attempt)] = _Attempt(
-            robot_id, sha256, now, notebook=notebook
+            robot_id, workflow.sha256, now, notebook=notebook
         )
         if not self.link.send_to_robot(robot_id, msg):
             self._release(job.job_id, job.attempt)
@@ -1204,23 +1236,19 @@ class JobManager:
         logger.info("sent job %s attempt %d to robot %s", job.job_id, job.attempt, robot_id)
         return True
 
-    def _workflow(self, path: str) -> tuple[bytes, dict[str, Any], str]:
-        """The workflow notebook as it is on disk now: its bytes, its JSON (shared: do not
-        mutate) and SHA-256; read again whenever the file's stat changes."""
+    def _workflow(self, path: str) -> _Workflow:
+        """The workflow notebook as it is on disk now (shared: do not mutate); read again
+        whenever the file's stat changes."""
         stat = os.stat(path)
         key = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         cached = self._workflows.get(path)
         if cached is not None and cached[0] == key:
-            return cached[1], cached[2], cached[3]
-        raw = Path(path).read_bytes()
-        notebook = json.loads(raw)
-        if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
-            raise WorkflowError(f"workflow {path} is not a notebook")
+            return cached[1]
+        workflow = _Workflow.read(path)
         if len(self._workflows) >= 256:
             self._workflows.clear()
-        sha256 = hashlib.sha256(raw).hexdigest()
-        self._workflows[path] = (key, raw, notebook, sha256)
-        return raw, notebook, sha256
+        self._workflows[path] = (key, workflow)
+        return workflow
 
     def _expire_unaccepted(self, now: datetime) -> None:
         before = now - timedelta(seconds=self.assign_timeout_s)

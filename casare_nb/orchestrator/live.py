@@ -30,8 +30,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from casare_nb.core.dispatch import dispatch_key
+from casare_nb.core.errors import QueueError
 from casare_nb.core.models import Job, RunStatus
-from casare_nb.store.queue import QueueError
 
 __all__ = ["LiveJobs"]
 

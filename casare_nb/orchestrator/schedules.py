@@ -52,9 +52,9 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from casare_nb.core.ids import new_run_id
 from casare_nb.core.models import Job, TriggerKind, TriggerRef
 from casare_nb.core.triggers import JobTemplate, Schedule, ScheduleKind, TriggerError
-from casare_nb.local import new_run_id
 from casare_nb.store.triggers import TriggerStore
 
 if TYPE_CHECKING:
@@ -236,7 +236,8 @@ async def _nothing() -> None:
     """The APScheduler job's function: the due time arrives in its EVENT_JOB_EXECUTED."""
 
 
-def _one_line(exc: BaseException) -> str:
+def _named_line(exc: BaseException) -> str:
+    """``Type: first line`` of an error."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
@@ -460,7 +461,7 @@ class Scheduler:
                     **template, source="schedule", trigger=ref, job_id=job_id, start_at=start_at
                 )
             except Exception as exc:  # the scheduler goes on; the fire records why
-                why = _one_line(exc)
+                why = _named_line(exc)
                 logger.error("schedule %s due %s: %s", schedule_id, due, why)
                 outcome = f"failed: {why}"
                 await asyncio.to_thread(self.store.set_fire_outcome, schedule_id, due, outcome)

@@ -60,7 +60,10 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from casare_nb.core.dispatch import RetryPolicy
+from casare_nb.core.errors import QueueError
 from casare_nb.core.models import Job, Priority, Robot, RunStatus, TriggerRef
+from casare_nb.core.tokens import BadAuthorization, bearer_token
+from casare_nb.notebook.state import StateDir
 from casare_nb.orchestrator.api import DrainResult
 from casare_nb.orchestrator.jobs import JOB_MESSAGES, JobManager, OrchestratorDraining
 from casare_nb.orchestrator.metrics import OrchestratorMetrics
@@ -91,12 +94,11 @@ from casare_nb.protocol import (
     encode,
 )
 from casare_nb.store.history import HistoryStore
-from casare_nb.store.queue import QueueError, QueueStore
+from casare_nb.store.queue import QueueStore
 
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
-    "HISTORY_FILE",
     "DrainResult",
     "Orchestrator",
     "OrchestratorDraining",
@@ -104,7 +106,6 @@ __all__ = [
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8765
-HISTORY_FILE: Final = "history.duckdb"
 MAX_PENDING_FRAMES: Final = 1000  # a peer further behind than this is closed (1013)
 
 _FIRST_MESSAGE: Final = "the first message must be register (robot) or subscribe (monitor)"
@@ -245,7 +246,7 @@ class Orchestrator:
         self.missed_heartbeats = missed_heartbeats
         self.max_frame_bytes = max_frame_bytes
         self.ssl_context = ssl_context
-        self.history = HistoryStore(self.state_dir / HISTORY_FILE)
+        self.history = HistoryStore(StateDir(self.state_dir).history_path)
         self.queue = QueueStore(self.history)
         self.registry = RobotRegistry()
         self.metrics = OrchestratorMetrics()
@@ -555,15 +556,10 @@ class Orchestrator:
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         """Refuse the upgrade (401) unless the request carries a live bearer token."""
-        values = request.headers.get_all("Authorization")
-        if not values:
-            return self._unauthorized(connection, "missing 'Authorization: Bearer <token>' header")
-        scheme, _, token = values[0].strip().partition(" ")
-        token = token.strip()
-        if len(values) > 1 or scheme.lower() != "bearer" or not token or " " in token:
-            return self._unauthorized(
-                connection, "malformed Authorization header: expected 'Bearer <token>'"
-            )
+        try:
+            token = bearer_token(request.headers.get_all("Authorization"))
+        except BadAuthorization as exc:
+            return self._unauthorized(connection, str(exc))
         try:
             name = await asyncio.to_thread(self.queue.verify_token, token)
         except QueueError as exc:
@@ -756,7 +752,7 @@ class Orchestrator:
         peer.role = Role.ROBOT
         peer.robot_id = robot.robot_id
         self._robot_peers[robot.robot_id] = peer
-        keep = self.job_manager.robot_back(robot.robot_id, msg.resume_from)
+        keep = self.job_manager.robot_back(robot.robot_id, msg.holding)
         peer.send(
             RegisterAck(
                 accepted=True,

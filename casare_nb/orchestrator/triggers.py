@@ -44,9 +44,9 @@ from casare_nb.core.triggers import (
 )
 from casare_nb.notebook.workflow import load_workflow
 from casare_nb.orchestrator.chaining import Chainer
-from casare_nb.orchestrator.hooks import WebhookReceiver
 from casare_nb.orchestrator.schedules import Scheduler
 from casare_nb.orchestrator.watch import FileWatcher, check
+from casare_nb.orchestrator.webhooks import WebhookReceiver
 from casare_nb.store.triggers import TriggerStore
 
 if TYPE_CHECKING:

@@ -40,9 +40,9 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from casare_nb.core.errors import CasareError
+from casare_nb.core.ids import new_run_id
 from casare_nb.core.models import TriggerKind, TriggerRef
 from casare_nb.core.triggers import Trigger, TriggerError
-from casare_nb.local import new_run_id
 from casare_nb.orchestrator.server import Orchestrator
 from casare_nb.store.triggers import TriggerStore
 

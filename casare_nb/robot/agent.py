@@ -46,10 +46,10 @@ at-least-once and the orchestrator drops duplicates by id and by
 (``job_complete``, ``job_failed``, ``job_cancelled``). Other messages (heartbeats, status,
 ``job_reject``, errors) are never buffered: sent at once, or an error if the link is down.
 
-**Resume.** ``register`` carries ``resume_from``: the jobs the runner still holds plus the jobs
+**Reconnecting.** ``register`` carries ``holding``: the jobs the runner still holds plus the jobs
 with messages in the outbox (e.g. one that finished while offline). ``register_ack``'s
 ``continue_jobs`` names those the orchestrator still considers this robot's: their buffered
-messages are sent first, before anything new. Every other job of ``resume_from`` was given to
+messages are sent first, before anything new. Every other job of ``holding`` was given to
 someone else: its buffered messages are dropped, later ones about it too, and
 :meth:`JobRunner.abandon` stops it. An ack without ``continue_jobs`` abandons them all.
 """
@@ -73,7 +73,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, W
 from websockets.frames import CloseCode
 
 from casare_nb import __version__
-from casare_nb.core.errors import CasareError
+from casare_nb.core.errors import CasareError, one_line
 from casare_nb.protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -103,12 +103,12 @@ from casare_nb.protocol import (
     ProtocolError,
     Register,
     RegisterAck,
-    ResumeRobot,
     RobotState,
     Role,
     Shutdown,
     StatusRequest,
     StatusResponse,
+    Unpause,
     decode,
     encode,
 )
@@ -217,7 +217,7 @@ class JobRunner(Protocol):
     """Runs the jobs the orchestrator assigns. The agent owns the link; the runner the jobs."""
 
     def running_jobs(self) -> list[JobRef]:
-        """The jobs it holds now (heartbeats, status_response, register's resume_from)."""
+        """The jobs it holds now (heartbeats, status_response, register's holding)."""
         ...
 
     async def handle(self, msg: Envelope, send: Send) -> None:
@@ -237,7 +237,7 @@ class JobRunner(Protocol):
     async def abandon(self, ref: JobRef) -> None:
         """Stop this attempt now without reporting: the orchestrator gave it to someone else.
 
-        Called after a reconnect for each job of ``register.resume_from`` that the
+        Called after a reconnect for each job of ``register.holding`` that the
         ``register_ack``'s ``continue_jobs`` leaves out; for a job it no longer holds
         (finished while offline) there is nothing to do. The agent calls it in a task of its
         own and serves meanwhile, so it may wait for the job to stop. Whatever the runner
@@ -686,7 +686,7 @@ class RobotAgent:
         except InvalidURI as exc:
             raise AgentError(f"connection.orchestrator_url is not usable: {exc}") from None
         except (OSError, WebSocketException) as exc:  # refused, DNS, timeout, bad handshake
-            raise _Retry(f"cannot reach the orchestrator at {url}: {_one_line(exc)}") from None
+            raise _Retry(f"cannot reach the orchestrator at {url}: {one_line(exc)}") from None
 
     def _register_message(self) -> Register:
         robot = self.config.robot
@@ -703,10 +703,10 @@ class RobotAgent:
                 casare_version=__version__,
                 checkpoints=self.config.job_execution.checkpoint_enabled,
             ),
-            resume_from=self._resume_from(),
+            holding=self._holding(),
         )
 
-    def _resume_from(self) -> list[JobRef]:
+    def _holding(self) -> list[JobRef]:
         """The jobs the runner holds, then those with reports in the outbox."""
         refs = dict.fromkeys(self.runner.running_jobs())
         refs.update(dict.fromkeys(self.outbox.jobs()))
@@ -743,15 +743,15 @@ class RobotAgent:
             self.config.connection.orchestrator_url,
             self.heartbeat_interval_s,
         )
-        await self._resume(register.resume_from, msg.continue_jobs)
+        await self._take_back(register.holding, msg.continue_jobs)
         self._ws = ws
         self.connected.set()
 
-    async def _resume(self, resumed: list[JobRef], current: list[JobRef]) -> None:
+    async def _take_back(self, held: list[JobRef], current: list[JobRef]) -> None:
         """Keep the reports of the jobs the orchestrator continues; abandon the others."""
         self._warn_drops(force=True)
-        keep = [ref for ref in resumed if ref in current]
-        abandon = [ref for ref in resumed if ref not in current]
+        keep = [ref for ref in held if ref in current]
+        abandon = [ref for ref in held if ref not in current]
         dropped = self.outbox.keep_jobs(keep, abandon)
         if keep:
             log.info("continuing %s; %d messages to deliver", _refs(keep), len(self.outbox))
@@ -877,7 +877,7 @@ class RobotAgent:
         try:
             return self._metrics()
         except Exception as exc:
-            log.warning("cannot measure cpu/memory: %s", _one_line(exc))
+            log.warning("cannot measure cpu/memory: %s", one_line(exc))
             return None
 
     async def _receive_loop(self, ws: ClientConnection) -> None:
@@ -904,8 +904,8 @@ class RobotAgent:
         elif isinstance(msg, Pause):
             log.info("paused by the orchestrator%s", f": {msg.reason}" if msg.reason else "")
             self.paused = True
-        elif isinstance(msg, ResumeRobot):
-            log.info("resumed by the orchestrator")
+        elif isinstance(msg, Unpause):
+            log.info("unpaused by the orchestrator")
             self.paused = False
         elif isinstance(msg, Shutdown):
             await self._shut_down(msg)
@@ -987,8 +987,3 @@ def _refs(refs: list[JobRef]) -> str:
 
 def _colon(text: str | None) -> str:
     return f": {text}" if text else ""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

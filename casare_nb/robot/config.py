@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -82,9 +82,7 @@ FLAT_ENV_VARS: dict[str, tuple[str, str]] = {
     "CASARE_HEARTBEAT_INTERVAL": ("connection", "heartbeat_interval_s"),
     "CASARE_RECONNECT_MAX_BACKOFF": ("connection", "reconnect_max_backoff_s"),
     "CASARE_CHECKPOINT_ENABLED": ("job_execution", "checkpoint_enabled"),
-    "CASARE_PROGRESS_UPDATE_INTERVAL": ("job_execution", "progress_update_interval"),
     "CASARE_WORK_DIR": ("job_execution", "work_dir"),
-    "CASARE_AUDIT_ENABLED": ("observability", "audit_enabled"),
     "CASARE_RESOURCE_MONITORING_ENABLED": ("observability", "resource_monitoring_enabled"),
 }
 """Flat environment variable -> (section, key)."""
@@ -104,6 +102,30 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    unused: ClassVar[dict[str, str]] = {}
+    """Keys of the runbook's layout that casare_nb accepts but has no use for, with why: they
+    are dropped with a notice (see :attr:`RobotConfig.notices`) instead of refused."""
+
+    _unused_given: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _drop_unused(cls, data: Any, handler: Any) -> Any:
+        given: list[str] = []
+        if isinstance(data, dict) and cls.unused:
+            given = sorted(k for k in data if k in cls.unused)
+            data = {k: v for k, v in data.items() if k not in cls.unused}
+        section = handler(data)
+        section._unused_given = given
+        return section
+
+    def unused_notices(self, section: str) -> list[str]:
+        """One line per unused key given in this section."""
+        return [
+            f"{section}.{key} has no effect in casare_nb ({self.unused[key]}); ignored"
+            for key in self._unused_given
+        ]
 
 
 class RobotSection(_Section):
@@ -190,15 +212,21 @@ class ConnectionSection(BaseModel):
 class JobExecutionSection(_Section):
     """How jobs run on this robot."""
 
+    unused: ClassVar[dict[str, str]] = {
+        "progress_update_interval": "each cell is reported to the orchestrator as it ends",
+    }
+
     checkpoint_enabled: bool = True
-    progress_update_interval: float = Field(default=1.0, ge=0)
     work_dir: Path | None = None
 
 
 class ObservabilitySection(_Section):
     """What the robot records about itself."""
 
-    audit_enabled: bool = True
+    unused: ClassVar[dict[str, str]] = {
+        "audit_enabled": "what robots do is in the orchestrator's history and logs",
+    }
+
     resource_monitoring_enabled: bool = True
 
 
@@ -425,7 +453,11 @@ class RobotConfig(BaseSettings):
     @property
     def notices(self) -> list[str]:
         """One line per ignored setting (cloud keys in ``connection``...) for the caller to show."""
-        return [_ignored_notice(key) for key in self.connection.ignored_keys]
+        notices = [_ignored_notice(key) for key in self.connection.ignored_keys]
+        for name in ("robot", "job_execution", "observability"):
+            section: _Section = getattr(self, name)
+            notices += section.unused_notices(name)
+        return notices
 
     def token_value(self) -> str | None:
         """The orchestrator token: ``connection.token``, else ``token_file``'s stripped content."""

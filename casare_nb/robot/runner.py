@@ -2,10 +2,13 @@
 
 :class:`EngineRunner` implements the agent's :class:`~casare_nb.robot.agent.JobRunner`:
 ``job_assign`` is answered with ``job_accept`` and the notebook runs in a task of its own
-through :func:`casare_nb.local.arun_notebook`, on a kernel of the robot's warm
-:class:`~casare_nb.notebook.pool.KernelPool`, in ``work_dir``. Each executed cell becomes a
-``job_progress``; the end of the run a ``job_complete`` (with the output notebook) or a
-``job_failed``. ``job_cancel`` interrupts the run and is answered with ``job_cancelled``.
+with the engine (:func:`casare_nb.notebook.run.execute`), on a kernel of the robot's warm
+:class:`~casare_nb.notebook.pool.KernelPool`, in ``work_dir``. The notebook comes ready to
+run (its parameters injected by the orchestrator, which validated them): the robot neither
+reads the parameter schema nor validates again. Each executed cell becomes a
+``job_progress``; the end of the run a ``job_complete`` (with the output notebook, from
+memory: the robot writes none) or a ``job_failed``. ``job_cancel`` interrupts the run and is
+answered with ``job_cancelled``.
 
 Checkpoints travel: each ``job_progress`` carries the executed cell (so the orchestrator
 holds the notebook so far), and after each cell every new manifest in the attempt's
@@ -14,10 +17,10 @@ checkpoint folder is offered (``checkpoint_offer``); the blobs the orchestrator 
 :data:`~casare_nb.protocol.MAX_BLOB_BYTES` do not fit a frame: a manifest naming one is not
 offered (a resume elsewhere restores an earlier checkpoint and replays).
 
-A ``job_assign`` with ``resume`` re-runs an earlier attempt from its failed cell: the
-earlier attempt's notebook and manifests are written into this robot's state folder, the
-blobs it lacks are fetched with ``blob_get``, then the engine resumes
-(:func:`casare_nb.local.aresume_attempt`) with the namespace restored.
+A ``job_assign`` with ``resume`` re-runs an earlier attempt from its failed cell as the
+orchestrator planned it: the manifests it sends are written into the new attempt's
+checkpoint folder, the blobs this robot lacks are fetched with ``blob_get``, then the engine
+restores the namespace and runs from the plan's first cell.
 
 Messages go through the agent's ``send``, which buffers job messages while the link is down
 and delivers them after the robot registers again. ``abandon`` stops an attempt the
@@ -31,25 +34,25 @@ a ``job_cancel`` meanwhile ends it before any cell ran.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nbformat import NotebookNode
 from websockets.exceptions import ConnectionClosed
 
 from casare_nb.core.errors import CasareError
 from casare_nb.core.models import CellRecord, RunRecord, RunStatus
-from casare_nb.local import RunResult, aresume_attempt, arun_notebook
-from casare_nb.notebook.checkpoint import AttemptPaths, StateDir, write_json_atomic
 from casare_nb.notebook.executor import Options, Step
+from casare_nb.notebook.hooks import RunHooks
 from casare_nb.notebook.pool import KernelPool
-from casare_nb.orchestrator.checkpoints import blob_refs
+from casare_nb.notebook.run import RunResult, RunSpec, Secrets, execute
+from casare_nb.notebook.state import AttemptPaths, StateDir, blob_refs, write_json_atomic
+from casare_nb.notebook.workflow import as_notebook, kernel_name_of
 from casare_nb.protocol import (
     MAX_BLOB_BYTES,
     BlobGet,
@@ -88,69 +91,56 @@ async def _send_safely(send: Send, msg: Envelope) -> None:
 _SCAN = "scan"  # outbox marker: offer the checkpoints written since the last scan
 
 
-class _ProgressRecorder:
-    """The engine's Recorder on a robot: each executed cell becomes a job_progress message
+class _ProgressSender(RunHooks):
+    """The engine's hooks on a robot: each executed cell becomes a job_progress message
     (with the cell), followed by offers of the new checkpoints, sent in order by a task of
-    its own; the run record is only kept (the orchestrator writes the history)."""
+    its own (the orchestrator writes the history)."""
 
-    def __init__(self, job: JobAssign, send: Send, paths: AttemptPaths, blob_dir: Path) -> None:
+    def __init__(self, job: JobAssign, send: Send, paths: AttemptPaths, state: StateDir) -> None:
         self._job = job
         self._send = send
         self._paths = paths
-        self._blob_dir = blob_dir
-        self._loop = asyncio.get_running_loop()
+        self._state = state
         self._outbox: asyncio.Queue[JobProgress | str | None] = asyncio.Queue()
         self._done = 0
         self._total = 0
         self._offered: set[str] = set()
-        self.run: RunRecord | None = None
         self._sender = asyncio.create_task(self._send_all())
 
-    def put_run(self, run: RunRecord) -> None:
-        self.run = run.model_copy(deep=True)
+    def run_started(self, run: RunRecord) -> None:
         self._total = max(self._total, run.cells_total)
 
-    def put_cells(self, cells: Sequence[CellRecord]) -> None:
-        return None  # cell_done reports each cell, with its outputs
-
     def cell_started(self, step: Step, position: int, total: int) -> None:
-        """The engine's progress: this cell is ``position`` of ``total`` (replays included)."""
+        """This cell is ``position`` of ``total`` (replays included)."""
         self._total = max(total, position)
 
-    def cell_finished(self, record: CellRecord, position: int, total: int) -> None:
-        return None
-
-    def cell_done(self, cell: CellRecord, executed: dict[str, Any]) -> None:
+    def cell_finished(
+        self, record: CellRecord, cell: NotebookNode, position: int, total: int
+    ) -> None:
         self._done += 1
         self._total = max(self._total, self._done)
         msg = JobProgress(
             job_id=self._job.job_id,
             attempt=self._job.attempt,
-            cell_index=cell.cell_index,
-            cell_id=cell.cell_id,
-            status=cell.status,
-            duration_s=max(0.0, cell.duration_s),
+            cell_index=record.cell_index,
+            cell_id=record.cell_id,
+            status=record.status,
+            duration_s=max(0.0, record.duration_s),
             cells_done=self._done,
             cells_total=self._total,
-            started_at=cell.started_at,
-            replayed=cell.replayed,
-            error_name=cell.error_name,
-            error_message=cell.error_message,
-            cell=json.loads(json.dumps(executed)),
+            started_at=record.started_at,
+            replayed=record.replayed,
+            error_name=record.error_name,
+            error_message=record.error_message,
+            cell=json.loads(json.dumps(cell)),
         )
-        self._loop.call_soon_threadsafe(self._outbox.put_nowait, msg)
-        self._loop.call_soon_threadsafe(self._outbox.put_nowait, _SCAN)
-
-    def flush(self, timeout: float | None = None) -> None:
-        return None
-
-    def close(self, timeout: float | None = None) -> None:
-        return None
+        self._outbox.put_nowait(msg)
+        self._outbox.put_nowait(_SCAN)
 
     async def finish(self) -> None:
         """Offer the last checkpoints, then wait until everything put so far is sent."""
-        self._loop.call_soon_threadsafe(self._outbox.put_nowait, _SCAN)
-        self._loop.call_soon_threadsafe(self._outbox.put_nowait, None)
+        self._outbox.put_nowait(_SCAN)
+        self._outbox.put_nowait(None)
         await self._sender
 
     async def _send_all(self) -> None:
@@ -176,7 +166,7 @@ class _ProgressRecorder:
             if manifest is None:
                 continue
             blobs = blob_refs(manifest)
-            too_big = [sha for sha in blobs if _blob_size(self._blob_dir, sha) > MAX_BLOB_BYTES]
+            too_big = [sha for sha in blobs if _blob_size(self._state, sha) > MAX_BLOB_BYTES]
             if too_big:
                 log.info(
                     "job %s: checkpoint of cell %s not offered: blob %s is over %d bytes",
@@ -198,14 +188,10 @@ class _ProgressRecorder:
         return offers
 
 
-def _blob_path(blob_dir: Path, sha256: str) -> Path:
-    return blob_dir / sha256[:2] / sha256[2:]
-
-
-def _blob_size(blob_dir: Path, sha256: str) -> int:
+def _blob_size(state: StateDir, sha256: str) -> int:
     try:
-        return _blob_path(blob_dir, sha256).stat().st_size
-    except OSError:
+        return state.blob_path(sha256).stat().st_size
+    except (OSError, ValueError):
         return 0
 
 
@@ -285,7 +271,7 @@ class EngineRunner:
     async def _send_blobs(self, msg: CheckpointWant, send: Send) -> None:
         for sha in msg.blobs:
             try:
-                data = await asyncio.to_thread(_blob_path(self.state.blob_dir, sha).read_bytes)
+                data = await asyncio.to_thread(self.state.blob_path(sha).read_bytes)
             except OSError as exc:
                 log.warning("job %s: cannot read blob %s: %s", msg.job_id, sha, exc)
                 continue
@@ -295,7 +281,7 @@ class EngineRunner:
             await _send_safely(send, BlobPut.of(data, reply_to=msg.id))
 
     def _store_blob(self, msg: BlobPut) -> None:
-        path = _blob_path(self.state.blob_dir, msg.sha256)
+        path = self.state.blob_path(msg.sha256)
         if path.is_file():
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -337,11 +323,11 @@ class EngineRunner:
         if msg.start_at is not None:  # sent ahead of its due time: its duration starts then
             started += max(0.0, (msg.start_at - datetime.now(UTC)).total_seconds())
         paths = self.state.attempt(msg.job_id, msg.attempt)
-        recorder = _ProgressRecorder(msg, send, paths, self.state.blob_dir)
+        progress = _ProgressSender(msg, send, paths, self.state)
         result: RunResult | None = None
         error: tuple[str, str] | None = None
         try:
-            result = await self._execute(msg, running, recorder, send)
+            result = await self._execute(msg, running, progress, send)
         except (CasareError, ValueError, OSError) as exc:  # bad parameters, broken notebook
             error = (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         except Exception as exc:
@@ -349,7 +335,7 @@ class EngineRunner:
             error = (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         finally:
             if not running.abandoned:
-                await recorder.finish()
+                await progress.finish()
             self._jobs.pop(msg.job_id, None)
         if running.abandoned:
             return
@@ -357,57 +343,56 @@ class EngineRunner:
         await _send_safely(send, self._final(msg, running, result, error, duration))
 
     async def _execute(
-        self, msg: JobAssign, running: _Running, recorder: _ProgressRecorder, send: Send
+        self, msg: JobAssign, running: _Running, progress: _ProgressSender, send: Send
     ) -> RunResult:
-        # no per-cell rewrite of the output notebook: the orchestrator keeps the notebook so
-        # far from the cells each job_progress carries
+        # no output notebook written, not even at the end: the orchestrator keeps the
+        # notebook so far from the cells each job_progress carries, and gets the final one
+        # in job_complete / job_failed from the result
         options = Options(
             cell_timeout=msg.timeouts.cell_s,
             run_timeout=msg.timeouts.run_s,
             save_each_cell=False,
+            save_output=False,
             start_at=msg.start_at,
         )
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        notebook = json.dumps(msg.notebook).encode("utf-8")
-        values = {**msg.parameters, **msg.secret_parameters}
-        common: dict[str, Any] = {
-            "notebook": notebook,
-            "run_id": msg.job_id,
-            "recorder": recorder,
-            "progress": recorder,
-            "on_cell": recorder.cell_done,
-            "kernels": self.pool,
-            "state_dir": self.state.root,
-            "cwd": self.work_dir,
-            "cancel": running.cancel,
-            "options": options,
-            "source": "robot",
-        }
+        self.state.ensure_writable()
+        nb = as_notebook(msg.notebook)
+        record = RunRecord(
+            run_id=msg.job_id,
+            attempt=msg.attempt,
+            workflow_path=msg.workflow_path,
+            notebook_sha256="",
+            kernel_name=kernel_name_of(nb),
+            started_at=datetime.now(UTC),
+            resumed_from_attempt=msg.resume.from_attempt if msg.resume else None,
+            source="robot",
+        )
+        secrets = Secrets.of(msg.secret_parameters, msg.secret_parameters.keys())
+        spec = RunSpec(
+            nb,
+            record,
+            self.state,
+            secrets=secrets,
+            resume=msg.resume.plan if msg.resume else None,
+            options=options,
+            cwd=self.work_dir,
+        )
         if msg.resume is not None:
             await self._materialise(msg, send)
-            return await aresume_attempt(
-                msg.workflow_path,
-                values,
-                attempt=msg.attempt,
-                from_attempt=msg.resume.from_attempt,
-                from_cell=msg.resume.from_cell,
-                **common,
-            )
-        return await arun_notebook(msg.workflow_path, values, **common)
+        return await execute(spec, hooks=progress, kernels=self.pool, cancel=running.cancel)
 
     async def _materialise(self, msg: JobAssign, send: Send) -> None:
-        """Put the resumed attempt's notebook and manifests in this robot's state folder and
-        fetch the blobs it lacks (waiting up to ``blob_timeout_s``: a blob that does not come
-        makes its variable fail to restore, and the resume replays the cells defining it)."""
+        """Put the manifests the resume restores into the new attempt's checkpoint folder and
+        fetch the blobs this robot lacks (waiting up to ``blob_timeout_s``: a blob that does
+        not come makes its variable fail to restore, and the resume replays the cells
+        defining it)."""
         spec = msg.resume
         assert spec is not None
-        self.state.ensure_writable()
-        prev = self.state.attempt(msg.job_id, spec.from_attempt).create()
-        if spec.previous_output is not None:
-            write_json_atomic(prev.output, spec.previous_output)
+        paths = self.state.attempt(msg.job_id, msg.attempt).create()
         for cell_id, manifest in spec.manifests.items():
-            write_json_atomic(prev.manifest(cell_id), manifest)
-        missing = [sha for sha in spec.blobs if not _blob_path(self.state.blob_dir, sha).is_file()]
+            write_json_atomic(paths.manifest(cell_id), manifest)
+        missing = [sha for sha in spec.blobs if not self.state.blob_path(sha).is_file()]
         if not missing:
             return
         loop = asyncio.get_running_loop()
@@ -443,7 +428,7 @@ class EngineRunner:
         if result is None:
             name, text = error or ("Error", "the run did not start")
             return JobFailed(**ref, error_name=name, error_message=text, duration_s=duration)
-        output = _read_notebook(Path(result.output_path))
+        output = result.notebook
         if result.status is RunStatus.COMPLETED and output is not None:
             return JobComplete(
                 **ref,
@@ -455,7 +440,7 @@ class EngineRunner:
             return JobCancelled(**ref, reply_to=running.cancel_msg.id)
         status = result.status
         if status not in (RunStatus.FAILED, RunStatus.TIMEOUT, RunStatus.CANCELLED):
-            status = RunStatus.FAILED  # completed, but the output notebook is unreadable
+            status = RunStatus.FAILED  # completed without an output notebook
         return JobFailed(
             **ref,
             status=status,
@@ -463,15 +448,7 @@ class EngineRunner:
             failed_cell_id=result.failed_cell_id,
             error_name=result.error_name or ("OutputError" if output is None else None),
             error_message=result.error_message
-            or ("cannot read the output notebook" if output is None else None),
+            or ("the run left no output notebook" if output is None else None),
             output_notebook=output,
             duration_s=duration,
         )
-
-
-def _read_notebook(path: Path) -> dict[str, Any] | None:
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(path.read_bytes())
-        if isinstance(data, dict) and isinstance(data.get("cells"), list):
-            return data
-    return None

@@ -33,6 +33,7 @@ import duckdb
 import pydantic_core
 import tenacity
 
+from casare_nb.core.errors import one_line
 from casare_nb.core.models import CellRecord, RunRecord, RunStatus
 
 __all__ = [
@@ -257,11 +258,6 @@ class HistoryError(RuntimeError):
     """The history database could not be opened, migrated, read or written."""
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def _is_lock_conflict(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
 
@@ -412,7 +408,7 @@ class HistoryStore:
             self._migrate(con)
             yield con
         except duckdb.Error as exc:
-            raise HistoryError(f"history database {self.path}: {_one_line(exc)}") from exc
+            raise HistoryError(f"history database {self.path}: {one_line(exc)}") from exc
         finally:
             with contextlib.suppress(duckdb.Error):
                 con.close()
@@ -422,7 +418,7 @@ class HistoryStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            reason = exc.strerror or _one_line(exc)
+            reason = exc.strerror or one_line(exc)
             raise HistoryError(
                 f"{where}: cannot create directory {self.path.parent}: {reason}"
             ) from exc
@@ -447,9 +443,9 @@ class HistoryStore:
             if _is_lock_conflict(exc):
                 raise HistoryError(
                     f"history database {self.path} is locked by another process "
-                    f"(gave up after {timeout:g}s): {_one_line(exc)}"
+                    f"(gave up after {timeout:g}s): {one_line(exc)}"
                 ) from exc
-            message = _one_line(exc)
+            message = one_line(exc)
             lowered = message.lower()
             hint = ""
             if "permission" in lowered or "read-only" in lowered or "read only" in lowered:
@@ -499,7 +495,7 @@ class HistoryStore:
                     except duckdb.Error as exc:
                         raise HistoryError(
                             f"history database {self.path}: migration to schema version "
-                            f"{version} failed: {_one_line(exc)}"
+                            f"{version} failed: {one_line(exc)}"
                         ) from exc
                     con.execute(
                         "INSERT INTO schema_migrations VALUES (?, ?)",
@@ -508,7 +504,7 @@ class HistoryStore:
                     log.debug("history %s: applied schema migration %d", self.path, version)
         except duckdb.Error as exc:
             raise HistoryError(
-                f"history database {self.path}: cannot apply migrations: {_one_line(exc)}"
+                f"history database {self.path}: cannot apply migrations: {one_line(exc)}"
             ) from exc
 
     # -- writes --------------------------------------------------------------------------
@@ -545,7 +541,7 @@ class HistoryStore:
                 _bulk_upsert(con, "cells", _CELL_COLUMNS, cell_rows)
         except duckdb.Error as exc:
             raise HistoryError(
-                f"cannot write to history database {self.path}: {_one_line(exc)}"
+                f"cannot write to history database {self.path}: {one_line(exc)}"
             ) from exc
 
     # -- reads ---------------------------------------------------------------------------
@@ -816,7 +812,7 @@ class HistoryWriter:
         error = (
             exc
             if isinstance(exc, HistoryError)
-            else HistoryError(f"history writer for {self.store.path} failed: {_one_line(exc)}")
+            else HistoryError(f"history writer for {self.store.path} failed: {one_line(exc)}")
         )
         if error is not exc:
             error.__cause__ = exc

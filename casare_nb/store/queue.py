@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import hmac
 import json
 import logging
@@ -54,19 +53,20 @@ from typing import Any, Final
 
 import duckdb
 
+from casare_nb.core.errors import JobExists, QueueError, one_line
 from casare_nb.core.models import Job, JobStatus, Priority
+from casare_nb.core.tokens import token_hash
 from casare_nb.store.history import (
     Connection,
     HistoryError,
     HistoryStore,
     _from_db_time,
-    _one_line,
     _to_db_time,
     _to_json,
     _transaction,
 )
 
-__all__ = ["JobExists", "QueueError", "QueueStore"]
+__all__ = ["QueueStore"]
 
 log = logging.getLogger(__name__)
 
@@ -148,15 +148,6 @@ _RETRY_MAX_S: Final[float] = 2.0  # ...doubling up to this
 _CLOSE_ATTEMPTS: Final[int] = 3  # attempts of the last batches at close before giving up
 
 
-class QueueError(RuntimeError):
-    """A queue operation was refused (unknown job, wrong state, stale attempt...) or failed."""
-
-
-class JobExists(QueueError):
-    """A new job's id is taken already (run ids are made per second: a submitter in the same
-    second may have drawn the same one)."""
-
-
 def _job_row(job: Job) -> tuple[Any, ...]:
     return (
         job.job_id,
@@ -192,10 +183,6 @@ def _job_from_row(row: Sequence[Any]) -> Job:
     for name in _JOB_TIMES:
         data[name] = _from_db_time(data[name])
     return Job.model_validate(data)
-
-
-def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
@@ -289,7 +276,7 @@ class QueueStore:
             except duckdb.Error as exc:
                 if isinstance(exc, duckdb.FatalException):
                     self._disconnect()  # the database is invalidated: reopen next time
-                raise QueueError(f"queue database {self.history.path}: {_one_line(exc)}") from exc
+                raise QueueError(f"queue database {self.history.path}: {one_line(exc)}") from exc
             finally:
                 self._owner = outer
 
@@ -538,7 +525,7 @@ class QueueStore:
                 failures += 1
                 with self._cond:
                     self._put_back(batch)
-                    self._write_error = _one_line(exc)
+                    self._write_error = one_line(exc)
                     if self._stopping and failures >= _CLOSE_ATTEMPTS:
                         return
                     log.warning("%r: a write failed (retrying): %s", self, exc)
@@ -1001,7 +988,7 @@ class QueueStore:
                 raise QueueError(f"token {name} already exists")
             con.execute(
                 "INSERT INTO tokens (token_hash, name, created_at) VALUES (?, ?, ?)",
-                [_token_hash(token), name, _to_db_time(datetime.now(UTC))],
+                [token_hash(token), name, _to_db_time(datetime.now(UTC))],
             )
         return token
 
@@ -1009,7 +996,7 @@ class QueueStore:
         """The name of a live token, or None (unknown, revoked or empty token)."""
         if not token:
             return None
-        digest = _token_hash(token)
+        digest = token_hash(token)
         rows = self._select(
             "SELECT token_hash, name FROM tokens WHERE token_hash = ? AND revoked_at IS NULL",
             [digest],

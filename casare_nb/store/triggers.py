@@ -18,9 +18,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from casare_nb.core.errors import QueueError
 from casare_nb.core.triggers import Schedule, Trigger, TriggerKind
 from casare_nb.store.history import _from_db_time, _to_db_time, _to_json
-from casare_nb.store.queue import QueueError, QueueStore
+from casare_nb.store.queue import QueueStore
 
 __all__ = ["Claim", "Fire", "TriggerStore"]
 

@@ -2,7 +2,7 @@
 robot can resume from it.
 
 Same layout as a robot's (and a local run's) state directory, under the orchestrator's
-``state_dir`` (see :mod:`casare_nb.notebook.checkpoint`)::
+``state_dir`` (see :mod:`casare_nb.notebook.state`)::
 
     blobs/ab/cdef...                          pickled variables, by sha256
     runs/<job>/<attempt>/checkpoints/<cell>.json
@@ -29,62 +29,24 @@ import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
-from casare_nb.notebook.checkpoint import AttemptPaths, StateDir, write_json_atomic
+from casare_nb.notebook.state import (
+    AttemptPaths,
+    CheckpointError,
+    StateDir,
+    check_cell_id,
+    check_manifest,
+    manifest_refs,
+    write_json_atomic,
+)
 
-__all__ = ["CheckpointError", "CheckpointStore", "blob_refs"]
+__all__ = ["CheckpointStore"]
 
-logger = logging.getLogger("casare_nb.orchestrator.checkpoints")
-
-_CELL_ID: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_REF: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}\.json$")
-_SHA: Final = re.compile(r"^[0-9a-f]{64}$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint offer or blob that cannot be stored (bad names, hash mismatch)."""
-
-
-def blob_refs(manifest: dict[str, Any]) -> list[str]:
-    """The blob digests a manifest names directly (``ref`` entries name other manifests)."""
-    found: list[str] = []
-    for entry in (manifest.get("vars") or {}).values():
-        if isinstance(entry, dict) and isinstance(entry.get("blob"), str):
-            found.append(entry["blob"])
-    return sorted(set(found))
-
-
-def manifest_refs(manifest: dict[str, Any]) -> list[str]:
-    """The cell ids of the other manifests this one refers to."""
-    found: list[str] = []
-    for entry in (manifest.get("vars") or {}).values():
-        if isinstance(entry, dict) and isinstance(entry.get("ref"), str):
-            found.append(entry["ref"].removesuffix(".json"))
-    return sorted(set(found))
-
-
-def check_manifest(cell_id: str, manifest: dict[str, Any]) -> list[str]:
-    """Validate the names in a manifest; its blob digests. Raises CheckpointError."""
-    if not _CELL_ID.match(cell_id):
-        raise CheckpointError(f"cell id {cell_id!r} is not a valid nbformat cell id")
-    entries = manifest.get("vars")
-    if entries is not None and not isinstance(entries, dict):
-        raise CheckpointError(f"manifest of cell {cell_id}: 'vars' is not an object")
-    for name, entry in (entries or {}).items():
-        if not isinstance(entry, dict):
-            raise CheckpointError(f"manifest of cell {cell_id}: entry {name!r} is not an object")
-        ref = entry.get("ref")
-        if ref is not None and (not isinstance(ref, str) or not _REF.match(ref)):
-            raise CheckpointError(f"manifest of cell {cell_id}: bad ref {ref!r} for {name!r}")
-        blob = entry.get("blob")
-        if blob is not None and (not isinstance(blob, str) or not _SHA.match(blob)):
-            raise CheckpointError(f"manifest of cell {cell_id}: bad blob {blob!r} for {name!r}")
-    return blob_refs(manifest)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -108,9 +70,7 @@ class CheckpointStore:
     # -- blobs ---------------------------------------------------------------------------
 
     def blob_path(self, sha256: str) -> Path:
-        if not _SHA.match(sha256):
-            raise CheckpointError(f"{sha256!r} is not a sha256 hex digest")
-        return self.state.blob_dir / sha256[:2] / sha256[2:]
+        return self.state.blob_path(sha256)
 
     def has_blob(self, sha256: str) -> bool:
         return self.blob_path(sha256).is_file()
@@ -199,8 +159,10 @@ class CheckpointStore:
     # -- attempts ------------------------------------------------------------------------
 
     def attempt(self, job_id: str, attempt: int) -> AttemptPaths:
-        if not _CELL_ID.match(job_id):
-            raise CheckpointError(f"job id {job_id!r} cannot name a folder")
+        try:
+            check_cell_id(job_id)
+        except CheckpointError:
+            raise CheckpointError(f"job id {job_id!r} cannot name a folder") from None
         return self.state.attempt(job_id, attempt)
 
     def stored_cells(self, job_id: str, attempt: int) -> list[str]:

@@ -30,6 +30,7 @@ from typing import Any
 import click
 import httpx
 
+from casare_nb.cli.present import job_event_printer, jobs_table
 from casare_nb.client import Client
 from casare_nb.core.models import Job, RunStatus
 from casare_nb.protocol import Event, EventKind
@@ -62,8 +63,6 @@ def _outcome(job: Job, took: float) -> str:
 
 
 def _scenario(client: Client, checks: list[tuple[str, bool]]) -> None:
-    from casare_nb.cli import job_event_printer, jobs_table
-
     printer = job_event_printer()
 
     def submit(workflow: str, params: dict[str, Any]) -> tuple[Job, float, list[int]]:

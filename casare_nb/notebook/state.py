@@ -1,4 +1,4 @@
-"""Where checkpoints live, and how they are read and carried between attempts.
+"""The state directory: where runs, checkpoints and blobs live, and how they are named.
 
 Layout of the state directory (``./.casare`` or ``$CASARE_HOME``)::
 
@@ -10,19 +10,33 @@ Layout of the state directory (``./.casare`` or ``$CASARE_HOME``)::
                                         modules, names that could not be saved (and why)
 
 The kernel writes blobs and manifests (``kernel_side``); this module names the paths, reads
-manifests, writes notebooks atomically and carries a prefix of manifests into a new attempt.
+manifests and the names in them, writes notebooks atomically and carries a prefix of
+manifests into a new attempt. The same layout serves a local run, a robot and the
+orchestrator's checkpoint store.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from casare_nb.core.errors import StateError
+
+HISTORY_FILE: Final = "history.duckdb"
+"""The DuckDB file of a state directory (history, and an orchestrator's queue and tokens)."""
+
+_CELL_ID: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_REF: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}\.json$")
+_SHA: Final = re.compile(r"^[0-9a-f]{64}$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or blob name that cannot be used (bad names, hash mismatch)."""
 
 
 def default_state_dir() -> Path:
@@ -38,11 +52,17 @@ class StateDir:
 
     @property
     def history_path(self) -> Path:
-        return self.root / "history.duckdb"
+        return self.root / HISTORY_FILE
 
     @property
     def blob_dir(self) -> Path:
         return self.root / "blobs"
+
+    def blob_path(self, sha256: str) -> Path:
+        """Where the blob of digest ``sha256`` lives; CheckpointError for a bad digest."""
+        if not _SHA.match(sha256):
+            raise CheckpointError(f"{sha256!r} is not a sha256 hex digest")
+        return self.blob_dir / sha256[:2] / sha256[2:]
 
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
@@ -114,6 +134,50 @@ class AttemptPaths:
                 ref = entry.get("ref")
                 if ref:
                     wanted.append(ref.removesuffix(".json"))
+
+
+def check_cell_id(cell_id: str) -> str:
+    """``cell_id`` if it can name a file (a manifest, a run folder); else CheckpointError."""
+    if not _CELL_ID.match(cell_id):
+        raise CheckpointError(f"cell id {cell_id!r} is not a valid nbformat cell id")
+    return cell_id
+
+
+def blob_refs(manifest: dict[str, Any]) -> list[str]:
+    """The blob digests a manifest names directly (``ref`` entries name other manifests)."""
+    found: list[str] = []
+    for entry in (manifest.get("vars") or {}).values():
+        if isinstance(entry, dict) and isinstance(entry.get("blob"), str):
+            found.append(entry["blob"])
+    return sorted(set(found))
+
+
+def manifest_refs(manifest: dict[str, Any]) -> list[str]:
+    """The cell ids of the other manifests this one refers to."""
+    found: list[str] = []
+    for entry in (manifest.get("vars") or {}).values():
+        if isinstance(entry, dict) and isinstance(entry.get("ref"), str):
+            found.append(entry["ref"].removesuffix(".json"))
+    return sorted(set(found))
+
+
+def check_manifest(cell_id: str, manifest: dict[str, Any]) -> list[str]:
+    """Validate the names in a manifest (they become paths); its blob digests. Raises
+    CheckpointError."""
+    check_cell_id(cell_id)
+    entries = manifest.get("vars")
+    if entries is not None and not isinstance(entries, dict):
+        raise CheckpointError(f"manifest of cell {cell_id}: 'vars' is not an object")
+    for name, entry in (entries or {}).items():
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"manifest of cell {cell_id}: entry {name!r} is not an object")
+        ref = entry.get("ref")
+        if ref is not None and (not isinstance(ref, str) or not _REF.match(ref)):
+            raise CheckpointError(f"manifest of cell {cell_id}: bad ref {ref!r} for {name!r}")
+        blob = entry.get("blob")
+        if blob is not None and (not isinstance(blob, str) or not _SHA.match(blob)):
+            raise CheckpointError(f"manifest of cell {cell_id}: bad blob {blob!r} for {name!r}")
+    return blob_refs(manifest)
 
 
 def write_json_atomic(path: Path, data: Any, *, compact: bool = False) -> None:

@@ -30,7 +30,8 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict
 
-from casare_nb.core.errors import CasareError, WorkflowError
+from casare_nb.core.errors import CasareError, JobExists, WorkflowError
+from casare_nb.core.ids import new_run_id
 from casare_nb.core.params import ParameterError
 from casare_nb.core.signing import (
     DELIVERY_HEADER,
@@ -42,15 +43,13 @@ from casare_nb.core.signing import (
     verify_signature,
 )
 from casare_nb.core.triggers import Trigger, TriggerKind, TriggerRef
-from casare_nb.local import new_run_id
 from casare_nb.orchestrator.jobs import OrchestratorDraining
 from casare_nb.orchestrator.server import Orchestrator
-from casare_nb.store.queue import JobExists
 from casare_nb.store.triggers import Claim, TriggerStore
 
 __all__ = ["HookAccepted", "HookRefused", "WebhookReceiver"]
 
-logger = logging.getLogger("casare_nb.orchestrator.hooks")
+logger = logging.getLogger("casare_nb.orchestrator.webhooks")
 
 _ID_ATTEMPTS: Final = 3  # job ids tried when a new run id is taken already (same second)
 

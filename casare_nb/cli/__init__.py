@@ -1,0 +1,15 @@
+"""``casare-nb``: run, resume and inspect workflow notebooks; drive an orchestrator.
+
+:mod:`.app` holds the command group and what the commands share; each module below adds its
+commands to it: :mod:`.local` (run here), :mod:`.service` (orchestrator, robot, demo),
+:mod:`.jobs`, :mod:`.tokens`, :mod:`.schedules` (through the orchestrator's API).
+"""
+
+from __future__ import annotations
+
+from casare_nb.cli import jobs, local, schedules, service, tokens
+from casare_nb.cli.app import app, main
+
+__all__ = ["app", "main"]
+
+_COMMANDS = (jobs, local, schedules, service, tokens)  # imported for their commands

@@ -1,0 +1,172 @@
+"""The ``casare-nb`` command group, its entry point, and what its commands share: the
+one-line errors, the state and client options, parameters from ``-p`` and ``-f``.
+
+Exit codes: 0 the run completed; 1 the run failed or timed out; 2 bad input (one line on
+stderr, nothing started); 130 cancelled with Ctrl-C. Commands import what they run inside
+their function, so ``casare-nb --help`` and a refused argument stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from casare_nb.core.errors import CasareError
+
+if TYPE_CHECKING:
+    from casare_nb.client import Client
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 130
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    """Print ``casare-nb: error: MESSAGE`` on stderr and exit with ``code``."""
+    click.echo(f"casare-nb: error: {message}", err=True)
+    sys.exit(code)
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point: every user error becomes one line on stderr and exit code 2."""
+    try:
+        app.main(args=args, prog_name="casare-nb", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(EXIT_CANCELLED)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        sys.exit(0)
+    except click.ClickException as exc:  # usage errors: bad option, missing argument ...
+        fail(exc.format_message().replace("\n", " "), exc.exit_code)
+    except CasareError as exc:
+        fail(str(exc), exc.exit_code)
+    except ValueError as exc:  # ParameterError and friends
+        fail(str(exc))
+
+
+@click.group()
+@click.version_option(package_name="casare_nb")
+def app() -> None:
+    """casare_nb: parameterised notebooks, run cell by cell, resumed from the failed cell."""
+
+
+state_option = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    envvar="CASARE_HOME",
+    help="State directory (history, checkpoints). Default: $CASARE_HOME or ./.casare",
+)
+
+
+def read_params(
+    params: Sequence[tuple[str, str]], params_file: str | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    typed: dict[str, Any] = {}
+    if not params and not params_file:
+        return typed, {}
+    from casare_nb.core.params import parse_cli_pairs
+
+    if params_file:
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(Path(params_file).read_text("utf-8"))
+        except OSError as exc:
+            fail(f"cannot read parameters file {params_file}: {exc.strerror}")
+        except UnicodeDecodeError:
+            fail(f"parameters file {params_file} is not UTF-8 text")
+        except yaml.YAMLError as exc:
+            fail(f"parameters file {params_file} is not YAML/JSON: {str(exc).splitlines()[0]}")
+        if loaded is not None and not isinstance(loaded, dict):
+            fail(f"parameters file {params_file} must hold a mapping of name: value")
+        typed = dict(loaded or {})
+    return typed, parse_cli_pairs(list(params))
+
+
+def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = state_option(f)
+    f = click.option(
+        "--token", envvar="CASARE_TOKEN", help="Bearer token (default: the runtime file's)."
+    )(f)
+    f = click.option(
+        "--url",
+        envvar="CASARE_URL",
+        help="Orchestrator HTTP URL (default: the runtime file of the state directory).",
+    )(f)
+    return f
+
+
+def client_for(url: str | None, token: str | None, state_dir: str | None) -> tuple[Client, bool]:
+    """A Client, and whether it talks to an orchestrator of this machine (runtime file)."""
+    from casare_nb.client import Client
+
+    if url:
+        if not token:
+            fail("--url needs a token: give --token or set CASARE_TOKEN")
+        return Client(url, token or ""), False
+    return Client.local(state_dir, token=token), True
+
+
+def running_client(url: str | None, token: str | None, state_dir: str | None) -> Client | None:
+    """A Client if an orchestrator is given (--url) or runs on the state dir, else None."""
+    from casare_nb.orchestrator.api import pid_alive, read_runtime_file, runtime_file_path
+
+    if url:
+        return client_for(url, token, state_dir)[0]
+    info = read_runtime_file(runtime_file_path(state_dir))
+    if info is not None and pid_alive(info.pid):
+        return client_for(None, token, state_dir)[0]
+    return None
+
+
+def workflow_arg(workflow: str, local: bool) -> str:
+    """A local file is sent as its absolute path to a local orchestrator; anything else as
+    typed, for the orchestrator to resolve against its workflows directory."""
+    path = Path(workflow)
+    if local and path.is_file():
+        return str(path.absolute())
+    return workflow
+
+
+wait_options = [
+    click.option(
+        "--wait", is_flag=True, help="Wait for the job to finish; exit 1 unless completed."
+    ),
+    click.option(
+        "--timeout", "wait_timeout", type=click.FloatRange(min=0), help="Seconds to wait."
+    ),
+    click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),
+]
+
+
+def with_options(options: Sequence[Callable[..., Any]]) -> Callable[..., Any]:
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+parameter_options = [
+    click.option(
+        "-p",
+        "--parameter",
+        "params",
+        nargs=2,
+        multiple=True,
+        metavar="NAME VALUE",
+        help="A parameter value (coerced to the type the notebook declares).",
+    ),
+    click.option(
+        "-f",
+        "--parameters-file",
+        "params_file",
+        type=click.Path(dir_okay=False),
+        help="YAML or JSON file of parameters.",
+    ),
+]

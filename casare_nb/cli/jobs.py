@@ -1,0 +1,230 @@
+"""``casare-nb submit``, ``rerun``, ``jobs``, ``robots``, ``cancel``, ``drain``, ``outputs``:
+the orchestrator's jobs and robots, through its HTTP API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from casare_nb.cli.app import (
+    EXIT_FAILED,
+    app,
+    client_for,
+    client_options,
+    parameter_options,
+    read_params,
+    wait_options,
+    with_options,
+    workflow_arg,
+)
+from casare_nb.cli.present import (
+    ROBOT_COLUMNS,
+    job_event_printer,
+    job_outcome,
+    jobs_table,
+    robot_row,
+    table,
+)
+
+
+def finish_wait(job: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(job.model_dump_json(indent=1))
+    elif job.status.value == "completed":
+        click.echo(job_outcome(job))
+    else:
+        click.echo(job_outcome(job), err=True)
+        click.echo(f"re-run from the failed cell:  casare-nb rerun {job.job_id} --wait", err=True)
+    sys.exit(0 if job.status.value == "completed" else EXIT_FAILED)
+
+
+@app.command()
+@click.argument("workflow")
+@with_options(parameter_options)
+@click.option(
+    "--priority",
+    type=click.Choice(["low", "normal", "high", "critical"]),
+    default="normal",
+    show_default=True,
+)
+@click.option("--tags", help="Comma-separated tags the robot must have.")
+@click.option("--env", "environment", help="Environment the robot must be in.")
+@click.option("--max-retries", type=click.IntRange(0, 100), default=0, show_default=True)
+@with_options(wait_options)
+@client_options
+def submit(
+    workflow: str,
+    params: Sequence[tuple[str, str]],
+    params_file: str | None,
+    priority: str,
+    tags: str | None,
+    environment: str | None,
+    max_retries: int,
+    wait: bool,
+    wait_timeout: float | None,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+    state_dir: str | None,
+) -> None:
+    """Queue a run of WORKFLOW on the orchestrator (path relative to its workflows dir)."""
+    typed, raw = read_params(params, params_file)
+    client, local = client_for(url, token, state_dir)
+    with client:
+        job = client.submit(
+            workflow_arg(workflow, local),
+            typed,
+            raw_parameters=raw,
+            priority=priority,
+            tags=[t.strip() for t in (tags or "").split(",") if t.strip()],
+            environment=environment,
+            max_retries=max_retries,
+            wait=wait,
+            timeout=wait_timeout,
+            on_event=None if as_json else job_event_printer(),
+        )
+    if wait:
+        finish_wait(job, as_json)
+    elif as_json:
+        click.echo(job.model_dump_json(indent=1))
+    else:
+        name = Path(job.workflow_path).name
+        click.echo(f"job {job.job_id} queued ({name}, priority {job.priority.value})")
+
+
+@app.command()
+@click.argument("job_id")
+@click.option(
+    "--from-failed/--from-start",
+    default=True,
+    show_default=True,
+    help="Resume from the failed cell (namespace restored), or run the whole notebook again.",
+)
+@with_options(parameter_options)
+@with_options(wait_options)
+@client_options
+def rerun(
+    job_id: str,
+    from_failed: bool,
+    params: Sequence[tuple[str, str]],
+    params_file: str | None,
+    wait: bool,
+    wait_timeout: float | None,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+    state_dir: str | None,
+) -> None:
+    """A new attempt of the finished job JOB_ID, from its failed cell by default."""
+    typed, raw = read_params(params, params_file)
+    client, _ = client_for(url, token, state_dir)
+    with client:
+        job = client.rerun(
+            job_id,
+            from_failed,
+            typed or None,
+            raw_parameters=raw or None,
+            wait=wait,
+            timeout=wait_timeout,
+            on_event=None if as_json else job_event_printer(),
+        )
+    if wait:
+        finish_wait(job, as_json)
+    elif as_json:
+        click.echo(job.model_dump_json(indent=1))
+    else:
+        how = "from the failed cell" if from_failed else "from the start"
+        click.echo(f"job {job.job_id} queued again, {how}")
+
+
+@app.command()
+@click.option(
+    "--status",
+    type=click.Choice(["queued", "running", "completed", "failed", "cancelled", "timeout", "dead"]),
+    help="Only jobs in this status.",
+)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@client_options
+def jobs(
+    status: str | None,
+    limit: int,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+    state_dir: str | None,
+) -> None:
+    """The orchestrator's jobs, newest first."""
+    client, _ = client_for(url, token, state_dir)
+    with client:
+        found = client.list(status, limit)
+    if as_json:
+        click.echo(json.dumps([j.model_dump(mode="json") for j in found], indent=1))
+        return
+    click.echo(jobs_table(found))
+
+
+@app.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@client_options
+def robots(as_json: bool, url: str | None, token: str | None, state_dir: str | None) -> None:
+    """The robots that registered with the orchestrator, and their load."""
+    client, _ = client_for(url, token, state_dir)
+    with client:
+        found = client.robots()
+    if as_json:
+        click.echo(json.dumps([r.model_dump(mode="json") for r in found], indent=1))
+    elif not found:
+        click.echo("no robots yet")
+    else:
+        click.echo(table([robot_row(r) for r in found], ROBOT_COLUMNS))
+
+
+@app.command()
+@click.argument("job_id")
+@client_options
+def cancel(job_id: str, url: str | None, token: str | None, state_dir: str | None) -> None:
+    """Cancel JOB_ID: a queued job at once, a running one once its robot interrupted it."""
+    client, _ = client_for(url, token, state_dir)
+    with client:
+        job = client.cancel(job_id)
+    if job.status.value == "cancelled":
+        click.echo(f"job {job.job_id} cancelled")
+    else:
+        click.echo(f"job {job.job_id}: cancel sent to robot {job.robot_id}; it stops shortly")
+
+
+@app.command()
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds the running jobs get to finish.",
+)
+@client_options
+def drain(timeout: float, url: str | None, token: str | None, state_dir: str | None) -> None:
+    """Stop taking jobs, let running ones finish (up to --timeout), shut the robots down."""
+    client, _ = client_for(url, token, state_dir)
+    with client:
+        report = client.drain(timeout)
+    click.echo("draining: the orchestrator takes no new jobs")
+    click.echo(f"  finished while waiting  {', '.join(report.finished_jobs) or '-'}")
+    click.echo(f"  still unfinished        {', '.join(report.unfinished_jobs) or '-'}")
+    click.echo(f"  robots shut down        {', '.join(report.robots_shut_down) or '-'}")
+
+
+@app.command()
+@click.argument("job_id")
+@client_options
+def outputs(job_id: str, url: str | None, token: str | None, state_dir: str | None) -> None:
+    """The values JOB_ID's notebook recorded with casare_nb.output(name, value), as JSON."""
+    client, _ = client_for(url, token, state_dir)
+    with client:
+        found = client.outputs(job_id)
+    click.echo(json.dumps(found, indent=1, default=str))
