@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from casare_nb.core.models import Robot
-from casare_nb.orchestrator.jobs import Link
-from casare_nb.orchestrator.server import Orchestrator
+from casare_nb.orchestrator.jobs.book import Link
+from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.protocol import Envelope, EventKind, JobAssign
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,12 +31,12 @@ class JobWatch:
     """
 
     def __init__(self, orch: Orchestrator) -> None:
-        self.inner: Link = orch.job_manager.link
+        self.inner: Link = orch.job_manager.book.link
         self.assigned_at: dict[str, float] = {}
         self.finished_at: dict[str, float] = {}
         self.finished_status: dict[str, str] = {}
         self.on_finished: Callable[[str], None] | None = None
-        orch.job_manager.link = self
+        orch.job_manager.book.link = self
 
     def robots(self) -> list[Robot]:
         return self.inner.robots()

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import notebooks as nbs
-from casare_nb.local import RunResult, run_notebook
+from casare_nb.local import run_notebook
 from casare_nb.notebook.executor import Options
+from casare_nb.notebook.run import RunResult
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 1. **Submit**: ``Orchestrator.submit`` (parameter validation, one committed insert, a wake of
    the dispatcher), one after another, no robot connected; timed in chunks of 100.
-   The rest of the jobs go in with one ``QueueStore.add_jobs`` call (timed too).
+   The rest of the jobs go in with one ``JobStore.add_jobs`` call (timed too).
 2. **Drain**: 4 :class:`~casare_nb.robot.agent.RobotAgent` (1 slot each, the default), in
    one process of their own (``bench/robot_process.py``), each with a no-op
    :class:`~casare_nb.robot.agent.JobRunner` that answers ``job_assign`` with
@@ -42,7 +42,9 @@ from bench import common
 from bench import notebooks as nbs
 from bench.cluster import JobWatch, RobotProcess, robot_tokens
 from casare_nb.core.models import Job, RunStatus
-from casare_nb.orchestrator.server import Orchestrator
+from casare_nb.notebook.state import StateDir
+from casare_nb.orchestrator.orchestrator import Orchestrator
+from casare_nb.store.history import HistoryStore
 
 COMMAND = ".venv/bin/python -m bench.dispatch_throughput"
 TARGET_RATE = 200.0
@@ -88,8 +90,8 @@ def _window_rates(times: list[float], windows: int = 10) -> list[float]:
 
 async def _history_runs(orch: Orchestrator) -> dict[str, int]:
     await asyncio.to_thread(orch.job_manager.flush_history, 60)
-    with orch.queue.connection() as con:
-        rows = con.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall()
+    history = HistoryStore(StateDir(orch.state_dir).history_path)
+    rows = history.db.query("SELECT status, count(*) FROM runs GROUP BY status")
     return {str(status): int(n) for status, n in rows}
 
 
@@ -113,9 +115,9 @@ async def _measure(
         chunks = await _submit(orch, path, submits)
         bulk = _bulk_jobs(path, total - submits)
         t0 = time.perf_counter()
-        await asyncio.to_thread(orch.queue.add_jobs, bulk)
+        await asyncio.to_thread(orch.stores.jobs.add_jobs, bulk)
         bulk_s = time.perf_counter() - t0
-        counts = await asyncio.to_thread(orch.queue.count_by_status)
+        counts = await asyncio.to_thread(orch.stores.jobs.count_by_status)
         if counts[RunStatus.QUEUED] != total:
             raise RuntimeError(f"expected {total} queued jobs, found {counts}")
 
@@ -144,7 +146,7 @@ async def _measure(
         robots = None
         await asyncio.sleep(0.2)  # the orchestrator handles the robots' goodbyes
 
-        jobs = await asyncio.to_thread(orch.queue.list_jobs, limit=total + 10)
+        jobs = await asyncio.to_thread(orch.stores.jobs.list_jobs, limit=total + 10)
         runs = await _history_runs(orch)
         return {
             "total": total,
@@ -276,7 +278,7 @@ def main(quick: bool = False, profile: bool = False) -> dict[str, Any]:
             ", ".join(f"{r:.0f}" for r in submit_rates),
         ],
         [
-            "queue in bulk (`QueueStore.add_jobs`, one call)",
+            "queue in bulk (`JobStore.add_jobs`, one call)",
             f"{raw['bulk']} jobs",
             f"{bulk_rate:.0f} jobs/s",
             common.sec(raw["bulk_s"]),
@@ -339,7 +341,7 @@ def main(quick: bool = False, profile: bool = False) -> dict[str, Any]:
             )
         findings.append(
             f"`Orchestrator.submit` queues {submit_rate:.0f} jobs/s one at a time{trend} "
-            f"(`QueueStore.add_jobs`: {bulk_rate:.0f}/s); each submit wakes the dispatcher, "
+            f"(`JobStore.add_jobs`: {bulk_rate:.0f}/s); each submit wakes the dispatcher, "
             "which reads and parses up to 1000 queued jobs even with no robot to send to "
             "(benchmark 6)."
         )

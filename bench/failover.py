@@ -29,7 +29,7 @@ from typing import Any
 
 from bench import common
 from bench import notebooks as nbs
-from casare_nb.orchestrator.server import Orchestrator
+from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.protocol import EventKind
 
 COMMAND = ".venv/bin/python -m bench.failover"
@@ -116,7 +116,7 @@ async def _one(
     procs.append(victim)
     await _online(orch, names[0])
     job_id = (await orch.submit(path)).job_id
-    store = orch.job_manager.checkpoints
+    store = orch.stores.checkpoints
 
     def on_victim() -> bool:
         job = orch.job(job_id)
@@ -164,7 +164,7 @@ async def _one(
         "requeued_s": requeued - killed,
         "accepted_s": accepted - killed,
         "resumed_s": resumed - killed,
-        "grace_s": orch.job_manager.reconnect_grace_s,
+        "grace_s": orch.job_manager.attempts.reconnect_grace_s,
     }
 
 

@@ -2,7 +2,7 @@
 papermill CLI and vs the warm-kernel floor, side by side in one invocation.
 
 (a) **orchestrated**: ``Orchestrator.submit(nb, {"n": 3})`` until the job is ``completed``.
-    The orchestrator (real :class:`~casare_nb.orchestrator.server.Orchestrator`, port 0 on
+    The orchestrator (real :class:`~casare_nb.orchestrator.orchestrator.Orchestrator`, port 0 on
     127.0.0.1, its DuckDB file in a temporary state dir) runs in this process; one robot
     (:class:`~casare_nb.robot.agent.RobotAgent` + :class:`~casare_nb.robot.runner.EngineRunner`
     on a :class:`~casare_nb.notebook.pool.KernelPool` of 1 warm kernel, checkpoints on) runs
@@ -37,7 +37,7 @@ from bench import common
 from bench import notebooks as nbs
 from bench.cluster import JobWatch, RobotProcess, robot_tokens
 from casare_nb.notebook.state import HISTORY_FILE
-from casare_nb.orchestrator.server import Orchestrator
+from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.store.history import HistoryStore
 
 COMMAND = ".venv/bin/python -m bench.orchestrated_run"

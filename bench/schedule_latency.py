@@ -2,7 +2,7 @@
 and what 1,000 stored schedules cost the orchestrator's start.
 
 (a) **due time -> first cell running.** The orchestrator (port 0, its DuckDB file in a
-    temporary state dir) and its own :class:`~casare_nb.orchestrator.schedules.Scheduler`
+    temporary state dir) and its own :class:`~casare_nb.orchestrator.triggers.schedules.Scheduler`
     (``orch.triggers.scheduler``: APScheduler's ``AsyncIOScheduler`` on the orchestrator's
     event loop, started by ``Orchestrator.start``) run in this process; one robot (engine, a
     pool of 1 warm kernel, checkpoints on) in a process of its own
@@ -44,7 +44,7 @@ from bench import common
 from bench import notebooks as nbs
 from bench.cluster import ROOT, JobWatch, RobotProcess, robot_tokens
 from casare_nb.core.triggers import Schedule, ScheduleKind
-from casare_nb.orchestrator.server import Orchestrator
+from casare_nb.orchestrator.orchestrator import Orchestrator
 
 COMMAND = ".venv/bin/python -m bench.schedule_latency"
 TARGET_P95_S = 0.100

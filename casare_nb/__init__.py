@@ -1,6 +1,7 @@
 """casare_nb: parameterised notebooks, run cell by cell, every cell a checkpoint.
 
-Importing this package is cheap: the engine loads on first use.
+Importing this package is cheap: what it offers (``Client``, ``run_notebook``...) is imported
+on first use, inside ``__getattr__``, so that ``import casare_nb`` loads no engine.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ directory (``./.casare/orchestrator.json`` or ``$CASARE_HOME``)::
 Every failure is a :class:`ClientError` (a :class:`~casare_nb.core.errors.CasareError`) with
 the server's one-line reason and the HTTP ``status`` (None when the orchestrator could not
 be reached); :class:`WaitTimeout` when :meth:`Client.wait` runs out of time.
+
+The WebSocket side (websockets, :mod:`casare_nb.protocol`) is imported on first use, inside
+the methods that need it: callers that only use HTTP (most CLI commands) skip its start-up.
 """
 
 from __future__ import annotations
@@ -32,9 +35,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from casare_nb.core.errors import CasareError, one_line
-from casare_nb.core.models import Job, Priority, Robot, RunStatus
-from casare_nb.orchestrator.api import (
+from casare_nb.api import (
     DrainResult,
     FireInfo,
     Health,
@@ -50,6 +51,8 @@ from casare_nb.orchestrator.api import (
     read_runtime_file,
     runtime_file_path,
 )
+from casare_nb.core.errors import CasareError, one_line
+from casare_nb.core.models import Job, Priority, Robot, RunStatus
 
 if TYPE_CHECKING:  # the event stream's modules load on first use: `casare-nb jobs` stays quick
     from websockets.sync.client import ClientConnection
@@ -78,11 +81,13 @@ class WaitTimeout(ClientError, TimeoutError):
 
 
 def _job_id_of(event: Event) -> str | None:
-    if event.topic.value == "cells":
-        value = event.data.get("job_id")
-    else:
-        value = (event.data.get("job") or {}).get("job_id")
-    return value if isinstance(value, str) else None
+    """The job an event is about (None for a robot's)."""
+    data = event.data
+    job_id = getattr(data, "job_id", None)  # a CellEvent
+    if job_id is None:
+        job = getattr(data, "job", None)  # a JobEvent
+        job_id = getattr(job, "job_id", None)
+    return job_id if isinstance(job_id, str) else None
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -575,6 +580,8 @@ class Client:
         timeout: float | None,
         on_event: Callable[[Event], None] | None,
     ) -> Job:
+        from casare_nb.protocol import JobEvent
+
         job = self.get(job_id)  # subscribed already: a finish from now on is an event
         if job.status.finished:
             return job
@@ -588,8 +595,8 @@ class Client:
                 continue
             if on_event is not None:
                 on_event(event)
-            if event.kind.value == "job_finished":
-                return Job.model_validate(event.data["job"])
+            if event.kind.value == "job_finished" and isinstance(event.data, JobEvent):
+                return event.data.job
 
     def list(self, status: RunStatus | str | None = None, limit: int = 100) -> builtins.list[Job]:
         """Up to ``limit`` jobs, newest first, optionally only those in ``status``."""

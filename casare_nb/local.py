@@ -62,7 +62,7 @@ class HistoryHooks(RunHooks):
     ) -> None:
         self.writer.put_cells([record])
 
-    def run_finished(self, run: RunRecord, result: RunResult) -> None:
+    def run_finished(self, run: RunRecord) -> None:
         self.writer.put_run(run)
         self.writer.close()
 

@@ -27,7 +27,7 @@ from casare_nb.core.ids import new_run_id
 from casare_nb.core.models import CellRecord, CellStatus, RunRecord
 from casare_nb.core.params import INJECTED_TAG, read_schema, redact
 from casare_nb.local import record_run
-from casare_nb.notebook.executor import Options, Step
+from casare_nb.notebook.executor import Options
 from casare_nb.notebook.hooks import RunHooks
 from casare_nb.notebook.run import RunSpec
 from casare_nb.notebook.state import StateDir
@@ -47,8 +47,8 @@ class _PapermillProgress(RunHooks):
     def __init__(self, nb_man: NotebookExecutionManager) -> None:
         self.nb_man = nb_man
 
-    def cell_started(self, step: Step, position: int, total: int) -> None:
-        self.nb_man.cell_start(self.nb_man.nb.cells[step.index], step.index)
+    def cell_started(self, index: int, position: int, total: int) -> None:
+        self.nb_man.cell_start(self.nb_man.nb.cells[index], index)
 
     def cell_finished(
         self, record: CellRecord, cell: NotebookNode, position: int, total: int

@@ -40,20 +40,33 @@ from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SerializationInfo,
+    SerializerFunctionWrapHandler,
     StringConstraints,
+    Tag,
     TypeAdapter,
     ValidationError,
     field_serializer,
+    model_serializer,
     model_validator,
 )
 
 from casare_nb.core.errors import CasareError
-from casare_nb.core.models import CellRecord, CellStatus, Priority, ResumePlan, RunStatus
+from casare_nb.core.models import (
+    CellRecord,
+    CellStatus,
+    Job,
+    Priority,
+    ResumePlan,
+    Robot,
+    RunStatus,
+)
 from casare_nb.core.params import REDACTED
 
 __all__ = [
+    "EVENT_DATA",
     "MAX_BLOB_BYTES",
     "MAX_FRAME_BYTES",
     "MESSAGE_ADAPTER",
@@ -67,6 +80,7 @@ __all__ = [
     "BlobGet",
     "BlobPut",
     "Capabilities",
+    "CellEvent",
     "CheckpointOffer",
     "CheckpointStored",
     "CheckpointWant",
@@ -75,6 +89,7 @@ __all__ = [
     "Error",
     "ErrorCode",
     "Event",
+    "EventData",
     "EventKind",
     "Heartbeat",
     "HeartbeatAck",
@@ -83,6 +98,7 @@ __all__ = [
     "JobCancel",
     "JobCancelled",
     "JobComplete",
+    "JobEvent",
     "JobFailed",
     "JobProgress",
     "JobRef",
@@ -95,6 +111,8 @@ __all__ = [
     "Register",
     "RegisterAck",
     "ResumeSpec",
+    "RobotEvent",
+    "RobotSnapshot",
     "Role",
     "Shutdown",
     "StatusRequest",
@@ -263,7 +281,6 @@ class Topic(StrEnum):
 
     ROBOTS = "robots"
     JOBS = "jobs"
-    QUEUE = "queue"
     CELLS = "cells"
 
 
@@ -277,7 +294,6 @@ class EventKind(StrEnum):
     JOB_STARTED = "job_started"
     JOB_FINISHED = "job_finished"
     CELL_FINISHED = "cell_finished"
-    QUEUE_CHANGED = "queue_changed"
 
     @property
     def topic(self) -> Topic:
@@ -292,7 +308,6 @@ _EVENT_TOPICS: dict[EventKind, Topic] = {
     EventKind.JOB_STARTED: Topic.JOBS,
     EventKind.JOB_FINISHED: Topic.JOBS,
     EventKind.CELL_FINISHED: Topic.CELLS,
-    EventKind.QUEUE_CHANGED: Topic.QUEUE,
 }
 
 
@@ -853,6 +868,91 @@ class Unsubscribe(Envelope):
         return _serialize_topics(topics)
 
 
+class RobotEvent(_Model):
+    """What ``robot_online``, ``robot_offline`` and ``robot_status`` carry: the robot."""
+
+    robot: Robot = Field(description="The robot as the orchestrator sees it now.")
+    reason: str | None = Field(
+        default=None, description="robot_offline: disconnected or missed_heartbeats."
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_none(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return {k: v for k, v in handler(self).items() if v is not None or k != "reason"}
+
+
+class RobotSnapshot(_Model):
+    """What the ``robot_status`` event answering a subscribe to ``robots`` carries."""
+
+    snapshot: Literal[True] = Field(default=True, description="Always true: every robot.")
+    robots: list[Robot] = Field(description="Every robot the orchestrator knows, by id.")
+
+
+class JobEvent(_Model):
+    """What ``job_queued``, ``job_started`` and ``job_finished`` carry: the job."""
+
+    job: Job = Field(description="The job as it is now.")
+    reason: str | None = Field(
+        default=None,
+        description="job_queued again: rerun, retry, robot_offline, rejected, not_accepted, "
+        "robot_stopped, send_failed; absent for a new job.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_none(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return {k: v for k, v in handler(self).items() if v is not None or k != "reason"}
+
+
+class CellEvent(_Model):
+    """What ``cell_finished`` carries: one executed cell of an attempt."""
+
+    job_id: NonEmptyStr = Field(description="The job.")
+    attempt: int = Field(ge=1, description="Its attempt.")
+    cell_index: int = Field(ge=0, description="Index of the cell in the executed notebook.")
+    cell_id: str | None = Field(default=None, description="nbformat id of the cell.")
+    status: CellStatus = Field(description="How the cell ended.")
+    duration_s: float = Field(ge=0, description="Execution time of the cell.")
+    cells_done: int = Field(ge=0, description="Cells executed so far in this attempt.")
+    cells_total: int = Field(ge=0, description="Cells this attempt executes.")
+
+
+def _data_tag(value: Any) -> str | None:
+    """Which model event data is, by the key only it has."""
+    if isinstance(value, BaseModel):
+        return type(value).__name__
+    if isinstance(value, Mapping):
+        for key, tag in (
+            ("snapshot", "RobotSnapshot"),
+            ("robot", "RobotEvent"),
+            ("job", "JobEvent"),
+            ("job_id", "CellEvent"),
+        ):
+            if key in value:
+                return tag
+    return None
+
+
+EventData = Annotated[
+    Annotated[RobotEvent, Tag("RobotEvent")]
+    | Annotated[RobotSnapshot, Tag("RobotSnapshot")]
+    | Annotated[JobEvent, Tag("JobEvent")]
+    | Annotated[CellEvent, Tag("CellEvent")],
+    Discriminator(_data_tag),
+]
+"""What an event carries: the model of its kind."""
+
+EVENT_DATA: dict[EventKind, tuple[type[BaseModel], ...]] = {
+    EventKind.ROBOT_ONLINE: (RobotEvent,),
+    EventKind.ROBOT_OFFLINE: (RobotEvent,),
+    EventKind.ROBOT_STATUS: (RobotEvent, RobotSnapshot),
+    EventKind.JOB_QUEUED: (JobEvent,),
+    EventKind.JOB_STARTED: (JobEvent,),
+    EventKind.JOB_FINISHED: (JobEvent,),
+    EventKind.CELL_FINISHED: (CellEvent,),
+}
+"""Event kind -> the model(s) its ``data`` is."""
+
+
 class Event(Envelope):
     """Orchestrator -> monitor, when something it subscribed to happens."""
 
@@ -861,7 +961,7 @@ class Event(Envelope):
     type: Literal["event"] = "event"
     topic: Topic = Field(description="The topic; must be the kind's topic.")
     kind: EventKind = Field(description="What happened.")
-    data: dict[str, Any] = Field(default_factory=dict, description="Details, by kind.")
+    data: EventData = Field(description="Details: the model of the kind (see below).")
 
     @model_validator(mode="after")
     def _kind_in_topic(self) -> Event:
@@ -869,6 +969,11 @@ class Event(Envelope):
             raise ValueError(
                 f"event kind {self.kind.value} belongs to topic {self.kind.topic.value}, "
                 f"not {self.topic.value}"
+            )
+        if not isinstance(self.data, EVENT_DATA[self.kind]):
+            raise ValueError(
+                f"event kind {self.kind.value} carries {EVENT_DATA[self.kind][0].__name__}, "
+                f"not {type(self.data).__name__}"
             )
         return self
 
@@ -942,6 +1047,10 @@ NESTED_MODELS: tuple[type[BaseModel], ...] = (
     ResumePlan,
     ResumeSpec,
     LogRecord,
+    RobotEvent,
+    RobotSnapshot,
+    JobEvent,
+    CellEvent,
 )
 
 MESSAGE_TYPES: dict[str, type[Envelope]] = {

@@ -25,12 +25,12 @@ from pydantic import BaseModel, StringConstraints
 from pydantic.fields import FieldInfo
 
 from casare_nb import protocol as p
-from casare_nb.core.models import CellStatus, RunStatus
+from casare_nb.core.models import CellStatus, Job, Priority, Robot, RobotStatus, RunStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "protocol.md"
 
-ENUMS: tuple[type[Enum], ...] = (CellStatus, RunStatus, p.Topic, p.EventKind)
+ENUMS: tuple[type[Enum], ...] = (CellStatus, RunStatus, Priority, RobotStatus, p.Topic, p.EventKind)
 FACTORIES: dict[Callable[[], Any], str] = {
     p._new_id: "random per-process prefix + counter",
     p._utcnow: "now",
@@ -279,6 +279,21 @@ def render() -> str:
                 lines.append("No fields besides the envelope.")
     lines += ["", "## Nested objects"]
     for model in p.NESTED_MODELS:
+        lines += ["", f"### {model.__name__}", "", _doc(model), "", *fields_table(model)]
+        if model is p.CellEvent:
+            lines += [
+                "",
+                "Which `data` each event kind carries:",
+                "",
+                "| kind | data |",
+                "| --- | --- |",
+                *(
+                    f"| `{kind.value}` | {' or '.join(_anchor(m.__name__) for m in models)} |"
+                    for kind, models in p.EVENT_DATA.items()
+                ),
+            ]
+    lines += ["", "## Domain objects", "", "The orchestrator's own models, as events carry them."]
+    for model in (Robot, Job):
         lines += ["", f"### {model.__name__}", "", _doc(model), "", *fields_table(model)]
     lines += [
         "",

@@ -17,7 +17,7 @@ from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.models import Job, RobotStatus
 from casare_nb.notebook.pool import KernelPool
 from casare_nb.notebook.state import StateDir
-from casare_nb.orchestrator.server import Orchestrator
+from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.protocol import Register, RegisterAck, decode, encode
 from casare_nb.robot.agent import RobotAgent
 from casare_nb.robot.config import load_config

@@ -13,10 +13,11 @@ import pytest
 from helpers import KERNELSPEC
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from casare_nb.local import RunResult, aresume, arun_notebook
+from casare_nb.local import aresume, arun_notebook
+from casare_nb.notebook.run import RunResult
 from casare_nb.store.history import HistoryStore
 
-pytest_plugins = ["cluster"]  # the `cluster` fixture: an orchestrator and in-process robots
+pytest_plugins = ["cluster", "stores"]  # an orchestrator with robots; the store backends
 
 
 def write_notebook(

@@ -11,8 +11,7 @@ from cluster import Cluster, notebook
 
 from casare_nb.core.models import Job, RunStatus, TriggerKind, TriggerRef
 from casare_nb.core.triggers import Trigger
-from casare_nb.orchestrator.chaining import Chainer
-from casare_nb.store.triggers import TriggerStore
+from casare_nb.orchestrator.triggers.chaining import Chainer
 
 # a workflow failing when given fail=True, recording rows = 42 otherwise
 FIRST_CELLS = ["import casare_nb\nassert not fail, 'asked to fail'\ncasare_nb.output('rows', 42)"]
@@ -76,8 +75,8 @@ async def test_on_success_passes_previous_run_id_and_outputs(
     assert second.source == "chain" and second.workflow_path == str(b)
     assert second.parameters == {"previous_run_id": first.job_id, "rows": 42, "label": "nightly"}
     assert (await cluster.finished(second.job_id)).status is RunStatus.COMPLETED
-    assert chainer.store.outputs(first.job_id) == {"rows": 42}
-    assert chainer.store.outputs(second.job_id) == {}
+    assert chainer.outputs.outputs(first.job_id) == {"rows": 42}
+    assert chainer.outputs.outputs(second.job_id) == {}
     assert chainer.store.deliveries("a-then-b") == [(first.job_id, second.job_id)]
 
 
@@ -130,7 +129,7 @@ async def test_chain_of_chains_and_a_cycle_stops_at_the_depth_limit(
         assert third.parameters == {"previous_run_id": second.job_id}
         await cluster.finished(third.job_id)
     finally:
-        with caplog.at_level(logging.ERROR, "casare_nb.orchestrator.chaining"):
+        with caplog.at_level(logging.ERROR, "casare_nb.orchestrator.triggers.chaining"):
             await chainer.stop()
     assert chained_after(cluster, third.job_id) == []
     assert len(cluster.orch.jobs(limit=1000)) == 3
@@ -149,14 +148,16 @@ async def test_two_chainers_submit_once_and_a_failed_submit_is_released(
     broken = chain("broken", TriggerKind.ON_SUCCESS, a, b)
     broken.parameters = {"nope": 1}  # b declares no such parameter
     store.add_trigger(broken)
-    other = Chainer(cluster.orch, TriggerStore(cluster.orch.queue))
+    other = Chainer(
+        cluster.orch.job_manager, cluster.orch.stores.triggers, cluster.orch.stores.outputs
+    )
     other.start()
     try:
         await cluster.robot("r1")
         first = await cluster.orch.submit(a)
         await cluster.finished(first.job_id)
     finally:
-        with caplog.at_level(logging.ERROR, "casare_nb.orchestrator.chaining"):
+        with caplog.at_level(logging.ERROR, "casare_nb.orchestrator.triggers.chaining"):
             await other.stop()
             await settle(chainer)
     (second,) = chained_after(cluster, first.job_id)

@@ -1,14 +1,14 @@
-"""The orchestrator's checkpoint store: manifests complete before they appear, names checked."""
+"""The CheckpointStore interface, run against every backend: manifests complete before they
+appear, blobs asked for once, names checked, each attempt's notebook so far."""
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pytest
 
 from casare_nb.notebook.state import CheckpointError
-from casare_nb.store.checkpoints import CheckpointStore
+from casare_nb.store.interfaces import Stores
 
 
 def sha(data: bytes) -> str:
@@ -19,9 +19,9 @@ def manifest(**blobs: bytes) -> dict[str, object]:
     return {"vars": {name: {"blob": sha(data)} for name, data in blobs.items()}}
 
 
-def test_manifest_is_written_only_once_all_its_blobs_are_stored(tmp_path: Path) -> None:
+def test_manifest_is_written_only_once_all_its_blobs_are_stored(stores: Stores) -> None:
     """An offer asks for the missing blobs; the manifest appears after the last one arrives."""
-    store = CheckpointStore(tmp_path)
+    store = stores.checkpoints
     store.write_blob(b"kept")
     offer = manifest(a=b"kept", b=b"new-1", c=b"new-2")
     assert store.offer("job-1", 1, "c0", offer) == sorted([sha(b"new-1"), sha(b"new-2")])
@@ -36,9 +36,9 @@ def test_manifest_is_written_only_once_all_its_blobs_are_stored(tmp_path: Path) 
     assert store.stored_cells("job-2", 1) == ["c0"]
 
 
-def test_a_blob_two_offers_wait_for_is_asked_once(tmp_path: Path) -> None:
+def test_a_blob_two_offers_wait_for_is_asked_once(stores: Stores) -> None:
     """Two pending offers naming the same new blob ask for it once; one arrival completes both."""
-    store = CheckpointStore(tmp_path)
+    store = stores.checkpoints
     same = manifest(x=b"shared")
     assert store.offer("job-1", 1, "c0", same) == [sha(b"shared")]
     assert store.offer("job-1", 1, "c1", same) == []
@@ -56,18 +56,18 @@ def test_a_blob_two_offers_wait_for_is_asked_once(tmp_path: Path) -> None:
     ],
 )
 def test_names_that_would_leave_the_store_are_refused(
-    tmp_path: Path, cell_id: str, entry: object, why: str
+    stores: Stores, cell_id: str, entry: object, why: str
 ) -> None:
     """Cell ids, refs and blob digests that could name a path outside the store are refused."""
-    store = CheckpointStore(tmp_path)
+    store = stores.checkpoints
     with pytest.raises(CheckpointError, match=why):
         store.offer("job-1", 1, cell_id, {"vars": {"x": entry}})
-    assert not list(tmp_path.rglob("*.json"))
+    assert not list(store.state.root.rglob("*.json"))
 
 
-def test_notebook_so_far_takes_each_reported_cell(tmp_path: Path) -> None:
+def test_notebook_so_far_takes_each_reported_cell(stores: Stores) -> None:
     """Reported cells replace theirs (by id) in the attempt's notebook; unknown ids are ignored."""
-    store = CheckpointStore(tmp_path)
+    store = stores.checkpoints
     base = {"cells": [{"id": "c0", "outputs": []}, {"id": "c1", "outputs": []}], "metadata": {}}
     store.record_cell("job-1", 1, {"id": "c1", "outputs": ["two"]}, base=base)
     store.record_cell("job-1", 1, {"id": "zz", "outputs": ["lost"]}, base=base)

@@ -21,13 +21,12 @@ from pathlib import Path
 import pytest
 from conftest import write_notebook
 from helpers import ERROR_PREFIX, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, cli_env, describe, run_cli
+from stores import opened
 
 from casare_nb import Client, ClientError
 from casare_nb.cli import main
 from casare_nb.core.models import RunStatus
 from casare_nb.protocol import EventKind
-from casare_nb.store.history import HistoryStore
-from casare_nb.store.queue import QueueStore
 
 START_TIMEOUT = 60.0
 JOB_TIMEOUT = 90.0
@@ -157,8 +156,12 @@ def start_robot(orch: Orchestrator, robot_id: str, *extra: str) -> Proc:
             try:
                 while True:
                     event = events.receive(timeout=START_TIMEOUT)
-                    robot = event.data.get("robot") or {}
-                    if event.kind is EventKind.ROBOT_ONLINE and robot.get("robot_id") == robot_id:
+                    robot = getattr(event.data, "robot", None)
+                    if (
+                        event.kind is EventKind.ROBOT_ONLINE
+                        and robot
+                        and robot.robot_id == robot_id
+                    ):
                         return proc
             except BaseException:
                 proc.kill()
@@ -275,9 +278,9 @@ def test_token_commands_use_the_database_when_no_orchestrator_runs(
     assert "robot-1" in listed.stdout and token not in listed.stdout
     assert incli(tmp_path, "token", "revoke", "robot-1").returncode == EXIT_OK
     assert "unknown token" in error_line(incli(tmp_path, "token", "revoke", "nobody"))
-    with QueueStore(HistoryStore(tmp_path / "state" / "history.duckdb")) as store:
-        assert store.verify_token(token) is None
-        assert [t["name"] for t in store.list_tokens()] == ["robot-1"]
+    with opened(tmp_path / "state") as stores:
+        assert stores.tokens.verify_token(token) is None
+        assert [t["name"] for t in stores.tokens.list_tokens()] == ["robot-1"]
 
 
 # ------------------------------------------------------------------ a running orchestrator
@@ -418,8 +421,8 @@ def test_orchestrator_sigterm_drains_then_exits_0_and_removes_its_runtime_file(
         out = "".join(orch.proc.out)
         assert "drained: 1 jobs finished, 0 unfinished, 1 robots shut down" in out
         assert not (tmp_path / "state" / "orchestrator.json").exists()
-        with QueueStore(HistoryStore(tmp_path / "state" / "history.duckdb")) as store:
-            stored = store.get_job(job.job_id)
+        with opened(tmp_path / "state") as stores:
+            stored = stores.jobs.get_job(job.job_id)
         assert stored is not None and stored.status is RunStatus.COMPLETED
         assert "no orchestrator running" in error_line(incli(tmp_path, "jobs"))
     finally:

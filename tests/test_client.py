@@ -17,9 +17,10 @@ from conftest import write_notebook
 
 from casare_nb import Client, ClientError
 from casare_nb.core.models import RunStatus
-from casare_nb.orchestrator.service import OrchestratorService, ServiceThread
+from casare_nb.orchestrator.service import OrchestratorService
 from casare_nb.protocol import Event, EventKind
 from casare_nb.robot.main import local_robot
+from casare_nb.service_thread import ServiceThread
 
 WAIT = 90.0
 
@@ -72,9 +73,9 @@ def test_wait_reports_each_cell_of_the_job_in_order(client: Client) -> None:
     assert kinds[:2] == [EventKind.JOB_QUEUED, EventKind.JOB_STARTED]
     assert kinds[-1] is EventKind.JOB_FINISHED
     cells = [e.data for e in seen if e.kind is EventKind.CELL_FINISHED]
-    assert [c["cell_id"] for c in cells][-2:] == ["c0", "c1"]
-    assert [c["cells_done"] for c in cells] == sorted(c["cells_done"] for c in cells)
-    assert all(c["job_id"] == job.job_id for c in cells)
+    assert [c.cell_id for c in cells][-2:] == ["c0", "c1"]
+    assert [c.cells_done for c in cells] == sorted(c.cells_done for c in cells)
+    assert all(c.job_id == job.job_id for c in cells)
 
 
 def test_failed_job_rerun_from_the_failed_cell_with_a_new_parameter_completes(
@@ -92,7 +93,7 @@ def test_failed_job_rerun_from_the_failed_cell_with_a_new_parameter_completes(
     )
     assert (done.status, done.attempt) == (RunStatus.COMPLETED, 2)
     assert done.parameters["limit"] == 20
-    ran = [e.data["cell_id"] for e in seen if e.kind is EventKind.CELL_FINISHED]
+    ran = [e.data.cell_id for e in seen if e.kind is EventKind.CELL_FINISHED]
     assert "c0" not in ran and ran[-2:] == ["c1", "c2"]
     assert log.read_text().split().count("load") == loads  # the loading cell did not run
 
@@ -106,7 +107,7 @@ def test_rerun_from_the_start_runs_every_cell_again(client: Client) -> None:
         failed.job_id, False, {"limit": 20}, wait=True, timeout=WAIT, on_event=seen.append
     )
     assert done.status is RunStatus.COMPLETED
-    ran = [e.data["cell_id"] for e in seen if e.kind is EventKind.CELL_FINISHED]
+    ran = [e.data.cell_id for e in seen if e.kind is EventKind.CELL_FINISHED]
     assert ran[-3:] == ["c0", "c1", "c2"]
 
 
@@ -116,13 +117,13 @@ def test_subscribe_starts_with_the_robots_snapshot_then_yields_job_events(
     """subscribe() yields the robots snapshot first, then the events of a submitted job."""
     with client.subscribe(("robots", "jobs")) as events:
         snapshot = next(events)
-        assert snapshot.kind is EventKind.ROBOT_STATUS and snapshot.data["snapshot"] is True
-        assert [r["robot_id"] for r in snapshot.data["robots"]] == ["robot-a"]
+        assert snapshot.kind is EventKind.ROBOT_STATUS and snapshot.data.snapshot is True
+        assert [r.robot_id for r in snapshot.data.robots] == ["robot-a"]
         job = client.submit("add.ipynb")
         kinds = []
         while EventKind.JOB_FINISHED not in kinds:
             event = events.receive(timeout=WAIT)
-            if event.topic.value == "jobs" and event.data["job"]["job_id"] == job.job_id:
+            if event.topic.value == "jobs" and event.data.job.job_id == job.job_id:
                 kinds.append(event.kind)
     assert kinds == [EventKind.JOB_QUEUED, EventKind.JOB_STARTED, EventKind.JOB_FINISHED]
 
@@ -133,7 +134,7 @@ def test_cancelling_a_running_job_ends_it_cancelled(client: Client) -> None:
         job = client.submit("sleepy.ipynb")
         while True:
             event = events.receive(timeout=WAIT)
-            if event.kind is EventKind.JOB_STARTED and event.data["job"]["job_id"] == job.job_id:
+            if event.kind is EventKind.JOB_STARTED and event.data.job.job_id == job.job_id:
                 break
     assert client.cancel(job.job_id).status is RunStatus.RUNNING  # asked; the robot stops it
     done = client.wait(job.job_id, timeout=WAIT)

@@ -11,8 +11,8 @@ from conftest import write_notebook
 
 from casare_nb.core.models import TriggerKind
 from casare_nb.core.triggers import TriggerError
-from casare_nb.orchestrator.server import Orchestrator
-from casare_nb.orchestrator.triggers import read_declarations
+from casare_nb.orchestrator.orchestrator import Orchestrator
+from casare_nb.orchestrator.triggers.hub import read_declarations
 
 DECLARED: dict[str, Any] = {
     "schedules": [

@@ -11,11 +11,9 @@ from pathlib import Path
 
 from helpers import EXIT_BAD_INPUT, EXIT_OK, describe, run_cli
 
+from casare_nb.api import RuntimeInfo
 from casare_nb.core.models import RunStatus
-from casare_nb.orchestrator.api import RuntimeInfo
-from casare_nb.store.history import HistoryStore
-from casare_nb.store.queue import QueueStore
-from casare_nb.store.triggers import TriggerStore
+from casare_nb.store.embedded import open_embedded
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 
@@ -33,10 +31,12 @@ def test_demo_runs_the_examples_through_the_orchestrator_and_exits_0(tmp_path: P
     assert "AssertionError: bad rows 5.0% exceed max_bad_ratio 1.0%" in out
     state = tmp_path / "state"
     assert not (state / "orchestrator.json").exists()
-    with QueueStore(HistoryStore(state / "history.duckdb")) as store:
-        jobs = store.list_jobs()
-        triggers = TriggerStore(store)
-        assert triggers.schedules() == [] and triggers.triggers() == []
+    stores = open_embedded(state)
+    try:
+        jobs = stores.jobs.list_jobs()
+        assert stores.triggers.schedules() == [] and stores.triggers.triggers() == []
+    finally:
+        stores.close()
     by_source = sorted((Path(j.workflow_path).name, j.source, j.status, j.attempt) for j in jobs)
     assert by_source == [
         ("flaky_ingest.ipynb", "api", RunStatus.COMPLETED, 2),

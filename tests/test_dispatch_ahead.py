@@ -18,13 +18,13 @@ from casare_nb.core.models import RunStatus, TriggerKind
 from casare_nb.core.triggers import Schedule, ScheduleKind
 from casare_nb.local import arun_notebook
 from casare_nb.notebook.kernels import KernelSession
-from casare_nb.orchestrator.schedules import (
+from casare_nb.orchestrator.orchestrator import Orchestrator
+from casare_nb.orchestrator.triggers.schedules import (
     DISPATCH_LEAD_S,
     SKIPPED_MAX_INSTANCES,
     EarlyTrigger,
     make_trigger,
 )
-from casare_nb.orchestrator.server import Orchestrator
 from casare_nb.protocol import JobAssign, decode
 
 STAMP = "import time\nopen(out, 'w').write(repr(time.time()))"

@@ -14,9 +14,9 @@ from nbformat import NotebookNode
 from casare_nb.core.errors import StateError
 from casare_nb.core.models import CellRecord, CellStatus, RunRecord, RunStatus
 from casare_nb.core.params import ParameterError, read_schema
-from casare_nb.notebook.executor import Options, Step
+from casare_nb.notebook.executor import Options
 from casare_nb.notebook.hooks import RunHooks
-from casare_nb.notebook.run import RunResult, RunSpec, execute, parameterised
+from casare_nb.notebook.run import RunSpec, execute, parameterised
 from casare_nb.notebook.state import StateDir
 from casare_nb.notebook.workflow import load_workflow
 
@@ -159,8 +159,8 @@ class _CancelWhenStarted(RunHooks):
     def __init__(self, nb: Path, cell_id: str, cancel: asyncio.Event) -> None:
         self.index, self.cancel = cell_index(nb, cell_id), cancel
 
-    def cell_started(self, step: Step, position: int, total: int) -> None:
-        if step.index == self.index:
+    def cell_started(self, index: int, position: int, total: int) -> None:
+        if index == self.index:
             asyncio.get_running_loop().call_later(0.3, self.cancel.set)
 
 
@@ -220,7 +220,7 @@ class _ListHooks(RunHooks):
     ) -> None:
         self.calls.append(("cell", (record, cell.get("id"), position, total)))
 
-    def run_finished(self, run: RunRecord, result: RunResult) -> None:
+    def run_finished(self, run: RunRecord) -> None:
         self.calls.append(("end", run.model_copy()))
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from cluster import Cluster, counted, notebook, waiting_cell
 
-from casare_nb.core.errors import QueueError
+from casare_nb.core.errors import OrchestratorDraining, QueueError
 from casare_nb.core.models import RunStatus
 from casare_nb.core.params import ParameterError
-from casare_nb.orchestrator.jobs import OrchestratorDraining, output_path
-from casare_nb.orchestrator.server import Orchestrator
+from casare_nb.notebook.state import StateDir
+from casare_nb.orchestrator.orchestrator import Orchestrator
 
 
 def blob_count(root: Path) -> int:
@@ -34,7 +34,7 @@ async def test_checkpoints_reach_the_orchestrator_once_per_blob(
     await cluster.robot("robot-a")
     first = await cluster.orch.submit(nb)
     assert (await cluster.finished(first.job_id)).status is RunStatus.COMPLETED
-    store = cluster.orch.job_manager.checkpoints
+    store = cluster.orch.stores.checkpoints
     await cluster.until(lambda: set(store.stored_cells(first.job_id, 1)) >= {"c0", "c1"})
     manifest = store.attempt(first.job_id, 1).read_manifest("c1")
     assert manifest is not None and set(manifest["vars"]) >= {"big", "small"}
@@ -76,7 +76,7 @@ async def test_rerun_from_failed_cell_resumes_on_another_robot(
     done = await cluster.finished(job.job_id)
     assert (done.status, done.attempt, done.robot_id) == (RunStatus.COMPLETED, 2, "robot-b")
     assert log.read_text().split() == ["c0"]  # the state came from the checkpoint
-    out = output_path(cluster.orch.state_dir, job.job_id, 2)
+    out = StateDir(cluster.orch.state_dir).attempt(job.job_id, 2).output
     assert "loaded 3" in cell_outputs(out, "c0") and "total 6" in cell_outputs(out, "c2")
     cells = (await cluster.history()).list_cells(job.job_id)
     assert not [c for c in cells if c.attempt == 2 and c.cell_id == "c0"]
@@ -102,7 +102,7 @@ async def test_job_of_a_lost_robot_resumes_from_its_last_checkpoint(
     )
     robot_a = await cluster.robot("robot-a")
     job = await cluster.orch.submit(nb)
-    store = cluster.orch.job_manager.checkpoints
+    store = cluster.orch.stores.checkpoints
     await cluster.until(lambda: started.exists() and "c0" in store.stored_cells(job.job_id, 1))
     await cluster.robot("robot-b")
     await cluster.stop_bot(robot_a)  # the link drops while c1 runs
@@ -110,7 +110,7 @@ async def test_job_of_a_lost_robot_resumes_from_its_last_checkpoint(
     done = await cluster.finished(job.job_id)
     assert (done.status, done.attempt, done.robot_id) == (RunStatus.COMPLETED, 2, "robot-b")
     assert log.read_text().split() == ["c0", "c1", "c1"]  # c0 ran once: restored, not re-run
-    out = output_path(cluster.orch.state_dir, job.job_id, 2)
+    out = StateDir(cluster.orch.state_dir).attempt(job.job_id, 2).output
     assert "sum 285" in cell_outputs(out, "c2")
     runs = (await cluster.history()).attempts(job.job_id)
     assert runs[-1].restored_from_cell is not None or runs[-1].status is RunStatus.COMPLETED

@@ -17,7 +17,7 @@ from cluster import RUN_TIMEOUT, Orchestrated, counted, notebook, waiting_cell
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.models import RunStatus
 from casare_nb.notebook.state import HISTORY_FILE
-from casare_nb.orchestrator.server import Orchestrator
+from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.store.history import HistoryStore
 
 pytestmark = pytest.mark.timeout(180)
@@ -118,7 +118,7 @@ async def test_robot_sigkilled_mid_cell_job_resumes_on_another(
     )
     await fleet.robot("robot-a")
     job = await fleet.orch.submit(nb)
-    store = fleet.orch.job_manager.checkpoints
+    store = fleet.orch.stores.checkpoints
     await fleet.until(lambda: started.exists() and "c0" in store.stored_cells(job.job_id, 1))
     await fleet.robot("robot-b")
     fleet.kill("robot-a")

@@ -14,9 +14,8 @@ from cluster import Cluster, notebook
 
 from casare_nb.core.models import Job, RunStatus, TriggerKind, TriggerRef
 from casare_nb.core.triggers import Trigger, TriggerError
-from casare_nb.orchestrator.server import Orchestrator
-from casare_nb.orchestrator.watch import FileWatcher, check
-from casare_nb.store.triggers import TriggerStore
+from casare_nb.orchestrator.orchestrator import Orchestrator
+from casare_nb.orchestrator.triggers.watch import FileWatcher, check
 
 NOTHING_S = 0.5  # how long "nothing was submitted" is watched for
 
@@ -45,7 +44,7 @@ def inbox(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def watcher(cluster: Cluster) -> AsyncIterator[FileWatcher]:
-    watcher = FileWatcher(cluster.orch, TriggerStore(cluster.orch.queue))
+    watcher = FileWatcher(cluster.orch.job_manager, cluster.orch.stores.triggers)
     await watcher.start()
     try:
         yield watcher
@@ -122,17 +121,17 @@ async def test_restart_skips_handled_files_and_submits_those_that_arrived_meanwh
     nb = workflow(tmp_path)
     trigger = watching("inbox", inbox, nb)
     async with Orchestrator(tmp_path / "state", port=0) as orch:
-        store = TriggerStore(orch.queue)
+        store = orch.stores.triggers
         store.add_trigger(trigger)
-        watcher = FileWatcher(orch, store)
+        watcher = FileWatcher(orch.job_manager, store)
         await watcher.start()
         (inbox / "first.csv").write_text("1\n")
         await orch.wait_for(lambda: len(jobs(orch)) == 1, timeout=10)
         await watcher.stop()
     (inbox / "second.csv").write_text("2\n")
     async with Orchestrator(tmp_path / "state", port=0) as orch:
-        store = TriggerStore(orch.queue)
-        watcher = FileWatcher(orch, store)
+        store = orch.stores.triggers
+        watcher = FileWatcher(orch.job_manager, store)
         await watcher.start()
         try:
             await orch.wait_for(lambda: len(jobs(orch)) == 2, timeout=10)
@@ -205,7 +204,7 @@ async def test_failed_submit_is_logged_and_released(
     """A file whose job cannot be submitted (no file_path parameter) is logged and released."""
     nb = notebook(tmp_path, "plain.ipynb", ["x = 1"], params="x = 0")
     await watcher.add(watching("inbox", inbox, nb))
-    with caplog.at_level(logging.ERROR, "casare_nb.orchestrator.watch"):
+    with caplog.at_level(logging.ERROR, "casare_nb.orchestrator.triggers.watch"):
         (inbox / "data.csv").write_text("1\n")
         async with asyncio.timeout(10):
             while "cannot submit a job for" not in caplog.text:

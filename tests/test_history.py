@@ -7,20 +7,17 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from casare_nb.core.models import CellRecord, CellStatus, RestoreMode, RunRecord, RunStatus
-from casare_nb.store import history
-from casare_nb.store.history import (
-    SCHEMA_VERSION,
-    HistoryError,
-    HistoryStore,
-    HistoryWriter,
-)
+from casare_nb.core.models import CellRecord, CellStatus, RunRecord, RunStatus
+from casare_nb.store import database, history, schema
+from casare_nb.store.database import Database, HistoryError
+from casare_nb.store.history import HistoryStore, HistoryWriter
+from casare_nb.store.schema import SCHEMA_VERSION
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -74,18 +71,18 @@ def store(db_path: Path) -> HistoryStore:
 
 def forget_migrations(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make this process behave like a fresh one that has not checked any file yet."""
-    monkeypatch.setattr(history, "_MIGRATED", set())
+    monkeypatch.setattr(database, "_MIGRATED", set())
 
 
 def migration_rows(store: HistoryStore) -> list[tuple[Any, ...]]:
-    with store.connect() as con:
+    with store.db.connect() as con:
         return con.execute(
             "SELECT version, applied_at FROM schema_migrations ORDER BY version"
         ).fetchall()
 
 
 def table_names(store: HistoryStore) -> set[str]:
-    with store.connect() as con:
+    with store.db.connect() as con:
         rows = con.execute("SELECT table_name FROM information_schema.tables").fetchall()
     return {row[0] for row in rows}
 
@@ -157,11 +154,11 @@ def count_duckdb_connects(
 
 def test_migrations_create_tables_and_record_version(store: HistoryStore, db_path: Path) -> None:
     """A fresh file gets runs, cells and schema_migrations, with every version recorded."""
-    assert store.schema_version() == SCHEMA_VERSION == history.MIGRATIONS[-1][0]
+    assert store.schema_version() == SCHEMA_VERSION == schema.MIGRATIONS[-1][0]
     assert db_path.is_file()
     assert {"runs", "cells", "schema_migrations"} <= table_names(store)
     rows = migration_rows(store)
-    assert [row[0] for row in rows] == [version for version, _ in history.MIGRATIONS]
+    assert [row[0] for row in rows] == [version for version, _ in schema.MIGRATIONS]
     assert all(isinstance(row[1], datetime) for row in rows)
 
 
@@ -170,8 +167,8 @@ def test_migrations_checked_once_per_process(
 ) -> None:
     """Once a file was migrated in this process, later connections skip the migration step."""
     store.schema_version()
-    calls: list[HistoryStore] = []
-    monkeypatch.setattr(HistoryStore, "_apply_migrations", lambda self, con: calls.append(self))
+    calls: list[Database] = []
+    monkeypatch.setattr(Database, "_apply_migrations", lambda self, con: calls.append(self))
     store.start_run(make_run())
     HistoryStore(store.path).get_run("run-1")
     assert calls == []
@@ -199,13 +196,13 @@ def test_new_migration_is_applied_to_existing_v1_file(
         "ALTER TABLE runs ADD COLUMN note VARCHAR DEFAULT 'none';"
         "CREATE TABLE tags (run_id VARCHAR, tag VARCHAR);",
     )
-    monkeypatch.setattr(history, "MIGRATIONS", [*history.MIGRATIONS, extra])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, extra])
     forget_migrations(monkeypatch)
 
     assert store.schema_version() == SCHEMA_VERSION + 1
     assert [row[0] for row in migration_rows(store)][-1] == SCHEMA_VERSION + 1
     assert "tags" in table_names(store)
-    with store.connect() as con:
+    with store.db.connect() as con:
         assert con.execute("SELECT run_id, note FROM runs").fetchall() == [("run-1", "none")]
     assert store.get_run("run-1") == make_run()
     store.update_run(make_run(status=RunStatus.COMPLETED))
@@ -216,14 +213,14 @@ def test_new_migration_is_applied_to_existing_v1_file(
 def test_failed_migration_rolls_back(store: HistoryStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """A migration that fails leaves neither partial changes nor its version behind."""
     store.schema_version()
-    original = list(history.MIGRATIONS)
+    original = list(schema.MIGRATIONS)
     broken = (SCHEMA_VERSION + 1, "CREATE TABLE half (x INTEGER); INSERT INTO missing VALUES (1);")
-    monkeypatch.setattr(history, "MIGRATIONS", [*original, broken])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*original, broken])
     forget_migrations(monkeypatch)
     with pytest.raises(HistoryError, match=f"migration to schema version {SCHEMA_VERSION + 1}"):
         store.schema_version()
 
-    monkeypatch.setattr(history, "MIGRATIONS", original)
+    monkeypatch.setattr(schema, "MIGRATIONS", original)
     assert store.schema_version() == SCHEMA_VERSION
     assert "half" not in table_names(store)
 
@@ -232,7 +229,7 @@ def test_newer_schema_version_is_rejected(
     store: HistoryStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A file migrated by a newer casare_nb raises HistoryError naming both versions."""
-    with store.connect() as con:
+    with store.db.connect() as con:
         con.execute("INSERT INTO schema_migrations VALUES (99, now()::TIMESTAMP)")
     forget_migrations(monkeypatch)
     with pytest.raises(HistoryError) as caught:
@@ -251,165 +248,6 @@ def test_every_model_field_has_a_column() -> None:
 # -- runs and cells -----------------------------------------------------------------------
 
 
-def test_run_upsert_is_idempotent(store: HistoryStore) -> None:
-    """Writing the same (run_id, attempt) again keeps one row holding the latest values."""
-    store.start_run(make_run())
-    store.start_run(make_run())
-    finished = make_run(
-        status=RunStatus.FAILED,
-        finished_at=T0 + timedelta(minutes=2),
-        duration_s=120.0,
-        cells_total=7,
-        error_name="ValueError",
-        error_message="bad\nvalue",
-        failed_cell=3,
-        failed_cell_id="cell-3",
-        output_path="out/demo.ipynb",
-    )
-    store.update_run(finished)
-    store.update_run(finished)
-    assert store.attempts("run-1") == [finished]
-    with store.connect() as con:
-        assert con.execute("SELECT count(*) FROM runs").fetchall() == [(1,)]
-
-
-def test_cell_upsert_is_idempotent(store: HistoryStore) -> None:
-    """Writing the same cell twice, across calls or in one batch, leaves one row, latest wins."""
-    store.record_cells([make_cell(cell_index=0), make_cell(cell_index=1)])
-    retried = make_cell(
-        cell_index=1, status=CellStatus.ERROR, error_name="KeyError", error_message="'x'"
-    )
-    store.record_cells([retried])
-    store.record_cells([make_cell(cell_index=2, duration_s=1.0), make_cell(cell_index=2)])
-    assert store.list_cells("run-1") == [make_cell(cell_index=0), retried, make_cell(cell_index=2)]
-    with store.connect() as con:
-        assert con.execute("SELECT count(*) FROM cells").fetchall() == [(3,)]
-
-
-def test_record_cells_bulk(store: HistoryStore) -> None:
-    """A large batch of cells is stored completely, every field intact."""
-    cells = [
-        make_cell(
-            cell_index=i,
-            cell_id=None if i % 5 == 0 else f"id-{i}",
-            replayed=i % 2 == 0,
-            output_truncated=i % 3 == 0,
-            status=CellStatus.TIMEOUT if i % 7 == 0 else CellStatus.OK,
-        )
-        for i in range(1000)
-    ]
-    store.record_cells(cells)
-    store.record_cells([])
-    assert store.list_cells("run-1") == cells
-
-
-def test_get_run_returns_latest_attempt_by_default(store: HistoryStore) -> None:
-    """get_run without attempt returns the highest attempt; with one, exactly that attempt."""
-    first = make_run(status=RunStatus.FAILED)
-    second = make_run(attempt=2, resumed_from_attempt=1, started_at=T0 + timedelta(hours=1))
-    store.start_run(second)
-    store.start_run(first)
-    assert store.get_run("run-1") == second
-    assert store.get_run("run-1", attempt=1) == first
-    assert store.get_run("run-1", attempt=3) is None
-    assert store.get_run("other") is None
-
-
-def test_attempts_are_ordered(store: HistoryStore) -> None:
-    """attempts() returns every attempt of one run ordered by attempt number."""
-    for attempt in (3, 1, 2):
-        store.start_run(make_run(attempt=attempt))
-    store.start_run(make_run("run-2"))
-    assert [run.attempt for run in store.attempts("run-1")] == [1, 2, 3]
-    assert store.attempts("missing") == []
-
-
-def test_list_runs_latest_attempt_and_status_filter(store: HistoryStore) -> None:
-    """list_runs shows each run once (its latest attempt), newest first, filtered on that status."""
-    store.start_run(make_run("a", 1, status=RunStatus.FAILED, started_at=T0))
-    store.start_run(
-        make_run("a", 2, status=RunStatus.COMPLETED, started_at=T0 + timedelta(hours=3))
-    )
-    store.start_run(make_run("b", 1, status=RunStatus.FAILED, started_at=T0 + timedelta(hours=1)))
-    store.start_run(make_run("c", 1, status=RunStatus.RUNNING, started_at=T0 + timedelta(hours=2)))
-
-    listed = store.list_runs()
-    assert [(r.run_id, r.attempt) for r in listed] == [("a", 2), ("c", 1), ("b", 1)]
-    assert [r.run_id for r in store.list_runs(status={RunStatus.FAILED})] == ["b"]
-    both = store.list_runs(status=[RunStatus.FAILED, RunStatus.COMPLETED])
-    assert [r.run_id for r in both] == ["a", "b"]
-    assert [r.run_id for r in store.list_runs(limit=2)] == ["a", "c"]
-    assert store.list_runs(status=set()) == []
-    assert store.list_runs(limit=0) == []
-
-
-def test_list_cells_by_attempt(store: HistoryStore) -> None:
-    """list_cells returns one attempt's cells, or all attempts ordered by (attempt, cell_index)."""
-    cells = [make_cell(attempt=a, cell_index=i) for a in (2, 1) for i in (1, 0)]
-    store.record_cells([*cells, make_cell("run-2")])
-    ordered = [make_cell(attempt=a, cell_index=i) for a in (1, 2) for i in (0, 1)]
-    assert store.list_cells("run-1") == ordered
-    assert store.list_cells("run-1", attempt=2) == ordered[2:]
-    assert store.list_cells("run-1", attempt=5) == []
-
-
-def test_parameters_and_lists_round_trip_as_json(store: HistoryStore) -> None:
-    """parameters, replayed_cells and restore fields come back equal to what was written."""
-    run = make_run(
-        parameters={
-            "alpha": 0.5,
-            "n": 3,
-            "name": "naïve ☃ 'quoted' \"double\"",
-            "flags": [True, False, None],
-            "nested": {"dates": ["2024-01-01"], "empty": {}},
-        },
-        replayed_cells=[0, 2, 5],
-        restore_mode=RestoreMode.NAMESPACE,
-        restored_from_cell=5,
-        resumed_from_attempt=1,
-        attempt=2,
-        source="api",
-        kernel_name="ir",
-        language="R",
-    )
-    store.start_run(run)
-    assert store.get_run("run-1") == run
-
-
-def test_non_json_parameters_are_stored_as_text(store: HistoryStore) -> None:
-    """Parameter values JSON cannot encode are stored as JSON-friendly text, not an error."""
-    run = make_run(parameters={"path": Path("/data/in.csv"), "when": T0, "ids": (1, 2)})
-    store.start_run(run)
-    stored = store.get_run("run-1")
-    assert stored is not None
-    assert stored.parameters == {
-        "path": "/data/in.csv",
-        "when": "2024-05-01T12:00:00Z",
-        "ids": [1, 2],
-    }
-
-
-def test_aware_datetimes_round_trip_as_utc(store: HistoryStore) -> None:
-    """Aware datetimes in any zone come back as the same instant in UTC; naive ones as UTC."""
-    plus_two = timezone(timedelta(hours=2))
-    started = datetime(2024, 5, 1, 14, 30, 15, 123456, tzinfo=plus_two)
-    run = make_run(started_at=started, finished_at=started + timedelta(seconds=90))
-    store.start_run(run)
-    store.record_cells([make_cell(started_at=started), make_cell(cell_index=1, started_at=T0)])
-    store.start_run(make_run("naive", started_at=datetime(2024, 5, 1, 9, 0)))
-
-    stored = store.get_run("run-1")
-    assert stored is not None
-    assert stored.started_at == started and stored.started_at.tzinfo is UTC
-    assert stored.started_at.hour == 12
-    assert stored.finished_at == started + timedelta(seconds=90)
-    cells = store.list_cells("run-1")
-    assert [c.started_at for c in cells] == [started, T0]
-    assert all(c.started_at.tzinfo is UTC for c in cells)
-    naive = store.get_run("naive")
-    assert naive is not None and naive.started_at == datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
-
-
 def test_reads_of_missing_file_do_not_create_it(db_path: Path) -> None:
     """Reading a history that does not exist returns nothing and creates no file."""
     store = HistoryStore(db_path)
@@ -423,14 +261,14 @@ def test_reads_of_missing_file_do_not_create_it(db_path: Path) -> None:
 def test_connect_creates_parent_directory(tmp_path: Path) -> None:
     """connect() creates missing parent directories of the database file."""
     path = tmp_path / "a" / "b" / "c" / "history.duckdb"
-    with HistoryStore(path).connect() as con:
+    with HistoryStore(path).db.connect() as con:
         assert con.execute("SELECT 42").fetchall() == [(42,)]
     assert path.is_file()
 
 
 def test_duckdb_errors_in_connect_block_become_history_error(store: HistoryStore) -> None:
     """A DuckDB error raised inside a connect() block comes out as a one-line HistoryError."""
-    with pytest.raises(HistoryError, match="history database") as caught, store.connect() as con:
+    with pytest.raises(HistoryError, match="history database") as caught, store.db.connect() as con:
         con.execute("SELECT * FROM no_such_table")
     assert "\n" not in str(caught.value)
 
@@ -520,37 +358,6 @@ def test_lock_conflict_succeeds_once_other_process_exits(
 
 
 # -- background writer --------------------------------------------------------------------
-
-
-def test_writer_many_put_cells_then_flush_writes_all(store: HistoryStore) -> None:
-    """Many put_cells/put_run calls followed by flush() leave every row in the database."""
-    writer = HistoryWriter(store)
-    try:
-        writer.put_run(make_run())
-        for i in range(300):
-            writer.put_cells([make_cell(cell_index=i)])
-        writer.put_cells([make_cell(attempt=2, cell_index=i) for i in range(200)])
-        writer.flush()
-        assert len(store.list_cells("run-1")) == 500
-        assert store.list_cells("run-1", attempt=1) == [make_cell(cell_index=i) for i in range(300)]
-        assert store.get_run("run-1") == make_run()
-    finally:
-        writer.close()
-
-
-def test_writer_last_put_wins_and_snapshots_records(store: HistoryStore) -> None:
-    """The last put for a key wins; mutating a record after put does not change what is written."""
-    writer = HistoryWriter(store)
-    run = make_run()
-    writer.put_run(run)
-    run.status = RunStatus.COMPLETED
-    run.parameters["late"] = True
-    writer.put_run(make_run(status=RunStatus.FAILED, error_name="E"))
-    writer.put_cells([make_cell(duration_s=1.0)])
-    writer.put_cells([make_cell(duration_s=2.0)])
-    writer.close()
-    assert store.attempts("run-1") == [make_run(status=RunStatus.FAILED, error_name="E")]
-    assert store.list_cells("run-1") == [make_cell(duration_s=2.0)]
 
 
 def test_writer_put_does_not_wait_for_locked_database(

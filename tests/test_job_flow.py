@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 
 from casare_nb.core.models import CellStatus, Priority, RunStatus
 from casare_nb.core.params import ParameterError
-from casare_nb.orchestrator.jobs import output_path
+from casare_nb.notebook.state import StateDir
 from casare_nb.protocol import (
     Error,
     ErrorCode,
@@ -48,7 +48,7 @@ async def test_submitted_job_completes_with_cells_recorded_once(
     assert all(c.status is CellStatus.OK and c.attempt == 1 for c in cells)
     run = history.get_run(job.job_id, 1)
     assert run is not None and run.status is RunStatus.COMPLETED
-    out = output_path(cluster.orch.state_dir, job.job_id, 1)
+    out = StateDir(cluster.orch.state_dir).attempt(job.job_id, 1).output
     assert run.output_path == str(out)
     assert "y is 6" in out.read_text()
 
@@ -90,7 +90,10 @@ async def test_failing_job_is_retried_then_dead(cluster: Cluster, tmp_path: Path
     assert [(r.attempt, r.status) for r in runs] == [(1, RunStatus.FAILED), (2, RunStatus.FAILED)]
     assert {c.attempt for c in history.list_cells(job.job_id)} == {1, 2}
     for attempt in (1, 2):
-        assert "boom" in output_path(cluster.orch.state_dir, job.job_id, attempt).read_text()
+        assert (
+            "boom"
+            in StateDir(cluster.orch.state_dir).attempt(job.job_id, attempt).output.read_text()
+        )
 
 
 async def test_bad_parameters_are_refused_and_nothing_is_queued(
@@ -121,7 +124,10 @@ async def test_secret_parameters_reach_the_robot_but_not_the_queue(
     assert job.parameters == {"token": "***"}
     done = await cluster.finished(job.job_id)
     assert done.status is RunStatus.COMPLETED
-    assert "s3cr3t-value" not in output_path(cluster.orch.state_dir, job.job_id, 1).read_text()
+    assert (
+        "s3cr3t-value"
+        not in StateDir(cluster.orch.state_dir).attempt(job.job_id, 1).output.read_text()
+    )
     run = (await cluster.history()).get_run(job.job_id, 1)
     assert run is not None and "s3cr3t-value" not in json.dumps(run.parameters)
 
@@ -236,8 +242,8 @@ async def test_monitors_get_job_and_cell_events(cluster: Cluster, tmp_path: Path
             assert isinstance(event, Event)
             kinds.append(event.kind)
             if event.kind is EventKind.CELL_FINISHED:
-                assert event.data["job_id"] == job.job_id
-                cells.append(event.data["cell_id"])
+                assert event.data.job_id == job.job_id
+                cells.append(event.data.cell_id)
     assert kinds[:2] == [EventKind.JOB_QUEUED, EventKind.JOB_STARTED]
     assert kinds[-1] is EventKind.JOB_FINISHED
     assert cells[-2:] == ["c0", "c1"] and len(cells) == len(set(cells))

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 from cluster import notebook
+from stores import opened
 from websockets.asyncio.client import ClientConnection, connect
 
 from casare_nb.core.models import Job, RunStatus
 from casare_nb.notebook.state import HISTORY_FILE
-from casare_nb.orchestrator.jobs import OPEN_MARKER
-from casare_nb.orchestrator.server import Orchestrator
+from casare_nb.orchestrator.jobs.manager import OPEN_MARKER
+from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.protocol import (
     Envelope,
     Heartbeat,
@@ -35,7 +36,6 @@ from casare_nb.protocol import (
     encode,
 )
 from casare_nb.store.history import HistoryStore
-from casare_nb.store.queue import QueueStore
 
 TIMEOUT = 20.0  # a bound on each wait, never slept
 
@@ -98,7 +98,7 @@ async def fake_robot(
 
 def stored(state: Path, job_id: str) -> tuple[Any, ...] | None:
     """The job's row as committed, on a connection of its own (no overlay, no wait)."""
-    with HistoryStore(state / HISTORY_FILE).connect() as con:
+    with HistoryStore(state / HISTORY_FILE).db.connect() as con:
         return con.execute(
             "SELECT status, attempt, robot_id, accepted_at IS NOT NULL FROM jobs WHERE job_id = ?",
             [job_id],
@@ -141,7 +141,7 @@ async def test_reads_show_states_not_written_yet_and_acks_wait_for_them(
 ) -> None:
     """While the queue writer holds a change back, job(), jobs() and count_by_status() show
     it; a heartbeat_ack comes only once it is committed."""
-    orch.queue.commit_interval_s = 3600  # commit only when someone waits
+    orch.stores.jobs.commit_interval_s = 3600  # commit only when someone waits
     state = orch.state_dir
     nb = notebook(tmp_path, "quick.ipynb", ["x = 1"])
     bot = await fake_robot(orch, "robot-a")
@@ -161,7 +161,7 @@ async def test_reads_show_states_not_written_yet_and_acks_wait_for_them(
     assert [j.status for j in orch.jobs()] == [RunStatus.RUNNING]
     assert [j.job_id for j in orch.jobs(RunStatus.RUNNING)] == [job.job_id]
     assert orch.jobs(RunStatus.QUEUED) == []
-    counts = await asyncio.to_thread(orch.queue.count_by_status)
+    counts = await asyncio.to_thread(orch.stores.jobs.count_by_status)
     assert (counts[RunStatus.QUEUED], counts[RunStatus.RUNNING]) == (0, 1)
     await bot.heartbeat([JobRef(job_id=job.job_id, attempt=1)])
     assert stored(state, job.job_id) == ("running", 1, "robot-a", True)
@@ -172,7 +172,7 @@ async def test_a_finished_job_has_its_output_and_its_state_in_the_database_once_
 ) -> None:
     """After job_complete, the heartbeat_ack that follows means the output notebook, the
     completed state and the run record are all written."""
-    orch.queue.commit_interval_s = 3600
+    orch.stores.jobs.commit_interval_s = 3600
     nb = notebook(tmp_path, "quick.ipynb", ["x = 1"])
     bot = await fake_robot(orch, "robot-a")
     job = await orch.submit(nb)
@@ -191,12 +191,12 @@ async def test_a_finished_job_has_its_output_and_its_state_in_the_database_once_
 async def test_jobs_added_to_the_store_directly_are_dispatched(
     orch: Orchestrator, tmp_path: Path
 ) -> None:
-    """Jobs queued with QueueStore.add_jobs (a bulk import) join the in-memory queue."""
+    """Jobs queued with the job store's add_jobs (a bulk import) join the in-memory queue."""
     nb = notebook(tmp_path, "quick.ipynb", ["x = 1"])
     bot = await fake_robot(orch, "robot-a")
     now = datetime.now(UTC)
     bulk = Job(job_id="bulk-1", workflow_path=str(nb), created_at=now, eligible_at=now)
-    await asyncio.to_thread(orch.queue.add_jobs, [bulk])
+    await asyncio.to_thread(orch.stores.jobs.add_jobs, [bulk])
     assign = await bot.assignment()
     assert (assign.job_id, assign.attempt) == ("bulk-1", 1)
 
@@ -208,12 +208,14 @@ async def test_a_robot_keeps_the_attempt_a_crashed_orchestrator_never_wrote(
     one naming an attempt the database never recorded keeps it, and completes it."""
     state = tmp_path / "state"
     nb = notebook(tmp_path, "quick.ipynb", ["x = 1"])
-    with QueueStore(HistoryStore(state / HISTORY_FILE)) as queue:
+    with opened(state) as stores:
         now = datetime.now(UTC)
-        for job_id in ("lost", "other"):
-            queue.add_job(
+        stores.jobs.add_jobs(
+            [
                 Job(job_id=job_id, workflow_path=str(nb), created_at=now, eligible_at=now)
-            )
+                for job_id in ("lost", "other")
+            ]
+        )
     (state / OPEN_MARKER).write_text("4242\n")  # the last orchestrator was killed
     orch = Orchestrator(state, port=0, heartbeat_interval_s=60, reconnect_grace_s=60)
     await orch.start()
@@ -246,7 +248,7 @@ async def test_one_durable_mark_covers_job_states_and_history_records(
 ) -> None:
     """JobManager.durable_mark() covers both writers: durable() returns once the staged job
     state and the run record made before it are both committed."""
-    orch.queue.commit_interval_s = 3600
+    orch.stores.jobs.commit_interval_s = 3600
     nb = notebook(tmp_path, "quick.ipynb", ["x = 1"])
     bot = await fake_robot(orch, "robot-a")
     job = await orch.submit(nb)

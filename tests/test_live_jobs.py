@@ -1,4 +1,4 @@
-"""The orchestrator's in-memory queue (casare_nb.orchestrator.live): dispatch order, retry
+"""The orchestrator's in-memory queue (casare_nb.core.jobs): dispatch order, retry
 backoff, compare-and-set transitions, and every change handed on in order. Pure: no I/O."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 
 from casare_nb.core.dispatch import dispatch_key
 from casare_nb.core.errors import QueueError
+from casare_nb.core.jobs import LiveJobs
 from casare_nb.core.models import Job, Priority, RunStatus
-from casare_nb.orchestrator.live import LiveJobs
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

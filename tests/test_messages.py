@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from casare_nb.core.models import CellStatus, RunStatus
 from casare_nb.notebook.state import HISTORY_FILE
-from casare_nb.orchestrator.server import Orchestrator
+from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.protocol import (
     Envelope,
     Error,

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from stores import opened
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from casare_nb.core.models import RobotStatus
+from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.orchestrator.registry import NotRegistered, RobotIdTaken, RobotRegistry
-from casare_nb.orchestrator.server import Orchestrator
 from casare_nb.protocol import (
     PROTOCOL_VERSION,
     Envelope,
@@ -37,8 +38,6 @@ from casare_nb.protocol import (
     decode,
     encode,
 )
-from casare_nb.store.history import HistoryStore
-from casare_nb.store.queue import QueueStore
 
 TIMEOUT = 5.0
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -122,7 +121,7 @@ async def subscribe(ws: ClientConnection, *topics: Topic) -> Event:
     msg = Subscribe(topics=frozenset(topics or {Topic.ROBOTS}))
     await send(ws, msg)
     snapshot = await expect(ws, Event)
-    assert snapshot.reply_to == msg.id and snapshot.data["snapshot"] is True
+    assert snapshot.reply_to == msg.id and snapshot.data.snapshot is True
     return snapshot
 
 
@@ -445,22 +444,22 @@ async def test_monitor_gets_a_snapshot_then_robot_online_status_and_offline_even
         async with connected(orch, token) as monitor:
             snapshot = await subscribe(monitor, Topic.ROBOTS)
             assert snapshot.kind is EventKind.ROBOT_STATUS
-            assert [r["robot_id"] for r in snapshot.data["robots"]] == ["early"]
+            assert [r.robot_id for r in snapshot.data.robots] == ["early"]
             async with connected(orch, token) as robot:
                 await register(robot, tags=["gpu"])
                 online = await expect(monitor, Event)
                 assert (online.topic, online.kind) == (Topic.ROBOTS, EventKind.ROBOT_ONLINE)
-                assert online.data["robot"]["robot_id"] == "robot-1"
-                assert online.data["robot"]["tags"] == ["gpu"]
+                assert online.data.robot.robot_id == "robot-1"
+                assert online.data.robot.tags == ["gpu"]
                 await send(robot, heartbeat(seq=0, status="draining"))
                 await expect(robot, HeartbeatAck)
                 changed = await expect(monitor, Event)
                 assert changed.kind is EventKind.ROBOT_STATUS
-                assert changed.data["robot"]["status"] == "draining"
+                assert changed.data.robot.status == "draining"
             offline = await expect(monitor, Event)
             assert offline.kind is EventKind.ROBOT_OFFLINE
-            assert offline.data["robot"]["robot_id"] == "robot-1"
-            assert offline.data["reason"] == "disconnected"
+            assert offline.data.robot.robot_id == "robot-1"
+            assert offline.data.reason == "disconnected"
 
 
 async def test_unsubscribed_monitor_gets_no_more_events(orch: Orchestrator, token: str) -> None:
@@ -472,7 +471,7 @@ async def test_unsubscribed_monitor_gets_no_more_events(orch: Orchestrator, toke
         async with connected(orch, token) as robot:
             await register(robot)
             snapshot = await subscribe(monitor)  # the next frame: no robot_online came before
-            assert [r["robot_id"] for r in snapshot.data["robots"]] == ["robot-1"]
+            assert [r.robot_id for r in snapshot.data.robots] == ["robot-1"]
         offline = await expect(monitor, Event)
         assert offline.kind is EventKind.ROBOT_OFFLINE
 
@@ -504,8 +503,8 @@ async def test_orchestrator_binds_loopback_and_stops_cleanly(tmp_path: Path) -> 
     assert status(orch) is RobotStatus.OFFLINE
     with pytest.raises(OSError):
         await connect(orch.url, additional_headers=bearer(token), open_timeout=TIMEOUT)
-    with QueueStore(HistoryStore(tmp_path / "state" / "history.duckdb")) as store:
-        assert store.verify_token(token) == "robots"
+    with opened(tmp_path / "state") as stores:
+        assert stores.tokens.verify_token(token) == "robots"
 
 
 # --------------------------------------------------------------------------- registry (pure)

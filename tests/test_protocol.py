@@ -19,7 +19,7 @@ import pytest
 from pydantic import ValidationError
 
 from casare_nb import protocol as p
-from casare_nb.core.models import CellRecord, CellStatus, ResumePlan, RunStatus
+from casare_nb.core.models import CellRecord, CellStatus, Job, ResumePlan, RunStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 NB: dict[str, Any] = {
@@ -140,7 +140,17 @@ SAMPLES: dict[type[p.Envelope], Callable[[], p.Envelope]] = {
     p.Subscribe: lambda: p.Subscribe(topics=frozenset({p.Topic.JOBS, p.Topic.CELLS})),
     p.Unsubscribe: lambda: p.Unsubscribe(topics=frozenset({p.Topic.CELLS})),
     p.Event: lambda: p.Event(
-        topic=p.Topic.JOBS, kind=p.EventKind.JOB_FINISHED, data={"job_id": "job-1"}
+        topic=p.Topic.JOBS,
+        kind=p.EventKind.JOB_FINISHED,
+        data=p.JobEvent(
+            job=Job(
+                job_id="job-1",
+                workflow_path="wf.ipynb",
+                status=RunStatus.COMPLETED,
+                created_at=datetime(2026, 12, 1, tzinfo=UTC),
+                eligible_at=datetime(2026, 12, 1, tzinfo=UTC),
+            )
+        ),
     ),
 }
 
@@ -290,9 +300,9 @@ DECODE_ERRORS: list[tuple[str, str | bytes, p.ErrorCode, str]] = [
     ),
     (
         "event-kind-topic",
-        frame(type="event", topic="queue", kind="robot_online"),
+        frame(type="event", topic="jobs", kind="robot_online", data={"robot": {}}),
         p.ErrorCode.INVALID_MESSAGE,
-        "belongs to topic robots",
+        "event.data.RobotEvent.robot.robot_id: Field required",
     ),
     (
         "version-not-int",

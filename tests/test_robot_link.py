@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from casare_nb.core.models import RobotStatus
-from casare_nb.orchestrator.server import Orchestrator
+from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.robot.agent import AgentError, RobotAgent
 from casare_nb.robot.config import load_config
 

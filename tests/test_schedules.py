@@ -1,4 +1,5 @@
-"""Schedules (orchestrator/schedules.py): due times, fires, misfires across restarts, bad input."""
+"""Schedules (orchestrator/triggers/schedules.py): due times, fires, misfires across restarts,
+bad input."""
 
 from __future__ import annotations
 
@@ -17,13 +18,12 @@ from pydantic import ValidationError
 from casare_nb.core.errors import QueueError
 from casare_nb.core.models import Job, Priority, RunStatus, TriggerKind
 from casare_nb.core.triggers import Schedule, ScheduleKind, TriggerError, parse_duration
-from casare_nb.orchestrator.schedules import (
+from casare_nb.orchestrator.orchestrator import Orchestrator
+from casare_nb.orchestrator.triggers.schedules import (
     SKIPPED_MAX_INSTANCES,
     Scheduler,
     crontab_weekdays,
 )
-from casare_nb.orchestrator.server import Orchestrator
-from casare_nb.store.triggers import TriggerStore
 
 BERLIN = ZoneInfo("Europe/Berlin")
 T0 = datetime(2031, 1, 6, 9, 0, 0, 500000, tzinfo=UTC)  # ahead of real time: never fires live
@@ -67,7 +67,7 @@ def flow(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def sched(cluster: Cluster) -> AsyncIterator[Scheduler]:
-    scheduler = Scheduler(cluster.orch, TriggerStore(cluster.orch.queue))
+    scheduler = Scheduler(cluster.orch.job_manager, cluster.orch.stores.triggers)
     await scheduler.start()
     try:
         yield scheduler
@@ -82,7 +82,7 @@ async def test_cron_across_berlin_dst_days_follows_apscheduler(cluster: Cluster)
     """'30 2 * * *' Europe/Berlin: on 2027-03-28 (02:30 does not exist) APScheduler gives
     02:30+01:00, the wall time with the pre-transition offset, i.e. 01:30 UTC = 03:30 CEST;
     on 2027-10-31 (02:30 exists twice) it fires twice, 00:30 UTC (CEST) then 01:30 UTC (CET)."""
-    sched = Scheduler(cluster.orch, TriggerStore(cluster.orch.queue))
+    sched = Scheduler(cluster.orch.job_manager, cluster.orch.stores.triggers)
     s = make("wf.ipynb", kind=ScheduleKind.CRON, cron="30 2 * * *", timezone="Europe/Berlin")
     spring = sched.next_fire_times(s, 3, now=utc(2027, 3, 27, 12))
     assert [t.astimezone(UTC) for t in spring] == [
@@ -103,7 +103,7 @@ async def test_cron_across_berlin_dst_days_follows_apscheduler(cluster: Cluster)
 async def test_weekday_cron_runs_mon_to_fri_at_0600_berlin(cluster: Cluster) -> None:
     """'0 6 * * 1-5' Europe/Berlin is 05:00 UTC in winter, 04:00 UTC in summer, Monday to
     Friday as crontab means 1-5 (APScheduler 3's from_crontab would read Tuesday-Saturday)."""
-    sched = Scheduler(cluster.orch, TriggerStore(cluster.orch.queue))
+    sched = Scheduler(cluster.orch.job_manager, cluster.orch.stores.triggers)
     s = make("wf.ipynb", kind=ScheduleKind.CRON, cron="0 6 * * 1-5", timezone="Europe/Berlin")
     winter = sched.next_fire_times(s, 6, now=utc(2027, 1, 2, 12))  # a Saturday
     assert [t.astimezone(UTC) for t in winter] == [utc(2027, 1, d, 5) for d in (4, 5, 6, 7, 8, 11)]
@@ -125,7 +125,7 @@ def test_crontab_weekday_numbers_are_read_as_crontab_reads_them() -> None:
 
 async def test_interval_due_times_keep_the_phase_of_creation(cluster: Cluster) -> None:
     """An every-60s schedule is due at created_at + k * 60 s, whatever "now" is."""
-    sched = Scheduler(cluster.orch, TriggerStore(cluster.orch.queue))
+    sched = Scheduler(cluster.orch.job_manager, cluster.orch.stores.triggers)
     s = make("wf.ipynb", kind=ScheduleKind.INTERVAL, every_s=60, created_at=T0)
     later = T0 + timedelta(seconds=150)
     assert sched.next_fire_times(s, 3, now=later) == [
@@ -299,7 +299,7 @@ async def _run_then_stop(state: Path, flow: Path, *, cancel: bool, **fields: Any
     clock = Clock(T0)
     orch = Orchestrator(state, port=0, clock=clock)
     await orch.start()
-    sched = Scheduler(orch, TriggerStore(orch.queue))
+    sched = Scheduler(orch.job_manager, orch.stores.triggers)
     try:
         await sched.start()
         await sched.add(make(flow, kind=ScheduleKind.INTERVAL, every_s=60, created_at=T0, **fields))
@@ -317,7 +317,7 @@ async def _run_then_stop(state: Path, flow: Path, *, cancel: bool, **fields: Any
 async def _restart(state: Path, now: datetime) -> tuple[Orchestrator, Scheduler]:
     orch = Orchestrator(state, port=0, clock=Clock(now))
     await orch.start()
-    sched = Scheduler(orch, TriggerStore(orch.queue))
+    sched = Scheduler(orch.job_manager, orch.stores.triggers)
     await sched.start()
     return orch, sched
 
@@ -481,7 +481,7 @@ async def test_upcoming_merges_schedules_soonest_first_without_paused(cluster: C
     """Three cadences merge into the next N due times, soonest first; a paused one is left
     out."""
     now = datetime(2031, 1, 6, 10, 5, tzinfo=UTC)
-    sched = Scheduler(cluster.orch, TriggerStore(cluster.orch.queue), clock=Clock(now))
+    sched = Scheduler(cluster.orch.job_manager, cluster.orch.stores.triggers, clock=Clock(now))
     await sched.add(
         make("a.ipynb", "a", kind=ScheduleKind.CRON, cron="*/20 * * * *", created_at=now)
     )

@@ -25,8 +25,9 @@ from helpers import ERROR_PREFIX, EXIT_BAD_INPUT, EXIT_OK, describe, run_cli
 
 from casare_nb import Client, ClientError
 from casare_nb.core.models import RunStatus, TriggerKind
-from casare_nb.orchestrator.service import OrchestratorService, ServiceThread
+from casare_nb.orchestrator.service import OrchestratorService
 from casare_nb.robot.main import local_robot
+from casare_nb.service_thread import ServiceThread
 
 WAIT = 90.0
 SECRET = "hook-secret-for-tests"

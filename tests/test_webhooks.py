@@ -1,4 +1,5 @@
-"""Webhooks (orchestrator/webhooks.py): signed deliveries submit jobs once, bad ones submit none."""
+"""Webhooks (orchestrator/triggers/webhooks.py): signed deliveries submit jobs once, bad ones
+submit none."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from cluster import Cluster, notebook
 from casare_nb.core.models import RunStatus, TriggerKind
 from casare_nb.core.signing import sign, signed_headers
 from casare_nb.core.triggers import Trigger
-from casare_nb.orchestrator.webhooks import HookAccepted, HookRefused, WebhookReceiver
-from casare_nb.store.triggers import Claim, TriggerStore
+from casare_nb.orchestrator.triggers.webhooks import HookAccepted, HookRefused, WebhookReceiver
+from casare_nb.store.interfaces import Claim
 
 SECRET = "s3cret"
 NOW = 1_800_000_000.0
@@ -39,7 +40,7 @@ def make_receiver(
     cluster: Cluster, tmp_path: Path, *, cells: tuple[str, ...] = ("x = count",), **spec: Any
 ) -> WebhookReceiver:
     """A receiver on the cluster's orchestrator with webhook trigger 'hook' (and ``spec``)."""
-    store = TriggerStore(cluster.orch.queue)
+    store = cluster.orch.stores.triggers
     workflow = notebook(tmp_path, "hooked.ipynb", list(cells), params=PARAMS)
     fields: dict[str, Any] = {
         "trigger_id": "hook",
@@ -49,11 +50,13 @@ def make_receiver(
         "created_at": datetime.now(UTC),
     }
     store.add_trigger(Trigger(**(fields | spec)))
-    return WebhookReceiver(cluster.orch, store, environ={"HOOK_SECRET": SECRET}, now=lambda: NOW)
+    return WebhookReceiver(
+        cluster.orch.job_manager, store, environ={"HOOK_SECRET": SECRET}, now=lambda: NOW
+    )
 
 
 def jobs(receiver: WebhookReceiver) -> list[Any]:
-    return receiver.orch.jobs(limit=10_000)
+    return receiver.jobs.jobs(limit=10_000)
 
 
 async def refused(
@@ -287,8 +290,10 @@ async def test_a_webhook_without_its_secret_refuses_everything(
     """Secret variable unset or empty: 401 for every delivery, and one warning logged."""
     receiver = make_receiver(cluster, tmp_path)
     for environ in ({}, {"HOOK_SECRET": ""}):
-        receiver = WebhookReceiver(cluster.orch, receiver.store, environ=environ, now=lambda: NOW)
-        with caplog.at_level(logging.WARNING, logger="casare_nb.orchestrator.webhooks"):
+        receiver = WebhookReceiver(
+            cluster.orch.job_manager, receiver.store, environ=environ, now=lambda: NOW
+        )
+        with caplog.at_level(logging.WARNING, logger="casare_nb.orchestrator.triggers.webhooks"):
             caplog.clear()
             for _ in range(3):
                 err = await refused(receiver, headers_for(BODY), BODY)
@@ -354,7 +359,7 @@ async def test_a_run_id_taken_by_another_submitter_is_replaced(
     receiver = make_receiver(cluster, tmp_path)
     taken = await cluster.orch.submit(tmp_path / "hooked.ipynb", job_id="20300101-000000-aaaaaa")
     ids = iter([taken.job_id, "20300101-000000-bbbbbb"])
-    monkeypatch.setattr("casare_nb.orchestrator.webhooks.new_run_id", lambda: next(ids))
+    monkeypatch.setattr("casare_nb.orchestrator.triggers.webhooks.new_run_id", lambda: next(ids))
     accepted = await receiver.deliver("hook", headers_for(BODY, delivery_id="d-1"), BODY)
     assert accepted.job_id == "20300101-000000-bbbbbb"
     assert receiver.store.deliveries("hook") == [("d-1", accepted.job_id)]
@@ -368,7 +373,7 @@ async def test_claims_made_together_decide_duplicates_and_replays_in_order(
 ) -> None:
     """TriggerStore.claim_deliveries: first of an id wins, a known signature under a new id is
     a replay (None, not recorded), in one batch as across batches."""
-    store = TriggerStore(cluster.orch.queue)
+    store = cluster.orch.stores.triggers
     assert store.claim_deliveries("t", []) == []
     first = store.claim_deliveries("t", [("a", "sa", "j1"), ("a", "sx", "j2"), ("b", "sa", "j3")])
     assert first == [Claim(True, "j1"), Claim(False, "j1"), None]

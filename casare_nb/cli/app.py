@@ -3,7 +3,8 @@ one-line errors, the state and client options, parameters from ``-p`` and ``-f``
 
 Exit codes: 0 the run completed; 1 the run failed or timed out; 2 bad input (one line on
 stderr, nothing started); 130 cancelled with Ctrl-C. Commands import what they run inside
-their function, so ``casare-nb --help`` and a refused argument stay fast.
+their function, on first use, so ``casare-nb --help`` and a refused argument skip the
+start-up of the engine, the stores and the servers.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def client_for(url: str | None, token: str | None, state_dir: str | None) -> tup
 
 def running_client(url: str | None, token: str | None, state_dir: str | None) -> Client | None:
     """A Client if an orchestrator is given (--url) or runs on the state dir, else None."""
-    from casare_nb.orchestrator.api import pid_alive, read_runtime_file, runtime_file_path
+    from casare_nb.api import pid_alive, read_runtime_file, runtime_file_path
 
     if url:
         return client_for(url, token, state_dir)[0]

@@ -33,7 +33,7 @@ import httpx
 from casare_nb.cli.present import job_event_printer, jobs_table
 from casare_nb.client import Client
 from casare_nb.core.models import Job, RunStatus
-from casare_nb.protocol import Event, EventKind
+from casare_nb.protocol import CellEvent, Event
 
 ROBOT_ID = "demo-robot"
 SECRET_ENV = "CASARE_DEMO_SECRET"
@@ -49,8 +49,8 @@ class _Watcher:
 
     def __call__(self, event: Event) -> None:
         self.printer(event)
-        if event.kind is EventKind.CELL_FINISHED:
-            self.cells.append(int(event.data["cell_index"]))
+        if isinstance(event.data, CellEvent):
+            self.cells.append(event.data.cell_index)
 
 
 def _params(values: dict[str, Any]) -> str:
@@ -191,8 +191,9 @@ def _triggers(client: Client, checks: list[tuple[str, bool]]) -> None:
 
 def run_demo(workflows: Path, state_dir: str | None) -> int:
     """Run the demo; answer the exit code (0 when every step did what it should)."""
-    from casare_nb.orchestrator.service import OrchestratorService, ServiceThread
+    from casare_nb.orchestrator.service import OrchestratorService
     from casare_nb.robot.main import default_work_dir, local_robot
+    from casare_nb.service_thread import ServiceThread
 
     service = OrchestratorService(
         state_dir,

@@ -73,26 +73,26 @@ def jobs_table(jobs: Sequence[Any]) -> str:
 
 def job_event_printer(echo: Callable[[str], None] = click.echo) -> Callable[[Any], None]:
     """An ``on_event`` for ``Client.wait``: one line per start, cell, requeue."""
-    from casare_nb.protocol import EventKind
+    from casare_nb.protocol import CellEvent, EventKind, JobEvent
 
     def on_event(event: Any) -> None:
         data = event.data
-        if event.kind is EventKind.JOB_QUEUED and not data.get("reason"):
-            job = data["job"]
-            echo(f"  job {job['job_id']} queued ({Path(job['workflow_path']).name})")
-        elif event.kind is EventKind.JOB_STARTED:
-            job = data["job"]
-            echo(f"  started on robot {job['robot_id']} (attempt {job['attempt']})")
-        elif event.kind is EventKind.JOB_QUEUED:
-            why = data["job"].get("error_message") or ""
-            echo(f"  queued again ({data['reason']}){': ' + why if why else ''}")
-        elif event.kind is EventKind.CELL_FINISHED:
-            done, total = data.get("cells_done", 0), data.get("cells_total", 0)
+        if isinstance(data, JobEvent) and event.kind is EventKind.JOB_QUEUED:
+            job = data.job
+            if not data.reason:
+                echo(f"  job {job.job_id} queued ({Path(job.workflow_path).name})")
+            else:
+                why = job.error_message or ""
+                echo(f"  queued again ({data.reason}){': ' + why if why else ''}")
+        elif isinstance(data, JobEvent) and event.kind is EventKind.JOB_STARTED:
+            echo(f"  started on robot {data.job.robot_id} (attempt {data.job.attempt})")
+        elif isinstance(data, CellEvent):
+            done, total = data.cells_done, data.cells_total
             width = 20
             filled = round(width * done / max(total, 1))
             echo(
                 f"  [{'#' * filled}{'-' * (width - filled)}] {done:>3}/{total:<3} "
-                f"cell {data['cell_index']:>3}  {data['status']:<11} {data['duration_s']:8.3f} s"
+                f"cell {data.cell_index:>3}  {data.status.value:<11} {data.duration_s:8.3f} s"
             )
 
     return on_event

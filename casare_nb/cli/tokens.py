@@ -20,28 +20,27 @@ def token() -> None:
 
 
 class _TokenStore:
-    """The state dir's token table, opened directly when no orchestrator runs."""
+    """The state dir's tokens, opened directly when no orchestrator runs."""
 
     def __init__(self, state_dir: str | None) -> None:
         from casare_nb.notebook.state import StateDir
 
         self.state = StateDir(state_dir)
-        self._store: Any = None
+        self._stores: Any = None
 
     def __enter__(self) -> Any:
-        from casare_nb.store.history import HistoryStore
-        from casare_nb.store.queue import QueueStore
+        from casare_nb.store.embedded import open_embedded
 
         try:
             self.state.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             fail(f"cannot create state directory {self.state.root}: {exc.strerror}")
-        self._store = QueueStore(HistoryStore(self.state.history_path))
-        return self._store
+        self._stores = open_embedded(self.state.root)
+        return self._stores.tokens
 
     def __exit__(self, *exc: object) -> None:
-        if self._store is not None:
-            self._store.close()
+        if self._stores is not None:
+            self._stores.close()
 
 
 def _queue_call(call: Callable[[], Any]) -> Any:
@@ -58,7 +57,7 @@ def _queue_call(call: Callable[[], Any]) -> Any:
 @client_options
 def token_create(name: str, url: str | None, token: str | None, state_dir: str | None) -> None:
     """Create the token NAME and print it (shown only this once)."""
-    from casare_nb.orchestrator.api import TOKEN_NAME_PATTERN
+    from casare_nb.api import TOKEN_NAME_PATTERN
 
     if not re.fullmatch(TOKEN_NAME_PATTERN, name):
         fail(f"token name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")

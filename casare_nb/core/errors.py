@@ -25,6 +25,10 @@ class ResumeError(CasareError):
     """The run cannot be resumed as asked."""
 
 
+class OrchestratorDraining(CasareError):
+    """The orchestrator is draining: it takes no new submissions."""
+
+
 class QueueError(RuntimeError):
     """A job operation was refused (unknown job, wrong state, stale attempt...) or its store
     failed."""

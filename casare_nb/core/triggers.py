@@ -2,7 +2,7 @@
 
 Pure pydantic v2 models and parsing; no I/O, no scheduler library. The orchestrator keeps
 these rows in DuckDB (``store/triggers.py``), turns schedules into APScheduler jobs
-(``orchestrator/schedules.py``, the one module importing apscheduler) and records on every
+(``orchestrator/triggers/schedules.py``, the one module importing apscheduler) and records on every
 job it submits for them a :class:`TriggerRef`: which schedule or trigger, and which due
 time, delivery, file or previous job.
 """

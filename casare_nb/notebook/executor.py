@@ -230,7 +230,7 @@ class Executor:
         outcome = Outcome(status=RunStatus.COMPLETED)
         total = total if total is not None else done + len(steps)
         for position, step in enumerate(steps, start=done + 1):
-            await self.hooks.cell_started(step, position, total)
+            await self.hooks.cell_started(step.index, position, total)
             record = await self._run_step(step, run_deadline, cancel)
             outcome.cells.append(record)
             self._after_cell(step, record)

@@ -20,15 +20,10 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Sequence
-from typing import TYPE_CHECKING
 
 from nbformat import NotebookNode
 
 from casare_nb.core.models import CellRecord, RunRecord
-
-if TYPE_CHECKING:
-    from casare_nb.notebook.executor import Step
-    from casare_nb.notebook.run import RunResult
 
 __all__ = ["Hooks", "RunHooks", "hooks_of"]
 
@@ -44,8 +39,8 @@ class RunHooks:
         """The kernel is ready; cells run next (``run`` says what a resume restored)."""
         return None
 
-    def cell_started(self, step: Step, position: int, total: int) -> Awaitable[None] | None:
-        """Cell ``step.index`` starts: the ``position``-th of ``total`` in this attempt."""
+    def cell_started(self, index: int, position: int, total: int) -> Awaitable[None] | None:
+        """Cell ``index`` starts: the ``position``-th of ``total`` in this attempt."""
         return None
 
     def cell_finished(
@@ -55,8 +50,8 @@ class RunHooks:
         ``metadata.casare``, secrets scrubbed)."""
         return None
 
-    def run_finished(self, run: RunRecord, result: RunResult) -> Awaitable[None] | None:
-        """The attempt ended (``run.status``) and its output notebook is written."""
+    def run_finished(self, run: RunRecord) -> Awaitable[None] | None:
+        """The attempt ended (``run.status``, its error) and its output notebook is written."""
         return None
 
 
@@ -79,9 +74,9 @@ class Hooks:
         for hook in self.hooks:
             await _run(hook.cells_starting(run))
 
-    async def cell_started(self, step: Step, position: int, total: int) -> None:
+    async def cell_started(self, index: int, position: int, total: int) -> None:
         for hook in self.hooks:
-            await _run(hook.cell_started(step, position, total))
+            await _run(hook.cell_started(index, position, total))
 
     async def cell_finished(
         self, record: CellRecord, cell: NotebookNode, position: int, total: int
@@ -89,9 +84,9 @@ class Hooks:
         for hook in self.hooks:
             await _run(hook.cell_finished(record, cell, position, total))
 
-    async def run_finished(self, run: RunRecord, result: RunResult) -> None:
+    async def run_finished(self, run: RunRecord) -> None:
         for hook in self.hooks:
-            await _run(hook.run_finished(run, result))
+            await _run(hook.run_finished(run))
 
     def __repr__(self) -> str:
         return f"Hooks({self.hooks!r})"

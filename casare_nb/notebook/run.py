@@ -241,7 +241,7 @@ async def execute(
             record.error_name = result.error_name = "StateError"
             record.error_message = result.error_message = f"cannot write the output notebook: {exc}"
     result.notebook = nb
-    await told.run_finished(record, result)
+    await told.run_finished(record)
     return result
 
 

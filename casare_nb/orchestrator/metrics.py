@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.exposition import generate_latest
 
 from casare_nb.core.models import JobStatus, Priority, Robot, RobotStatus
-from casare_nb.protocol import EventKind
+from casare_nb.protocol import CellEvent, EventData, EventKind, JobEvent, RobotEvent
 
 __all__ = ["CONTENT_TYPE", "OrchestratorMetrics"]
 
@@ -89,22 +89,19 @@ class OrchestratorMetrics:
             if status.finished:
                 self.outcomes.labels(status.value)
 
-    def observe(self, kind: EventKind, data: Mapping[str, Any]) -> None:
+    def observe(self, kind: EventKind, data: EventData) -> None:
         """Count one published event."""
-        if kind is EventKind.JOB_FINISHED:
-            job = data.get("job") or {}
-            self.outcomes.labels(str(job.get("status", "unknown"))).inc()
-        elif kind is EventKind.CELL_FINISHED:
-            duration = data.get("duration_s")
-            if isinstance(duration, int | float) and duration >= 0:
-                self.cells.labels(str(data.get("status", "unknown"))).observe(duration)
-        elif kind is EventKind.ROBOT_OFFLINE:
-            if data.get("reason") == "missed_heartbeats":
+        if kind is EventKind.JOB_FINISHED and isinstance(data, JobEvent):
+            self.outcomes.labels(data.job.status.value).inc()
+        elif kind is EventKind.CELL_FINISHED and isinstance(data, CellEvent):
+            self.cells.labels(data.status.value).observe(data.duration_s)
+        elif kind is EventKind.ROBOT_OFFLINE and isinstance(data, RobotEvent):
+            if data.reason == "missed_heartbeats":
                 self.heartbeat_misses.inc()
-        elif kind is EventKind.JOB_STARTED:
-            job = data.get("job") or {}
-            eligible = _time(job.get("eligible_at"))
-            started = _time(job.get("accepted_at")) or _time(job.get("assigned_at"))
+        elif kind is EventKind.JOB_STARTED and isinstance(data, JobEvent):
+            job = data.job
+            eligible = _time(job.eligible_at)
+            started = _time(job.accepted_at) or _time(job.assigned_at)
             if eligible is not None and started is not None:
                 self.dispatch_latency.observe(max(0.0, (started - eligible).total_seconds()))
 

@@ -61,6 +61,14 @@ class RobotRegistry:
 
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
+        self._snapshot: list[Robot] | None = None  # robots() until something changes
+
+    def snapshot(self) -> list[Robot]:
+        """Every known robot, by id: the same list until a robot changes (the dispatcher
+        asks on every round). Do not mutate it; copy what you keep."""
+        if self._snapshot is None:
+            self._snapshot = self.robots()
+        return self._snapshot
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -93,6 +101,7 @@ class RobotRegistry:
             last_heartbeat=now,  # registering is the first sign of life
         )
         self._entries[msg.robot_id] = _Entry(robot=robot, session=session)
+        self._snapshot = None
         return robot.model_copy(deep=True)
 
     def heartbeat(self, msg: Heartbeat, *, now: datetime, session: Hashable | None = None) -> Robot:
@@ -112,6 +121,7 @@ class RobotRegistry:
         if entry.last_seq is not None and msg.seq <= entry.last_seq:
             return entry.robot.model_copy(deep=True)
         entry.last_seq = msg.seq
+        self._snapshot = None
         entry.robot = entry.robot.model_copy(
             update={
                 "status": RobotStatus(msg.status),
@@ -149,7 +159,7 @@ class RobotRegistry:
                 gone.append(self._offline(entry))
         return gone
 
-    @staticmethod
-    def _offline(entry: _Entry) -> Robot:
+    def _offline(self, entry: _Entry) -> Robot:
+        self._snapshot = None
         entry.robot = entry.robot.model_copy(update={"status": RobotStatus.OFFLINE})
         return entry.robot.model_copy(deep=True)

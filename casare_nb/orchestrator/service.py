@@ -1,21 +1,18 @@
 """The orchestrator as a service: WebSocket + HTTP API in one event loop, a runtime file,
 graceful shutdown on SIGTERM.
 
-- :class:`OrchestratorService` starts an :class:`~casare_nb.orchestrator.server.Orchestrator`
-  and its :class:`~casare_nb.orchestrator.http.HttpServer`, creates a local admin token and
+- :class:`OrchestratorService` starts an :class:`~casare_nb.orchestrator.orchestrator.Orchestrator`
+  and its :class:`~casare_nb.orchestrator.http.server.HttpServer`, creates a local admin token and
   writes ``<state_dir>/orchestrator.json`` (URLs, pid, that token; mode 0600), like Jupyter's
   ``jpserver-*.json``. Stopping revokes the token and removes the file.
 - :func:`run_orchestrator` is ``casare-nb orchestrator``: it runs a service until SIGTERM or
   SIGINT, then drains (no new jobs, running ones get ``drain_timeout_s``, robots are shut
   down) and stops; a second signal stops at once. Exit code 0.
-- :class:`ServiceThread` runs a service, and local robots, in a thread of its own: for the
-  demo, a notebook, and tests that drive it with the synchronous :class:`~casare_nb.Client`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import errno
 import logging
@@ -24,18 +21,15 @@ import secrets
 import signal
 import socket
 import ssl
-import sys
-import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from casare_nb import __version__
-from casare_nb.core.errors import CasareError
-from casare_nb.orchestrator.api import (
+from casare_nb.api import (
     DEFAULT_HTTP_PORT,
     RUNTIME_FILE,
     DrainResult,
@@ -44,21 +38,16 @@ from casare_nb.orchestrator.api import (
     read_runtime_file,
     runtime_file_path,
 )
-from casare_nb.orchestrator.http import HttpServer
-from casare_nb.orchestrator.server import DEFAULT_HOST, DEFAULT_PORT, Orchestrator
+from casare_nb.core.errors import CasareError
+from casare_nb.orchestrator.http.server import HttpServer
+from casare_nb.orchestrator.orchestrator import DEFAULT_HOST, DEFAULT_PORT, Orchestrator
 
-if TYPE_CHECKING:
-    from casare_nb.client import Client
-    from casare_nb.robot.main import LocalRobot
-
-__all__ = ["OrchestratorService", "ServiceError", "ServiceThread", "run_orchestrator"]
+__all__ = ["OrchestratorService", "ServiceError", "run_orchestrator"]
 
 logger = logging.getLogger("casare_nb.orchestrator.service")
 
 ADMIN_TOKEN_PREFIX: Final = "local-admin-"
 """Name prefix of the token a service creates for local tools (revoked when it stops)."""
-
-_T = TypeVar("_T")
 
 
 class ServiceError(CasareError):
@@ -107,7 +96,7 @@ class OrchestratorService:
     free ports. ``workflows_dir`` (default: the working directory) is where relative
     workflow paths of the API resolve, and the only place workflows are taken from.
     ``tls_cert``/``tls_key`` serve ``wss://`` and ``https://``. Other keyword arguments go to
-    :class:`~casare_nb.orchestrator.server.Orchestrator` (heartbeat interval ...).
+    :class:`~casare_nb.orchestrator.orchestrator.Orchestrator` (heartbeat interval ...).
     """
 
     def __init__(
@@ -225,7 +214,7 @@ class OrchestratorService:
 
     def _create_admin_token(self) -> None:
         orch = self.orchestrator
-        for row in orch.queue.list_tokens():  # left behind by a service that was killed
+        for row in orch.stores.tokens.list_tokens():  # left behind by a service that was killed
             if row["name"].startswith(ADMIN_TOKEN_PREFIX) and row["revoked_at"] is None:
                 orch.revoke_token(row["name"])
         name = f"{ADMIN_TOKEN_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
@@ -334,107 +323,3 @@ async def run_orchestrator(
             loop.remove_signal_handler(sig)
     tell("orchestrator stopped")
     return 0
-
-
-class ServiceThread:
-    """An :class:`OrchestratorService` and local robots, run in a thread of their own.
-
-    For code that is synchronous or has its own event loop (the demo, a notebook, tests
-    using :class:`~casare_nb.Client`): ``start()`` returns once the service listens and
-    every robot is online; ``stop()`` stops the robots, then the service. ``robots`` are
-    factories such as :func:`~casare_nb.robot.main.local_robot`: each is given the
-    orchestrator (to create its token) and makes a started
-    :class:`~casare_nb.robot.main.LocalRobot` in the service's loop.
-    """
-
-    def __init__(
-        self,
-        service: OrchestratorService,
-        *,
-        robots: Sequence[Callable[[Orchestrator], Coroutine[Any, Any, LocalRobot]]] = (),
-    ) -> None:
-        self.service = service
-        self._robot_factories = list(robots)
-        self.robots: list[LocalRobot] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped = threading.Event()
-        self._stop = asyncio.Event()  # bound to the service's loop on first use
-
-    def start(self, timeout: float = 120.0) -> ServiceThread:
-        """Start the thread, the service and the robots; re-raises what failed."""
-        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(
-            target=self._main, args=(ready,), name="casare-orchestrator", daemon=True
-        )
-        self._thread.start()
-        try:
-            ready.result(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _main(self, ready: concurrent.futures.Future[None]) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve(ready))
-        finally:
-            loop.close()
-            self._stopped.set()
-
-    async def _serve(self, ready: concurrent.futures.Future[None]) -> None:
-        try:
-            await self.service.start()
-            for factory in self._robot_factories:
-                self.robots.append(await factory(self.service.orchestrator))
-        except BaseException as exc:
-            await self._shutdown()
-            ready.set_exception(exc)
-            return
-        ready.set_result(None)
-        await self._stop.wait()
-        await self._shutdown()
-
-    async def _shutdown(self) -> None:
-        for robot in self.robots:
-            with contextlib.suppress(Exception):
-                await robot.stop(graceful=False)
-        await self.service.stop()
-
-    def call(self, make: Callable[[], Coroutine[Any, Any, _T]], timeout: float = 120.0) -> _T:
-        """Run a coroutine in the service's loop and answer its result (blocking)."""
-        if self._loop is None:
-            raise RuntimeError("the service thread is not started")
-        return asyncio.run_coroutine_threadsafe(make(), self._loop).result(timeout)
-
-    def client(self, token: str | None = None) -> Client:
-        """A :class:`~casare_nb.Client` of the service (its admin token by default)."""
-        from casare_nb.client import Client
-
-        return Client(self.service.http_url, token or self.service.admin_token or "")
-
-    def stop(self, timeout: float = 60.0) -> None:
-        """Stop the robots and the service, then the thread; idempotent."""
-        loop, thread = self._loop, self._thread
-        if thread is None:
-            return
-        if loop is not None and not self._stopped.is_set():
-            with contextlib.suppress(RuntimeError):  # the loop already closed
-                loop.call_soon_threadsafe(self._stop.set)
-        thread.join(timeout)
-        if thread.is_alive():
-            print("casare-nb: the orchestrator thread did not stop in time", file=sys.stderr)
-        self._thread = None
-
-    def __enter__(self) -> ServiceThread:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

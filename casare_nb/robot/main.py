@@ -20,17 +20,28 @@ import os
 import signal
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from casare_nb.notebook.pool import KernelPool
 from casare_nb.robot.agent import Metrics, RobotAgent
 from casare_nb.robot.config import RobotConfig, load_config
 from casare_nb.robot.runner import EngineRunner
 
-if TYPE_CHECKING:
-    from casare_nb.orchestrator.server import Orchestrator
+__all__ = ["Enrolment", "LocalRobot", "default_work_dir", "local_robot", "run_robot"]
 
-__all__ = ["LocalRobot", "default_work_dir", "local_robot", "run_robot"]
+
+class Enrolment(Protocol):
+    """What a robot started in the orchestrator's own process needs of it: where to
+    connect, and a token of its own."""
+
+    @property
+    def url(self) -> str:
+        """The WebSocket URL robots connect to."""
+        ...
+
+    def fresh_token(self, name: str) -> str:
+        """A new token ``name`` (a live one of that name is revoked first); blocking."""
+        ...
 
 
 def default_work_dir(robot_id: str) -> Path:
@@ -139,12 +150,12 @@ def local_robot(
     environment: str | None = None,
     max_concurrent_jobs: int = 1,
     heartbeat_interval_s: float | None = None,
-) -> Callable[[Orchestrator], Coroutine[Any, Any, LocalRobot]]:
-    """A factory for :class:`~casare_nb.orchestrator.service.ServiceThread`: given the
-    orchestrator, it creates a fresh token named ``robot_id`` and starts a robot online."""
+) -> Callable[[Enrolment], Coroutine[Any, Any, LocalRobot]]:
+    """A factory for :class:`~casare_nb.service_thread.ServiceThread`: given the
+    orchestrator, it takes a fresh token named ``robot_id`` and starts a robot online."""
 
-    async def make(orch: Orchestrator) -> LocalRobot:
-        token = await asyncio.to_thread(_fresh_token, orch, robot_id)
+    async def make(orch: Enrolment) -> LocalRobot:
+        token = await asyncio.to_thread(orch.fresh_token, robot_id)
         config = load_config(
             None,
             env={},
@@ -166,13 +177,6 @@ def local_robot(
             raise
 
     return make
-
-
-def _fresh_token(orch: Orchestrator, name: str) -> str:
-    """A new token ``name``; a live one of that name (an earlier run's) is revoked first."""
-    if any(t["name"] == name and t["revoked_at"] is None for t in orch.queue.list_tokens()):
-        orch.revoke_token(name)
-    return orch.create_token(name)
 
 
 async def run_robot(robot: LocalRobot, *, say: Callable[[str], None] = print) -> int:

@@ -47,7 +47,7 @@ from websockets.exceptions import ConnectionClosed
 
 from casare_nb.core.errors import CasareError
 from casare_nb.core.models import CellRecord, RunRecord, RunStatus
-from casare_nb.notebook.executor import Options, Step
+from casare_nb.notebook.executor import Options
 from casare_nb.notebook.hooks import RunHooks
 from casare_nb.notebook.pool import KernelPool
 from casare_nb.notebook.run import RunResult, RunSpec, Secrets, execute
@@ -110,7 +110,7 @@ class _ProgressSender(RunHooks):
     def run_started(self, run: RunRecord) -> None:
         self._total = max(self._total, run.cells_total)
 
-    def cell_started(self, step: Step, position: int, total: int) -> None:
+    def cell_started(self, index: int, position: int, total: int) -> None:
         """This cell is ``position`` of ``total`` (replays included)."""
         self._total = max(total, position)
 

@@ -44,7 +44,7 @@ from casare_nb.notebook.state import (
     write_json_atomic,
 )
 
-__all__ = ["CheckpointStore"]
+__all__ = ["FileCheckpointStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class _Offer:
     missing: set[str] = field(default_factory=set)
 
 
-class CheckpointStore:
+class FileCheckpointStore:
     """Checkpoints and partial output notebooks of every job's attempts; see the module doc."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:

@@ -1,46 +1,27 @@
 """Schedules, triggers and what they did, in the orchestrator's DuckDB file.
 
-Rows of the tables of migration 4 (see ``history.MIGRATIONS``), written through the
-orchestrator's :class:`~casare_nb.store.queue.QueueStore` connection, each call one
-transaction. A schedule or trigger is stored as its pydantic model's JSON (``spec``): data,
+Rows of the tables of migration 4 (see :mod:`casare_nb.store.schema`), written on the
+database's shared connection (:meth:`~casare_nb.store.database.Database.shared`), each call
+one transaction. A schedule or trigger is stored as its pydantic model's JSON (``spec``): data,
 never a pickle, so any version of the code can read and list it.
 
-The claims are what make triggers fire once: :meth:`TriggerStore.claim_fire` (one row per
-schedule and due time), :meth:`~TriggerStore.claim_delivery` (one per webhook delivery id)
-and :meth:`~TriggerStore.claim_file` (one per watched file) insert a row naming the job id
+The claims are what make triggers fire once: :meth:`DuckDBTriggerStore.claim_fire` (one row per
+schedule and due time), :meth:`~DuckDBTriggerStore.claim_delivery` (one per webhook delivery id)
+and :meth:`~DuckDBTriggerStore.claim_file` (one per watched file) insert a row naming the job id
 the caller is about to submit, or report the row that was there first.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from casare_nb.core.errors import QueueError
 from casare_nb.core.triggers import Schedule, Trigger, TriggerKind
-from casare_nb.store.history import _from_db_time, _to_db_time, _to_json
-from casare_nb.store.queue import QueueStore
+from casare_nb.store.database import Database, from_db_time, to_db_time
+from casare_nb.store.interfaces import Claim, Fire
 
-__all__ = ["Claim", "Fire", "TriggerStore"]
-
-
-class Claim(NamedTuple):
-    """The outcome of a claim: whether this call made it, and the job id it names."""
-
-    new: bool
-    job_id: str | None
-
-
-class Fire(NamedTuple):
-    """One due time of a schedule and what came of it (``submitted``, ``skipped: ...``)."""
-
-    schedule_id: str
-    due_at: datetime
-    fired_at: datetime
-    job_id: str | None
-    outcome: str
+__all__ = ["DuckDBTriggerStore"]
 
 
 class _Table(NamedTuple):
@@ -58,11 +39,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class TriggerStore:
-    """CRUD of schedules and triggers, and their claims, on a :class:`QueueStore`."""
+class DuckDBTriggerStore:
+    """CRUD of schedules and triggers, and their claims, in a :class:`Database`."""
 
-    def __init__(self, queue: QueueStore) -> None:
-        self.queue = queue
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     # -- schedules -----------------------------------------------------------------------
 
@@ -104,11 +85,11 @@ class TriggerStore:
         kind: str | None = None,
     ) -> None:
         columns = [table.key, "spec", table.flag, "created_at"]
-        values: list[object] = [item_id, item.model_dump_json(), flag, _to_db_time(item.created_at)]
+        values: list[object] = [item_id, item.model_dump_json(), flag, to_db_time(item.created_at)]
         if kind is not None:
             columns.append("kind")
             values.append(kind)
-        with self.queue.direct() as con:
+        with self.db.write() as con:
             if replace:
                 con.execute(f"DELETE FROM {table.name} WHERE {table.key} = ?", [item_id])
             elif con.execute(
@@ -129,7 +110,7 @@ class TriggerStore:
             where, params = f"WHERE {table.key} = ?", [item_id]
         elif kind is not None:
             where, params = "WHERE kind = ?", [kind]
-        rows = self.queue.select(
+        rows = self.db.select(
             f"SELECT spec, {table.flag} FROM {table.name} {where} ORDER BY created_at, {table.key}",
             params,
         )
@@ -137,7 +118,7 @@ class TriggerStore:
 
     def _change(self, table: _Table, item_id: str, flag: bool | None) -> tuple[str, bool]:
         """Set the flag (None: delete the row); the row as it is (was). Unknown: QueueError."""
-        with self.queue.direct() as con:
+        with self.db.write() as con:
             if flag is None:
                 sql = f"DELETE FROM {table.name} WHERE {table.key} = ?"
                 params: list[object] = [item_id]
@@ -156,44 +137,42 @@ class TriggerStore:
     ) -> Claim:
         """Record the fire of ``schedule_id`` for ``due_at``, unless one is recorded already
         (then ``new`` is False and ``job_id`` is the first fire's)."""
-        with self.queue.direct() as con:
+        with self.db.write() as con:
             rows = con.execute(
                 "INSERT OR IGNORE INTO fires (schedule_id, due_at, fired_at, job_id, outcome)"
                 " VALUES (?, ?, ?, ?, ?) RETURNING job_id",
-                [schedule_id, _to_db_time(due_at), _to_db_time(_now()), job_id, outcome],
+                [schedule_id, to_db_time(due_at), to_db_time(_now()), job_id, outcome],
             ).fetchall()
             if rows:
                 return Claim(True, job_id)
             first = con.execute(
                 "SELECT job_id FROM fires WHERE schedule_id = ? AND due_at = ?",
-                [schedule_id, _to_db_time(due_at)],
+                [schedule_id, to_db_time(due_at)],
             ).fetchone()
         return Claim(False, None if first is None else first[0])
 
     def set_fire_outcome(self, schedule_id: str, due_at: datetime, outcome: str) -> None:
         """Change what a claimed fire came to (e.g. ``failed: <why>``)."""
-        with self.queue.direct() as con:
+        with self.db.write() as con:
             con.execute(
                 "UPDATE fires SET outcome = ? WHERE schedule_id = ? AND due_at = ?",
-                [outcome, schedule_id, _to_db_time(due_at)],
+                [outcome, schedule_id, to_db_time(due_at)],
             )
 
     def last_due(self, schedule_id: str) -> datetime | None:
         """The latest due time of ``schedule_id`` with a recorded fire, or None."""
-        rows = self.queue.select(
-            "SELECT max(due_at) FROM fires WHERE schedule_id = ?", [schedule_id]
-        )
-        return _from_db_time(rows[0][0]) if rows else None
+        rows = self.db.select("SELECT max(due_at) FROM fires WHERE schedule_id = ?", [schedule_id])
+        return from_db_time(rows[0][0]) if rows else None
 
     def last_dues(self) -> dict[str, datetime]:
         """The latest fired due time of every schedule that has one."""
-        rows = self.queue.select("SELECT schedule_id, max(due_at) FROM fires GROUP BY 1")
+        rows = self.db.select("SELECT schedule_id, max(due_at) FROM fires GROUP BY 1")
         return {sid: _aware(due) for sid, due in rows}
 
     def fires(self, schedule_id: str | None = None, *, limit: int = 1000) -> list[Fire]:
         """Recorded fires, newest due time first (of one schedule, or all)."""
         where, params = ("WHERE schedule_id = ?", [schedule_id]) if schedule_id else ("", [])
-        rows = self.queue.select(
+        rows = self.db.select(
             "SELECT schedule_id, due_at, fired_at, job_id, outcome FROM fires "
             f"{where} ORDER BY due_at DESC, schedule_id LIMIT ?",
             [*params, limit],
@@ -232,12 +211,12 @@ class TriggerStore:
     ) -> Claim:
         """Record a webhook delivery about to submit ``job_id``, unless ``delivery_id`` was
         seen already for this trigger (then ``new`` is False, with the first one's job)."""
-        with self.queue.direct() as con:
+        with self.db.write() as con:
             rows = con.execute(
                 "INSERT OR IGNORE INTO deliveries"
                 " (trigger_id, delivery_id, signature, received_at, job_id)"
                 " VALUES (?, ?, ?, ?, ?) RETURNING job_id",
-                [trigger_id, delivery_id, signature, _to_db_time(_now()), job_id],
+                [trigger_id, delivery_id, signature, to_db_time(_now()), job_id],
             ).fetchall()
             if rows:
                 return Claim(True, job_id)
@@ -255,7 +234,7 @@ class TriggerStore:
         (nothing recorded) for a replay: a new delivery id whose signature is recorded."""
         out: list[Claim | None] = []
         rows: list[tuple[str, str, str]] = []
-        with self.queue.direct() as con:
+        with self.db.write() as con:
             claimed: dict[str, str | None] = dict(
                 con.execute(
                     "SELECT delivery_id, job_id FROM deliveries WHERE trigger_id = ?"
@@ -287,14 +266,14 @@ class TriggerStore:
                     " (trigger_id, delivery_id, signature, job_id, received_at)"
                     " SELECT ?, unnest(?::VARCHAR[]), unnest(?::VARCHAR[]),"
                     " unnest(?::VARCHAR[]), ?",
-                    [trigger_id, *map(list, zip(*rows, strict=True)), _to_db_time(_now())],
+                    [trigger_id, *map(list, zip(*rows, strict=True)), to_db_time(_now())],
                 )
         return out
 
     def signature_seen(self, trigger_id: str, signature: str) -> bool:
         """Whether a delivery with this exact signature was recorded for the trigger."""
         return bool(
-            self.queue.select(
+            self.db.select(
                 "SELECT 1 FROM deliveries WHERE trigger_id = ? AND signature = ? LIMIT 1",
                 [trigger_id, signature],
             )
@@ -302,7 +281,7 @@ class TriggerStore:
 
     def release_delivery(self, trigger_id: str, delivery_id: str) -> None:
         """Forget a claimed delivery whose job could not be submitted (it may come again)."""
-        with self.queue.direct() as con:
+        with self.db.write() as con:
             con.execute(
                 "DELETE FROM deliveries WHERE trigger_id = ? AND delivery_id = ?",
                 [trigger_id, delivery_id],
@@ -310,7 +289,7 @@ class TriggerStore:
 
     def deliveries(self, trigger_id: str) -> list[tuple[str, str | None]]:
         """(delivery id, job id) of every recorded delivery of a trigger, oldest first."""
-        rows = self.queue.select(
+        rows = self.db.select(
             "SELECT delivery_id, job_id FROM deliveries WHERE trigger_id = ?"
             " ORDER BY received_at, delivery_id",
             [trigger_id],
@@ -321,11 +300,11 @@ class TriggerStore:
 
     def claim_file(self, trigger_id: str, path: str, job_id: str | None) -> Claim:
         """Record that a file-watch trigger handles ``path`` (as ``job_id``), unless it did."""
-        with self.queue.direct() as con:
+        with self.db.write() as con:
             rows = con.execute(
                 "INSERT OR IGNORE INTO watched_files (trigger_id, path, seen_at, job_id)"
                 " VALUES (?, ?, ?, ?) RETURNING job_id",
-                [trigger_id, path, _to_db_time(_now()), job_id],
+                [trigger_id, path, to_db_time(_now()), job_id],
             ).fetchall()
             if rows:
                 return Claim(True, job_id)
@@ -337,50 +316,21 @@ class TriggerStore:
 
     def release_file(self, trigger_id: str, path: str) -> None:
         """Forget a claimed file whose job could not be submitted."""
-        with self.queue.direct() as con:
+        with self.db.write() as con:
             con.execute(
                 "DELETE FROM watched_files WHERE trigger_id = ? AND path = ?", [trigger_id, path]
             )
 
     def handled_files(self, trigger_id: str) -> dict[str, str | None]:
         """Path -> job id of every file a file-watch trigger has handled."""
-        rows = self.queue.select(
+        rows = self.db.select(
             "SELECT path, job_id FROM watched_files WHERE trigger_id = ?", [trigger_id]
         )
         return {str(path): job for path, job in rows}
 
-    # -- outputs -------------------------------------------------------------------------
-
-    def record_outputs(
-        self,
-        run_id: str,
-        attempt: int,
-        values: Mapping[str, tuple[Any, int | None]],
-    ) -> None:
-        """Store ``name -> (value, cell index)`` recorded by a run (a later value of a name
-        replaces the earlier one)."""
-        if not values:
-            return
-        now = _to_db_time(_now())
-        with self.queue.direct() as con:
-            for name, (value, cell) in values.items():
-                con.execute(
-                    "INSERT OR REPLACE INTO outputs"
-                    " (run_id, name, value, attempt, cell_index, recorded_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [run_id, name, _to_json(value), attempt, cell, now],
-                )
-
-    def outputs(self, run_id: str) -> dict[str, Any]:
-        """The values run ``run_id`` recorded with ``casare_nb.output``, by name."""
-        rows = self.queue.select(
-            "SELECT name, value FROM outputs WHERE run_id = ? ORDER BY name", [run_id]
-        )
-        return {str(name): json.loads(value) for name, value in rows}
-
 
 def _aware(value: datetime) -> datetime:
-    out = _from_db_time(value)
+    out = from_db_time(value)
     assert out is not None
     return out
 

@@ -55,10 +55,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 from casare_nb.core.ids import new_run_id
 from casare_nb.core.models import Job, TriggerKind, TriggerRef
 from casare_nb.core.triggers import JobTemplate, Schedule, ScheduleKind, TriggerError
-from casare_nb.store.triggers import TriggerStore
+from casare_nb.store.interfaces import TriggerStore
 
 if TYPE_CHECKING:
-    from casare_nb.orchestrator.server import Orchestrator
+    from casare_nb.orchestrator.triggers.desk import JobDesk
 
 __all__ = [
     "CATCH_UP_CAP",
@@ -252,7 +252,7 @@ class Scheduler:
 
     def __init__(
         self,
-        orch: Orchestrator,
+        jobs: JobDesk,
         store: TriggerStore,
         *,
         clock: Callable[[], datetime] | None = None,
@@ -260,10 +260,10 @@ class Scheduler:
     ) -> None:
         if not (lead_s >= 0 and math.isfinite(lead_s)):
             raise ValueError(f"lead_s must be >= 0 seconds, not {lead_s}")
-        self.orch = orch
+        self.jobs = jobs
         self.store = store
         self.lead = timedelta(seconds=lead_s)
-        self._clock: Callable[[], datetime] = clock or orch._clock
+        self._clock: Callable[[], datetime] = clock or jobs.now
         self._schedules: dict[str, Schedule] = {}
         self._triggers: dict[str, BaseTrigger] = {}
         self._unfinished: dict[str, set[str]] = {}  # schedule id -> its queued/running jobs
@@ -280,8 +280,8 @@ class Scheduler:
             raise RuntimeError("this scheduler was started already")
         schedules = await asyncio.to_thread(self.store.schedules)
         last = await asyncio.to_thread(self.store.last_dues)
-        self.orch.job_manager.finished_listeners.append(self._on_finished)
-        for job, _ in await asyncio.to_thread(self.orch.queue.unfinished):
+        self.jobs.finished_listeners.append(self._on_finished)
+        for job in self.jobs.unfinished_jobs():
             if job.trigger is not None and job.trigger.kind is TriggerKind.SCHEDULE:
                 self._unfinished.setdefault(job.trigger.id, set()).add(job.job_id)
         self._aps = AsyncIOScheduler(timezone=UTC)
@@ -314,7 +314,7 @@ class Scheduler:
         if self._stopped:
             return
         self._stopped = True
-        with_listener = self.orch.job_manager.finished_listeners
+        with_listener = self.jobs.finished_listeners
         if self._on_finished in with_listener:
             with_listener.remove(self._on_finished)
         if self._aps is not None and self._aps.running:
@@ -457,7 +457,7 @@ class Scheduler:
             ref = TriggerRef(kind=TriggerKind.SCHEDULE, id=schedule_id, due_at=due)
             template = schedule.model_dump(include=_TEMPLATE)  # what submit takes
             try:
-                await self.orch.submit(
+                await self.jobs.submit(
                     **template, source="schedule", trigger=ref, job_id=job_id, start_at=start_at
                 )
             except Exception as exc:  # the scheduler goes on; the fire records why
@@ -534,7 +534,7 @@ class Scheduler:
     def _forget_finished(self, live: set[str]) -> None:
         """Drop the jobs that finished unseen (e.g. a re-run of a schedule's job)."""
         for job_id in list(live):
-            job = self.orch.job(job_id)
+            job = self.jobs.job(job_id)
             if job is not None and job.status.finished:
                 live.discard(job_id)
 

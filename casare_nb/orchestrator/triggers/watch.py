@@ -43,12 +43,12 @@ from casare_nb.core.errors import CasareError
 from casare_nb.core.ids import new_run_id
 from casare_nb.core.models import TriggerKind, TriggerRef
 from casare_nb.core.triggers import Trigger, TriggerError
-from casare_nb.orchestrator.server import Orchestrator
-from casare_nb.store.triggers import TriggerStore
+from casare_nb.orchestrator.triggers.desk import JobDesk
+from casare_nb.store.interfaces import TriggerStore
 
 __all__ = ["FileWatcher", "check"]
 
-logger = logging.getLogger("casare_nb.orchestrator.watch")
+logger = logging.getLogger("casare_nb.orchestrator.triggers.watch")
 
 _JOIN_TIMEOUT_S: Final = 10.0
 _STOP_TIMEOUT_S: Final = 30.0
@@ -119,8 +119,8 @@ class FileWatcher:
     :meth:`start` watches those stored; the caller then tells it of changes with
     :meth:`add` (a new, changed or enabled trigger) and :meth:`remove`."""
 
-    def __init__(self, orch: Orchestrator, store: TriggerStore) -> None:
-        self.orch = orch
+    def __init__(self, jobs: JobDesk, store: TriggerStore) -> None:
+        self.jobs = jobs
         self.store = store
         self._observer: BaseObserver | None = None
         self._close_events = False
@@ -273,7 +273,7 @@ class FileWatcher:
             return  # handled already (as claim.job_id)
         name = trigger.file_parameter
         try:
-            await self.orch.submit(
+            await self.jobs.submit(
                 trigger.workflow_path,
                 {k: v for k, v in trigger.parameters.items() if k != name},
                 raw_parameters={**trigger.raw_parameters, name: path},

@@ -1,15 +1,15 @@
-"""The orchestrator's WebSocket service: robots register and heartbeat, monitors subscribe.
+"""The orchestrator's WebSocket shell: robots register and heartbeat, monitors subscribe.
 
 An I/O shell around pure parts: :mod:`casare_nb.protocol` turns frames into messages and
-back, :class:`~casare_nb.orchestrator.registry.RobotRegistry` keeps the robots' state.
-This is the one module that imports the websockets server.
+back, :class:`~casare_nb.orchestrator.registry.RobotRegistry` keeps the robots' state, the
+:class:`~casare_nb.orchestrator.jobs.manager.JobManager` handles their job messages. This is
+the one module that imports the websockets server.
 
 A connection's life:
 
 1. **Upgrade.** ``Authorization: Bearer <token>`` is checked against the orchestrator's
-   tokens (stored hashed, in its DuckDB file) *before* the upgrade: missing, malformed,
-   unknown or revoked gives HTTP 401 with a one-line body. The token's name stays with the
-   connection (revoking the token closes it).
+   tokens *before* the upgrade: missing, malformed, unknown or revoked gives HTTP 401 with a
+   one-line body. The token's name stays with the connection (revoking the token closes it).
 2. **Role.** The first message decides it: ``register`` makes a robot, ``subscribe`` a
    monitor; anything else gets a fatal ``error`` (``invalid_message``) and close 1008.
 3. **Messages.** Every frame is decoded for the peer's role. A frame that cannot be
@@ -17,20 +17,15 @@ A connection's life:
    fatal ones (e.g. ``unsupported_version``) close it with 1008. Frames over
    ``max_frame_bytes`` are refused by websockets itself, which closes with 1009.
 
-Close codes the orchestrator sends: 1008 refused (first message, protocol version, robot
-id already connected, token revoked); 1009 frame too big; 1011 missed heartbeats (the
-robot was marked offline: reconnect and register again); 1013 the peer reads too slowly;
-1001 the orchestrator stops.
+Close codes sent: 1008 refused (first message, protocol version, robot id already
+connected, token revoked); 1009 frame too big; 1011 missed heartbeats (the robot was marked
+offline: reconnect and register again); 1013 the peer reads too slowly; 1001 the
+orchestrator stops.
 
-Jobs: :meth:`Orchestrator.submit`, :meth:`Orchestrator.cancel` and :meth:`Orchestrator.jobs`
-delegate to a :class:`~casare_nb.orchestrator.jobs.JobManager`, which keeps the unfinished
-jobs in memory (its reads show them as they are there, written or not), dispatches to the
-connected robots and receives their job messages (``job_accept`` ... ``job_cancelled``); a
-robot that disconnects or misses its heartbeats has its running jobs requeued. A
-``heartbeat_ack`` is sent once the job manager's durable mark taken at the heartbeat is
-reached: everything the robot's earlier messages produced is in the database. Robot
-snapshots (:meth:`Orchestrator.robots`, read on every dispatch round) are copied from the
-registry once per change of it.
+A robot that disconnects or misses its heartbeats has its running jobs requeued (by the job
+manager, after a grace for a disconnect). A ``heartbeat_ack`` is sent once the job manager's
+durable mark taken at the heartbeat is reached: everything the robot's earlier messages
+produced is written.
 
 Monitors subscribed to ``robots`` get a snapshot right after subscribing (an ``event`` of
 kind ``robot_status`` with ``data = {"snapshot": true, "robots": [...]}``, replying to the
@@ -46,30 +41,25 @@ import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime
 from http import HTTPStatus
-from pathlib import Path
 from ssl import SSLContext
-from types import TracebackType
-from typing import Any, Final
+from typing import Final
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.errors import QueueError
-from casare_nb.core.models import Job, Priority, Robot, RunStatus, TriggerRef
+from casare_nb.core.models import Robot
 from casare_nb.core.tokens import BadAuthorization, bearer_token
-from casare_nb.notebook.state import StateDir
-from casare_nb.orchestrator.api import DrainResult
-from casare_nb.orchestrator.jobs import JOB_MESSAGES, JobManager, OrchestratorDraining
+from casare_nb.orchestrator.jobs.attempts import JOB_MESSAGES
+from casare_nb.orchestrator.jobs.manager import JobManager
 from casare_nb.orchestrator.metrics import OrchestratorMetrics
 from casare_nb.orchestrator.registry import NotRegistered, RobotIdTaken, RobotRegistry
 from casare_nb.protocol import (
-    MAX_FRAME_BYTES,
     BlobGet,
     BlobPut,
     Deduplicator,
@@ -77,6 +67,7 @@ from casare_nb.protocol import (
     Error,
     ErrorCode,
     Event,
+    EventData,
     EventKind,
     Heartbeat,
     HeartbeatAck,
@@ -85,40 +76,24 @@ from casare_nb.protocol import (
     ProtocolError,
     Register,
     RegisterAck,
+    RobotEvent,
+    RobotSnapshot,
     Role,
-    Shutdown,
     Subscribe,
     Topic,
     Unsubscribe,
     decode,
     encode,
 )
-from casare_nb.store.history import HistoryStore
-from casare_nb.store.queue import QueueStore
+from casare_nb.store.interfaces import TokenStore
 
-__all__ = [
-    "DEFAULT_HOST",
-    "DEFAULT_PORT",
-    "DrainResult",
-    "Orchestrator",
-    "OrchestratorDraining",
-]
+__all__ = ["MAX_PENDING_FRAMES", "WebSocketService"]
 
-DEFAULT_HOST: Final = "127.0.0.1"
-DEFAULT_PORT: Final = 8765
 MAX_PENDING_FRAMES: Final = 1000  # a peer further behind than this is closed (1013)
 
 _FIRST_MESSAGE: Final = "the first message must be register (robot) or subscribe (monitor)"
 
 logger = logging.getLogger("casare_nb.orchestrator")
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _dump(robot: Robot) -> dict[str, Any]:
-    return robot.model_dump(mode="json")
 
 
 def _close_reason(text: str) -> str:
@@ -202,89 +177,49 @@ class _Peer:
             return
 
 
-class Orchestrator:
-    """The orchestrator's WebSocket service for robots and monitors.
-
-    Owns the state directory's DuckDB file (``history.duckdb``: tokens, queue, history)
-    through one :class:`~casare_nb.store.queue.QueueStore`. ``await start()`` binds
-    ``host:port`` (127.0.0.1:8765 by default; port 0 picks a free one) and ``await stop()``
-    closes every connection and releases the database; ``async with`` does both. Pass an
-    ``ssl_context`` to serve ``wss://``.
+class WebSocketService:
+    """The listener robots and monitors connect to; see the module docstring.
 
     Robots that send nothing (no heartbeat) for ``heartbeat_interval_s * missed_heartbeats``
-    seconds are marked offline, checked every ``heartbeat_interval_s``; ``clock`` is the
-    time source of every such decision.
+    seconds are marked offline, checked every ``heartbeat_interval_s``; ``clock`` is the time
+    source of every such decision. ``changed`` is called after every change of state a
+    ``wait_for`` caller may be waiting on (robots, connections, subscriptions).
     """
 
     def __init__(
         self,
-        state_dir: str | Path,
         *,
-        host: str = DEFAULT_HOST,
-        port: int = DEFAULT_PORT,
-        heartbeat_interval_s: float = 2.0,
-        missed_heartbeats: int = 3,
-        clock: Callable[[], datetime] = _utcnow,
-        max_frame_bytes: int = MAX_FRAME_BYTES,
+        registry: RobotRegistry,
+        jobs: JobManager,
+        tokens: TokenStore,
+        metrics: OrchestratorMetrics,
+        clock: Callable[[], datetime],
+        changed: Callable[[], None],
+        host: str,
+        port: int,
+        heartbeat_interval_s: float,
+        missed_heartbeats: int,
+        max_frame_bytes: int,
         ssl_context: SSLContext | None = None,
-        assign_timeout_s: float = 10.0,
-        retry_policy: RetryPolicy | None = None,
-        reconnect_grace_s: float = 5.0,
-        workflows_dir: str | Path | None = None,
-        environ: Mapping[str, str] | None = None,
     ) -> None:
-        if heartbeat_interval_s <= 0:
-            raise ValueError(f"heartbeat_interval_s must be > 0, not {heartbeat_interval_s}")
-        if missed_heartbeats < 1:
-            raise ValueError(f"missed_heartbeats must be >= 1, not {missed_heartbeats}")
-        if max_frame_bytes < 1:
-            raise ValueError(f"max_frame_bytes must be >= 1, not {max_frame_bytes}")
-        self.state_dir = Path(state_dir)
+        self.registry = registry
+        self.job_manager = jobs
+        self.tokens = tokens
+        self.metrics = metrics
         self.host = host
         self.port = port
         self.heartbeat_interval_s = heartbeat_interval_s
         self.missed_heartbeats = missed_heartbeats
         self.max_frame_bytes = max_frame_bytes
         self.ssl_context = ssl_context
-        self.history = HistoryStore(StateDir(self.state_dir).history_path)
-        self.queue = QueueStore(self.history)
-        self.registry = RobotRegistry()
-        self.metrics = OrchestratorMetrics()
-        self._robots_snapshot: list[Robot] | None = None  # registry.robots() until it changes
         self._clock = clock
+        self._changed = changed
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopped = False
         self._peers: set[_Peer] = set()
         self._robot_peers: dict[str, _Peer] = {}
-        self._changed = asyncio.Event()
-        self.job_manager = JobManager(
-            self.queue,
-            self.history,
-            self,
-            state_dir=self.state_dir,
-            clock=clock,
-            heartbeat_interval_s=heartbeat_interval_s,
-            assign_timeout_s=assign_timeout_s,
-            retry_policy=retry_policy,
-            reconnect_grace_s=reconnect_grace_s,
-        )
         self._log_ids = Deduplicator()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._drain_report: DrainResult | None = None
-        self._drain_lock = asyncio.Lock()
-        from casare_nb.orchestrator.triggers import Triggers  # apscheduler, watchdog: here only
-
-        self.triggers = Triggers(
-            self,
-            environ=environ,
-            workflows_dir=None if workflows_dir is None else Path(workflows_dir),
-        )
-
-    def __repr__(self) -> str:
-        state = "stopped" if self._stopped else "serving" if self._server else "not started"
-        return f"<Orchestrator {self.url} {state}>"
 
     @property
     def url(self) -> str:
@@ -292,16 +227,8 @@ class Orchestrator:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'wss' if self.ssl_context else 'ws'}://{host}:{self.port}"
 
-    # -- lifecycle -----------------------------------------------------------------------
-
     async def start(self) -> int:
-        """Open the database and start serving; the bound port."""
-        if self._stopped:
-            raise RuntimeError("this orchestrator was stopped; create a new one")
-        if self._server is not None:
-            raise RuntimeError("the orchestrator is already started")
-        await asyncio.to_thread(self._open_store)  # fail now on a locked or unwritable file
-        self._loop = asyncio.get_running_loop()
+        """Bind ``host:port`` (0: a free port) and serve; the bound port. OSError if taken."""
         self._server = await serve(
             self._handle,
             self.host,
@@ -312,17 +239,10 @@ class Orchestrator:
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="orchestrator-sweeper")
-        self.job_manager.start()
-        await self.triggers.start()
-        logger.info("orchestrator listening on %s", self.url)
         return self.port
 
     async def stop(self) -> None:
-        """Close every connection (1001), stop serving and release the database; idempotent."""
-        if self._stopped:
-            return
-        self._stopped = True
-        await self.triggers.stop()
+        """Stop sweeping and close every connection (1001)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -330,209 +250,13 @@ class Orchestrator:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        await self.job_manager.stop()
+
+    def cancel_tasks(self) -> None:
+        """Give up the heartbeat acks still waiting for their writes."""
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.to_thread(self.queue.close)
-        self._notify()
-        logger.info("orchestrator on %s stopped", self.url)
 
-    async def __aenter__(self) -> Orchestrator:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    def _open_store(self) -> None:
-        with self.queue.connection():
-            pass
-
-    # -- API -----------------------------------------------------------------------------
-
-    def now(self) -> datetime:
-        """The orchestrator's clock (aware UTC): the time of every decision it makes."""
-        return self._clock()
-
-    def robots(self) -> list[Robot]:
-        """Every robot that registered since the start (offline ones too), by id."""
-        snapshot = self._robots_snapshot
-        if snapshot is None:  # the dispatcher asks on every round: copy once per change
-            snapshot = self._robots_snapshot = self.registry.robots()
-        return [robot.model_copy(update={"tags": list(robot.tags)}) for robot in snapshot]
-
-    def robot(self, robot_id: str) -> Robot | None:
-        """The robot ``robot_id``, or None if it never registered."""
-        return self.registry.get(robot_id)
-
-    async def submit(
-        self,
-        workflow_path: str | Path,
-        parameters: Mapping[str, Any] | None = None,
-        *,
-        raw_parameters: Mapping[str, str] | None = None,
-        priority: Priority = Priority.NORMAL,
-        tags: Sequence[str] = (),
-        environment: str | None = None,
-        max_retries: int = 0,
-        source: str = "api",
-        trigger: TriggerRef | None = None,
-        job_id: str | None = None,
-        start_at: datetime | None = None,
-    ) -> Job:
-        """Validate the parameters against the workflow's schema and queue a run of it;
-        the queued job. A :class:`~casare_nb.core.params.ParameterError` queues nothing.
-        Secret values stay in this process's memory, never in the database. ``trigger``
-        records the schedule or trigger that submits it; ``job_id`` names it in advance;
-        ``start_at``: when its first cell runs, for a job submitted ahead of its due time
-        (see :meth:`JobManager.submit <casare_nb.orchestrator.jobs.JobManager.submit>`)."""
-        self._check_started()
-        return await self.job_manager.submit(
-            workflow_path,
-            parameters,
-            raw_parameters=raw_parameters,
-            priority=priority,
-            tags=tags,
-            environment=environment,
-            max_retries=max_retries,
-            source=source,
-            trigger=trigger,
-            job_id=job_id,
-            start_at=start_at,
-        )
-
-    async def rerun(
-        self,
-        job_id: str,
-        *,
-        from_failed: bool = True,
-        parameters: Mapping[str, Any] | None = None,
-        raw_parameters: Mapping[str, str] | None = None,
-    ) -> Job:
-        """Queue a finished job again as a new attempt: ``from_failed`` resumes from the
-        failed cell (restoring the last checkpoint before it, with the workflow's current
-        source) on any robot; False starts over. QueueError for an unknown, queued or running
-        job; ParameterError for bad parameters (secret ones must be given again)."""
-        self._check_started()
-        return await self.job_manager.rerun(
-            job_id, from_failed=from_failed, parameters=parameters, raw_parameters=raw_parameters
-        )
-
-    @property
-    def draining(self) -> bool:
-        """True once :meth:`drain` began: no submissions, no new dispatch."""
-        return self.job_manager.draining
-
-    async def drain(self, timeout_s: float = 60.0) -> DrainResult:
-        """The runbook's graceful shutdown: stop taking submissions and dispatching, wait up
-        to ``timeout_s`` for the running jobs to end, then tell every connected robot to shut
-        down (jobs still running are stopped and requeued to resume from their checkpoint)
-        and wait briefly for them to go. Idempotent: a second call answers the first's report.
-        """
-        self._check_started()
-        if timeout_s < 0:
-            raise ValueError(f"timeout_s must be >= 0, not {timeout_s}")
-        async with self._drain_lock:
-            if self._drain_report is not None:
-                return self._drain_report
-            self.job_manager.draining = True
-            self._notify()
-            logger.info("draining: no new submissions; waiting up to %g s for jobs", timeout_s)
-            running = {job.job_id for job in self.job_manager.running_jobs()}
-
-            def still_running() -> set[str]:
-                return {job.job_id for job in self.job_manager.running_jobs()}
-
-            with contextlib.suppress(TimeoutError):
-                await self.wait_for(lambda: not still_running(), timeout=timeout_s)
-            left = still_running()
-            robots = sorted(self._robot_peers)
-            for robot_id in robots:
-                graceful = not left
-                self.send_to_robot(
-                    robot_id, Shutdown(graceful=graceful, reason="the orchestrator is draining")
-                )
-            with contextlib.suppress(TimeoutError):
-                await self.wait_for(
-                    lambda: not self._robot_peers, timeout=max(5.0, self.heartbeat_interval_s)
-                )
-            report = DrainResult(
-                finished_jobs=sorted(running - left),
-                unfinished_jobs=sorted(left),
-                robots_shut_down=robots,
-            )
-            self._drain_report = report
-            logger.info(
-                "drained: %d jobs finished, %d unfinished, %d robots shut down",
-                len(report.finished_jobs),
-                len(report.unfinished_jobs),
-                len(robots),
-            )
-            return report
-
-    def cancel(self, job_id: str) -> Job:
-        """Cancel a job: a queued one at once, a running one once its robot stopped it.
-        A finished or unknown job raises :class:`~casare_nb.store.queue.QueueError`."""
-        self._check_started()
-        return self.job_manager.cancel(job_id)
-
-    def jobs(self, status: RunStatus | None = None, *, limit: int = 100) -> list[Job]:
-        """Up to ``limit`` jobs, newest first, optionally only those in ``status``."""
-        return self.job_manager.jobs(status, limit=limit)
-
-    def job(self, job_id: str) -> Job | None:
-        """The job ``job_id``, or None."""
-        return self.job_manager.job(job_id)
-
-    def _check_started(self) -> None:
-        if self._server is None or self._stopped:
-            raise RuntimeError("the orchestrator is not serving: start() it first")
-
-    def monitors(self, topic: Topic | None = None) -> int:
-        """How many monitors are connected (subscribed to ``topic``, if given)."""
-        return sum(
-            1
-            for peer in self._peers
-            if peer.role is Role.MONITOR and (topic is None or topic in peer.topics)
-        )
-
-    def create_token(self, name: str) -> str:
-        """A new robot token named ``name`` (shown once; stored hashed). Blocking: in the
-        event loop, call it through ``asyncio.to_thread``."""
-        return self.queue.create_token(name)
-
-    def revoke_token(self, name: str) -> None:
-        """Revoke the token ``name`` and close the live connections that used it (1008).
-        Blocking and thread-safe: in the event loop, call it through ``asyncio.to_thread``."""
-        self.queue.revoke_token(name)
-        loop = self._loop
-        if loop is not None and not self._stopped and not loop.is_closed():
-            loop.call_soon_threadsafe(self._drop_token, name)
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Return once ``predicate()`` is true, checking it after every change of state
-        (robots, connections, subscriptions); raises TimeoutError after ``timeout`` s."""
-        async with asyncio.timeout(timeout):
-            while True:
-                changed = self._changed
-                if predicate():
-                    return
-                await changed.wait()
-
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
-    # -- the job manager's link --------------------------------------------------------------
+    # -- what the orchestrator asks --------------------------------------------------------
 
     def send_to_robot(self, robot_id: str, msg: Envelope) -> bool:
         """Queue ``msg`` on the robot's connection; False if it is not connected."""
@@ -542,13 +266,32 @@ class Orchestrator:
         peer.send(msg)
         return True
 
-    def publish(self, kind: EventKind, data: dict[str, Any]) -> None:
+    def publish(self, kind: EventKind, data: EventData) -> None:
         """Send an event to every monitor subscribed to its topic."""
         self._publish(kind, data)
 
-    def notify(self) -> None:
-        """Wake the ``wait_for`` callers."""
-        self._notify()
+    def connected_robots(self) -> list[str]:
+        """The ids of the robots connected now."""
+        return sorted(self._robot_peers)
+
+    def monitors(self, topic: Topic | None = None) -> int:
+        """How many monitors are connected (subscribed to ``topic``, if given)."""
+        return sum(
+            1
+            for peer in self._peers
+            if peer.role is Role.MONITOR and (topic is None or topic in peer.topics)
+        )
+
+    def drop_token(self, name: str) -> None:
+        """Close the connections that use the token ``name`` (it was revoked)."""
+        for peer in list(self._peers):
+            if peer.token_name == name:
+                peer.send(
+                    Error(
+                        code=ErrorCode.UNAUTHORIZED, message=f"token {name} was revoked", fatal=True
+                    )
+                )
+                peer.close(CloseCode.POLICY_VIOLATION, "token revoked")
 
     # -- connections ---------------------------------------------------------------------
 
@@ -561,7 +304,7 @@ class Orchestrator:
         except BadAuthorization as exc:
             return self._unauthorized(connection, str(exc))
         try:
-            name = await asyncio.to_thread(self.queue.verify_token, token)
+            name = await asyncio.to_thread(self.tokens.verify_token, token)
         except QueueError as exc:
             logger.error("cannot check a token: %s", exc)
             return connection.respond(
@@ -587,7 +330,7 @@ class Orchestrator:
         )
         writer = asyncio.create_task(peer.write(), name=f"orchestrator-writer-{peer.session}")
         self._peers.add(peer)
-        self._notify()
+        self._changed()
         try:
             async for frame in connection:
                 if not self._on_frame(peer, frame):
@@ -606,21 +349,10 @@ class Orchestrator:
             if self._robot_peers.get(peer.robot_id) is peer:
                 del self._robot_peers[peer.robot_id]
             robot = self.registry.disconnect(peer.robot_id, now=self._clock(), session=peer.session)
-            self._robots_snapshot = None
             if robot is not None:
                 self._robot_offline(robot, "disconnected")
                 self.job_manager.robot_gone(robot.robot_id)
-        self._notify()
-
-    def _drop_token(self, name: str) -> None:
-        for peer in list(self._peers):
-            if peer.token_name == name:
-                peer.send(
-                    Error(
-                        code=ErrorCode.UNAUTHORIZED, message=f"token {name} was revoked", fatal=True
-                    )
-                )
-                peer.close(CloseCode.POLICY_VIOLATION, "token revoked")
+        self._changed()
 
     # -- messages ------------------------------------------------------------------------
 
@@ -728,7 +460,7 @@ class Orchestrator:
                 return self._on_subscribe(peer, msg)
             case Unsubscribe():
                 peer.topics -= msg.topics
-                self._notify()
+                self._changed()
                 return True
         why = f"{msg.type} is not handled by this orchestrator"
         return self._refuse(peer, ProtocolError(ErrorCode.INVALID_MESSAGE, why, False, msg.id))
@@ -736,7 +468,6 @@ class Orchestrator:
     def _on_register(self, peer: _Peer, msg: Register) -> bool:
         try:
             robot = self.registry.register(msg, now=self._clock(), session=peer.session)
-            self._robots_snapshot = None
         except RobotIdTaken as exc:
             logger.warning("refused robot %s from %r: %s", msg.robot_id, peer, exc)
             peer.send(
@@ -768,8 +499,8 @@ class Orchestrator:
             robot.environment,
             peer.token_name,
         )
-        self._publish(EventKind.ROBOT_ONLINE, {"robot": _dump(robot)})
-        self._notify()
+        self._publish(EventKind.ROBOT_ONLINE, RobotEvent(robot=robot))
+        self._changed()
         self.job_manager.wake()
         return True
 
@@ -780,7 +511,6 @@ class Orchestrator:
         before = self.registry.get(msg.robot_id)
         try:
             robot = self.registry.heartbeat(msg, now=self._clock(), session=peer.session)
-            self._robots_snapshot = None
         except NotRegistered as exc:
             return self._refuse(
                 peer, ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc), False, msg.id)
@@ -790,10 +520,10 @@ class Orchestrator:
             robot.status,
             robot.running_jobs,
         ):
-            self._publish(EventKind.ROBOT_STATUS, {"robot": _dump(robot)})
+            self._publish(EventKind.ROBOT_STATUS, RobotEvent(robot=robot))
         if robot.free_slots:
             self.job_manager.wake()
-        self._notify()
+        self._changed()
         return True
 
     def _ack(self, peer: _Peer, ack: HeartbeatAck) -> None:
@@ -831,21 +561,21 @@ class Orchestrator:
         peer.role = Role.MONITOR
         peer.topics |= msg.topics
         if Topic.ROBOTS in msg.topics:
-            robots = [_dump(robot) for robot in self.registry.robots()]
+            robots = self.registry.robots()
             peer.send(
                 Event(
                     topic=Topic.ROBOTS,
                     kind=EventKind.ROBOT_STATUS,
-                    data={"snapshot": True, "robots": robots},
+                    data=RobotSnapshot(robots=robots),
                     reply_to=msg.id,
                 )
             )
-        self._notify()
+        self._changed()
         return True
 
     # -- events and liveness -------------------------------------------------------------
 
-    def _publish(self, kind: EventKind, data: dict[str, Any]) -> None:
+    def _publish(self, kind: EventKind, data: EventData) -> None:
         """Count the event in the metrics; send it to every monitor subscribed to its topic."""
         self.metrics.observe(kind, data)
         monitors = [p for p in self._peers if p.role is Role.MONITOR and kind.topic in p.topics]
@@ -862,7 +592,7 @@ class Orchestrator:
 
     def _robot_offline(self, robot: Robot, reason: str) -> None:
         logger.info("robot %s offline (%s)", robot.robot_id, reason)
-        self._publish(EventKind.ROBOT_OFFLINE, {"robot": _dump(robot), "reason": reason})
+        self._publish(EventKind.ROBOT_OFFLINE, RobotEvent(robot=robot, reason=reason))
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -877,8 +607,6 @@ class Orchestrator:
         gone = self.registry.sweep(
             self._clock(), interval_s=self.heartbeat_interval_s, misses=self.missed_heartbeats
         )
-        if gone:
-            self._robots_snapshot = None
         for robot in gone:
             self._robot_offline(robot, "missed_heartbeats")
             self.job_manager.robot_gone(robot.robot_id, grace=False)
@@ -889,4 +617,4 @@ class Orchestrator:
                     f"missed {self.missed_heartbeats} heartbeats: reconnect and register again",
                 )
         if gone:
-            self._notify()
+            self._changed()

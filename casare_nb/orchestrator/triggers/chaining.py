@@ -1,7 +1,7 @@
 """Chaining: a workflow submitted when a job of another one finishes; and job outputs.
 
 :class:`OutputRecorder` stores the values a job records with ``casare_nb.output`` as its
-cells arrive (``job_progress``), in ``TriggerStore`` (table ``outputs``). A cell recording
+cells arrive (``job_progress``), in the orchestrator's ``OutputStore``. A cell recording
 nothing costs one look at its outputs.
 
 :class:`Chainer` listens to every job reaching a final status. For each enabled trigger of
@@ -38,12 +38,12 @@ from casare_nb.core.outputs import cell_outputs
 from casare_nb.core.params import read_schema
 from casare_nb.core.triggers import PREVIOUS_RUN_PARAMETER, Trigger
 from casare_nb.notebook.workflow import load_workflow
-from casare_nb.orchestrator.server import Orchestrator
-from casare_nb.store.triggers import TriggerStore
+from casare_nb.orchestrator.triggers.desk import JobDesk
+from casare_nb.store.interfaces import OutputStore, TriggerStore
 
 __all__ = ["CHAIN_SIGNATURE", "MAX_CHAIN_DEPTH", "Chainer", "OutputRecorder"]
 
-logger = logging.getLogger("casare_nb.orchestrator.chaining")
+logger = logging.getLogger("casare_nb.orchestrator.triggers.chaining")
 
 MAX_CHAIN_DEPTH: Final = 20
 """A job with this many chained jobs before it chains no further (cycles end)."""
@@ -62,21 +62,21 @@ _STOP_TIMEOUT_S: Final = 30.0
 class OutputRecorder:
     """Stores what jobs record with ``casare_nb.output``, cell by cell, as it arrives."""
 
-    def __init__(self, orch: Orchestrator, store: TriggerStore) -> None:
-        self.orch = orch
+    def __init__(self, jobs: JobDesk, store: OutputStore) -> None:
+        self.jobs = jobs
         self.store = store
         self._writes: dict[str, asyncio.Task[None]] = {}  # job id -> its latest write
 
     def start(self) -> None:
         """Listen to the executed cells of every job (call on the event loop)."""
-        listeners = self.orch.job_manager.cell_listeners
+        listeners = self.jobs.cell_listeners
         if self._on_cell not in listeners:
             listeners.append(self._on_cell)
 
     async def stop(self) -> None:
         """Stop listening, once what was received is stored."""
         with contextlib.suppress(ValueError):
-            self.orch.job_manager.cell_listeners.remove(self._on_cell)
+            self.jobs.cell_listeners.remove(self._on_cell)
         await self.settled()
 
     async def settled(self, job_id: str | None = None) -> None:
@@ -129,18 +129,20 @@ class Chainer:
 
     def __init__(
         self,
-        orch: Orchestrator,
+        jobs: JobDesk,
         store: TriggerStore,
+        outputs: OutputStore,
         *,
         recorder: OutputRecorder | None = None,
         max_depth: int = MAX_CHAIN_DEPTH,
     ) -> None:
         if max_depth < 1:
             raise ValueError(f"max_depth must be >= 1, not {max_depth}")
-        self.orch = orch
+        self.jobs = jobs
         self.store = store
+        self.outputs = outputs
         self.max_depth = max_depth
-        self.recorder = recorder or OutputRecorder(orch, store)
+        self.recorder = recorder or OutputRecorder(jobs, outputs)
         self._own_recorder = recorder is None
         self._finished: list[Job] = []  # finished jobs not looked at yet
         self._wake = asyncio.Event()
@@ -155,13 +157,13 @@ class Chainer:
         self._closing = False
         if self._own_recorder:
             self.recorder.start()
-        self.orch.job_manager.finished_listeners.append(self._on_finished)
+        self.jobs.finished_listeners.append(self._on_finished)
         self._worker = asyncio.get_running_loop().create_task(self._work(), name="casare-chaining")
 
     async def stop(self) -> None:
         """Stop listening, once the jobs that finished so far have chained what they chain."""
         with contextlib.suppress(ValueError):
-            self.orch.job_manager.finished_listeners.remove(self._on_finished)
+            self.jobs.finished_listeners.remove(self._on_finished)
         worker, self._worker = self._worker, None
         if worker is not None:
             self._closing = True
@@ -232,7 +234,7 @@ class Chainer:
         ref = job.trigger
         while ref is not None and ref.previous_job_id is not None and depth < self.max_depth:
             depth += 1
-            previous = self.orch.queue.get_job(ref.previous_job_id)
+            previous = self.jobs.job(ref.previous_job_id)
             ref = previous.trigger if previous is not None else None
         return depth
 
@@ -252,7 +254,7 @@ class Chainer:
             return
         try:
             parameters = await self._parameters(trigger, job)
-            await self.orch.submit(
+            await self.jobs.submit(
                 trigger.workflow_path,
                 parameters,
                 raw_parameters=trigger.raw_parameters,
@@ -297,7 +299,7 @@ class Chainer:
         passed: dict[str, Any] = {}
         if wanted - {PREVIOUS_RUN_PARAMETER}:
             await self.recorder.settled(job.job_id)
-            outputs = await asyncio.to_thread(self.store.outputs, job.job_id)
+            outputs = await asyncio.to_thread(self.outputs.outputs, job.job_id)
             passed.update((k, v) for k, v in outputs.items() if k in wanted)
         if PREVIOUS_RUN_PARAMETER in wanted:
             passed[PREVIOUS_RUN_PARAMETER] = job.job_id

@@ -1,7 +1,8 @@
-"""Everything that submits jobs besides a person: schedules, webhooks, file watch, chaining.
+"""The triggers, together: what the orchestrator holds of schedules, webhooks, file watch and
+chaining.
 
-:class:`Triggers` is what the orchestrator holds: it owns the :class:`TriggerStore` and the
-four parts (the :class:`~.schedules.Scheduler`, the :class:`~.hooks.WebhookReceiver`, the
+:class:`Triggers` holds the four parts (the :class:`~.schedules.Scheduler`, the
+:class:`~.webhooks.WebhookReceiver`, the
 :class:`~.watch.FileWatcher` and the :class:`~.chaining.Chainer`), starts and stops them
 with the orchestrator, and turns what a person writes (:class:`ScheduleFields`,
 :class:`TriggerFields`: the API's requests, or a workflow notebook's metadata) into stored
@@ -43,14 +44,14 @@ from casare_nb.core.triggers import (
     parse_duration,
 )
 from casare_nb.notebook.workflow import load_workflow
-from casare_nb.orchestrator.chaining import Chainer
-from casare_nb.orchestrator.schedules import Scheduler
-from casare_nb.orchestrator.watch import FileWatcher, check
-from casare_nb.orchestrator.webhooks import WebhookReceiver
-from casare_nb.store.triggers import TriggerStore
+from casare_nb.orchestrator.triggers.chaining import Chainer
+from casare_nb.orchestrator.triggers.schedules import Scheduler
+from casare_nb.orchestrator.triggers.watch import FileWatcher, check
+from casare_nb.orchestrator.triggers.webhooks import WebhookReceiver
+from casare_nb.store.interfaces import OutputStore, TriggerStore
 
 if TYPE_CHECKING:
-    from casare_nb.orchestrator.server import Orchestrator
+    from casare_nb.orchestrator.triggers.desk import JobDesk
 
 __all__ = ["METADATA_KEY", "Triggers", "read_declarations"]
 
@@ -86,19 +87,22 @@ class Triggers:
 
     def __init__(
         self,
-        orch: Orchestrator,
+        jobs: JobDesk,
+        store: TriggerStore,
+        outputs: OutputStore,
         *,
         environ: Mapping[str, str] | None = None,
         workflows_dir: Path | None = None,
     ) -> None:
-        self.orch = orch
+        self.jobs = jobs
         self.workflows_dir = workflows_dir
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
-        self.store = TriggerStore(orch.queue)
-        self.scheduler = Scheduler(orch, self.store)
-        self.hooks = WebhookReceiver(orch, self.store, environ=self.environ)
-        self.watcher = FileWatcher(orch, self.store)
-        self.chainer = Chainer(orch, self.store)
+        self.store = store
+        self.outputs = outputs
+        self.scheduler = Scheduler(jobs, store)
+        self.hooks = WebhookReceiver(jobs, store, environ=self.environ)
+        self.watcher = FileWatcher(jobs, store)
+        self.chainer = Chainer(jobs, store, outputs)
         self._started = False
 
     async def start(self) -> None:
@@ -144,7 +148,7 @@ class Triggers:
             coalesce=fields.coalesce,
             misfire_grace_s=grace,
             max_instances=fields.max_instances,
-            created_at=self.orch.now(),
+            created_at=self.jobs.now(),
             origin=origin,
             workflow_path=str(workflow),
             **fields.model_dump(include=_JOB_FIELDS),
@@ -200,7 +204,7 @@ class Triggers:
             pattern=fields.pattern,
             file_parameter=fields.file_parameter,
             after_workflow=None if after is None else str(after),
-            created_at=self.orch.now(),
+            created_at=self.jobs.now(),
             origin=origin,
             workflow_path=str(target),
             **fields.model_dump(include=_JOB_FIELDS),

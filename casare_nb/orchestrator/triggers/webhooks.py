@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict
 
-from casare_nb.core.errors import CasareError, JobExists, WorkflowError
+from casare_nb.core.errors import CasareError, JobExists, OrchestratorDraining, WorkflowError
 from casare_nb.core.ids import new_run_id
 from casare_nb.core.params import ParameterError
 from casare_nb.core.signing import (
@@ -43,13 +43,12 @@ from casare_nb.core.signing import (
     verify_signature,
 )
 from casare_nb.core.triggers import Trigger, TriggerKind, TriggerRef
-from casare_nb.orchestrator.jobs import OrchestratorDraining
-from casare_nb.orchestrator.server import Orchestrator
-from casare_nb.store.triggers import Claim, TriggerStore
+from casare_nb.orchestrator.triggers.desk import JobDesk
+from casare_nb.store.interfaces import Claim, TriggerStore
 
 __all__ = ["HookAccepted", "HookRefused", "WebhookReceiver"]
 
-logger = logging.getLogger("casare_nb.orchestrator.webhooks")
+logger = logging.getLogger("casare_nb.orchestrator.triggers.webhooks")
 
 _ID_ATTEMPTS: Final = 3  # job ids tried when a new run id is taken already (same second)
 
@@ -88,13 +87,13 @@ class WebhookReceiver:
 
     def __init__(
         self,
-        orch: Orchestrator,
+        jobs: JobDesk,
         store: TriggerStore,
         *,
         environ: Mapping[str, str] = os.environ,
         now: Callable[[], float] = time.time,
     ) -> None:
-        self.orch = orch
+        self.jobs = jobs
         self.store = store
         self._environ = environ
         self._now = now
@@ -235,7 +234,7 @@ class WebhookReceiver:
         try:
             for attempt in range(1, _ID_ATTEMPTS + 1):
                 try:
-                    await self.orch.submit(
+                    await self.jobs.submit(
                         trigger.workflow_path,
                         {**trigger.parameters, **values},
                         raw_parameters=raw,

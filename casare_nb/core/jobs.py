@@ -1,18 +1,18 @@
-"""The orchestrator's unfinished jobs in memory: the queue in dispatch order and the running
-jobs, with their compare-and-set state transitions. No I/O.
+"""The job state machine: the orchestrator's unfinished jobs in memory, the queue in dispatch
+order and the running jobs, with their compare-and-set transitions. No I/O.
 
 :class:`LiveJobs` holds every queued and running job as an immutable
 :class:`~casare_nb.core.models.Job` snapshot (each transition makes a new one, so a reader in
 another thread sees a whole state, old or new). Every change is handed to ``stage(job,
-cancel_requested)`` at once, which the orchestrator wires to
-:meth:`~casare_nb.store.queue.QueueStore.stage`: the database follows memory, in the same
-order. Finished jobs leave memory (the database keeps them).
+cancel_requested)`` at once, which the orchestrator wires to its job store's ``stage``
+(:class:`~casare_nb.store.interfaces.JobStore`): the store follows memory, in the same order
+and never decides a transition itself. Finished jobs leave memory (the store keeps them).
 
-The transitions are the queue store's, decided here: ``assign`` (queued -> running, attempt
+The transitions: ``assign`` (queued -> running, attempt
 + 1), ``accept``, ``requeue`` (running -> queued; cancelled instead when a cancel was
 requested), ``finish``, ``cancel`` and ``reopen`` (a finished job queued again). A transition
 that does not apply (unknown job, wrong status, stale attempt) raises
-:class:`~casare_nb.store.queue.QueueError` and changes nothing.
+:class:`~casare_nb.core.errors.QueueError` and changes nothing.
 
 The queue: a heap of the eligible queued jobs in dispatch order
 (:func:`~casare_nb.core.dispatch.dispatch_key`: priority rank, highest first, then

@@ -1,0 +1,154 @@
+"""What the routes share: the orchestrator they serve, the bearer-token check, workflow paths
+and one-line errors.
+
+- Every ``/api/...`` route needs ``Authorization: Bearer <token>``, checked against the
+  orchestrator's tokens (hashed): 401 otherwise. ``/health``, ``/metrics`` and ``/hooks``
+  (signed instead) need none. Every error is ``{"detail": "<one line>"}``; a body that is not
+  JSON is 400, a body or query that does not fit its model 422.
+- Workflow paths: a relative path is resolved against the workflows directory; an absolute
+  path, or one that resolves (symlinks included) outside that directory, is refused with
+  422, so a token cannot make the robots run any notebook on the orchestrator's disk.
+- Reads of the stores run in a worker thread; job state changes (submit, cancel, rerun) run
+  on the event loop's thread, where the orchestrator makes every change of a job, in order.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from casare_nb.api import ErrorBody
+from casare_nb.core.errors import QueueError, WorkflowError, one_line
+from casare_nb.core.tokens import BadAuthorization, bearer_token
+from casare_nb.orchestrator.orchestrator import Orchestrator
+
+__all__ = [
+    "AUTH_ERRORS",
+    "Auth",
+    "Orch",
+    "WorkflowPath",
+    "add_changes",
+    "error",
+    "resolve_workflow",
+    "with_errors",
+]
+
+logger = logging.getLogger("casare_nb.orchestrator.http")
+
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing, unknown or revoked token."},
+}
+
+
+def with_errors(status: int, description: str) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers of a route: 401 and ``status``."""
+    return {**AUTH_ERRORS, status: {"model": ErrorBody, "description": description}}
+
+
+def error(status: int, detail: str) -> HTTPException:
+    """An error answer: ``{"detail": detail}`` with ``status``."""
+    headers = {"WWW-Authenticate": 'Bearer realm="casare_nb"'} if status == 401 else None
+    return HTTPException(status_code=status, detail=detail, headers=headers)
+
+
+def _orchestrator(request: Request) -> Orchestrator:
+    orch: Orchestrator = request.app.state.orchestrator
+    return orch
+
+
+Orch = Annotated[Orchestrator, Depends(_orchestrator)]
+"""The orchestrator the app serves."""
+
+_bearer = HTTPBearer(auto_error=False, description="A token from `casare-nb token create`.")
+
+
+async def _authenticated(
+    request: Request,
+    orch: Orch,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> str:
+    """The name of the request's live token; 401 otherwise."""
+    try:
+        token = bearer_token(request.headers.getlist("authorization"))
+    except BadAuthorization as exc:
+        raise error(401, str(exc)) from None
+    try:
+        name = await asyncio.to_thread(orch.stores.tokens.verify_token, token)
+    except QueueError as exc:
+        logger.error("cannot check a token: %s", exc)
+        raise error(503, "the orchestrator cannot read its tokens") from None
+    if name is None:
+        raise error(401, "invalid or revoked token")
+    return name
+
+
+Auth = Annotated[str, Depends(_authenticated)]
+"""The name of the request's live token (401 without one)."""
+
+
+Change = Callable[[str, str, Orchestrator, Request], Awaitable[Any]]
+"""``change(item_id, action, orchestrator, request)``: apply one action to one item."""
+
+
+def add_changes(
+    router: APIRouter,
+    change: Change,
+    actions: Sequence[tuple[str, str, str]],
+    *,
+    noun: str,
+    model: type[Any],
+    responses: dict[int | str, dict[str, Any]],
+) -> None:
+    """Add a route per ``(action, HTTP verb, doc)``: ``/{item_id}/<action>``, or
+    ``/{item_id}`` for ``remove``; each calls ``change``."""
+
+    def route_of(action: str, doc: str) -> Callable[..., Awaitable[Any]]:
+        async def route(item_id: str, request: Request, _: Auth, orch: Orch) -> Any:
+            return await change(item_id, action, orch, request)
+
+        route.__doc__ = doc
+        return route
+
+    for action, verb, doc in actions:
+        router.add_api_route(
+            "/{item_id}" + ("" if action == "remove" else f"/{action}"),
+            route_of(action, doc),
+            methods=[verb],
+            name=f"{action}_{noun}",
+            response_model=model,
+            responses=responses,
+        )
+
+
+def resolve_workflow(workflows_dir: Path, given: str) -> Path:
+    """``given`` resolved against ``workflows_dir``; a :class:`WorkflowError` if it lies outside
+    (after following symlinks). Whether it exists is the orchestrator's to check."""
+    root = workflows_dir.resolve()
+    candidate = Path(given)
+    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if not resolved.is_relative_to(root):
+        raise WorkflowError(f"workflow {given} is outside the workflows directory {root}")
+    return resolved
+
+
+def _workflows(request: Request) -> Path:
+    root: Path = request.app.state.workflows_dir
+    return root
+
+
+class WorkflowPath:
+    """Resolves the workflow paths of a request (422 for one outside the workflows
+    directory)."""
+
+    def __init__(self, root: Annotated[Path, Depends(_workflows)]) -> None:
+        self.root = root
+
+    def __call__(self, given: str) -> Path:
+        try:
+            return resolve_workflow(self.root, given)
+        except WorkflowError as exc:
+            raise error(422, one_line(exc)) from None

@@ -1,0 +1,1 @@
+"""The job manager and its parts: see :mod:`.manager`."""

@@ -1,0 +1,184 @@
+"""The job manager's shared book: what it remembers of unfinished jobs and their attempts in
+memory, and the moves every part of it makes on them (requeue, finish, free a robot's slot,
+wake the dispatcher).
+
+The parts (:mod:`.dispatch`, :mod:`.attempts`, :mod:`.relay`, :mod:`.manager`) each hold
+the one :class:`JobBook`; none holds another part's state. Everything here runs on the event
+loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from casare_nb.core.errors import QueueError
+from casare_nb.core.jobs import LiveJobs
+from casare_nb.core.models import Job, Robot, RunStatus
+from casare_nb.protocol import Envelope, EventData, EventKind, JobEvent
+
+__all__ = ["Attempt", "JobBook", "Link"]
+
+logger = logging.getLogger("casare_nb.orchestrator.jobs")
+
+
+class Link(Protocol):
+    """What the job manager needs from the side that owns the robots' connections."""
+
+    def robots(self) -> list[Robot]:
+        """Every known robot (offline ones too)."""
+        ...
+
+    def send_to_robot(self, robot_id: str, msg: Envelope) -> bool:
+        """Queue ``msg`` on the robot's connection; False if it is not connected."""
+        ...
+
+    def publish(self, kind: EventKind, data: EventData) -> None:
+        """Send an event to the subscribed monitors."""
+        ...
+
+    def notify(self) -> None:
+        """State changed: wake ``wait_for`` callers."""
+        ...
+
+
+@dataclass
+class Attempt:
+    """What the orchestrator remembers of an attempt it sent, until it ends."""
+
+    robot_id: str
+    sha256: str
+    started_at: datetime
+    cells_total: int = 0
+    notebook: dict[str, Any] | None = None  # what the notebook-so-far starts from
+
+
+class JobBook:
+    """The in-memory state the job manager's parts share; see the module docstring."""
+
+    def __init__(self, live: LiveJobs, link: Link, clock: Callable[[], datetime]) -> None:
+        self.live = live
+        self.link = link
+        self.clock = clock
+        self.draining = False
+        self.secrets: dict[str, dict[str, Any]] = {}  # job id -> its secret values (memory only)
+        self.start_at: dict[str, datetime] = {}  # job id -> its first cell's time (memory only)
+        self.assigned: dict[str, set[str]] = {}  # robot id -> job ids sent and not ended
+        self.attempts: dict[tuple[str, int], Attempt] = {}
+        self.skip: dict[str, str] = {}  # job id -> robot that just rejected it
+        self.completing: set[tuple[str, int]] = set()  # attempts whose output is being written
+        # called on the loop with every job that reaches a final status (chaining)
+        self.finished_listeners: list[Callable[[Job], None]] = []
+        # called on the loop with (job, cell index, executed cell) of each job_progress (outputs)
+        self.cell_listeners: list[Callable[[Job, int, dict[str, Any]], None]] = []
+        self.wakeup = asyncio.Event()  # the dispatcher waits on it
+        self.timers: set[asyncio.TimerHandle] = set()
+
+    def wake(self) -> None:
+        """Ask the dispatcher to look at the queue now."""
+        self.wakeup.set()
+
+    def wake_at(self, when: datetime, now: datetime) -> None:
+        """Ask the dispatcher to look at the queue at ``when`` (e.g. a retry's backoff)."""
+        delay = max(0.0, (when - now).total_seconds())
+        handle: asyncio.TimerHandle | None = None
+
+        def fire() -> None:
+            if handle is not None:
+                self.timers.discard(handle)
+            self.wake()
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self.timers.add(handle)
+
+    def cancel_timers(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+
+    def release(self, job_id: str, attempt: int) -> None:
+        """The attempt ended (or never started): free its robot's slot. Its pending
+        checkpoint offers stay: their blobs may still be on the way."""
+        record = self.attempts.pop((job_id, attempt), None)
+        for robot_id, jobs in list(self.assigned.items()):
+            jobs.discard(job_id)
+            if not jobs:
+                del self.assigned[robot_id]
+        if record is not None:
+            self.wake()
+
+    def finished(self, job: Job) -> None:
+        """The job reached a final status: forget it here, tell the listeners and monitors."""
+        self.secrets.pop(job.job_id, None)
+        self.start_at.pop(job.job_id, None)
+        self.skip.pop(job.job_id, None)
+        logger.info("job %s %s", job.job_id, job.status.value)
+        for listener in list(self.finished_listeners):
+            try:
+                listener(job.model_copy(deep=True))
+            except Exception:
+                logger.exception("a finished-job listener failed on job %s", job.job_id)
+        self.link.publish(EventKind.JOB_FINISHED, JobEvent(job=job))
+        self.link.notify()
+        self.wake()
+
+    def finish(
+        self,
+        job: Job,
+        status: RunStatus,
+        *,
+        now: datetime,
+        error_name: str | None = None,
+        error_message: str | None = None,
+        failed_cell: int | None = None,
+    ) -> Job:
+        """End ``job``'s current attempt in the final ``status``; the finished job."""
+        done = self.live.finish(
+            job.job_id,
+            job.attempt,
+            status,
+            now=now,
+            error_name=error_name,
+            error_message=error_message,
+            failed_cell=failed_cell,
+        )
+        self.finished(done)
+        return done
+
+    def requeue(
+        self,
+        job: Job,
+        *,
+        now: datetime,
+        event: str,
+        reason: str | None,
+        eligible_at: datetime | None = None,
+        resume_from_failed: bool | None = None,
+        failed: bool = False,
+    ) -> Job | None:
+        """Put a job back in the queue and tell the monitors why (``event``). A job whose
+        cancel was asked meanwhile ends cancelled instead. Answers the queued job, or None
+        when it was cancelled or could not be requeued (logged)."""
+        try:
+            requeued = self.live.requeue(
+                job.job_id,
+                eligible_at=eligible_at or now,
+                resume_from_failed=(
+                    job.resume_from_failed if resume_from_failed is None else resume_from_failed
+                ),
+                reason=reason,
+                now=now,
+                failed=failed,
+            )
+        except QueueError as exc:
+            logger.warning("cannot requeue job %s: %s", job.job_id, exc)
+            return None
+        if requeued.status is RunStatus.CANCELLED:
+            self.finished(requeued)
+            return None
+        self.link.publish(EventKind.JOB_QUEUED, JobEvent(job=requeued, reason=event))
+        return requeued

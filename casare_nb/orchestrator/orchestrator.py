@@ -1,0 +1,385 @@
+"""The orchestrator: the front door of the service, and what it is made of.
+
+:class:`Orchestrator` wires the parts together and answers what its users ask (the HTTP API,
+the demo, tests): submit, rerun, cancel and read jobs, list robots, drain, manage tokens,
+wait for a change. The parts, each in a module of its own:
+
+- the stores (:mod:`casare_nb.store.interfaces`; the embedded DuckDB ones by default);
+- the :class:`~casare_nb.orchestrator.jobs.manager.JobManager` (queue, dispatch, attempts,
+  checkpoints, write-behind);
+- the :class:`~casare_nb.orchestrator.websocket.WebSocketService` robots and monitors
+  connect to, and the :class:`~casare_nb.orchestrator.registry.RobotRegistry` it keeps;
+- the :class:`~casare_nb.orchestrator.triggers.hub.Triggers` (schedules, webhooks, file
+  watch, chaining), which reach the jobs through the job manager only;
+- :class:`~casare_nb.orchestrator.metrics.OrchestratorMetrics`.
+
+The path of one job through them is told in ``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from ssl import SSLContext
+from types import TracebackType
+from typing import Any, Final
+
+from casare_nb.api import DrainResult
+from casare_nb.core.dispatch import RetryPolicy
+from casare_nb.core.models import Job, Priority, Robot, RunStatus, TriggerRef
+from casare_nb.orchestrator.jobs.manager import JobManager
+from casare_nb.orchestrator.metrics import OrchestratorMetrics
+from casare_nb.orchestrator.registry import RobotRegistry
+from casare_nb.orchestrator.triggers.hub import Triggers
+from casare_nb.orchestrator.websocket import WebSocketService
+from casare_nb.protocol import MAX_FRAME_BYTES, Envelope, EventData, EventKind, Shutdown, Topic
+from casare_nb.store.embedded import open_embedded
+from casare_nb.store.interfaces import Stores
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Orchestrator"]
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8765
+
+logger = logging.getLogger("casare_nb.orchestrator")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Orchestrator:
+    """The orchestrator of one state directory; see the module docstring.
+
+    Keeps its state in ``stores`` (default: the embedded DuckDB stores of ``state_dir``).
+    ``await start()`` opens them and binds ``host:port`` (127.0.0.1:8765 by default; port 0
+    picks a free one); ``await stop()`` closes every connection and releases the storage;
+    ``async with`` does both. Pass an ``ssl_context`` to serve ``wss://``.
+
+    Robots that send nothing for ``heartbeat_interval_s * missed_heartbeats`` seconds are
+    marked offline; ``clock`` is the time source of every decision.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        heartbeat_interval_s: float = 2.0,
+        missed_heartbeats: int = 3,
+        clock: Callable[[], datetime] = _utcnow,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        ssl_context: SSLContext | None = None,
+        assign_timeout_s: float = 10.0,
+        retry_policy: RetryPolicy | None = None,
+        reconnect_grace_s: float = 5.0,
+        workflows_dir: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        stores: Stores | None = None,
+    ) -> None:
+        if heartbeat_interval_s <= 0:
+            raise ValueError(f"heartbeat_interval_s must be > 0, not {heartbeat_interval_s}")
+        if missed_heartbeats < 1:
+            raise ValueError(f"missed_heartbeats must be >= 1, not {missed_heartbeats}")
+        if max_frame_bytes < 1:
+            raise ValueError(f"max_frame_bytes must be >= 1, not {max_frame_bytes}")
+        self.state_dir = Path(state_dir)
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.stores = stores or open_embedded(self.state_dir)
+        self.registry = RobotRegistry()
+        self.metrics = OrchestratorMetrics()
+        self._clock = clock
+        self._changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._stopped = False
+        self._drain_report: DrainResult | None = None
+        self._drain_lock = asyncio.Lock()
+        self.job_manager = JobManager(
+            self.stores,
+            self,
+            state_dir=self.state_dir,
+            clock=clock,
+            heartbeat_interval_s=heartbeat_interval_s,
+            assign_timeout_s=assign_timeout_s,
+            retry_policy=retry_policy,
+            reconnect_grace_s=reconnect_grace_s,
+        )
+        self.websocket = WebSocketService(
+            registry=self.registry,
+            jobs=self.job_manager,
+            tokens=self.stores.tokens,
+            metrics=self.metrics,
+            clock=clock,
+            changed=self._notify,
+            host=host,
+            port=port,
+            heartbeat_interval_s=heartbeat_interval_s,
+            missed_heartbeats=missed_heartbeats,
+            max_frame_bytes=max_frame_bytes,
+            ssl_context=ssl_context,
+        )
+        self.triggers = Triggers(
+            self.job_manager,
+            self.stores.triggers,
+            self.stores.outputs,
+            environ=environ,
+            workflows_dir=None if workflows_dir is None else Path(workflows_dir),
+        )
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "serving" if self._started else "not started"
+        return f"<Orchestrator {self.url} {state}>"
+
+    @property
+    def url(self) -> str:
+        """The URL robots and monitors connect to (the bound port once started)."""
+        return self.websocket.url
+
+    @property
+    def port(self) -> int:
+        return self.websocket.port
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Open the storage and start serving; the bound port."""
+        if self._stopped:
+            raise RuntimeError("this orchestrator was stopped; create a new one")
+        if self._started:
+            raise RuntimeError("the orchestrator is already started")
+        await asyncio.to_thread(self.stores.open)  # fail now on a locked or unwritable file
+        self._loop = asyncio.get_running_loop()
+        port = await self.websocket.start()
+        self._started = True
+        self.job_manager.start()
+        await self.triggers.start()
+        logger.info("orchestrator listening on %s", self.url)
+        return port
+
+    async def stop(self) -> None:
+        """Close every connection (1001), stop serving and release the storage; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.triggers.stop()
+        await self.websocket.stop()
+        await self.job_manager.stop()
+        self.websocket.cancel_tasks()
+        await asyncio.to_thread(self.stores.close)
+        self._notify()
+        logger.info("orchestrator on %s stopped", self.url)
+
+    async def __aenter__(self) -> Orchestrator:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _check_started(self) -> None:
+        if not self._started or self._stopped:
+            raise RuntimeError("the orchestrator is not serving: start() it first")
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The orchestrator's clock (aware UTC): the time of every decision it makes."""
+        return self._clock()
+
+    async def submit(
+        self,
+        workflow_path: str | os.PathLike[str],
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        raw_parameters: Mapping[str, str] | None = None,
+        priority: Priority = Priority.NORMAL,
+        tags: Sequence[str] = (),
+        environment: str | None = None,
+        max_retries: int = 0,
+        source: str = "api",
+        trigger: TriggerRef | None = None,
+        job_id: str | None = None,
+        start_at: datetime | None = None,
+    ) -> Job:
+        """Validate and queue a run of ``workflow_path``; the queued job, once stored (see
+        :meth:`JobManager.submit <casare_nb.orchestrator.jobs.manager.JobManager.submit>`)."""
+        self._check_started()
+        return await self.job_manager.submit(
+            workflow_path,
+            parameters,
+            raw_parameters=raw_parameters,
+            priority=priority,
+            tags=tags,
+            environment=environment,
+            max_retries=max_retries,
+            source=source,
+            trigger=trigger,
+            job_id=job_id,
+            start_at=start_at,
+        )
+
+    async def rerun(
+        self,
+        job_id: str,
+        *,
+        from_failed: bool = True,
+        parameters: Mapping[str, Any] | None = None,
+        raw_parameters: Mapping[str, str] | None = None,
+    ) -> Job:
+        """Queue a finished job again as a new attempt: ``from_failed`` resumes from the
+        failed cell (restoring the last checkpoint before it, with the workflow's current
+        source) on any robot; False starts over. QueueError for an unknown, queued or running
+        job; ParameterError for bad parameters (secret ones must be given again)."""
+        self._check_started()
+        return await self.job_manager.rerun(
+            job_id, from_failed=from_failed, parameters=parameters, raw_parameters=raw_parameters
+        )
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job: a queued one at once, a running one once its robot stopped it.
+        A finished or unknown job raises :class:`~casare_nb.core.errors.QueueError`."""
+        self._check_started()
+        return self.job_manager.cancel(job_id)
+
+    def jobs(self, status: RunStatus | None = None, *, limit: int = 100) -> list[Job]:
+        """Up to ``limit`` jobs, newest first, optionally only those in ``status``."""
+        return self.job_manager.jobs(status, limit=limit)
+
+    def job(self, job_id: str) -> Job | None:
+        """The job ``job_id``, or None."""
+        return self.job_manager.job(job_id)
+
+    # -- robots and monitors -------------------------------------------------------------
+
+    def robots(self) -> list[Robot]:
+        """Every robot that registered since the start (offline ones too), by id."""
+        return [r.model_copy(update={"tags": list(r.tags)}) for r in self.registry.snapshot()]
+
+    def robot(self, robot_id: str) -> Robot | None:
+        """The robot ``robot_id``, or None if it never registered."""
+        return self.registry.get(robot_id)
+
+    def monitors(self, topic: Topic | None = None) -> int:
+        """How many monitors are connected (subscribed to ``topic``, if given)."""
+        return self.websocket.monitors(topic)
+
+    @property
+    def draining(self) -> bool:
+        """True once :meth:`drain` began: no submissions, no new dispatch."""
+        return self.job_manager.draining
+
+    async def drain(self, timeout_s: float = 60.0) -> DrainResult:
+        """The runbook's graceful shutdown: stop taking submissions and dispatching, wait up
+        to ``timeout_s`` for the running jobs to end, then tell every connected robot to shut
+        down (jobs still running are stopped and requeued to resume from their checkpoint)
+        and wait briefly for them to go. Idempotent: a second call answers the first's report.
+        """
+        self._check_started()
+        if timeout_s < 0:
+            raise ValueError(f"timeout_s must be >= 0, not {timeout_s}")
+        async with self._drain_lock:
+            if self._drain_report is not None:
+                return self._drain_report
+            self.job_manager.draining = True
+            self._notify()
+            logger.info("draining: no new submissions; waiting up to %g s for jobs", timeout_s)
+            running = {job.job_id for job in self.job_manager.running_jobs()}
+
+            def still_running() -> set[str]:
+                return {job.job_id for job in self.job_manager.running_jobs()}
+
+            with contextlib.suppress(TimeoutError):
+                await self.wait_for(lambda: not still_running(), timeout=timeout_s)
+            left = still_running()
+            robots = self.websocket.connected_robots()
+            for robot_id in robots:
+                self.send_to_robot(
+                    robot_id, Shutdown(graceful=not left, reason="the orchestrator is draining")
+                )
+            with contextlib.suppress(TimeoutError):
+                await self.wait_for(
+                    lambda: not self.websocket.connected_robots(),
+                    timeout=max(5.0, self.heartbeat_interval_s),
+                )
+            report = DrainResult(
+                finished_jobs=sorted(running - left),
+                unfinished_jobs=sorted(left),
+                robots_shut_down=robots,
+            )
+            self._drain_report = report
+            logger.info(
+                "drained: %d jobs finished, %d unfinished, %d robots shut down",
+                len(report.finished_jobs),
+                len(report.unfinished_jobs),
+                len(robots),
+            )
+            return report
+
+    # -- tokens --------------------------------------------------------------------------
+
+    def create_token(self, name: str) -> str:
+        """A new token named ``name`` (shown once; stored hashed). Blocking: in the event
+        loop, call it through ``asyncio.to_thread``."""
+        return self.stores.tokens.create_token(name)
+
+    def fresh_token(self, name: str) -> str:
+        """A new token ``name``; a live one of that name (an earlier run's) is revoked
+        first. Blocking."""
+        tokens = self.stores.tokens
+        if any(t["name"] == name and t["revoked_at"] is None for t in tokens.list_tokens()):
+            self.revoke_token(name)
+        return self.create_token(name)
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke the token ``name`` and close the live connections that used it (1008).
+        Blocking and thread-safe: in the event loop, call it through ``asyncio.to_thread``."""
+        self.stores.tokens.revoke_token(name)
+        loop = self._loop
+        if loop is not None and not self._stopped and not loop.is_closed():
+            loop.call_soon_threadsafe(self.websocket.drop_token, name)
+
+    # -- waiting for a change ------------------------------------------------------------
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Return once ``predicate()`` is true, checking it after every change of state
+        (robots, connections, subscriptions, jobs); raises TimeoutError after ``timeout`` s."""
+        async with asyncio.timeout(timeout):
+            while True:
+                changed = self._changed
+                if predicate():
+                    return
+                await changed.wait()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    # -- the job manager's link (Link) ---------------------------------------------------
+
+    def send_to_robot(self, robot_id: str, msg: Envelope) -> bool:
+        """Queue ``msg`` on the robot's connection; False if it is not connected."""
+        return self.websocket.send_to_robot(robot_id, msg)
+
+    def publish(self, kind: EventKind, data: EventData) -> None:
+        """Send an event to every monitor subscribed to its topic."""
+        self.websocket.publish(kind, data)
+
+    def notify(self) -> None:
+        """Wake the ``wait_for`` callers."""
+        self._notify()

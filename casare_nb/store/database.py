@@ -1,0 +1,324 @@
+"""A state directory's DuckDB file: connections, migrations, and the storage conventions.
+
+The one module of casare_nb that imports :mod:`duckdb`. DuckDB lets one process at a time
+hold a file read-write (see "One writer" in the design), so:
+
+- :meth:`Database.connect` opens a short-lived connection, migrated, retrying a lock held by
+  another process with backoff for up to ``lock_timeout`` seconds (the local runner's
+  history, whose writer lets go of the file when idle);
+- :meth:`Database.shared` is ONE long-lived connection, opened on first use and kept until
+  :meth:`Database.close`, used by one thread at a time (a lock): the orchestrator's stores
+  (jobs, tokens, schedules and triggers) share it.
+
+Storage conventions: timestamps are ``TIMESTAMP`` columns holding naive UTC (aware values are
+converted; naive values are taken as UTC) and come back as aware UTC datetimes
+(:func:`to_db_time`, :func:`from_db_time`); lists, dicts and models are JSON text
+(:func:`to_json`); enums are stored as their values. Many rows go in one statement, one list
+parameter per column zipped by ``unnest`` (:func:`columns`): far faster than ``executemany``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TypeAlias
+
+import duckdb
+import pydantic_core
+import tenacity
+
+from casare_nb.core.errors import QueueError, one_line
+from casare_nb.store import schema
+
+__all__ = [
+    "Connection",
+    "Database",
+    "DatabaseError",
+    "HistoryError",
+    "bulk_upsert",
+    "columns",
+    "from_db_time",
+    "to_db_time",
+    "to_json",
+    "transaction",
+]
+
+log = logging.getLogger(__name__)
+
+Connection: TypeAlias = duckdb.DuckDBPyConnection
+DatabaseError: TypeAlias = duckdb.Error
+
+_MAX_LOCK_WAIT_S: Final[float] = 0.5  # cap of one backoff sleep while the file is locked
+
+# Files whose migrations this process has already checked/applied: (realpath, dev, inode).
+_MIGRATED: set[tuple[str, int, int]] = set()
+_MIGRATE_LOCK = threading.Lock()
+
+
+class HistoryError(RuntimeError):
+    """The database could not be opened, migrated, read or written."""
+
+
+def _is_lock_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+
+
+def to_db_time(value: datetime | None) -> datetime | None:
+    """Aware -> naive UTC; naive is taken to be UTC already."""
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def from_db_time(value: datetime | None) -> datetime | None:
+    """A stored (naive UTC) timestamp as an aware UTC datetime."""
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+def to_json(value: object) -> str:
+    """JSON text of ``value``: pydantic's encoder handles datetimes, paths, sets, enums,
+    models...; anything else becomes ``str(value)`` rather than failing a background write."""
+    return pydantic_core.to_json(value, serialize_unknown=True).decode()
+
+
+def columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows -> one list per column (the parameters of an ``unnest`` statement)."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def bulk_upsert(
+    con: Connection, table: str, types: Mapping[str, str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Upsert ``rows`` (one per primary key at most) into ``table`` with one statement;
+    ``types`` maps each column, in row order, to its DuckDB type."""
+    if not rows:
+        return
+    selects = ", ".join(f"unnest(?::{sql_type}[])" for sql_type in types.values())
+    sql = f"INSERT OR REPLACE INTO {table} ({', '.join(types)}) SELECT {selects}"
+    con.execute(sql, columns(rows))
+
+
+@contextlib.contextmanager
+def transaction(con: Connection) -> Iterator[Connection]:
+    """``con`` inside one transaction: committed when the block ends, rolled back if it raises."""
+    con.begin()
+    try:
+        yield con
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.rollback()
+        raise
+    con.commit()
+
+
+class Database:
+    """One DuckDB file; see the module docstring for its two kinds of connection."""
+
+    def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout = lock_timeout
+        self._lock = threading.RLock()
+        self._owner: int | None = None  # the thread holding the shared connection
+        self._shared: Connection | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Database({str(self.path)!r})"
+
+    # -- short-lived connections ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A short-lived read-write connection, migrated; closed when the block ends.
+
+        Creates the parent directory, applies missing migrations (once per process per file)
+        and retries a lock held by another process for up to ``lock_timeout`` s. DuckDB
+        errors raised inside the block come out as :class:`HistoryError`. Not to be shared
+        between threads."""
+        con = self._open()
+        try:
+            self._migrate(con)
+            yield con
+        except duckdb.Error as exc:
+            raise HistoryError(f"history database {self.path}: {one_line(exc)}") from exc
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                con.close()
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one query on a short-lived connection; none if the file does not exist
+        (a read never creates it)."""
+        if not self.path.exists():
+            return []
+        with self.connect() as con:
+            return con.execute(sql, list(params)).fetchall()
+
+    def _open(self) -> Connection:
+        where = f"cannot open history database {self.path}"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror or one_line(exc)
+            raise HistoryError(
+                f"{where}: cannot create directory {self.path.parent}: {reason}"
+            ) from exc
+
+        timeout = max(0.0, self.lock_timeout)
+        deadline = time.monotonic() + timeout
+        backoff = tenacity.wait_random_exponential(multiplier=0.02, max=_MAX_LOCK_WAIT_S)
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            # Never sleep past the deadline: the last attempt happens right at it.
+            return max(0.0, min(backoff(state), deadline - time.monotonic()))
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_is_lock_conflict),
+            wait=wait,
+            stop=tenacity.stop_after_delay(timeout),
+            reraise=True,
+        )
+        try:
+            return retrying(duckdb.connect, str(self.path))
+        except duckdb.Error as exc:
+            if _is_lock_conflict(exc):
+                raise HistoryError(
+                    f"history database {self.path} is locked by another process "
+                    f"(gave up after {timeout:g}s): {one_line(exc)}"
+                ) from exc
+            message = one_line(exc)
+            lowered = message.lower()
+            hint = ""
+            if "permission" in lowered or "read-only" in lowered or "read only" in lowered:
+                hint = " (read-only directory?)"
+            raise HistoryError(f"{where}: {message}{hint}") from exc
+
+    def _migrate(self, con: Connection) -> None:
+        try:
+            stat = os.stat(self.path)
+            key = (os.path.realpath(self.path), stat.st_dev, stat.st_ino)
+        except OSError:  # unusual (e.g. file replaced under us): just check every time
+            key = None
+        if key is not None and key in _MIGRATED:
+            return
+        with _MIGRATE_LOCK:
+            if key is not None and key in _MIGRATED:
+                return
+            self._apply_migrations(con)
+            if key is not None:
+                _MIGRATED.add(key)
+
+    def _apply_migrations(self, con: Connection) -> None:
+        migrations = list(schema.MIGRATIONS)  # read at call time so tests can extend it
+        versions = [version for version, _ in migrations]
+        if versions != sorted(set(versions)):
+            raise HistoryError("MIGRATIONS must have strictly increasing versions")
+        known = versions[-1] if versions else 0
+        try:
+            with transaction(con):
+                con.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(version INTEGER PRIMARY KEY, applied_at TIMESTAMP)"
+                )
+                rows = con.execute("SELECT version FROM schema_migrations").fetchall()
+                applied = {int(row[0]) for row in rows}
+                newest = max(applied, default=0)
+                if newest > known:
+                    raise HistoryError(
+                        f"history database {self.path} has schema version {newest}, "
+                        f"newer than this casare_nb ({known})"
+                    )
+                for version, script in migrations:
+                    if version in applied:
+                        continue
+                    try:
+                        con.execute(script)
+                    except duckdb.Error as exc:
+                        raise HistoryError(
+                            f"history database {self.path}: migration to schema version "
+                            f"{version} failed: {one_line(exc)}"
+                        ) from exc
+                    con.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?)",
+                        [version, to_db_time(datetime.now(UTC))],
+                    )
+                    log.debug("history %s: applied schema migration %d", self.path, version)
+        except duckdb.Error as exc:
+            raise HistoryError(
+                f"history database {self.path}: cannot apply migrations: {one_line(exc)}"
+            ) from exc
+
+    def schema_version(self) -> int:
+        """Highest migration applied to the file (creating and migrating it if needed)."""
+        with self.connect() as con:
+            row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+        return int(row[0]) if row else 0
+
+    # -- the shared connection -----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[Connection]:
+        """The long-lived connection, held exclusively by this thread for the block (opened
+        on first use). DuckDB errors raised in the block come out as
+        :class:`~casare_nb.core.errors.QueueError`."""
+        with self._lock:
+            con = self._shared_connection()
+            outer, self._owner = self._owner, threading.get_ident()
+            try:
+                yield con
+            except duckdb.Error as exc:
+                if isinstance(exc, duckdb.FatalException):
+                    self._drop_shared()  # the database is invalidated: reopen next time
+                raise QueueError(f"queue database {self.path}: {one_line(exc)}") from exc
+            finally:
+                self._owner = outer
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """The shared connection inside one transaction, committed when the block ends."""
+        with self.shared() as con, transaction(con):
+            yield con
+
+    def select(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one query on the shared connection."""
+        with self.shared() as con:
+            return con.execute(sql, list(params)).fetchall()
+
+    def holds_shared(self) -> bool:
+        """Whether this thread is inside :meth:`shared` now."""
+        return self._owner == threading.get_ident()
+
+    def _shared_connection(self) -> Connection:
+        if self._closed:
+            raise QueueError(f"queue store for {self.path} is closed")
+        if self._shared is None:
+            try:
+                con = self._open()
+                try:
+                    self._migrate(con)
+                except BaseException:
+                    con.close()
+                    raise
+            except HistoryError as exc:
+                raise QueueError(str(exc)) from exc
+            except duckdb.Error as exc:
+                raise QueueError(f"history database {self.path}: {one_line(exc)}") from exc
+            self._shared = con
+        return self._shared
+
+    def _drop_shared(self) -> None:
+        con, self._shared = self._shared, None
+        if con is not None:
+            with contextlib.suppress(Exception):
+                con.close()
+
+    def close(self) -> None:
+        """Close the shared connection (releasing the file); later uses of it raise."""
+        with self._lock:
+            self._closed = True
+            self._drop_shared()

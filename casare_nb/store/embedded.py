@@ -1,0 +1,50 @@
+"""The embedded default: everything an orchestrator keeps, in its state directory.
+
+One DuckDB file (``history.duckdb``: jobs, history, tokens, schedules and triggers, outputs)
+behind one shared connection, and checkpoint files beside it (``blobs/``, ``runs/``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from casare_nb.notebook.state import StateDir
+from casare_nb.store.checkpoints import FileCheckpointStore
+from casare_nb.store.database import Database
+from casare_nb.store.history import HistoryStore
+from casare_nb.store.interfaces import Stores
+from casare_nb.store.jobs import COMMIT_INTERVAL_S, DuckDBJobStore
+from casare_nb.store.outputs import DuckDBOutputStore
+from casare_nb.store.tokens import DuckDBTokenStore
+from casare_nb.store.triggers import DuckDBTriggerStore
+
+__all__ = ["open_embedded"]
+
+
+def open_embedded(
+    state_dir: str | os.PathLike[str], *, commit_interval_s: float = COMMIT_INTERVAL_S
+) -> Stores:
+    """The stores of ``state_dir`` (nothing is opened until first used)."""
+    state = StateDir(state_dir)
+    db = Database(state.history_path)
+    jobs = DuckDBJobStore(db, commit_interval_s=commit_interval_s)
+
+    def open_() -> None:
+        with jobs.connection():
+            pass
+
+    def close() -> None:
+        jobs.close()
+        db.close()
+
+    return Stores(
+        jobs=jobs,
+        history=HistoryStore(db),
+        tokens=DuckDBTokenStore(db),
+        triggers=DuckDBTriggerStore(db),
+        outputs=DuckDBOutputStore(db),
+        checkpoints=FileCheckpointStore(state.root),
+        where=state.history_path,
+        opener=open_,
+        closer=close,
+    )

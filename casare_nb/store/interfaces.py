@@ -1,0 +1,359 @@
+"""What the orchestrator keeps, as interfaces: one Protocol per store, every one here.
+
+The orchestrator codes against these; :func:`casare_nb.store.embedded.open_embedded` gives
+the embedded default (one DuckDB file and a folder of checkpoint files in the state
+directory). Another backend (PostgreSQL, so that several orchestrators share one state)
+implements the same Protocols, and the test suite of each interface runs against every
+implementation through one parametrised fixture.
+
+Conventions every implementation keeps:
+
+- Datetimes go in and come out aware, in UTC.
+- Refused operations (unknown id, name taken) and unavailable storage raise
+  :class:`~casare_nb.core.errors.QueueError` (:class:`~casare_nb.core.errors.JobExists`
+  for a job id taken), with one line saying why.
+- Claims (:meth:`TriggerStore.claim_fire`, ``claim_delivery``, ``claim_file``) are atomic:
+  of two claims of the same key, exactly one is new, wherever they come from.
+- Methods block: the orchestrator calls them from worker threads, except where a method says
+  it returns at once (:meth:`JobStore.stage`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+from casare_nb.core.models import CellRecord, Job, JobStatus, Priority, RunRecord, RunStatus
+from casare_nb.core.triggers import Schedule, Trigger, TriggerKind
+from casare_nb.notebook.state import AttemptPaths, StateDir
+
+__all__ = [
+    "CheckpointStore",
+    "Claim",
+    "Fire",
+    "HistoryWriter",
+    "JobStore",
+    "OutputStore",
+    "RunHistory",
+    "Stores",
+    "TokenStore",
+    "TriggerStore",
+]
+
+
+class JobStore(Protocol):
+    """Jobs, persisted behind the state machine that decides them (in memory,
+    :class:`~casare_nb.core.jobs.LiveJobs`): each new state is staged and written behind,
+    in batches; a **mark** says when what was staged up to it is durable. Reads show staged
+    states not written yet."""
+
+    def stage(self, job: Job, *, cancel_requested: bool = False, new: bool = False) -> int:
+        """Hand a job's new state over (``new``: insert it); its mark. Returns at once."""
+        ...
+
+    def mark(self) -> int:
+        """The mark of everything staged so far."""
+        ...
+
+    def reached(self, mark: int) -> bool:
+        """Whether everything staged up to ``mark`` is durable."""
+        ...
+
+    def wait_mark(self, mark: int, timeout: float | None = None) -> bool:
+        """Block until :meth:`reached` (True) or ``timeout`` s passed (False)."""
+        ...
+
+    def hurry(self) -> None:
+        """Write what is staged now: someone waits for it."""
+        ...
+
+    def flush(self, timeout: float | None = ...) -> None:
+        """Block until everything staged is durable; QueueError after ``timeout`` s."""
+        ...
+
+    def insert_refused(self, job_id: str) -> bool:
+        """Whether a new job staged under ``job_id`` found the id taken (asked once)."""
+        ...
+
+    def subscribe(
+        self,
+        *,
+        added: Callable[[list[Job]], None] | None = None,
+        written: Callable[[int], None] | None = None,
+    ) -> None:
+        """Hear of jobs added in bulk (``added``) and of each durable mark (``written``, in
+        the writer's thread)."""
+        ...
+
+    def unsubscribe(
+        self,
+        *,
+        added: Callable[[list[Job]], None] | None = None,
+        written: Callable[[int], None] | None = None,
+    ) -> None:
+        """Stop calling listeners given to :meth:`subscribe`."""
+        ...
+
+    def add_jobs(self, jobs: Sequence[Job]) -> None:
+        """Insert jobs at once, all or nothing (an import); the ``added`` listeners hear."""
+        ...
+
+    def get_job(self, job_id: str) -> Job | None:
+        """One job as last staged or stored; None if unknown."""
+        ...
+
+    def list_jobs(
+        self, *, status: Collection[JobStatus] | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Jobs, newest first, optionally only those in ``status``."""
+        ...
+
+    def unfinished(self) -> list[tuple[Job, bool]]:
+        """Queued and running jobs with whether a cancel was asked, in dispatch order."""
+        ...
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        """Jobs in every status (zero included)."""
+        ...
+
+    def queue_depth_by_priority(self) -> dict[Priority, int]:
+        """Queued jobs per priority (zero included)."""
+        ...
+
+    def close(self, timeout: float | None = ...) -> None:
+        """Write what is staged and stop; idempotent."""
+        ...
+
+
+class HistoryWriter(Protocol):
+    """Run and cell records written behind the caller's back; marks as for jobs."""
+
+    def put_run(self, run: RunRecord) -> None: ...
+
+    def put_cells(self, cells: Sequence[CellRecord]) -> None: ...
+
+    def mark(self) -> int: ...
+
+    def reached(self, mark: int) -> bool: ...
+
+    def wait_mark(self, mark: int, timeout: float | None = None) -> bool: ...
+
+    def flush(self, timeout: float | None = None) -> None: ...
+
+    def close(self, timeout: float | None = None) -> None: ...
+
+
+class RunHistory(Protocol):
+    """Runs (one row per attempt) and their cells; upserts idempotent on (run, attempt[,
+    cell])."""
+
+    def write(self, runs: Iterable[RunRecord], cells: Iterable[CellRecord]) -> None:
+        """Upsert runs and cells together."""
+        ...
+
+    def writer(self) -> HistoryWriter:
+        """A writer that puts records in the background."""
+        ...
+
+    def get_run(self, run_id: str, attempt: int | None = None) -> RunRecord | None:
+        """An attempt of a run (its latest by default)."""
+        ...
+
+    def attempts(self, run_id: str) -> list[RunRecord]:
+        """Every attempt of a run, in order."""
+        ...
+
+    def list_runs(
+        self, *, status: Collection[RunStatus] | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        """The latest attempt of each run, newest first, filtered on its status."""
+        ...
+
+    def list_cells(self, run_id: str, attempt: int | None = None) -> list[CellRecord]:
+        """Cells of one attempt (or all), ordered (attempt, cell index)."""
+        ...
+
+
+class TokenStore(Protocol):
+    """Bearer tokens, kept as their hash."""
+
+    def create_token(self, name: str) -> str:
+        """A new token for ``name``, answered this once; a live name raises QueueError."""
+        ...
+
+    def verify_token(self, token: str) -> str | None:
+        """The name of a live token, or None."""
+        ...
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke ``name``'s live token; an unknown name raises QueueError."""
+        ...
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        """Every token: name, created_at, revoked_at (never the hash)."""
+        ...
+
+
+class Claim(NamedTuple):
+    """The outcome of a claim: whether this call made it, and the job id it names."""
+
+    new: bool
+    job_id: str | None
+
+
+class Fire(NamedTuple):
+    """One due time of a schedule and what came of it (``submitted``, ``skipped: ...``)."""
+
+    schedule_id: str
+    due_at: datetime
+    fired_at: datetime
+    job_id: str | None
+    outcome: str
+
+
+class TriggerStore(Protocol):
+    """Schedules and triggers as data, and the claims that make each event fire once."""
+
+    def add_schedule(self, schedule: Schedule) -> None: ...
+
+    def replace_schedule(self, schedule: Schedule) -> None: ...
+
+    def schedules(self) -> list[Schedule]: ...
+
+    def schedule(self, schedule_id: str) -> Schedule | None: ...
+
+    def set_paused(self, schedule_id: str, paused: bool) -> Schedule: ...
+
+    def remove_schedule(self, schedule_id: str) -> Schedule: ...
+
+    def claim_fire(
+        self, schedule_id: str, due_at: datetime, job_id: str | None, outcome: str
+    ) -> Claim:
+        """Claim a due time for ``job_id`` (one claim per schedule and due time)."""
+        ...
+
+    def set_fire_outcome(self, schedule_id: str, due_at: datetime, outcome: str) -> None: ...
+
+    def last_due(self, schedule_id: str) -> datetime | None: ...
+
+    def last_dues(self) -> dict[str, datetime]: ...
+
+    def fires(self, schedule_id: str | None = None, *, limit: int = 1000) -> Sequence[Fire]: ...
+
+    def add_trigger(self, trigger: Trigger) -> None: ...
+
+    def triggers(self, kind: TriggerKind | None = None) -> list[Trigger]: ...
+
+    def trigger(self, trigger_id: str) -> Trigger | None: ...
+
+    def set_enabled(self, trigger_id: str, enabled: bool) -> Trigger: ...
+
+    def remove_trigger(self, trigger_id: str) -> Trigger: ...
+
+    def claim_delivery(
+        self, trigger_id: str, delivery_id: str, signature: str, job_id: str
+    ) -> Claim:
+        """Claim a webhook delivery (one per trigger and delivery id)."""
+        ...
+
+    def claim_deliveries(
+        self, trigger_id: str, deliveries: list[tuple[str, str, str]]
+    ) -> list[Claim | None]:
+        """Claim deliveries ``(delivery id, signature, job id)`` in one go; None for a
+        replay (a new delivery id whose signature is recorded)."""
+        ...
+
+    def signature_seen(self, trigger_id: str, signature: str) -> bool: ...
+
+    def release_delivery(self, trigger_id: str, delivery_id: str) -> None: ...
+
+    def deliveries(self, trigger_id: str) -> list[tuple[str, str | None]]: ...
+
+    def claim_file(self, trigger_id: str, path: str, job_id: str | None) -> Claim:
+        """Claim a watched file (one per trigger and path)."""
+        ...
+
+    def release_file(self, trigger_id: str, path: str) -> None: ...
+
+    def handled_files(self, trigger_id: str) -> dict[str, str | None]: ...
+
+
+class OutputStore(Protocol):
+    """What runs recorded with ``casare_nb.output``."""
+
+    def record_outputs(
+        self, run_id: str, attempt: int, values: Mapping[str, tuple[Any, int | None]]
+    ) -> None:
+        """Store ``name -> (value, cell index)``; a later value of a name replaces it."""
+        ...
+
+    def outputs(self, run_id: str) -> dict[str, Any]:
+        """A run's outputs, by name."""
+        ...
+
+
+class CheckpointStore(Protocol):
+    """Checkpoints robots send (manifests and content-addressed blobs) and each attempt's
+    notebook so far, where any robot can resume from them."""
+
+    state: StateDir
+
+    def has_blob(self, sha256: str) -> bool: ...
+
+    def read_blob(self, sha256: str) -> bytes | None: ...
+
+    def write_blob(self, data: bytes) -> str: ...
+
+    def offer(self, job_id: str, attempt: int, cell_id: str, manifest: dict[str, Any]) -> list[str]:
+        """Take a checkpoint offer; the blobs to ask for (none: the manifest is stored)."""
+        ...
+
+    def awaited(self, sha256: str) -> bool: ...
+
+    def blob_stored(self, sha256: str) -> list[tuple[str, int, str]]:
+        """A blob arrived: the offers it completed (their manifests now stored)."""
+        ...
+
+    def forget_attempt(self, job_id: str, attempt: int) -> None: ...
+
+    def attempt(self, job_id: str, attempt: int) -> AttemptPaths: ...
+
+    def manifests_for(self, paths: AttemptPaths, cell_ids: Iterable[str]) -> dict[str, Any]: ...
+
+    def start_output(self, job_id: str, attempt: int, notebook: dict[str, Any]) -> None: ...
+
+    def record_cell(
+        self, job_id: str, attempt: int, cell: dict[str, Any], *, base: dict[str, Any] | None
+    ) -> None: ...
+
+    def latest_output(self, job_id: str, before: int) -> int | None: ...
+
+    def stored_cells(self, job_id: str, attempt: int) -> list[str]: ...
+
+
+@dataclass
+class Stores:
+    """Everything an orchestrator keeps, opened together (``where`` says where, for the
+    logs) and closed together."""
+
+    jobs: JobStore
+    history: RunHistory
+    tokens: TokenStore
+    triggers: TriggerStore
+    outputs: OutputStore
+    checkpoints: CheckpointStore
+    where: Path
+    opener: Callable[[], None] = field(repr=False)
+    closer: Callable[[], None] = field(repr=False)
+
+    def open(self) -> None:
+        """Reach the storage now (blocking): fail at once on a locked or unwritable file
+        rather than at the first job. QueueError if it cannot be reached."""
+        self.opener()
+
+    def close(self) -> None:
+        """Write what is pending and let go of the storage; idempotent."""
+        self.closer()

@@ -1,0 +1,170 @@
+"""The schema of a state directory's DuckDB file, as ordered migrations.
+
+One file holds what one orchestrator (or local runner) keeps: ``runs`` and ``cells`` (the
+history), ``jobs`` and ``tokens``, and the tables of schedules and triggers. Applied by
+:mod:`casare_nb.store.database` when a connection opens; a file written by a newer version
+is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+
+# Ordered (version, SQL script) pairs. Each missing one is applied, in order, inside one
+# transaction together with its row in ``schema_migrations``. Never edit a released entry:
+# append a new version instead.
+#
+# No secondary index on runs(status, started_at): DuckDB's ART indexes only speed up point
+# lookups / highly selective equality filters, not range scans or ORDER BY, so listing by a
+# low-cardinality status gains nothing, while every index costs memory and (in older DuckDB
+# releases) makes upserts of indexed columns fragile. Zone maps cover started_at scans.
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE runs (
+            run_id VARCHAR NOT NULL,
+            attempt INTEGER NOT NULL,
+            workflow_path VARCHAR NOT NULL,
+            notebook_sha256 VARCHAR NOT NULL,
+            parameters VARCHAR NOT NULL DEFAULT '{}',
+            status VARCHAR NOT NULL,
+            kernel_name VARCHAR NOT NULL,
+            language VARCHAR NOT NULL,
+            started_at TIMESTAMP NOT NULL,
+            finished_at TIMESTAMP,
+            duration_s DOUBLE,
+            cells_total INTEGER NOT NULL DEFAULT 0,
+            error_name VARCHAR,
+            error_message VARCHAR,
+            failed_cell INTEGER,
+            failed_cell_id VARCHAR,
+            output_path VARCHAR,
+            resumed_from_attempt INTEGER,
+            restored_from_cell INTEGER,
+            replayed_cells VARCHAR NOT NULL DEFAULT '[]',
+            restore_mode VARCHAR,
+            source VARCHAR NOT NULL DEFAULT 'cli',
+            PRIMARY KEY (run_id, attempt)
+        );
+        CREATE TABLE cells (
+            run_id VARCHAR NOT NULL,
+            attempt INTEGER NOT NULL,
+            cell_index INTEGER NOT NULL,
+            cell_id VARCHAR,
+            status VARCHAR NOT NULL,
+            started_at TIMESTAMP NOT NULL,
+            duration_s DOUBLE NOT NULL,
+            error_name VARCHAR,
+            error_message VARCHAR,
+            replayed BOOLEAN NOT NULL DEFAULT FALSE,
+            output_truncated BOOLEAN NOT NULL DEFAULT FALSE,
+            PRIMARY KEY (run_id, attempt, cell_index)
+        );
+        """,
+    ),
+    (
+        2,
+        # The orchestrator's queue (casare_nb.store.queue). Rows are only ever UPDATEd in
+        # non-key columns (older DuckDB releases may report false duplicate keys otherwise).
+        # A token name may be reused after a revocation, so the hash is the key.
+        """
+        CREATE TABLE jobs (
+            job_id VARCHAR NOT NULL PRIMARY KEY,
+            workflow_path VARCHAR NOT NULL,
+            parameters VARCHAR NOT NULL DEFAULT '{}',
+            priority VARCHAR NOT NULL,
+            environment VARCHAR,
+            tags VARCHAR NOT NULL DEFAULT '[]',
+            status VARCHAR NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            max_retries INTEGER NOT NULL DEFAULT 0,
+            created_at TIMESTAMP NOT NULL,
+            eligible_at TIMESTAMP NOT NULL,
+            robot_id VARCHAR,
+            assigned_at TIMESTAMP,
+            accepted_at TIMESTAMP,
+            finished_at TIMESTAMP,
+            error_name VARCHAR,
+            error_message VARCHAR,
+            resume_from_failed BOOLEAN NOT NULL DEFAULT FALSE,
+            source VARCHAR NOT NULL DEFAULT 'api',
+            cancel_requested BOOLEAN NOT NULL DEFAULT FALSE
+        );
+        CREATE TABLE tokens (
+            token_hash VARCHAR NOT NULL PRIMARY KEY,
+            name VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            revoked_at TIMESTAMP
+        );
+        """,
+    ),
+    (
+        3,
+        # Failures that count against max_retries, apart from attempts lost with a robot.
+        # and the cell an attempt failed at.
+        "ALTER TABLE jobs ADD COLUMN failures INTEGER DEFAULT 0;"
+        "ALTER TABLE jobs ADD COLUMN failed_cell INTEGER;",
+    ),
+    (
+        4,
+        # Schedules and triggers (casare_nb.store.triggers), as data rather than pickles.
+        # fires: one row per (schedule, due time) ever claimed, so no due time fires twice,
+        # across restarts too. deliveries: webhook deliveries seen (de-duplication, replay
+        # refusal). watched_files: files a file-watch trigger has handled. outputs: the
+        # values a notebook recorded with casare_nb.output(name, value).
+        """
+        ALTER TABLE jobs ADD COLUMN trigger VARCHAR;
+        CREATE TABLE schedules (
+            schedule_id VARCHAR NOT NULL PRIMARY KEY,
+            spec VARCHAR NOT NULL,
+            paused BOOLEAN NOT NULL DEFAULT FALSE,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE fires (
+            schedule_id VARCHAR NOT NULL,
+            due_at TIMESTAMP NOT NULL,
+            fired_at TIMESTAMP NOT NULL,
+            job_id VARCHAR,
+            outcome VARCHAR NOT NULL,
+            PRIMARY KEY (schedule_id, due_at)
+        );
+        CREATE TABLE triggers (
+            trigger_id VARCHAR NOT NULL PRIMARY KEY,
+            kind VARCHAR NOT NULL,
+            spec VARCHAR NOT NULL,
+            enabled BOOLEAN NOT NULL DEFAULT TRUE,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE deliveries (
+            trigger_id VARCHAR NOT NULL,
+            delivery_id VARCHAR NOT NULL,
+            signature VARCHAR NOT NULL,
+            received_at TIMESTAMP NOT NULL,
+            job_id VARCHAR,
+            PRIMARY KEY (trigger_id, delivery_id)
+        );
+        CREATE TABLE watched_files (
+            trigger_id VARCHAR NOT NULL,
+            path VARCHAR NOT NULL,
+            seen_at TIMESTAMP NOT NULL,
+            job_id VARCHAR,
+            PRIMARY KEY (trigger_id, path)
+        );
+        CREATE TABLE outputs (
+            run_id VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            value VARCHAR NOT NULL,
+            attempt INTEGER NOT NULL,
+            cell_index INTEGER,
+            recorded_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (run_id, name)
+        );
+        """,
+    ),
+]
+
+SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]
+"""Schema version this code writes (the last entry of :data:`MIGRATIONS` at import)."""
