@@ -1,7 +1,8 @@
 """casare_nb: parameterised notebooks, run cell by cell, every cell a checkpoint.
 
 Importing this package is cheap: what it offers (``Client``, ``run_notebook``...) is imported
-on first use, inside ``__getattr__``, so that ``import casare_nb`` loads no engine.
+on first use, inside ``__getattr__``, so that ``import casare_nb`` loads no engine. The
+package's parts and the path of one job: ``docs/architecture.md``.
 """
 
 from __future__ import annotations

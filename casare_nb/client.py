@@ -22,7 +22,6 @@ the methods that need it: callers that only use HTTP (most CLI commands) skip it
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import os
 import ssl
@@ -330,7 +329,7 @@ class Client:
             "parameters": dict(parameters or {}),
             "raw_parameters": dict(raw_parameters or {}),
             "priority": str(priority),
-            "tags": builtins.list(tags),
+            "tags": list(tags),
             "environment": environment,
             "max_retries": max_retries,
         }
@@ -375,7 +374,7 @@ class Client:
             job = Job.model_validate(self._request("POST", path, json=body).json())
             return self._wait(monitor, job.job_id, deadline, timeout, on_event)
 
-    def robots(self) -> builtins.list[Robot]:
+    def robots(self) -> list[Robot]:
         """Every robot that registered since the orchestrator started."""
         return [Robot.model_validate(r) for r in self._request("GET", "/api/robots").json()]
 
@@ -395,7 +394,7 @@ class Client:
         """Revoke the token ``name``; its connections are closed."""
         self._request("DELETE", f"/api/tokens/{name}")
 
-    def tokens(self) -> builtins.list[TokenInfo]:
+    def tokens(self) -> list[TokenInfo]:
         """Every token: name, created, revoked (never the token)."""
         return [TokenInfo.model_validate(t) for t in self._request("GET", "/api/tokens").json()]
 
@@ -432,7 +431,7 @@ class Client:
         response = self._request("POST", "/api/schedules", json=body.model_dump(mode="json"))
         return ScheduleInfo.model_validate(response.json())
 
-    def schedules(self) -> builtins.list[ScheduleInfo]:
+    def schedules(self) -> list[ScheduleInfo]:
         """Every schedule with its next 3 due times."""
         rows = self._request("GET", "/api/schedules").json()
         return [ScheduleInfo.model_validate(row) for row in rows]
@@ -443,12 +442,12 @@ class Client:
             self._request("GET", f"/api/schedules/{schedule_id}").json()
         )
 
-    def upcoming(self, limit: int = 10) -> builtins.list[UpcomingFire]:
+    def upcoming(self, limit: int = 10) -> list[UpcomingFire]:
         """The next ``limit`` due times across every schedule that is not paused."""
         rows = self._request("GET", "/api/schedules/upcoming", params={"limit": limit}).json()
         return [UpcomingFire.model_validate(row) for row in rows]
 
-    def fires(self, schedule_id: str, limit: int = 100) -> builtins.list[FireInfo]:
+    def fires(self, schedule_id: str, limit: int = 100) -> list[FireInfo]:
         """The due times of a schedule that fired, newest first, and what came of each."""
         path = f"/api/schedules/{schedule_id}/fires"
         rows = self._request("GET", path, params={"limit": limit}).json()
@@ -479,7 +478,7 @@ class Client:
         response = self._request("POST", "/api/triggers", json=body.model_dump(mode="json"))
         return TriggerInfo.model_validate(response.json())
 
-    def triggers(self) -> builtins.list[TriggerInfo]:
+    def triggers(self) -> list[TriggerInfo]:
         """Every trigger, oldest first."""
         return [TriggerInfo.model_validate(t) for t in self._request("GET", "/api/triggers").json()]
 
@@ -548,7 +547,7 @@ class Client:
         """
         from casare_nb.protocol import Topic
 
-        names = builtins.list(topics)
+        names = list(topics)
         try:
             wanted = frozenset(Topic(t) for t in names)
         except ValueError:
@@ -598,7 +597,7 @@ class Client:
             if event.kind.value == "job_finished" and isinstance(event.data, JobEvent):
                 return event.data.job
 
-    def list(self, status: RunStatus | str | None = None, limit: int = 100) -> builtins.list[Job]:
+    def jobs(self, status: RunStatus | str | None = None, limit: int = 100) -> list[Job]:
         """Up to ``limit`` jobs, newest first, optionally only those in ``status``."""
         params: dict[str, Any] = {"limit": limit}
         if status is not None:

@@ -22,8 +22,9 @@ from nbformat import NotebookNode
 
 from casare_nb.core.errors import ResumeError, RunNotFound, WorkflowError
 from casare_nb.core.ids import new_run_id
+from casare_nb.core.injection import REDACTED, redact
 from casare_nb.core.models import CellRecord, RunRecord, RunStatus
-from casare_nb.core.params import REDACTED, ParameterError, read_schema, redact
+from casare_nb.core.params import ParameterError, read_schema
 from casare_nb.notebook.executor import Options
 from casare_nb.notebook.hooks import RunHooks
 from casare_nb.notebook.pool import KernelPool

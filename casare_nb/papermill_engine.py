@@ -24,8 +24,10 @@ from jupyter_core.utils import run_sync
 from nbformat import NotebookNode
 
 from casare_nb.core.ids import new_run_id
+from casare_nb.core.injection import redact
 from casare_nb.core.models import CellRecord, CellStatus, RunRecord
-from casare_nb.core.params import INJECTED_TAG, read_schema, redact
+from casare_nb.core.parameters_cell import INJECTED_TAG
+from casare_nb.core.params import read_schema
 from casare_nb.local import record_run
 from casare_nb.notebook.executor import Options
 from casare_nb.notebook.hooks import RunHooks

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_notebook
+from helpers import write_notebook
 from websockets.asyncio.client import ClientConnection, connect
 
 from casare_nb.core.dispatch import RetryPolicy

@@ -1,18 +1,23 @@
-"""Shared helpers for tests that build notebooks and run casare-nb / papermill for real."""
+"""Shared helpers for tests: workflow notebooks, a workspace to run them in, subprocesses of
+casare-nb and papermill. Fixtures live in conftest.py (and the cluster/stores plugins)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import nbformat
-from nbformat import NotebookNode
-from nbformat.v4 import new_code_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from casare_nb.local import aresume, arun_notebook
+from casare_nb.notebook.run import RunResult
+from casare_nb.store.history import HistoryStore
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 ERROR_PREFIX = "casare-nb: error:"
@@ -21,22 +26,108 @@ RESUME_RE = re.compile(r"casare-nb resume (\S+)")
 PROCESS_TIMEOUT = 120
 
 
-def make_notebook(*sources: str, params: str | None = None) -> NotebookNode:
-    """A python3 notebook: an optional ``parameters``-tagged cell, then one code cell a source."""
+def write_notebook(
+    path: Path,
+    cells: Sequence[str],
+    *,
+    params: str | None = None,
+    tags: dict[int, list[str]] | None = None,
+    kernel: dict[str, str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """A notebook of code cells with ids c0, c1 ... (the parameters cell, if any, is 'params';
+    a leading markdown cell 'title' makes indices differ from positions, as in real notebooks).
+    """
     nb = new_notebook()
-    nb.metadata["kernelspec"] = dict(KERNELSPEC)
-    cells = []
+    nb.cells.append(new_markdown_cell("# test workflow", id="title"))
     if params is not None:
-        cells.append(new_code_cell(params, metadata={"tags": ["parameters"]}))
-    cells.extend(new_code_cell(source) for source in sources)
-    nb.cells = cells
-    return nb
-
-
-def write_notebook(path: Path, *sources: str, params: str | None = None) -> Path:
-    """Write ``make_notebook(*sources, params=params)`` to ``path``; answer ``path``."""
-    nbformat.write(make_notebook(*sources, params=params), str(path))
+        nb.cells.append(new_code_cell(params, id="params", metadata={"tags": ["parameters"]}))
+    for i, source in enumerate(cells):
+        cell_tags = (tags or {}).get(i)
+        nb.cells.append(
+            new_code_cell(source, id=f"c{i}", metadata={"tags": cell_tags} if cell_tags else {})
+        )
+    nb.metadata["kernelspec"] = kernel or KERNELSPEC
+    nb.metadata.update(metadata or {})
+    nbformat.write(nb, str(path))
     return path
+
+
+def replace_cell(path: Path, cell_id: str, source: str) -> None:
+    """Edit one cell of a notebook file, as an analyst fixing it would."""
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        if cell.get("id") == cell_id:
+            cell.source = source
+    nbformat.write(nb, str(path))
+
+
+def cell_index(result_or_path: RunResult | Path, cell_id: str) -> int:
+    """Index of a cell id in the executed notebook of a run."""
+    path = (
+        Path(result_or_path.output_path)
+        if isinstance(result_or_path, RunResult)
+        else result_or_path
+    )
+    nb = json.loads(path.read_text())
+    return next(i for i, c in enumerate(nb["cells"]) if c.get("id") == cell_id)
+
+
+def outputs_text(path: str | Path, cell_id: str) -> str:
+    """All text a cell printed or displayed, from an output notebook."""
+    nb = json.loads(Path(path).read_text())
+    cell = next(c for c in nb["cells"] if c.get("id") == cell_id)
+    parts = []
+    for out in cell.get("outputs", []):
+        parts.append(out.get("text", ""))
+        parts.append(out.get("data", {}).get("text/plain", ""))
+        parts.append(out.get("evalue", ""))
+    return "".join(parts)
+
+
+class Workspace:
+    """A temp folder holding workflows, the kernel's cwd and a state directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state = root / "state"
+
+    def notebook(self, cells: Sequence[str], name: str = "wf.ipynb", **kw: Any) -> Path:
+        return write_notebook(self.root / name, cells, **kw)
+
+    async def run(self, path: Path, params: dict[str, Any] | None = None, **kw: Any) -> RunResult:
+        kw.setdefault("state_dir", self.state)
+        kw.setdefault("cwd", self.root)
+        return await arun_notebook(path, params, **kw)
+
+    async def resume(
+        self, run_id: str, params: dict[str, Any] | None = None, **kw: Any
+    ) -> RunResult:
+        kw.setdefault("state_dir", self.state)
+        kw.setdefault("cwd", self.root)
+        return await aresume(run_id, params, **kw)
+
+    @property
+    def history(self) -> HistoryStore:
+        return HistoryStore(self.state / "history.duckdb")
+
+    def manifest(self, result: RunResult, cell_id: str) -> dict[str, Any]:
+        path = self.state / "runs" / result.run_id / str(result.attempt) / "checkpoints"
+        data: dict[str, Any] = json.loads((path / f"{cell_id}.json").read_text())
+        return data
+
+    def ran(self) -> list[str]:
+        """Cells that logged themselves (``mark('c0')``) in the order they ran."""
+        log = self.root / "ran.log"
+        return log.read_text().split() if log.exists() else []
+
+
+def mark(cell_id: str) -> str:
+    """Code that logs that a cell ran, without leaving a variable behind."""
+    return f"open('ran.log', 'a').write('{cell_id}\\n')\n"
+
+
+Runner = Callable[..., Awaitable[RunResult]]
 
 
 def state_dir(base: Path) -> Path:

@@ -3,22 +3,68 @@
 Each suite of :mod:`casare_nb.store.interfaces` (test_job_store, test_token_store,
 test_trigger_store, test_run_history, test_checkpoint_store) takes ``stores`` (or
 ``backend``, to open the same storage again) and only uses the interfaces, so a new backend
-joins every suite by being added to :data:`BACKENDS`.
+joins every suite by being added to :data:`BACKENDS`. :func:`make_job`, :func:`running`,
+:func:`make_run` and :func:`make_cell` build the records the suites store.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from casare_nb.core.models import CellRecord, CellStatus, Job, JobStatus, RunRecord
 from casare_nb.store.embedded import open_embedded
 from casare_nb.store.interfaces import Stores
 
-__all__ = ["BACKENDS", "Backend", "backend", "opened", "stores"]
+__all__ = [
+    "BACKENDS",
+    "T0",
+    "Backend",
+    "backend",
+    "make_cell",
+    "make_job",
+    "make_run",
+    "opened",
+    "running",
+    "stores",
+]
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def make_run(run_id: str = "run-1", attempt: int = 1, **changes: Any) -> RunRecord:
+    """A run record with plain defaults; ``changes`` override any field."""
+    fields: dict[str, Any] = {
+        "run_id": run_id,
+        "attempt": attempt,
+        "workflow_path": "workflows/demo.yaml",
+        "notebook_sha256": "ab" * 32,
+        "started_at": T0,
+    }
+    fields.update(changes)
+    return RunRecord(**fields)
+
+
+def make_cell(
+    run_id: str = "run-1", attempt: int = 1, cell_index: int = 0, **changes: Any
+) -> CellRecord:
+    """A cell record (ok, 0.25 s) with plain defaults; ``changes`` override any field."""
+    fields: dict[str, Any] = {
+        "run_id": run_id,
+        "attempt": attempt,
+        "cell_index": cell_index,
+        "cell_id": f"cell-{cell_index}",
+        "status": CellStatus.OK,
+        "started_at": T0 + timedelta(seconds=cell_index),
+        "duration_s": 0.25,
+    }
+    fields.update(changes)
+    return CellRecord(**fields)
 
 
 class Backend:
@@ -75,3 +121,29 @@ def opened(state_dir: Path) -> Iterator[Stores]:
         yield found
     finally:
         found.close()
+
+
+def make_job(job_id: str = "j1", **changes: Any) -> Job:
+    """A queued job with parameters and a tag; ``changes`` override any field."""
+    fields: dict[str, Any] = {
+        "job_id": job_id,
+        "workflow_path": "workflows/demo.ipynb",
+        "parameters": {"n": 3, "name": "x"},
+        "tags": ["gpu"],
+        "created_at": T0,
+        "eligible_at": T0,
+    }
+    fields.update(changes)
+    return Job(**fields)
+
+
+def running(job: Job, robot_id: str = "robot-1", attempt: int = 1) -> Job:
+    """``job`` assigned to ``robot_id`` as ``attempt``."""
+    return job.model_copy(
+        update={
+            "status": JobStatus.RUNNING,
+            "robot_id": robot_id,
+            "attempt": attempt,
+            "assigned_at": T0,
+        }
+    )

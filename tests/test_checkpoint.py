@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import Workspace, mark, outputs_text, replace_cell
+import pytest
+from helpers import Workspace, mark, outputs_text, replace_cell
 
 from casare_nb.core.models import RunStatus
 from casare_nb.notebook.executor import Options
@@ -175,6 +176,7 @@ async def test_disk_full_while_checkpointing_fails_the_run_cleanly(ws: Workspace
     assert outputs_text(result.output_path, "c2") == ""
 
 
+@pytest.mark.slow
 async def test_forked_snapshot_does_not_hold_up_the_cell(ws: Workspace) -> None:
     """A cell changing 200 MB returns long before its forked checkpoint is written."""
     nb = ws.notebook(["payload = bytearray(200_000_000)", "payload[0] = 1", "done = 1"])
@@ -212,6 +214,7 @@ async def test_slow_to_pickle_object_is_saved_only_when_dirty(ws: Workspace) -> 
     assert ws.manifest(result, "c2")["vars"]["slow"] == ws.manifest(result, "c0")["vars"]["slow"]
 
 
+@pytest.mark.slow
 async def test_busy_writers_skip_a_checkpoint_instead_of_waiting(ws: Workspace) -> None:
     """When forked writers are busy, a cell gets no checkpoint rather than waiting; resume
     then restores an earlier checkpoint and replays the cells after it."""

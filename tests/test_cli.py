@@ -155,7 +155,7 @@ def test_run_rejects_bad_parameters(
     tmp_path: Path, params: str | None, args: list[str], needle: str
 ) -> None:
     """A parameter problem is a one-line error naming it, exit 2, before any run starts."""
-    write_notebook(tmp_path / "wf.ipynb", "print('ran')", params=params)
+    write_notebook(tmp_path / "wf.ipynb", ["print('ran')"], params=params)
     line = error_line(run_cli(tmp_path, "run", "wf.ipynb", *args))
     assert needle in line
     assert_nothing_recorded(tmp_path)
@@ -175,7 +175,7 @@ def test_run_rejects_a_bad_parameters_file(
     tmp_path: Path, content: str | bytes | None, needle: str
 ) -> None:
     """A -f file that is unreadable, not YAML or not a mapping is a one-line error, exit 2."""
-    write_notebook(tmp_path / "wf.ipynb", "print(limit)", params=LIMIT_PARAMS)
+    write_notebook(tmp_path / "wf.ipynb", ["print(limit)"], params=LIMIT_PARAMS)
     if isinstance(content, bytes):
         (tmp_path / "params.yaml").write_bytes(content)
     elif content is not None:
@@ -196,7 +196,7 @@ def test_run_rejects_a_bad_parameters_file(
 )
 def test_run_rejects_non_positive_limits(tmp_path: Path, args: list[str], needle: str) -> None:
     """A zero or negative timeout / output limit is a one-line error, exit 2, nothing run."""
-    write_notebook(tmp_path / "wf.ipynb", "print(limit)", params=LIMIT_PARAMS)
+    write_notebook(tmp_path / "wf.ipynb", ["print(limit)"], params=LIMIT_PARAMS)
     line = error_line(run_cli(tmp_path, "run", "wf.ipynb", *args))
     assert needle in line
     assert_nothing_recorded(tmp_path)
@@ -218,7 +218,7 @@ def test_run_rejects_non_positive_limits(tmp_path: Path, args: list[str], needle
 )
 def test_usage_errors_are_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
     """Click's usage errors come out as one 'casare-nb: error:' line with exit 2 too."""
-    write_notebook(tmp_path / "wf.ipynb", "print(limit)", params=LIMIT_PARAMS)
+    write_notebook(tmp_path / "wf.ipynb", ["print(limit)"], params=LIMIT_PARAMS)
     line = error_line(run_cli(tmp_path, *args))
     assert needle in line
     assert_nothing_recorded(tmp_path)
@@ -233,9 +233,7 @@ def test_code_given_to_a_str_parameter_is_data_not_code(tmp_path: Path) -> None:
     """A str value that looks like code is injected as a string literal and never executed."""
     write_notebook(
         tmp_path / "wf.ipynb",
-        "print(repr(a))",
-        "print(repr(b))",
-        "print('os' in globals())",
+        ["print(repr(a))", "print(repr(b))", "print('os' in globals())"],
         params='a: str = "x"\nb: str = "y"',
     )
     a_value = "1; import os"
@@ -246,16 +244,17 @@ def test_code_given_to_a_str_parameter_is_data_not_code(tmp_path: Path) -> None:
     source = injected_source(out)
     assert f"a = {a_value!r}" in source
     assert f"b = {b_value!r}" in source
-    assert cell_text(out.cells[2]).strip() == repr(a_value)
-    assert cell_text(out.cells[3]).strip() == repr(b_value)
-    assert cell_text(out.cells[4]).strip() == "False"
+    by_id = {cell.get("id"): cell for cell in out.cells}
+    assert cell_text(by_id["c0"]).strip() == repr(a_value)
+    assert cell_text(by_id["c1"]).strip() == repr(b_value)
+    assert cell_text(by_id["c2"]).strip() == "False"
     assert not (tmp_path / "pwned").exists()
     assert not (tmp_path / "os").exists()
 
 
 def test_lenient_run_warns_about_an_unknown_parameter_and_runs(tmp_path: Path) -> None:
     """--lenient turns an unknown parameter into a warning on stderr and the run completes."""
-    write_notebook(tmp_path / "wf.ipynb", "print('limit is', limit)", params=LIMIT_PARAMS)
+    write_notebook(tmp_path / "wf.ipynb", ["print('limit is', limit)"], params=LIMIT_PARAMS)
     proc = run_cli(
         tmp_path, "run", "wf.ipynb", "out.ipynb", "--lenient", "-p", "nope", "5", "-p", "limit", "4"
     )
@@ -274,7 +273,7 @@ def test_lenient_run_warns_about_an_unknown_parameter_and_runs(tmp_path: Path) -
 def test_params_prints_the_table_of_parameters(tmp_path: Path) -> None:
     """`params` prints one row per parameter with its type and default or '(required)'."""
     write_notebook(
-        tmp_path / "wf.ipynb", "pass", params='limit: int = 1\nratio: float\nname: str = "x"'
+        tmp_path / "wf.ipynb", ["pass"], params='limit: int = 1\nratio: float\nname: str = "x"'
     )
     proc = run_cli(tmp_path, "params", "wf.ipynb")
     assert proc.returncode == EXIT_OK, describe(proc)
@@ -290,7 +289,7 @@ def test_params_prints_the_table_of_parameters(tmp_path: Path) -> None:
 def test_params_json_prints_a_json_schema(tmp_path: Path) -> None:
     """`params --json` prints a JSON schema with the types, defaults and required names."""
     write_notebook(
-        tmp_path / "wf.ipynb", "pass", params='limit: int = 1\nratio: float\nname: str = "x"'
+        tmp_path / "wf.ipynb", ["pass"], params='limit: int = 1\nratio: float\nname: str = "x"'
     )
     proc = run_cli(tmp_path, "params", "--json", "wf.ipynb")
     assert proc.returncode == EXIT_OK, describe(proc)
@@ -306,7 +305,7 @@ def test_params_json_prints_a_json_schema(tmp_path: Path) -> None:
 
 def test_params_on_a_cell_with_a_syntax_error_is_bad_input(tmp_path: Path) -> None:
     """`params` on a parameters cell that does not parse is a one-line error, exit 2."""
-    write_notebook(tmp_path / "wf.ipynb", "pass", params="a = (1,\n")
+    write_notebook(tmp_path / "wf.ipynb", ["pass"], params="a = (1,\n")
     line = error_line(run_cli(tmp_path, "params", "wf.ipynb"))
     assert "parameters cell does not parse" in line
 
@@ -351,8 +350,8 @@ class TwoRuns:
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> TwoRuns:
     """A state directory holding one completed and one failed run (both with -p n 3)."""
     base = tmp_path_factory.mktemp("two_runs")
-    write_notebook(base / "good.ipynb", "print('value', n * 2)", params="n: int = 1")
-    write_notebook(base / "bad.ipynb", *FAILING_CELLS, params="n: int = 1")
+    write_notebook(base / "good.ipynb", ["print('value', n * 2)"], params="n: int = 1")
+    write_notebook(base / "bad.ipynb", FAILING_CELLS, params="n: int = 1")
     good = run_cli(base, "run", "good.ipynb", "good_out.ipynb", "-p", "n", "3")
     bad = run_cli(base, "run", "bad.ipynb", "-p", "n", "3")
     started = STARTED_RE.search(good.stdout)
@@ -373,7 +372,7 @@ def test_failing_run_exits_1_with_cell_error_and_resume_command(two_runs: TwoRun
     """A failing run exits 1 and prints the failed cell, the error and the resume command."""
     proc = two_runs.bad
     assert proc.returncode == EXIT_FAILED, describe(proc)
-    assert "failed at cell 3: ValueError: boom 6" in proc.stderr
+    assert "failed at cell 4: ValueError: boom 6" in proc.stderr  # title, params, injected, c0
     assert f"casare-nb resume {two_runs.bad_id}" in proc.stderr
     assert RUN_ID_RE.match(two_runs.bad_id)
     assert "after" not in proc.stdout
@@ -383,19 +382,19 @@ def test_history_knows_the_run_id_printed_by_a_failing_run(two_runs: TwoRuns) ->
     """`history RUN_ID` for the id in the resume hint shows that run, failed at its cell."""
     proc = run_cli(two_runs.base, "history", two_runs.bad_id)
     assert proc.returncode == EXIT_OK, describe(proc)
-    assert "cell 3: ValueError: boom 6" in proc.stdout
+    assert "cell 4: ValueError: boom 6" in proc.stdout
     data = history_json(two_runs.base, two_runs.bad_id)
     assert isinstance(data, dict)
     [attempt] = data["attempts"]
     assert attempt["run_id"] == two_runs.bad_id
     assert attempt["status"] == "failed"
-    assert attempt["failed_cell"] == 3
+    assert attempt["failed_cell"] == 4
     assert attempt["parameters"] == {"n": 3}
     assert [(c["cell_index"], c["status"]) for c in data["cells"]] == [
-        (0, "ok"),
-        (1, "ok"),
+        (1, "ok"),  # cell 0 is the markdown title
         (2, "ok"),
-        (3, "error"),
+        (3, "ok"),
+        (4, "error"),
     ]
 
 
@@ -440,7 +439,7 @@ def test_history_of_an_unknown_run_with_history_is_bad_input(two_runs: TwoRuns) 
 
 def test_resume_after_the_workflow_was_deleted_is_bad_input(tmp_path: Path) -> None:
     """`resume` when the workflow notebook was deleted is a one-line error, no new attempt."""
-    write_notebook(tmp_path / "wf.ipynb", *FAILING_CELLS, params="n: int = 1")
+    write_notebook(tmp_path / "wf.ipynb", FAILING_CELLS, params="n: int = 1")
     first = run_cli(tmp_path, "run", "wf.ipynb")
     assert first.returncode == EXIT_FAILED, describe(first)
     run_id = resume_run_id(first.stderr)

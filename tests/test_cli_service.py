@@ -19,8 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import write_notebook
-from helpers import ERROR_PREFIX, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, cli_env, describe, run_cli
+from helpers import (
+    ERROR_PREFIX,
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    cli_env,
+    describe,
+    run_cli,
+    write_notebook,
+)
 from stores import opened
 
 from casare_nb import Client, ClientError
@@ -394,6 +402,7 @@ def test_robot_sigterm_finishes_its_running_job_then_exits_0(live: Orchestrator)
         robot.kill()
 
 
+@pytest.mark.slow
 def test_orchestrator_sigterm_drains_then_exits_0_and_removes_its_runtime_file(
     tmp_path: Path, incli: Cli
 ) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import write_notebook
+from helpers import write_notebook
 
 from casare_nb import Client, ClientError
 from casare_nb.core.models import RunStatus
@@ -61,7 +61,7 @@ def test_submit_with_wait_answers_the_completed_job(client: Client) -> None:
     assert (job.status, job.attempt, job.robot_id) == (RunStatus.COMPLETED, 1, "robot-a")
     assert job.parameters == {"n": 41}
     assert client.get(job.job_id) == job
-    assert job.job_id in [j.job_id for j in client.list(RunStatus.COMPLETED)]
+    assert job.job_id in [j.job_id for j in client.jobs(RunStatus.COMPLETED)]
 
 
 def test_wait_reports_each_cell_of_the_job_in_order(client: Client) -> None:
@@ -211,7 +211,7 @@ def test_unreachable_orchestrator_is_a_client_error_without_status(tmp_path: Pat
         Client("http://127.0.0.1:9", "token") as nowhere,
         pytest.raises(ClientError, match="cannot reach the orchestrator") as err,
     ):
-        nowhere.list()
+        nowhere.jobs()
     assert err.value.status is None
 
 
@@ -227,3 +227,16 @@ def test_importing_casare_nb_does_not_import_httpx() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert run.stdout.split() == ["False", "False", "True"]
+
+
+def test_the_client_lists_jobs_under_a_name_that_shadows_nothing() -> None:
+    """Client.jobs lists jobs; the class defines no attribute named like a builtin, and the
+    package ships py.typed so users' type checkers see these types."""
+    import builtins
+    from importlib import resources
+
+    assert callable(Client.jobs)
+    assert not [n for n in vars(Client) if not n.startswith("_") and hasattr(builtins, n)]
+    assert resources.files("casare_nb").joinpath("py.typed").is_file()
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert 'casare_nb = ["py.typed"]' in pyproject

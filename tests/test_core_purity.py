@@ -94,8 +94,11 @@ def test_import_scanner_sees_nested_and_dynamic_imports() -> None:
 
 
 def test_importing_core_modules_loads_no_io_framework() -> None:
-    """Importing core.params, core.models and core.cells leaves every forbidden module unloaded."""
-    code = "import casare_nb.core.params, casare_nb.core.models, casare_nb.core.cells"
+    """Importing core.params, injection, models and cells leaves every forbidden module unloaded."""
+    code = (
+        "import casare_nb.core.params, casare_nb.core.injection, casare_nb.core.models, "
+        "casare_nb.core.cells"
+    )
     assert loaded_forbidden(code) == []
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_notebook
+from helpers import write_notebook
 
 from casare_nb.core.models import TriggerKind
 from casare_nb.core.triggers import TriggerError

@@ -9,6 +9,7 @@ import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from helpers import EXIT_BAD_INPUT, EXIT_OK, describe, run_cli
 
 from casare_nb.api import RuntimeInfo
@@ -18,6 +19,7 @@ from casare_nb.store.embedded import open_embedded
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 
 
+@pytest.mark.slow
 def test_demo_runs_the_examples_through_the_orchestrator_and_exits_0(tmp_path: Path) -> None:
     """The demo completes sales_report, re-runs flaky_ingest and long_prefix from their failed
     cells, fires a schedule and a signed webhook (a forged one refused), prints the jobs

@@ -117,6 +117,7 @@ async def test_drain_before_start_at_waits_for_the_job_to_run(
     assert first_cell_at(stamp) >= start_at
 
 
+@pytest.mark.slow
 async def test_a_robot_lost_before_start_at_leaves_the_job_to_another_that_waits_too(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -190,6 +191,7 @@ async def test_a_schedule_sends_its_job_ahead_and_the_first_cell_runs_at_the_due
     assert [(f.due_at, f.job_id) for f in fires] == [(due, done.job_id)]
 
 
+@pytest.mark.slow
 async def test_a_due_time_less_than_the_lead_ahead_fires_at_it_and_the_next_goes_ahead(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -220,6 +222,7 @@ async def test_a_due_time_less_than_the_lead_ahead_fires_at_it_and_the_next_goes
     assert second.start_at == dues[1] and second_at < dues[1]
 
 
+@pytest.mark.slow
 async def test_a_fire_ahead_of_time_checks_max_instances_at_the_due_time(
     cluster: Cluster, tmp_path: Path
 ) -> None:

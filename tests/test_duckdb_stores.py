@@ -5,12 +5,12 @@ leaves in the file."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import sigkill_after
+from stores import T0, make_job, running
 
 from casare_nb.core.errors import QueueError
 from casare_nb.core.models import Job, JobStatus, RunRecord
@@ -21,7 +21,6 @@ from casare_nb.store.history import HistoryStore
 from casare_nb.store.interfaces import Stores
 from casare_nb.store.jobs import DuckDBJobStore
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 WAIT = 30.0  # seconds a mark may take on a slow machine; never slept
 
 STAGE_THEN_BLOCK_SCRIPT = """
@@ -44,23 +43,6 @@ print("durable", flush=True)
 store.stage(job.model_copy(update={"status": JobStatus.COMPLETED, "attempt": 1}))
 sys.stdin.read()
 """
-
-
-def make_job(job_id: str = "j1", **changes: Any) -> Job:
-    fields: dict[str, Any] = {
-        "job_id": job_id,
-        "workflow_path": "workflows/demo.ipynb",
-        "created_at": T0,
-        "eligible_at": T0,
-    }
-    fields.update(changes)
-    return Job(**fields)
-
-
-def running(job: Job, robot_id: str = "robot-1", attempt: int = 1) -> Job:
-    return job.model_copy(
-        update={"status": JobStatus.RUNNING, "robot_id": robot_id, "attempt": attempt}
-    )
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, cell_index, mark, outputs_text
+from helpers import Workspace, cell_index, mark, outputs_text
 from nbformat import NotebookNode
 
 from casare_nb.core.errors import StateError
@@ -131,6 +131,7 @@ async def test_exit_call_is_recorded_as_exited(ws: Workspace) -> None:
     assert result.status is RunStatus.FAILED
 
 
+@pytest.mark.slow
 async def test_kernel_death_is_recorded(ws: Workspace) -> None:
     """A cell that kills its kernel is recorded as kernel_died, and the run fails."""
     nb = ws.notebook(["import os\nos._exit(1)", "print('never')"])

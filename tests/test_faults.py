@@ -100,6 +100,7 @@ def once_per_attempt(history: HistoryStore, job_id: str) -> None:
     assert len(keys) == len(set(keys)), f"a cell was recorded twice in one attempt: {keys}"
 
 
+@pytest.mark.slow
 async def test_robot_sigkilled_mid_cell_job_resumes_on_another(
     fleet: Fleet, tmp_path: Path
 ) -> None:
@@ -136,6 +137,7 @@ async def test_robot_sigkilled_mid_cell_job_resumes_on_another(
     assert runs[0].error_name == "RobotLost"
 
 
+@pytest.mark.slow
 async def test_robot_killed_after_a_cell_before_reporting_more(
     fleet: Fleet, tmp_path: Path
 ) -> None:
@@ -162,6 +164,7 @@ async def test_robot_killed_after_a_cell_before_reporting_more(
     once_per_attempt(await fleet.history(), job.job_id)
 
 
+@pytest.mark.slow
 async def test_frozen_robot_that_never_accepts_then_dies(fleet: Fleet, tmp_path: Path) -> None:
     """A robot frozen (SIGSTOP) before it could accept its job, then SIGKILLed: the job goes
     back to the queue and completes on another robot."""
@@ -179,6 +182,7 @@ async def test_frozen_robot_that_never_accepts_then_dies(fleet: Fleet, tmp_path:
     once_per_attempt(await fleet.history(), job.job_id)
 
 
+@pytest.mark.slow
 def test_orchestrator_sigkilled_mid_run_restarts_and_the_job_continues(tmp_path: Path) -> None:
     """SIGKILL the orchestrator while a cell runs and start it again: the queue is restored,
     the robot reconnects and its job continues as the same attempt; nothing runs twice and

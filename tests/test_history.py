@@ -7,19 +7,18 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from stores import make_cell, make_run
 
-from casare_nb.core.models import CellRecord, CellStatus, RunRecord, RunStatus
+from casare_nb.core.models import CellRecord, RunRecord, RunStatus
 from casare_nb.store import database, history, schema
 from casare_nb.store.database import Database, HistoryError
 from casare_nb.store.history import HistoryStore, HistoryWriter
 from casare_nb.store.schema import SCHEMA_VERSION
-
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 HOLD_LOCK_SCRIPT = (
     "import duckdb, sys\n"
@@ -29,34 +28,6 @@ HOLD_LOCK_SCRIPT = (
     "con.close()\n"
 )
 OPEN_ONCE_SCRIPT = "import duckdb, sys; duckdb.connect(sys.argv[1]).close()"
-
-
-def make_run(run_id: str = "run-1", attempt: int = 1, **changes: Any) -> RunRecord:
-    fields: dict[str, Any] = {
-        "run_id": run_id,
-        "attempt": attempt,
-        "workflow_path": "workflows/demo.yaml",
-        "notebook_sha256": "ab" * 32,
-        "started_at": T0,
-    }
-    fields.update(changes)
-    return RunRecord(**fields)
-
-
-def make_cell(
-    run_id: str = "run-1", attempt: int = 1, cell_index: int = 0, **changes: Any
-) -> CellRecord:
-    fields: dict[str, Any] = {
-        "run_id": run_id,
-        "attempt": attempt,
-        "cell_index": cell_index,
-        "cell_id": f"cell-{cell_index}",
-        "status": CellStatus.OK,
-        "started_at": T0 + timedelta(seconds=cell_index),
-        "duration_s": 0.25,
-    }
-    fields.update(changes)
-    return CellRecord(**fields)
 
 
 @pytest.fixture

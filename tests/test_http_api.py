@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import write_notebook
+from helpers import write_notebook
 
 from casare_nb.orchestrator.service import OrchestratorService
 

@@ -155,6 +155,7 @@ async def test_queued_job_is_cancelled_at_once(cluster: Cluster, tmp_path: Path)
     assert cluster.orch.jobs(RunStatus.QUEUED) == []
 
 
+@pytest.mark.slow
 async def test_job_of_a_dead_robot_completes_on_another(cluster: Cluster, tmp_path: Path) -> None:
     """A robot that disconnects mid-job: the job is requeued and completes on the other."""
     nb = notebook(tmp_path, "long.ipynb", ["import time\ntime.sleep(2)", "x = 1"])

@@ -3,43 +3,17 @@ stored jobs, staged states written behind with marks, reads that show what is st
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import pytest
-from stores import Backend
+from stores import T0, Backend, make_job, running
 
 from casare_nb.core.errors import JobExists, QueueError
 from casare_nb.core.models import Job, JobStatus, Priority
 from casare_nb.store.interfaces import Stores
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 WAIT = 30.0  # seconds a mark may take on a slow machine; never slept
 SLOW = 3600.0  # a group-commit window that only a waiter cuts short
-
-
-def make_job(job_id: str = "j1", **changes: Any) -> Job:
-    fields: dict[str, Any] = {
-        "job_id": job_id,
-        "workflow_path": "workflows/demo.ipynb",
-        "parameters": {"n": 3, "name": "x"},
-        "tags": ["gpu"],
-        "created_at": T0,
-        "eligible_at": T0,
-    }
-    fields.update(changes)
-    return Job(**fields)
-
-
-def running(job: Job, robot_id: str = "robot-1", attempt: int = 1) -> Job:
-    return job.model_copy(
-        update={
-            "status": JobStatus.RUNNING,
-            "robot_id": robot_id,
-            "attempt": attempt,
-            "assigned_at": T0,
-        }
-    )
 
 
 def committed(backend: Backend, job_id: str) -> Job | None:

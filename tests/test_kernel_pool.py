@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, outputs_text, replace_cell
+from helpers import Workspace, outputs_text, replace_cell
 
 from casare_nb.core.models import RunStatus
 from casare_nb.notebook.pool import KernelPool

@@ -45,6 +45,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return found
 
 
+@pytest.mark.slow
 async def test_metrics_count_jobs_cells_robots_queue_and_heartbeat_misses(
     service: OrchestratorService, tmp_path: Path
 ) -> None:

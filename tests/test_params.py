@@ -1,4 +1,5 @@
-"""Tests for casare_nb.core.params: the parameters cell as schema, validation, injection."""
+"""Tests for the parameters cell as schema (core.params, parameters_cell, literals) and
+injection (core.injection)."""
 
 from __future__ import annotations
 
@@ -15,17 +16,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import SecretStr
 
-from casare_nb.core.params import (
-    ParameterError,
-    ParamSchema,
-    Secret,
-    parameterize,
-    parse_cli_pairs,
-    read_schema,
-    redact,
-    render_injection,
-    scrub,
-)
+from casare_nb.core.injection import parameterize, redact, render_injection, scrub
+from casare_nb.core.params import ParameterError, ParamSchema, Secret, parse_cli_pairs, read_schema
 
 # --- helpers ---------------------------------------------------------------------------------
 

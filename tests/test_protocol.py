@@ -197,7 +197,7 @@ def test_every_union_member_has_a_sample() -> None:
 def test_every_message_is_documented(cls: type[p.Envelope]) -> None:
     """Each message has a one-line docstring, a known direction and a description per field."""
     assert cls.__doc__ and "\n" not in cls.__doc__.strip()
-    assert cls.direction in p._SENDERS
+    assert cls.direction in p.SENDERS
     assert p.senders(cls)
     for name, field in cls.model_fields.items():
         assert name == "type" or field.description, f"{cls.__name__}.{name} has no description"

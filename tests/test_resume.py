@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, cell_index, mark, outputs_text, replace_cell
+from helpers import Workspace, cell_index, mark, outputs_text, replace_cell
 
 from casare_nb.core.errors import ResumeError, RunNotFound
 from casare_nb.core.models import CellStatus, RestoreMode, RunStatus

@@ -51,9 +51,10 @@ from casare_nb.protocol import (
     decode,
     encode,
 )
-from casare_nb.robot.agent import RobotAgent, Send, is_buffered
+from casare_nb.robot.agent import RobotAgent, Send
 from casare_nb.robot.backoff import Backoff
 from casare_nb.robot.config import RobotConfig, load_config
+from casare_nb.robot.outbox import is_buffered
 
 TOKEN = "s3cret-robot-token"
 HB_S = 7.0  # the heartbeat interval of the fake's register_ack; no backoff delay equals it
@@ -381,7 +382,7 @@ async def test_reports_sent_offline_arrive_after_reregister_in_order_before_new_
 async def test_register_resumes_running_jobs_and_jobs_that_finished_offline(
     tmp_path: Path,
 ) -> None:
-    """register's resume_from lists the jobs the runner holds and those whose final result
+    """register's holding lists the jobs the runner holds and those whose final result
     waits in the buffer; continued, the result is delivered."""
     async with linked(tmp_path) as link:
         await link.assign("job-1", "job-2")

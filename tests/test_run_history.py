@@ -5,40 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
-from casare_nb.core.models import CellRecord, CellStatus, RestoreMode, RunRecord, RunStatus
+from stores import T0, make_cell, make_run
+
+from casare_nb.core.models import CellStatus, RestoreMode, RunStatus
 from casare_nb.store.interfaces import Stores
-
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-
-def make_run(run_id: str = "run-1", attempt: int = 1, **changes: Any) -> RunRecord:
-    fields: dict[str, Any] = {
-        "run_id": run_id,
-        "attempt": attempt,
-        "workflow_path": "workflows/demo.yaml",
-        "notebook_sha256": "ab" * 32,
-        "started_at": T0,
-    }
-    fields.update(changes)
-    return RunRecord(**fields)
-
-
-def make_cell(
-    run_id: str = "run-1", attempt: int = 1, cell_index: int = 0, **changes: Any
-) -> CellRecord:
-    fields: dict[str, Any] = {
-        "run_id": run_id,
-        "attempt": attempt,
-        "cell_index": cell_index,
-        "cell_id": f"cell-{cell_index}",
-        "status": CellStatus.OK,
-        "started_at": T0 + timedelta(seconds=cell_index),
-        "duration_s": 0.25,
-    }
-    fields.update(changes)
-    return CellRecord(**fields)
 
 
 def test_run_upsert_is_idempotent(stores: Stores) -> None:

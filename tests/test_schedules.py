@@ -265,6 +265,7 @@ async def test_a_failed_submit_is_recorded_and_firing_goes_on(
     assert await sched.fire_due("s1", due + timedelta(hours=1)) is not None
 
 
+@pytest.mark.slow
 async def test_max_instances_skips_fires_while_a_run_is_unfinished(
     cluster: Cluster, sched: Scheduler, tmp_path: Path
 ) -> None:
@@ -447,27 +448,32 @@ async def test_live_due_times_later_than_the_grace_are_recorded_skipped(
 async def test_pause_stops_fires_and_resume_restarts_them(
     cluster: Cluster, sched: Scheduler, flow: Path
 ) -> None:
-    """A paused schedule fires no more (and is stored paused); resumed, it fires again."""
+    """A paused schedule is stored paused and unplanned (APScheduler holds no fire for it);
+    resumed, it is planned again and fires."""
     await sched.add(make(flow, kind=ScheduleKind.INTERVAL, every_s=0.2, max_instances=50))
     await eventually(lambda: len(jobs_of(cluster.orch, "s1")) >= 1)
+    assert sched.planned("s1") is not None
     paused = await sched.pause("s1")
     assert paused.paused and (await asyncio.to_thread(sched.store.schedule, "s1")).paused  # type: ignore[union-attr]
-    await asyncio.sleep(0.3)  # a fire under way at the pause lands
+    assert sched.planned("s1") is None
     count = len(jobs_of(cluster.orch, "s1"))
-    await asyncio.sleep(0.6)  # three due times
-    assert len(jobs_of(cluster.orch, "s1")) == count
-    assert not (await sched.resume("s1")).paused
+    resumed = await sched.resume("s1")
+    assert not resumed.paused
+    planned = sched.planned("s1")
+    assert planned is not None and planned > datetime.now(UTC) - timedelta(seconds=0.2)
     await eventually(lambda: len(jobs_of(cluster.orch, "s1")) > count)
 
 
 async def test_remove_unschedules(cluster: Cluster, sched: Scheduler, flow: Path) -> None:
-    """A removed schedule is gone from the store and fires no more; unknown ids raise."""
+    """A removed schedule is gone from the store and unplanned, a due time of it fires
+    nothing, and unknown ids raise."""
     s = await sched.add(make(flow, kind=ScheduleKind.INTERVAL, every_s=0.2))
+    assert sched.planned("s1") is not None
     removed = await sched.remove("s1")
     assert removed.schedule_id == "s1" and sched.schedules() == []
     assert await asyncio.to_thread(sched.store.schedule, "s1") is None
+    assert sched.planned("s1") is None
     assert await sched.fire_due("s1", s.created_at + timedelta(seconds=0.2)) is None
-    await asyncio.sleep(0.5)
     assert jobs_of(cluster.orch, "s1") == []
     for act in (sched.pause, sched.resume, sched.remove):
         with pytest.raises(QueueError, match="unknown schedule s1"):

@@ -9,7 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
-from conftest import cell_index, mark, replace_cell, write_notebook
+import pytest
+from helpers import cell_index, mark, replace_cell, write_notebook
 
 from casare_nb.core.models import CellStatus, RunStatus
 from casare_nb.store.history import HistoryStore
@@ -61,6 +62,7 @@ def test_ctrl_c_interrupts_the_kernel_and_records_cancelled(tmp_path: Path) -> N
     ]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_the_cell_it_was_in(tmp_path: Path) -> None:
     """After SIGKILL of the runner mid-cell, resume restores and re-runs from that cell."""
     nb = blocking_workflow(tmp_path)

@@ -20,8 +20,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from conftest import write_notebook
-from helpers import ERROR_PREFIX, EXIT_BAD_INPUT, EXIT_OK, describe, run_cli
+from helpers import ERROR_PREFIX, EXIT_BAD_INPUT, EXIT_OK, describe, run_cli, write_notebook
 
 from casare_nb import Client, ClientError
 from casare_nb.core.models import RunStatus, TriggerKind
@@ -224,11 +223,11 @@ def test_webhook_without_a_valid_signature_is_401_and_submits_nothing(
 ) -> None:
     """Missing, malformed, sha1= and wrong signatures answer 401 over HTTP; no job appears."""
     info = client.add_trigger("webhook", "report.ipynb", secret_env="HOOK_SECRET")
-    before = len(client.list(limit=10_000))
+    before = len(client.jobs(limit=10_000))
     assert info.url is not None
     answer = httpx.post(info.url, content=b"{}", headers=headers, timeout=WAIT)
     assert answer.status_code == status and "detail" in answer.json()
-    assert len(client.list(limit=10_000)) == before
+    assert len(client.jobs(limit=10_000)) == before
 
 
 def test_webhook_body_not_json_or_not_valid_is_422(client: Client) -> None:
@@ -236,11 +235,11 @@ def test_webhook_body_not_json_or_not_valid_is_422(client: Client) -> None:
     reason; nothing is submitted."""
     info = client.add_trigger("webhook", "report.ipynb", secret_env="HOOK_SECRET")
     assert info.url is not None
-    before = len(client.list(limit=10_000))
+    before = len(client.jobs(limit=10_000))
     for body, needle in ((b"region=EU", "JSON"), (b'{"count": "many"}', "count")):
         answer = httpx.post(info.url, content=body, headers=signed(body), timeout=WAIT)
         assert answer.status_code == 422 and needle in answer.json()["detail"], answer.text
-    assert len(client.list(limit=10_000)) == before
+    assert len(client.jobs(limit=10_000)) == before
 
 
 def test_unknown_webhook_is_404(client: Client) -> None:
@@ -265,7 +264,7 @@ def test_on_success_chain_passes_the_run_id_and_recorded_outputs(client: Client)
     while True:
         chained = [
             j
-            for j in client.list(limit=200)
+            for j in client.jobs(limit=200)
             if j.trigger is not None and j.trigger.previous_job_id == first.job_id
         ]
         if chained:
@@ -288,14 +287,14 @@ def test_file_watch_trigger_submits_a_new_csv_with_its_path(client: Client, tmp_
     (inbox / "notes.txt").write_text("ignored\n")
     (inbox / "sales.csv").write_text("a,b\n1,2\n")
     deadline = time.monotonic() + WAIT
-    while not (mine := [j for j in client.list(limit=200) if j.source == "file_watch"]):
+    while not (mine := [j for j in client.jobs(limit=200) if j.source == "file_watch"]):
         assert time.monotonic() < deadline, "the new file was not submitted"
         time.sleep(0.05)
     job = client.wait(mine[0].job_id, timeout=WAIT)
     assert job.status is RunStatus.COMPLETED, job.error_message
     assert job.parameters == {"file_path": str(inbox / "sales.csv")}
     assert job.trigger is not None and job.trigger.file == str(inbox / "sales.csv")
-    assert [j.job_id for j in client.list(limit=200) if j.source == "file_watch"] == [job.job_id]
+    assert [j.job_id for j in client.jobs(limit=200) if j.source == "file_watch"] == [job.job_id]
 
 
 def test_bad_triggers_are_refused_with_one_line(client: Client, tmp_path: Path) -> None:
@@ -318,6 +317,7 @@ def test_bad_triggers_are_refused_with_one_line(client: Client, tmp_path: Path) 
 # -- the command line -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_schedule_and_trigger_commands_against_the_running_orchestrator(
     served: ServiceThread, client: Client, tmp_path: Path
 ) -> None:
@@ -371,6 +371,7 @@ def test_schedule_and_trigger_commands_against_the_running_orchestrator(
     assert sid not in run_cli(tmp_path, "schedule", "list", *state).stdout
 
 
+@pytest.mark.slow
 def test_a_flood_of_1000_webhook_calls_is_all_accounted_for(client: Client) -> None:
     """1,000 signed deliveries over HTTP from 32 connections at once (plus 100 of them
     re-sent) give exactly 1,000 queued jobs, one per delivery id, and every re-sent one
@@ -398,7 +399,7 @@ def test_a_flood_of_1000_webhook_calls_is_all_accounted_for(client: Client) -> N
     ids = [body["job_id"] for _, body in first]
     assert len(set(ids)) == 1000
     assert again == [(200, {**body, "duplicate": True}) for _, body in first[:100]]
-    jobs = {j.job_id: j for j in client.list(RunStatus.QUEUED, limit=10_000)}
+    jobs = {j.job_id: j for j in client.jobs(RunStatus.QUEUED, limit=10_000)}
     mine = [jobs[i] for i in ids]
     assert sorted(j.parameters["count"] for j in mine) == list(range(1000))
     assert {j.trigger.delivery_id for j in mine if j.trigger} == {f"flood-{i}" for i in range(1000)}

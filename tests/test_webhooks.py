@@ -315,6 +315,7 @@ async def test_a_draining_orchestrator_answers_503_and_keeps_no_claim(
     assert jobs(receiver) == [] and receiver.store.deliveries("hook") == []
 
 
+@pytest.mark.slow
 async def test_a_flood_of_deliveries_is_all_accounted_for(cluster: Cluster, tmp_path: Path) -> None:
     """1,000 deliveries at once: 1,000 jobs, one per delivery; 100 re-sent are duplicates."""
     receiver = make_receiver(cluster, tmp_path)

@@ -171,3 +171,37 @@ parameter_options = [
         help="YAML or JSON file of parameters.",
     ),
 ]
+
+
+job_options = [
+    click.option(
+        "--priority",
+        type=click.Choice(["low", "normal", "high", "critical"]),
+        default="normal",
+        show_default=True,
+    ),
+    click.option("--tags", help="Comma-separated tags the robot must have."),
+    click.option("--env", "environment", help="Environment the robot must be in."),
+    click.option("--max-retries", type=click.IntRange(0, 100), default=0, show_default=True),
+]
+
+
+def job_fields(
+    params: Sequence[tuple[str, str]],
+    params_file: str | None,
+    priority: str,
+    tags: str | None,
+    environment: str | None,
+    max_retries: int,
+) -> dict[str, Any]:
+    """The job fields of a submit, schedule or trigger, as the API takes them: parameters read
+    (typed and raw), tags split."""
+    typed, raw = read_params(params, params_file)
+    return {
+        "parameters": typed,
+        "raw_parameters": raw,
+        "priority": priority,
+        "tags": [t.strip() for t in (tags or "").split(",") if t.strip()],
+        "environment": environment,
+        "max_retries": max_retries,
+    }

@@ -128,7 +128,7 @@ def _scenario(client: Client, checks: list[tuple[str, bool]]) -> None:
     _triggers(client, checks)
 
     click.echo("\n$ casare-nb jobs")
-    click.echo(jobs_table(client.list(limit=10)))
+    click.echo(jobs_table(client.jobs(limit=10)))
 
 
 def _triggers(client: Client, checks: list[tuple[str, bool]]) -> None:

@@ -16,6 +16,8 @@ from casare_nb.cli.app import (
     app,
     client_for,
     client_options,
+    job_fields,
+    job_options,
     parameter_options,
     read_params,
     wait_options,
@@ -46,44 +48,26 @@ def finish_wait(job: Any, as_json: bool) -> None:
 @app.command()
 @click.argument("workflow")
 @with_options(parameter_options)
-@click.option(
-    "--priority",
-    type=click.Choice(["low", "normal", "high", "critical"]),
-    default="normal",
-    show_default=True,
-)
-@click.option("--tags", help="Comma-separated tags the robot must have.")
-@click.option("--env", "environment", help="Environment the robot must be in.")
-@click.option("--max-retries", type=click.IntRange(0, 100), default=0, show_default=True)
+@with_options(job_options)
 @with_options(wait_options)
 @client_options
 def submit(
     workflow: str,
-    params: Sequence[tuple[str, str]],
-    params_file: str | None,
-    priority: str,
-    tags: str | None,
-    environment: str | None,
-    max_retries: int,
     wait: bool,
     wait_timeout: float | None,
     as_json: bool,
     url: str | None,
     token: str | None,
     state_dir: str | None,
+    **options: Any,
 ) -> None:
     """Queue a run of WORKFLOW on the orchestrator (path relative to its workflows dir)."""
-    typed, raw = read_params(params, params_file)
+    fields = job_fields(**options)
     client, local = client_for(url, token, state_dir)
     with client:
         job = client.submit(
             workflow_arg(workflow, local),
-            typed,
-            raw_parameters=raw,
-            priority=priority,
-            tags=[t.strip() for t in (tags or "").split(",") if t.strip()],
-            environment=environment,
-            max_retries=max_retries,
+            **fields,
             wait=wait,
             timeout=wait_timeout,
             on_event=None if as_json else job_event_printer(),
@@ -162,7 +146,7 @@ def jobs(
     """The orchestrator's jobs, newest first."""
     client, _ = client_for(url, token, state_dir)
     with client:
-        found = client.list(status, limit)
+        found = client.jobs(status, limit)
     if as_json:
         click.echo(json.dumps([j.model_dump(mode="json") for j in found], indent=1))
         return

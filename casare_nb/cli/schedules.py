@@ -15,8 +15,9 @@ from casare_nb.cli.app import (
     client_for,
     client_options,
     fail,
+    job_fields,
+    job_options,
     parameter_options,
-    read_params,
     with_options,
     workflow_arg,
 )
@@ -24,39 +25,6 @@ from casare_nb.cli.present import table
 
 if TYPE_CHECKING:
     from casare_nb.client import Client
-
-
-_job_fields = [
-    click.option(
-        "--priority",
-        type=click.Choice(["low", "normal", "high", "critical"]),
-        default="normal",
-        show_default=True,
-    ),
-    click.option("--tags", help="Comma-separated tags the robot must have."),
-    click.option("--env", "environment", help="Environment the robot must be in."),
-    click.option("--max-retries", type=click.IntRange(0, 100), default=0, show_default=True),
-]
-
-
-def _template(
-    params: Sequence[tuple[str, str]],
-    params_file: str | None,
-    priority: str,
-    tags: str | None,
-    environment: str | None,
-    max_retries: int,
-) -> dict[str, Any]:
-    """The job fields of a schedule or trigger, as the API takes them."""
-    typed, raw = read_params(params, params_file)
-    return {
-        "parameters": typed,
-        "raw_parameters": raw,
-        "priority": priority,
-        "tags": [t.strip() for t in (tags or "").split(",") if t.strip()],
-        "environment": environment,
-        "max_retries": max_retries,
-    }
 
 
 @app.group()
@@ -79,7 +47,7 @@ def schedule() -> None:
 @click.option("--misfire-grace", help="Skip a run later than this (a duration); default: never.")
 @click.option("--max-instances", type=click.IntRange(1, 1000), default=1, show_default=True)
 @with_options(parameter_options)
-@with_options(_job_fields)
+@with_options(job_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the schedule as JSON.")
 @client_options
 def schedule_add(
@@ -100,7 +68,7 @@ def schedule_add(
     """Run WORKFLOW on --cron, --every or --at (exactly one); prints its next due times."""
     if sum(x is not None for x in (cron, every, at)) != 1:
         fail("give exactly one of --cron, --every, --at")
-    fields = _template(**job)
+    fields = job_fields(**job)
     client, local = client_for(url, token, state_dir)
     with client:
         info = client.add_schedule(
@@ -259,7 +227,7 @@ def trigger() -> None:
 )
 @click.option("--run", "run", help="on-success/on-failure: the workflow to run next.")
 @with_options(parameter_options)
-@with_options(_job_fields)
+@with_options(job_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the trigger as JSON.")
 @client_options
 def trigger_add(
@@ -277,7 +245,7 @@ def trigger_add(
     **job: Any,
 ) -> None:
     """Add a KIND trigger of WORKFLOW (a webhook prints its URL)."""
-    fields = _template(**job)
+    fields = job_fields(**job)
     client, local = client_for(url, token, state_dir)
     path = watch_path
     if path is not None and local:

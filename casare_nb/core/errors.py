@@ -44,3 +44,7 @@ def one_line(what: BaseException | str) -> str:
     if text or isinstance(what, str):
         return text
     return type(what).__name__
+
+
+class ParameterError(CasareError, ValueError):
+    """A parameter problem the user must fix; ``str(err)`` is one line."""

@@ -5,9 +5,10 @@ Pure pydantic v2; no I/O. States are ``StrEnum`` so they read and store as plain
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -201,6 +202,22 @@ class Job(BaseModel):
     failures: int = 0  # attempts that ran and failed or timed out (what max_retries counts)
     failed_cell: int | None = None  # the cell index the last failed attempt stopped at
     trigger: TriggerRef | None = None  # the schedule or trigger that submitted it, if any
+
+
+class SubmitOptions(TypedDict, total=False):
+    """How a job is submitted, besides its workflow and parameters: the keywords of
+    :meth:`JobManager.submit <casare_nb.orchestrator.jobs.manager.JobManager.submit>`, which
+    holds their defaults and meaning; the front door and the triggers' desk pass them on."""
+
+    raw_parameters: Mapping[str, str] | None
+    priority: Priority
+    tags: Sequence[str]
+    environment: str | None
+    max_retries: int
+    source: str
+    trigger: TriggerRef | None
+    job_id: str | None
+    start_at: datetime | None
 
 
 class Robot(BaseModel):

@@ -21,8 +21,9 @@ from nbclient.exceptions import CellExecutionError, DeadKernelError
 from nbformat import NotebookNode
 
 from casare_nb.core.cells import source_sha256
+from casare_nb.core.injection import scrub
 from casare_nb.core.models import CellRecord, CellStatus, RunStatus
-from casare_nb.core.params import PARAMETERS_TAG, scrub
+from casare_nb.core.parameters_cell import PARAMETERS_TAG
 from casare_nb.notebook.hooks import Hooks
 from casare_nb.notebook.kernels import KernelCallError, KernelSession, casare_code
 from casare_nb.notebook.state import AttemptPaths, StateDir, write_json_atomic

@@ -75,7 +75,8 @@ class KernelSession:
         km = AsyncKernelManager(kernel_name=kernel_name, transport="ipc", ip=f"{sockdir}/k")
         await km.start_kernel(cwd=str(cwd) if cwd else None)
         kc = km.client()
-        kc.start_channels()
+        # no heartbeat thread: the client asks its manager whether the process lives
+        kc.start_channels(hb=False)
         try:
             await kc.wait_for_ready(timeout=startup_timeout)
             msg_id = kc.kernel_info()

@@ -27,13 +27,10 @@ from nbformat import NotebookNode
 from pydantic import BaseModel, Field
 
 from casare_nb.core.cells import cell_names
+from casare_nb.core.injection import parameterize, render_injection
 from casare_nb.core.models import CellRecord, RestoreMode, ResumePlan, RunRecord, RunStatus
-from casare_nb.core.params import (
-    INJECTED_TAG,
-    ParamSchema,
-    parameterize,
-    render_injection,
-)
+from casare_nb.core.parameters_cell import INJECTED_TAG
+from casare_nb.core.params import ParamSchema
 from casare_nb.notebook.executor import Executor, Options, Outcome, Step, code_steps
 from casare_nb.notebook.hooks import RunHooks, hooks_of
 from casare_nb.notebook.kernels import KernelSession

@@ -22,16 +22,16 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from ssl import SSLContext
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 from casare_nb.api import DrainResult
 from casare_nb.core.dispatch import RetryPolicy
-from casare_nb.core.models import Job, Priority, Robot, RunStatus, TriggerRef
+from casare_nb.core.models import Job, Robot, RunStatus, SubmitOptions
 from casare_nb.orchestrator.jobs.manager import JobManager
 from casare_nb.orchestrator.metrics import OrchestratorMetrics
 from casare_nb.orchestrator.registry import RobotRegistry
@@ -206,33 +206,12 @@ class Orchestrator:
         self,
         workflow_path: str | os.PathLike[str],
         parameters: Mapping[str, Any] | None = None,
-        *,
-        raw_parameters: Mapping[str, str] | None = None,
-        priority: Priority = Priority.NORMAL,
-        tags: Sequence[str] = (),
-        environment: str | None = None,
-        max_retries: int = 0,
-        source: str = "api",
-        trigger: TriggerRef | None = None,
-        job_id: str | None = None,
-        start_at: datetime | None = None,
+        **options: Unpack[SubmitOptions],
     ) -> Job:
         """Validate and queue a run of ``workflow_path``; the queued job, once stored (see
         :meth:`JobManager.submit <casare_nb.orchestrator.jobs.manager.JobManager.submit>`)."""
         self._check_started()
-        return await self.job_manager.submit(
-            workflow_path,
-            parameters,
-            raw_parameters=raw_parameters,
-            priority=priority,
-            tags=tags,
-            environment=environment,
-            max_retries=max_retries,
-            source=source,
-            trigger=trigger,
-            job_id=job_id,
-            start_at=start_at,
-        )
+        return await self.job_manager.submit(workflow_path, parameters, **options)
 
     async def rerun(
         self,

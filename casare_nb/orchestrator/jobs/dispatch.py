@@ -33,8 +33,9 @@ from nbformat import NotebookNode
 
 from casare_nb.core.dispatch import plan_dispatch
 from casare_nb.core.errors import WorkflowError, one_line
+from casare_nb.core.injection import REDACTED
 from casare_nb.core.models import Job, Robot, RunStatus
-from casare_nb.core.params import REDACTED, ParameterError, ParamSchema, read_schema
+from casare_nb.core.params import ParameterError, ParamSchema, read_schema
 from casare_nb.notebook.run import check_parameters, parameterised
 from casare_nb.notebook.workflow import parse_workflow
 from casare_nb.orchestrator.jobs.book import Attempt, JobBook

@@ -38,9 +38,10 @@ from pydantic import SecretStr
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.errors import JobExists, OrchestratorDraining, QueueError
 from casare_nb.core.ids import new_run_id
+from casare_nb.core.injection import REDACTED, redact
 from casare_nb.core.jobs import LiveJobs
 from casare_nb.core.models import Job, Priority, RunStatus, TriggerRef
-from casare_nb.core.params import REDACTED, ParameterError, read_schema, redact
+from casare_nb.core.params import ParameterError, read_schema
 from casare_nb.notebook.run import check_parameters
 from casare_nb.notebook.workflow import load_workflow
 from casare_nb.orchestrator.jobs.attempts import Attempts, JobMessage

@@ -7,11 +7,11 @@ see nothing else of the orchestrator (no connections, no stores of jobs).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
-from casare_nb.core.models import Job, Priority, TriggerRef
+from casare_nb.core.models import Job, SubmitOptions
 
 __all__ = ["JobDesk"]
 
@@ -27,16 +27,7 @@ class JobDesk(Protocol):
         self,
         workflow_path: str | os.PathLike[str],
         parameters: Mapping[str, Any] | None = None,
-        *,
-        raw_parameters: Mapping[str, str] | None = None,
-        priority: Priority = Priority.NORMAL,
-        tags: Sequence[str] = (),
-        environment: str | None = None,
-        max_retries: int = 0,
-        source: str = "api",
-        trigger: TriggerRef | None = None,
-        job_id: str | None = None,
-        start_at: datetime | None = None,
+        **options: Unpack[SubmitOptions],
     ) -> Job:
         """Validate and queue a run; the job, once stored. ``OrchestratorDraining`` while a
         drain is under way, ``ParameterError`` / ``WorkflowError`` for bad input,

@@ -380,6 +380,14 @@ class Scheduler:
         """Every schedule, oldest first."""
         return sorted(self._schedules.values(), key=lambda s: (s.created_at, s.schedule_id))
 
+    def planned(self, schedule_id: str) -> datetime | None:
+        """When APScheduler will next fire ``schedule_id`` (UTC; ahead of the due time by the
+        lead), or None: paused, removed, finished or the scheduler is not running."""
+        job_id = self._planned.get(schedule_id)
+        job = None if self._aps is None or job_id is None else self._aps.get_job(job_id)
+        when = None if job is None else getattr(job, "next_run_time", None)
+        return None if when is None else when.astimezone(UTC)
+
     def next_fire_times(
         self, schedule: Schedule, n: int = 3, now: datetime | None = None
     ) -> list[datetime]:

@@ -1,0 +1,363 @@
+"""Frames and messages: the union of every message, :func:`encode` and :func:`decode` (with
+:class:`ProtocolError`), and the de-duplication of messages delivered more than once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Annotated, Any, NoReturn
+
+from pydantic import (
+    BaseModel,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
+
+from casare_nb.core.errors import CasareError
+from casare_nb.core.models import (
+    ResumePlan,
+)
+from casare_nb.protocol.base import (
+    MAX_FRAME_BYTES,
+    REVEAL_SECRETS,
+    SENDERS,
+    SUPPORTED_PROTOCOL_VERSIONS,
+    Capabilities,
+    Envelope,
+    ErrorCode,
+    JobRef,
+    LogRecord,
+    ResumeSpec,
+    Role,
+    Timeouts,
+)
+from casare_nb.protocol.messages import (
+    BlobAck,
+    BlobGet,
+    BlobPut,
+    CellEvent,
+    CheckpointOffer,
+    CheckpointStored,
+    CheckpointWant,
+    Error,
+    Event,
+    Heartbeat,
+    HeartbeatAck,
+    JobAccept,
+    JobAssign,
+    JobCancel,
+    JobCancelled,
+    JobComplete,
+    JobEvent,
+    JobFailed,
+    JobProgress,
+    JobReject,
+    LogBatch,
+    Pause,
+    Register,
+    RegisterAck,
+    RobotEvent,
+    RobotSnapshot,
+    Shutdown,
+    StatusRequest,
+    StatusResponse,
+    Subscribe,
+    Unpause,
+    Unsubscribe,
+)
+
+# --------------------------------------------------------------------------- the union
+
+Message = Annotated[
+    Register
+    | RegisterAck
+    | Heartbeat
+    | HeartbeatAck
+    | JobAssign
+    | JobAccept
+    | JobReject
+    | JobProgress
+    | JobComplete
+    | JobFailed
+    | JobCancel
+    | JobCancelled
+    | CheckpointOffer
+    | CheckpointWant
+    | BlobPut
+    | BlobAck
+    | BlobGet
+    | CheckpointStored
+    | LogBatch
+    | Pause
+    | Unpause
+    | Shutdown
+    | StatusRequest
+    | StatusResponse
+    | Error
+    | Subscribe
+    | Unsubscribe
+    | Event,
+    Field(discriminator="type"),
+]
+
+MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+
+SECTIONS: tuple[tuple[str, tuple[type[Envelope], ...]], ...] = (
+    ("Robot link", (Register, RegisterAck, Heartbeat, HeartbeatAck)),
+    (
+        "Jobs",
+        (
+            JobAssign,
+            JobAccept,
+            JobReject,
+            JobProgress,
+            JobComplete,
+            JobFailed,
+            JobCancel,
+            JobCancelled,
+        ),
+    ),
+    (
+        "Checkpoints and blobs",
+        (CheckpointOffer, CheckpointWant, BlobPut, BlobAck, BlobGet, CheckpointStored),
+    ),
+    ("Logs", (LogBatch,)),
+    ("Control", (Pause, Unpause, Shutdown, StatusRequest, StatusResponse)),
+    ("Errors", (Error,)),
+    ("Monitor channel", (Subscribe, Unsubscribe, Event)),
+)
+"""Every message class, grouped for the docs, in union order."""
+
+NESTED_MODELS: tuple[type[BaseModel], ...] = (
+    JobRef,
+    Capabilities,
+    Timeouts,
+    ResumePlan,
+    ResumeSpec,
+    LogRecord,
+    RobotEvent,
+    RobotSnapshot,
+    JobEvent,
+    CellEvent,
+)
+
+MESSAGE_TYPES: dict[str, type[Envelope]] = {
+    cls.model_fields["type"].default: cls for _, classes in SECTIONS for cls in classes
+}
+"""Message class by wire ``type``."""
+
+
+def senders(cls: type[Envelope]) -> frozenset[Role]:
+    """The roles that may send messages of class ``cls``."""
+    return SENDERS[cls.direction]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ProtocolError(CasareError):
+    """A frame that cannot be accepted; ``str(err)`` is one line, ``code`` says which kind."""
+
+    def __init__(
+        self,
+        code: ErrorCode | str,
+        message: str,
+        fatal: bool | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = ErrorCode(code)
+        self.message = message
+        self.fatal = self.code.fatal_by_default if fatal is None else fatal
+        self.message_id = message_id  # id of the refused message, when it had a readable one
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.code, self.message, self.fatal, self.message_id))
+
+    def __repr__(self) -> str:
+        return f"ProtocolError({self.code.value!r}, {self.message!r})"
+
+    def to_message(self, reply_to: str | None = None) -> Error:
+        """The error reply; ``reply_to`` defaults to the refused message's id."""
+        return Error(
+            code=self.code,
+            message=self.message,
+            fatal=self.fatal,
+            reply_to=reply_to if reply_to is not None else self.message_id,
+        )
+
+    @classmethod
+    def from_message(cls, error: Error) -> ProtocolError:
+        """The exception for an error a peer sent."""
+        return cls(error.code, error.message, error.fatal, error.reply_to)
+
+
+# --------------------------------------------------------------------------- codec
+
+
+def _utf8_size(text: str, limit: int) -> int:
+    """Byte length of ``text`` in UTF-8, exact unless it is certainly over ``limit``."""
+    if len(text) > limit or len(text) * 4 <= limit:
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _too_large(size: int, max_bytes: int) -> NoReturn:
+    raise ProtocolError(
+        ErrorCode.FRAME_TOO_LARGE,
+        f"frame too large: {size} bytes, the limit is {max_bytes}",
+    )
+
+
+def encode(msg: Envelope, *, max_bytes: int = MAX_FRAME_BYTES) -> str:
+    """The JSON text frame for ``msg`` (secrets included: the peer needs them).
+
+    Raises :class:`ProtocolError` ``frame_too_large`` when the frame would exceed
+    ``max_bytes``, so the sender learns it before the receiver drops the connection.
+    """
+    text = msg.model_dump_json(context={REVEAL_SECRETS: True})
+    size = _utf8_size(text, max_bytes)
+    if size > max_bytes:
+        _too_large(len(text.encode("utf-8", "surrogatepass")), max_bytes)
+    return text
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _unsupported(version: int) -> str:
+    spoken = ", ".join(map(str, sorted(SUPPORTED_PROTOCOL_VERSIONS)))
+    return f"unsupported protocol version {version}: this side speaks {spoken}"
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    first = errors[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    text = f"{loc}: {first['msg']}" if loc else first["msg"]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"invalid message: {text}{more}"
+
+
+def decode(
+    data: str | bytes,
+    *,
+    max_bytes: int = MAX_FRAME_BYTES,
+    sender: Role | None = None,
+) -> Message:
+    """The message in one frame; raises :class:`ProtocolError` if it cannot be accepted.
+
+    The size is checked before parsing. ``sender``, if given, is the role of the peer the
+    frame came from: a message that role may not send is refused as ``invalid_message``.
+    """
+    size = len(data) if isinstance(data, bytes) else _utf8_size(data, max_bytes)
+    if size > max_bytes:
+        _too_large(size, max_bytes)
+    try:
+        obj = json.loads(data, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            f"invalid message: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+        ) from None
+    except UnicodeDecodeError:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "invalid message: not UTF-8") from None
+    except ValueError as exc:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"invalid message: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, "invalid message: JSON nested too deeply"
+        ) from None
+    if not isinstance(obj, dict):
+        kind = "array" if isinstance(obj, list) else type(obj).__name__
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"invalid message: expected a JSON object, got {kind}"
+        )
+    raw_id = obj.get("id")
+    msg_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else None
+
+    def refuse(code: ErrorCode, message: str) -> NoReturn:
+        raise ProtocolError(code, message, message_id=msg_id)
+
+    mtype = obj.get("type")
+    if mtype is None:
+        refuse(ErrorCode.INVALID_MESSAGE, "invalid message: missing 'type'")
+    if not isinstance(mtype, str) or mtype not in MESSAGE_TYPES:
+        refuse(ErrorCode.INVALID_MESSAGE, f"invalid message: unknown type {mtype!r}")
+    if mtype == "register":  # before validation: a newer robot may send fields we lack
+        version = obj.get("protocol_version")
+        if (
+            isinstance(version, int)
+            and not isinstance(version, bool)
+            and version not in SUPPORTED_PROTOCOL_VERSIONS
+        ):
+            refuse(ErrorCode.UNSUPPORTED_VERSION, _unsupported(version))
+    if sender is not None and sender not in senders(MESSAGE_TYPES[mtype]):
+        refuse(ErrorCode.INVALID_MESSAGE, f"invalid message: a {sender.value} may not send {mtype}")
+    try:
+        msg = MESSAGE_ADAPTER.validate_python(obj)
+    except ValidationError as exc:
+        refuse(ErrorCode.INVALID_MESSAGE, _validation_summary(exc))
+    if isinstance(msg, Register) and msg.protocol_version not in SUPPORTED_PROTOCOL_VERSIONS:
+        refuse(ErrorCode.UNSUPPORTED_VERSION, _unsupported(msg.protocol_version))
+    return msg
+
+
+# --------------------------------------------------------------------------- dedup
+
+
+def progress_key(msg: JobProgress) -> tuple[str, int, int]:
+    """(job, attempt, cell index): one job_progress per key is recorded."""
+    return (msg.job_id, msg.attempt, msg.cell_index)
+
+
+def dedup_key(msg: Envelope) -> Hashable:
+    """The key two copies of the same news share, even when re-sent under a new id.
+
+    job_progress: (type, job, attempt, cell index); checkpoint messages: (type, job, attempt,
+    cell id); job accept/complete/failed/cancelled: (type, job, attempt); anything else: its id.
+    """
+    if isinstance(msg, JobProgress):
+        return (msg.type, *progress_key(msg))
+    if isinstance(msg, CheckpointOffer | CheckpointStored):
+        return (msg.type, msg.job_id, msg.attempt, msg.cell_id)
+    if isinstance(msg, JobAccept | JobReject | JobComplete | JobFailed | JobCancelled):
+        return (msg.type, msg.job_id, msg.attempt)
+    return ("id", msg.id)
+
+
+class Deduplicator:
+    """Remembers the last ``max_size`` keys (LRU) to drop duplicated or replayed messages.
+
+    Pure and bounded: a key older than ``max_size`` others is forgotten, so the store's
+    idempotent writes remain the last line of defence.
+    """
+
+    def __init__(self, max_size: int = 10_000) -> None:
+        if max_size < 1:
+            raise ValueError(f"max_size must be >= 1, not {max_size}")
+        self.max_size = max_size
+        self._keys: OrderedDict[Hashable, None] = OrderedDict()
+
+    def seen(self, key: Hashable) -> bool:
+        """True if ``key`` was seen before (a duplicate); records it either way."""
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            return True
+        self._keys[key] = None
+        if len(self._keys) > self.max_size:
+            self._keys.popitem(last=False)
+        return False
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def clear(self) -> None:
+        self._keys.clear()
