@@ -1,9 +1,10 @@
 """Tests for casare_nb.robot.agent and casare_nb.robot.backoff.
 
-The agent talks to a fake orchestrator defined here, a real websockets server on 127.0.0.1
-port 0 that checks the bearer token. No test waits for real: the agent's ``sleep`` is a fake
-that records every delay, returns at once for backoff waits and parks heartbeat waits until
-the test calls ``tick()``; everything else waits on events, bounded by ``WAIT_S``.
+The agent talks to the fake orchestrator of ``fake_orchestrator.py`` (a real websockets
+server on 127.0.0.1 port 0), here checking the bearer token. No test waits for real: the
+agent's ``sleep`` is a fake that records every delay, returns at once for backoff waits and
+parks heartbeat waits until the test calls ``tick()``; everything else waits on events,
+bounded by ``WAIT_S``.
 """
 
 from __future__ import annotations
@@ -11,16 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from http import HTTPStatus
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from fake_orchestrator import HB_S, WAIT_S, FakeOrchestrator, OnRegister, accept
 from websockets.frames import CloseCode
-from websockets.http11 import Request, Response
 
 from casare_nb.protocol import (
     PROTOCOL_VERSION,
@@ -28,20 +26,15 @@ from casare_nb.protocol import (
     Error,
     ErrorCode,
     Heartbeat,
-    HeartbeatAck,
     JobAssign,
     JobReject,
-    Message,
     Pause,
     Register,
     RegisterAck,
-    Role,
     Shutdown,
     StatusRequest,
     StatusResponse,
     Unpause,
-    decode,
-    encode,
 )
 from casare_nb.robot.agent import (
     AgentError,
@@ -54,111 +47,12 @@ from casare_nb.robot.backoff import Backoff
 from casare_nb.robot.config import ConfigError, RobotConfig, load_config
 
 TOKEN = "s3cret-robot-token"
-HB_S = 7.0  # the heartbeat interval the fake orchestrator's ack sets; no backoff delay equals it
-WAIT_S = 5.0  # upper bound of every wait here (each test takes milliseconds)
 CPU, MEM = 12.5, 40.0
 
 M = TypeVar("M", bound=Envelope)
-OnRegister = Callable[[Register, int], Sequence[Envelope]]
 
 
 # --------------------------------------------------------------------------- fakes
-
-
-def accept(register: Register, attempt: int) -> list[Envelope]:
-    """register_ack accepting the robot, heartbeat every HB_S."""
-    return [RegisterAck(accepted=True, heartbeat_interval_s=HB_S, reply_to=register.id)]
-
-
-class FakeOrchestrator:
-    """A tiny orchestrator on 127.0.0.1: HTTP 401 without ``Bearer TOKEN``, answers register
-    with ``on_register`` (accept by default) and closes after a refusal, acks heartbeats,
-    records what it receives, and sends or drops the connection when a test says so.
-    """
-
-    def __init__(self, on_register: OnRegister = accept, *, ack_heartbeats: bool = True) -> None:
-        self.on_register = on_register
-        self.ack_heartbeats = ack_heartbeats
-        self.requests: list[Request] = []
-        self.received: list[Message] = []
-        self.close_codes: list[int | None] = []  # the code of the robot's close frame, per link
-        self.conn: ServerConnection | None = None
-        self.server: Server | None = None
-        self._changed = asyncio.Condition()
-
-    async def start(self, port: int = 0) -> FakeOrchestrator:
-        self.server = await serve(
-            self._handler, "127.0.0.1", port, process_request=self._check_token
-        )
-        return self
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    def _check_token(self, conn: ServerConnection, request: Request) -> Response | None:
-        self.requests.append(request)
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return conn.respond(HTTPStatus.UNAUTHORIZED, "bad token\n")
-        return None
-
-    async def _handler(self, conn: ServerConnection) -> None:
-        self.conn = conn
-        code: int | None = None
-        try:
-            while True:
-                msg = decode(await conn.recv(), sender=Role.ROBOT)
-                await self._note(self.received, msg)
-                if isinstance(msg, Register):
-                    replies = self.on_register(msg, len(self.of(Register)))
-                    for reply in replies:
-                        await conn.send(encode(reply))
-                    if any(_refusal(r) for r in replies):
-                        await conn.close(CloseCode.POLICY_VIOLATION, "refused")
-                elif isinstance(msg, Heartbeat) and self.ack_heartbeats:
-                    await conn.send(encode(HeartbeatAck(seq=msg.seq, reply_to=msg.id)))
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd is not None else None
-        await self._note(self.close_codes, code)
-
-    async def _note(self, into: list[Any], item: Any) -> None:
-        async with self._changed:
-            into.append(item)
-            self._changed.notify_all()
-
-    def of(self, kind: type[M]) -> list[M]:
-        return [m for m in self.received if isinstance(m, kind)]
-
-    async def until(self, predicate: Callable[[], bool]) -> None:
-        """Wait until ``predicate()`` holds (WAIT_S at most)."""
-        async with asyncio.timeout(WAIT_S), self._changed:
-            await self._changed.wait_for(predicate)
-
-    async def wait_for(self, kind: type[M], count: int = 1) -> list[M]:
-        """Wait for ``count`` messages of this type; all received so far."""
-        await self.until(lambda: len(self.of(kind)) >= count)
-        return self.of(kind)
-
-    async def send(self, msg: Envelope | str) -> None:
-        assert self.conn is not None
-        await self.conn.send(msg if isinstance(msg, str) else encode(msg))
-
-    async def drop(self) -> None:
-        """Close the current connection as a restarting orchestrator would."""
-        assert self.conn is not None
-        await self.conn.close(CloseCode.GOING_AWAY, "orchestrator restarting")
-
-
-def _refusal(msg: Envelope) -> bool:
-    return (isinstance(msg, RegisterAck) and not msg.accepted) or (
-        isinstance(msg, Error) and msg.fatal
-    )
 
 
 class FakeSleep:
@@ -253,7 +147,7 @@ async def orchestrators() -> AsyncIterator[list[FakeOrchestrator]]:
 @pytest.fixture
 async def orch(orchestrators: list[FakeOrchestrator]) -> FakeOrchestrator:
     """A started fake orchestrator that accepts the robot."""
-    orchestrators.append(await FakeOrchestrator().start())
+    orchestrators.append(await FakeOrchestrator(token=TOKEN).start())
     return orchestrators[-1]
 
 
@@ -448,7 +342,7 @@ async def test_retries_with_growing_delays_until_the_server_starts(
 
     async def start_on_third_wait(waits: int) -> None:
         if waits == 3:
-            orchestrators.append(await FakeOrchestrator().start(port))
+            orchestrators.append(await FakeOrchestrator(token=TOKEN).start(port))
 
     sleep = FakeSleep(on_backoff=start_on_third_wait)
     agent = make_agent(make_config(tmp_path, f"ws://127.0.0.1:{port}"), sleep)
@@ -578,7 +472,7 @@ async def test_version_refusal_is_fatal(
     tmp_path: Path, orchestrators: list[FakeOrchestrator], refuse: OnRegister
 ) -> None:
     """A protocol version refusal (error or register_ack) ends run() with it; no retry."""
-    orchestrators.append(orch := await FakeOrchestrator(refuse).start())
+    orchestrators.append(orch := await FakeOrchestrator(token=TOKEN, on_register=refuse).start())
     sleep = FakeSleep()
     agent = make_agent(make_config(tmp_path, orch.url), sleep)
     with pytest.raises(RegistrationRefused, match="refused to register robot robot-eu-1: unsup"):
@@ -600,7 +494,9 @@ async def test_taken_robot_id_is_retried(
             return [RegisterAck(accepted=False, reason=reason, reply_to=register.id)]
         return accept(register, attempt)
 
-    orchestrators.append(orch := await FakeOrchestrator(taken_once).start())
+    orchestrators.append(
+        orch := await FakeOrchestrator(token=TOKEN, on_register=taken_once).start()
+    )
     sleep = FakeSleep()
     agent = make_agent(make_config(tmp_path, orch.url), sleep)
     async with running(agent):
@@ -614,7 +510,7 @@ async def test_silent_orchestrator_means_a_dead_link(
     tmp_path: Path, orchestrators: list[FakeOrchestrator]
 ) -> None:
     """No heartbeat_ack for 3 intervals: the robot drops the link and registers again."""
-    orchestrators.append(orch := await FakeOrchestrator(ack_heartbeats=False).start())
+    orchestrators.append(orch := await FakeOrchestrator(token=TOKEN, ack_heartbeats=False).start())
     now = [1000.0]
     sleep = FakeSleep()
     agent = make_agent(make_config(tmp_path, orch.url), sleep, clock=lambda: now[0])

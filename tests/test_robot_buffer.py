@@ -1,8 +1,9 @@
 """Tests for the robot agent's offline buffer and its re-registering with the jobs it holds.
 
-A real :class:`RobotAgent` talks to a fake orchestrator defined here: a real websockets server
-on 127.0.0.1 port 0 that records what arrives on which connection and answers ``register``
-with a ``register_ack`` the test chooses (by default continuing every job of holding).
+A real :class:`RobotAgent` talks to the fake orchestrator of ``fake_orchestrator.py`` (a real
+websockets server on 127.0.0.1 port 0 that records what arrives on which connection), which
+answers ``register`` with a ``register_ack`` the test chooses (by default continuing every
+job of holding).
 The job runner is a small fake: the runner is not the unit here, the agent's ``send`` is. No
 test waits for real: heartbeat waits park until ``tick()``, the backoff wait before a
 reconnect parks while the test holds the robot offline; everything else waits on events,
@@ -15,21 +16,18 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode
+from fake_orchestrator import HB_S, WAIT_S, FakeOrchestrator, OnRegister
 
 from casare_nb.core.models import CellStatus
 from casare_nb.protocol import (
     Envelope,
     Heartbeat,
-    HeartbeatAck,
     JobAccept,
     JobAssign,
     JobCancel,
@@ -41,29 +39,22 @@ from casare_nb.protocol import (
     JobReject,
     LogBatch,
     LogRecord,
-    Message,
     Register,
     RegisterAck,
-    Role,
     Shutdown,
     StatusRequest,
     StatusResponse,
-    decode,
     encode,
 )
 from casare_nb.robot.agent import RobotAgent, Send
 from casare_nb.robot.backoff import Backoff
 from casare_nb.robot.config import RobotConfig, load_config
-from casare_nb.robot.outbox import is_buffered
 
 TOKEN = "s3cret-robot-token"
-HB_S = 7.0  # the heartbeat interval of the fake's register_ack; no backoff delay equals it
-WAIT_S = 5.0  # upper bound of every wait here (each test takes milliseconds)
 NOTEBOOK: dict[str, Any] = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 M = TypeVar("M", bound=Envelope)
-OnRegister = Callable[[Register, int], RegisterAck]
 
 
 # --------------------------------------------------------------------------- fakes
@@ -82,76 +73,6 @@ def continue_all(register: Register, n: int) -> RegisterAck:
 def continue_none(register: Register, n: int) -> RegisterAck:
     """Accept the robot with an ack that has no continue_jobs (an older orchestrator)."""
     return RegisterAck(accepted=True, heartbeat_interval_s=HB_S, reply_to=register.id)
-
-
-class FakeOrchestrator:
-    """Accepts the robot with ``on_register(register, n)`` (n: 1 for the first register),
-    acks heartbeats, records each message with the number of the connection it came on (1,
-    2 ...), and sends or drops the connection when a test says so."""
-
-    def __init__(self, on_register: OnRegister = continue_all) -> None:
-        self.on_register = on_register
-        self.received: list[tuple[int, Message]] = []
-        self.closed: list[int] = []  # connections ended, by number
-        self.conn: ServerConnection | None = None
-        self.server: Server | None = None
-        self.connections = 0
-        self._changed = asyncio.Condition()
-
-    async def start(self) -> FakeOrchestrator:
-        self.server = await serve(self._handler, "127.0.0.1", 0)
-        return self
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def _handler(self, conn: ServerConnection) -> None:
-        self.connections += 1
-        number = self.connections
-        self.conn = conn
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                msg = decode(await conn.recv(), sender=Role.ROBOT)
-                await self._note(self.received, (number, msg))
-                if isinstance(msg, Register):
-                    await conn.send(encode(self.on_register(msg, number)))
-                elif isinstance(msg, Heartbeat):
-                    await conn.send(encode(HeartbeatAck(seq=msg.seq, reply_to=msg.id)))
-        await self._note(self.closed, number)
-
-    async def _note(self, into: list[Any], item: Any) -> None:
-        async with self._changed:
-            into.append(item)
-            self._changed.notify_all()
-
-    def on(self, connection: int, kind: type[M]) -> list[M]:
-        """The messages of this type received on connection ``connection``, in order."""
-        return [m for n, m in self.received if n == connection and isinstance(m, kind)]
-
-    def jobs_on(self, connection: int) -> list[Envelope]:
-        """The job reports received on connection ``connection``, in order."""
-        return [m for m in self.on(connection, Envelope) if is_buffered(m)]
-
-    async def until(self, predicate: Callable[[], bool]) -> None:
-        """Wait until ``predicate()`` holds (WAIT_S at most)."""
-        async with asyncio.timeout(WAIT_S), self._changed:
-            await self._changed.wait_for(predicate)
-
-    async def send(self, msg: Envelope) -> None:
-        assert self.conn is not None
-        await self.conn.send(encode(msg))
-
-    async def drop(self) -> None:
-        """Close the current connection as a restarting orchestrator would."""
-        assert self.conn is not None
-        await self.conn.close(CloseCode.GOING_AWAY, "orchestrator restarting")
 
 
 class FakeSleep:
