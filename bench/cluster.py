@@ -15,7 +15,7 @@ from typing import Any
 from casare_nb.core.models import Robot
 from casare_nb.orchestrator.jobs.book import Link
 from casare_nb.orchestrator.orchestrator import Orchestrator
-from casare_nb.protocol import Envelope, EventKind, JobAssign
+from casare_nb.protocol import Envelope, EventData, EventKind, JobAssign, JobEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,13 +46,13 @@ class JobWatch:
             self.assigned_at.setdefault(msg.job_id, time.perf_counter())
         return self.inner.send_to_robot(robot_id, msg)
 
-    def publish(self, kind: EventKind, data: dict[str, Any]) -> None:
-        if kind is EventKind.JOB_FINISHED:
-            job = data["job"]
-            self.finished_at[job["job_id"]] = time.perf_counter()
-            self.finished_status[job["job_id"]] = str(job["status"])
+    def publish(self, kind: EventKind, data: EventData) -> None:
+        if kind is EventKind.JOB_FINISHED and isinstance(data, JobEvent):
+            job = data.job
+            self.finished_at[job.job_id] = time.perf_counter()
+            self.finished_status[job.job_id] = job.status.value
             if self.on_finished is not None:
-                self.on_finished(job["job_id"])
+                self.on_finished(job.job_id)
         self.inner.publish(kind, data)
 
     def notify(self) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 from bench import common
 from bench import notebooks as nbs
 from casare_nb.orchestrator.orchestrator import Orchestrator
-from casare_nb.protocol import EventKind
+from casare_nb.protocol import CellEvent, EventData, EventKind, JobEvent
 
 COMMAND = ".venv/bin/python -m bench.failover"
 TARGET_S = 10.0
@@ -51,10 +51,10 @@ class _Events:
     """Timestamps of the orchestrator's events, taken where it publishes them."""
 
     def __init__(self, orch: Orchestrator) -> None:
-        self.seen: list[tuple[float, EventKind, dict[str, Any]]] = []
+        self.seen: list[tuple[float, EventKind, EventData]] = []
         publish = orch.publish
 
-        def spy(kind: EventKind, data: dict[str, Any]) -> None:
+        def spy(kind: EventKind, data: EventData) -> None:
             self.seen.append((time.perf_counter(), kind, data))
             publish(kind, data)
 
@@ -132,12 +132,15 @@ async def _one(
     await asyncio.to_thread(victim.wait)
     go.touch()
 
-    def resumed_cell(kind: EventKind, data: dict[str, Any]) -> bool:
+    def resumed_cell(kind: EventKind, data: EventData) -> bool:
+        # the first cell the second attempt reports (cell events carry no replayed flag)
+        return isinstance(data, CellEvent) and data.job_id == job_id and data.attempt == 2
+
+    def job_event(data: EventData, attempt: int | None = None) -> bool:
         return (
-            kind is EventKind.CELL_FINISHED
-            and data.get("job_id") == job_id
-            and data.get("attempt") == 2
-            and not data.get("replayed")
+            isinstance(data, JobEvent)
+            and data.job.job_id == job_id
+            and (attempt is None or data.job.attempt == attempt)
         )
 
     def finished() -> bool:
@@ -146,15 +149,8 @@ async def _one(
 
     await orch.wait_for(lambda: events.first(killed, resumed_cell) is not None, START_TIMEOUT_S)
     await orch.wait_for(finished, timeout=START_TIMEOUT_S)
-    requeued = events.first(
-        killed, lambda k, d: k is EventKind.JOB_QUEUED and d["job"]["job_id"] == job_id
-    )
-    accepted = events.first(
-        killed,
-        lambda k, d: (
-            k is EventKind.JOB_STARTED and d["job"]["job_id"] == job_id and d["job"]["attempt"] == 2
-        ),
-    )
+    requeued = events.first(killed, lambda k, d: k is EventKind.JOB_QUEUED and job_event(d))
+    accepted = events.first(killed, lambda k, d: k is EventKind.JOB_STARTED and job_event(d, 2))
     resumed = events.first(killed, resumed_cell)
     done = orch.job(job_id)
     assert done is not None and done.status.value == "completed", done
