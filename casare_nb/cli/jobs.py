@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -33,8 +33,11 @@ from casare_nb.cli.present import (
     table,
 )
 
+if TYPE_CHECKING:
+    from casare_nb.core.models import Job
 
-def finish_wait(job: Any, as_json: bool) -> None:
+
+def finish_wait(job: Job, as_json: bool) -> None:
     if as_json:
         click.echo(job.model_dump_json(indent=1))
     elif job.status.value == "completed":
@@ -66,19 +69,10 @@ def submit(
     client, local = client_for(url, token, state_dir)
     with client:
         job = client.submit(
-            workflow_arg(workflow, local),
-            **fields,
-            wait=wait,
-            timeout=wait_timeout,
-            on_event=None if as_json else job_event_printer(),
+            workflow_arg(workflow, local), **fields, **_waiting(wait, wait_timeout, as_json)
         )
-    if wait:
-        finish_wait(job, as_json)
-    elif as_json:
-        click.echo(job.model_dump_json(indent=1))
-    else:
-        name = Path(job.workflow_path).name
-        click.echo(f"job {job.job_id} queued ({name}, priority {job.priority.value})")
+    name = Path(job.workflow_path).name
+    _show(job, wait, as_json, f"job {job.job_id} queued ({name}, priority {job.priority.value})")
 
 
 @app.command()
@@ -113,17 +107,26 @@ def rerun(
             from_failed,
             typed or None,
             raw_parameters=raw or None,
-            wait=wait,
-            timeout=wait_timeout,
-            on_event=None if as_json else job_event_printer(),
+            **_waiting(wait, wait_timeout, as_json),
         )
+    how = "from the failed cell" if from_failed else "from the start"
+    _show(job, wait, as_json, f"job {job.job_id} queued again, {how}")
+
+
+def _waiting(wait: bool, timeout: float | None, as_json: bool) -> dict[str, Any]:
+    """The Client's wait arguments: live job events printed unless the output is JSON."""
+    return {"wait": wait, "timeout": timeout, "on_event": None if as_json else job_event_printer()}
+
+
+def _show(job: Job, wait: bool, as_json: bool, queued: str) -> None:
+    """After a submit or rerun: the finished job (waited for), its JSON, or the line
+    ``queued``."""
     if wait:
         finish_wait(job, as_json)
     elif as_json:
         click.echo(job.model_dump_json(indent=1))
     else:
-        how = "from the failed cell" if from_failed else "from the start"
-        click.echo(f"job {job.job_id} queued again, {how}")
+        click.echo(queued)
 
 
 @app.command()
