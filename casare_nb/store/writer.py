@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 import weakref
+from abc import ABC, abstractmethod
 from typing import Any, Final, Generic, TypeVar
 
 from casare_nb.core.errors import one_line
@@ -41,7 +42,7 @@ _STOP_ATTEMPTS: Final[int] = 3  # attempts of a failing batch once stopping, bef
 _ATEXIT_TIMEOUT_S: Final[float] = 10.0
 
 
-class WriteBehind(Generic[B]):
+class WriteBehind(ABC, Generic[B]):
     """The thread, the marks and the waiting; see the module docstring."""
 
     def __init__(
@@ -79,12 +80,13 @@ class WriteBehind(Generic[B]):
         self._cond.notify_all()
         return self._marked
 
+    @abstractmethod
     def _has_work(self) -> bool:
-        raise NotImplementedError
+        """Something is pending."""
 
+    @abstractmethod
     def _take(self) -> B:
         """Everything pending, as one batch (pending is empty afterwards)."""
-        raise NotImplementedError
 
     def _restore(self, batch: B) -> None:
         """A failed batch goes back (``retry`` only)."""
@@ -97,8 +99,9 @@ class WriteBehind(Generic[B]):
 
     # -- for subclasses (without the lock, in the thread) --------------------------------
 
+    @abstractmethod
     def _write(self, batch: B) -> object:
-        raise NotImplementedError
+        """Write ``batch``; what it answers goes to :meth:`_wrote`."""
 
     def _failed(self, batch: B, exc: Exception) -> None:
         """A write raised (before a retry, or dropping the batch)."""
