@@ -26,6 +26,7 @@ import contextlib
 import os
 import ssl
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
@@ -89,6 +90,11 @@ def _job_id_of(event: Event) -> str | None:
     return job_id if isinstance(job_id, str) else None
 
 
+_RECV_SLICE_S = 0.25
+"""The longest a blocking receive waits in one go, so that Ctrl-C (KeyboardInterrupt) is
+seen in a loop over events that waits for ever."""
+
+
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
@@ -134,9 +140,9 @@ class _Monitor:
             if remaining is not None and remaining <= 0:
                 raise WaitTimeout("timed out waiting for events")
             try:
-                frame = self.ws.recv(timeout=remaining)
+                frame = self.ws.recv(timeout=min(remaining or _RECV_SLICE_S, _RECV_SLICE_S))
             except TimeoutError:
-                raise WaitTimeout("timed out waiting for events") from None
+                continue  # a slice passed: signals are handled, the deadline checked
             except ConnectionClosed as exc:
                 why = f": {exc.rcvd.reason}" if exc.rcvd and exc.rcvd.reason else ""
                 raise ClientError(f"the orchestrator closed the event stream{why}") from None
@@ -158,6 +164,7 @@ class Subscription(Iterator["Event"]):
         self, monitor: contextlib.AbstractContextManager[_Monitor], topics: frozenset[Topic]
     ) -> None:
         self.topics = topics
+        self.closed = False
         self._stack = contextlib.ExitStack()
         self._monitor = self._stack.enter_context(monitor)
         snapshot = self._monitor.snapshot
@@ -174,15 +181,28 @@ class Subscription(Iterator["Event"]):
         """The next event; :class:`WaitTimeout` after ``timeout`` seconds without one."""
         if self._pending:
             return self._pending.pop(0)
+        if self.closed:
+            raise ClientError("the subscription is closed")
         deadline = _deadline(timeout)
         while True:
-            event = self._monitor.next(deadline)
+            try:
+                event = self._monitor.next(deadline)
+            except ClientError:
+                if self.closed:  # closed meanwhile, from another thread
+                    raise ClientError("the subscription is closed") from None
+                raise
             if event.topic in self.topics:
                 return event
 
     def close(self) -> None:
-        """Disconnect; idempotent."""
+        """Disconnect; idempotent, and safe from another thread (a receive waiting there
+        raises :class:`ClientError`)."""
+        self.closed = True
         self._stack.close()
+
+    def __del__(self) -> None:  # a loop left with break, never closed
+        with contextlib.suppress(Exception):
+            self.close()
 
     def __enter__(self) -> Subscription:
         return self
@@ -224,6 +244,7 @@ class Client:
             verify=ssl_context if ssl_context is not None else True,
         )
         self._ws_url: str | None = None
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return f"<Client {self.url}>"
@@ -255,6 +276,9 @@ class Client:
         return cls(info.http_url, token or info.token, timeout=timeout, ssl_context=context)
 
     def close(self) -> None:
+        """Close the HTTP connections and every subscription still open."""
+        for subscription in list(self._subscriptions):
+            subscription.close()
         self._http.close()
 
     def __enter__(self) -> Client:
@@ -555,7 +579,9 @@ class Client:
             raise ClientError(f"unknown topic in {names}: use {known}") from None
         if not wanted:
             raise ClientError("subscribe to at least one topic")
-        return Subscription(self._monitor(wanted), wanted)
+        subscription = Subscription(self._monitor(wanted), wanted)
+        self._subscriptions.add(subscription)
+        return subscription
 
     def wait(
         self,

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -240,3 +242,82 @@ def test_the_client_lists_jobs_under_a_name_that_shadows_nothing() -> None:
     assert resources.files("casare_nb").joinpath("py.typed").is_file()
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert 'casare_nb = ["py.typed"]' in pyproject
+
+
+SUBSCRIBER = """
+import sys
+import threading
+from casare_nb import Client
+
+with Client.local(sys.argv[1]) as client:
+    for event in client.subscribe([sys.argv[2]]):
+        print("event", event.kind.value, flush=True)
+        if sys.argv[3] == "break":
+            break
+print("left the loop", flush=True)
+"""
+
+
+def _subscriber(cluster: ServiceThread, topic: str, then: str) -> subprocess.Popen[str]:
+    """A process running the README's loop over ``client.subscribe([topic])``."""
+    return subprocess.Popen(
+        [sys.executable, "-c", SUBSCRIBER, str(cluster.service.state_dir), topic, then],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_ctrl_c_ends_a_subscription_loop_waiting_for_events(cluster: ServiceThread) -> None:
+    """SIGINT stops a `for event in client.subscribe(...)` loop that has nothing to receive:
+    KeyboardInterrupt is raised in it at once, and the process ends."""
+    proc = _subscriber(cluster, "robots", "wait")
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "event robot_status"  # the snapshot: it waits
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+
+
+def test_a_subscription_loop_left_with_break_lets_the_process_exit(
+    cluster: ServiceThread,
+) -> None:
+    """After `break` out of a subscription loop (never closed), the code after it runs and the
+    process exits 0."""
+    proc = _subscriber(cluster, "robots", "break")
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out.splitlines() == ["event robot_status", "left the loop"]
+
+
+def test_closing_the_client_closes_its_subscriptions(cluster: ServiceThread) -> None:
+    """Client.close() ends every subscription still open: a receive waiting in another
+    thread raises ClientError at once, and later ones too."""
+    client = cluster.client()
+    events = client.subscribe(("jobs",))
+    outcome: list[BaseException] = []
+    started = threading.Event()
+
+    def receive() -> None:
+        started.set()
+        try:
+            events.receive()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=receive)
+    waiter.start()
+    started.wait(WAIT)
+    client.close()
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert [type(e) for e in outcome] == [ClientError]
+    assert events.closed
+    with pytest.raises(ClientError, match="subscription is closed"):
+        events.receive(timeout=1)
