@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -321,3 +322,69 @@ def test_closing_the_client_closes_its_subscriptions(cluster: ServiceThread) -> 
     assert events.closed
     with pytest.raises(ClientError, match="subscription is closed"):
         events.receive(timeout=1)
+
+
+def test_a_failed_job_tells_where_it_failed_and_what_it_ran(client: Client) -> None:
+    """failure() names the failed attempt, its cell, the cell's source and a colourless
+    traceback; attempts(), cells() and notebook() show what the attempt ran."""
+    failed = client.submit("checked.ipynb", wait=True, timeout=WAIT)
+    assert failed.status is RunStatus.FAILED
+    failure = client.failure(failed.job_id)
+    assert (failure.run.run_id, failure.run.attempt) == (failed.job_id, 1)
+    assert failure.cell_id == "c1" and "assert len(data) <= limit" in failure.source
+    assert any("AssertionError: 10 rows > limit 5" in line for line in failure.traceback)
+    assert not any("\x1b[" in line for line in failure.traceback)
+    [attempt] = client.attempts(failed.job_id)
+    assert attempt.status is RunStatus.FAILED and attempt.failed_cell_id == "c1"
+    cells = client.cells(failed.job_id)
+    assert [(c.cell_id, c.status.value) for c in cells][-2:] == [("c0", "ok"), ("c1", "error")]
+    notebook = client.notebook(failed.job_id)
+    by_id = {cell.get("id"): cell for cell in notebook["cells"]}
+    assert by_id["c1"]["outputs"][-1]["ename"] == "AssertionError"
+    assert by_id["c2"].get("execution_count") is None  # never ran
+
+
+def test_failure_of_a_job_that_did_not_fail_is_409_and_unknown_jobs_404(client: Client) -> None:
+    """failure() of a completed job and any read of an unknown job are ClientErrors with
+    their status and one line."""
+    done = client.submit("add.ipynb", wait=True, timeout=WAIT)
+    with pytest.raises(ClientError, match="did not fail") as err:
+        client.failure(done.job_id)
+    assert err.value.status == 409
+    for read in (client.failure, client.attempts, client.cells, client.notebook):
+        with pytest.raises(ClientError, match="unknown job nope") as err:
+            read("nope")
+        assert err.value.status == 404
+    with pytest.raises(ClientError, match="no notebook for attempt 9") as err:
+        client.notebook(done.job_id, attempt=9)
+
+
+def test_the_history_groups_runs_by_what_started_them_and_aggregates_them(
+    client: Client,
+) -> None:
+    """A schedule's runs are one group labelled schedule:<id>, runs by hand another; daily()
+    counts today's runs by outcome; cell_durations() covers the workflow; runs() filters."""
+    by_hand = client.submit("add.ipynb", wait=True, timeout=WAIT)
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    info = client.add_schedule("add.ipynb", at=soon.replace(tzinfo=None).isoformat())
+    label = f"schedule:{info.schedule.schedule_id}"
+    try:
+        with client.subscribe(("jobs",)) as events:
+            while True:
+                event = events.receive(timeout=WAIT)
+                job = event.data.job
+                if event.kind is EventKind.JOB_FINISHED and job.trigger is not None:
+                    break
+    finally:
+        client.remove_schedule(info.schedule.schedule_id)
+    groups = {(g.workflow_path, g.trigger): g for g in client.history.groups()}
+    path = by_hand.workflow_path
+    assert groups[(path, label)].runs == 1 and groups[(path, label)].completed == 1
+    assert groups[(path, None)].runs >= 1
+    assert [r.run_id for r in client.history.runs(trigger=label)] == [job.job_id]
+    manual = client.history.runs(trigger="manual", workflow=path, status=["completed"])
+    assert by_hand.job_id in [r.run_id for r in manual]
+    today = [d for d in client.history.daily(days=1) if d.workflow_path == path]
+    assert today and today[0].completed >= 2
+    [durations] = client.history.cell_durations(workflow=path)
+    assert durations.cells >= 4 and 0 < durations.p50_s <= durations.p95_s <= durations.max_s

@@ -122,7 +122,13 @@ OWNERS = {
     "uvicorn": {"orchestrator/http/"},
     "duckdb": {"store/database.py"},
     "papermill": {"papermill_engine.py"},
-    "websockets": {"orchestrator/websocket.py", "robot/agent.py", "robot/runner.py", "client.py"},
+    "websockets": {
+        "orchestrator/websocket.py",
+        "robot/agent.py",
+        "robot/runner.py",
+        "client/client.py",
+        "client/events.py",
+    },
 }
 """Heavy dependency -> the module (or package, ending in /) that owns it."""
 

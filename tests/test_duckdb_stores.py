@@ -13,7 +13,7 @@ from helpers import sigkill_after
 from stores import T0, make_job, running
 
 from casare_nb.core.errors import QueueError
-from casare_nb.core.models import Job, JobStatus, RunRecord
+from casare_nb.core.models import Job, JobStatus
 from casare_nb.store import database, jobs, schema
 from casare_nb.store.database import Database
 from casare_nb.store.embedded import open_embedded
@@ -79,17 +79,21 @@ def test_every_job_field_has_a_column() -> None:
 def test_migrations_upgrade_a_v1_file_and_keep_its_history(
     state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A v1 file (history only) gets jobs, tokens and the trigger tables; its runs stay."""
-    assert schema.SCHEMA_VERSION == 4
+    """A v1 file (history only) gets jobs, tokens, the trigger tables and the runs' trigger
+    column; its runs stay."""
+    assert schema.SCHEMA_VERSION == 5
     db_path = state / "history.duckdb"
     with monkeypatch.context() as patch:
         patch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
         patch.setattr(database, "_MIGRATED", set())
-        old = HistoryStore(db_path)
-        old.start_run(
-            RunRecord(run_id="r1", workflow_path="wf", notebook_sha256="0", started_at=T0)
-        )
-        assert old.schema_version() == 1
+        with Database(db_path).connect() as con:  # a run as a v1 file holds it
+            con.execute(
+                "INSERT INTO runs (run_id, attempt, workflow_path, notebook_sha256, status, "
+                "kernel_name, language, started_at) VALUES "
+                "('r1', 1, 'wf', '0', 'running', 'python3', 'python', ?)",
+                [T0.replace(tzinfo=None)],
+            )
+        assert HistoryStore(db_path).schema_version() == 1
     monkeypatch.setattr(database, "_MIGRATED", set())
     stores = open_embedded(state)
     try:
@@ -102,8 +106,8 @@ def test_migrations_upgrade_a_v1_file_and_keep_its_history(
     assert {"runs", "cells", "jobs", "tokens", "schedules", "fires", "triggers"} <= tables
     assert {"deliveries", "watched_files", "outputs"} <= tables
     history = HistoryStore(db_path)
-    assert history.schema_version() == 4
-    assert [run.run_id for run in history.list_runs()] == ["r1"]
+    assert history.schema_version() == 5
+    assert [(run.run_id, run.trigger) for run in history.list_runs()] == [("r1", None)]
 
 
 def test_staged_states_within_the_window_go_in_one_batch(embedded: Stores, state: Path) -> None:

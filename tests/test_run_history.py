@@ -6,10 +6,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 from stores import T0, make_cell, make_run
 
+from casare_nb.core.history import MANUAL
 from casare_nb.core.models import CellStatus, RestoreMode, RunStatus
-from casare_nb.store.interfaces import Stores
+from casare_nb.store.interfaces import RunHistory, Stores
 
 
 def test_run_upsert_is_idempotent(stores: Stores) -> None:
@@ -210,3 +212,133 @@ def test_writer_last_put_wins_and_snapshots_records(stores: Stores) -> None:
     writer.close()
     assert store.attempts("run-1") == [make_run(status=RunStatus.FAILED, error_name="E")]
     assert store.list_cells("run-1") == [make_cell(duration_s=2.0)]
+
+
+def _history_of_two_workflows(store: RunHistory) -> None:
+    """report.ipynb: a nightly schedule's runs (one failed then completed on a re-run) and
+    one by hand; etl.ipynb: a webhook's failed run. Over two days."""
+    day1, day2 = T0, T0 + timedelta(days=1)
+    nightly, hook = "schedule:nightly", "webhook:h1"
+    store.write(
+        [
+            make_run(
+                "r1",
+                workflow_path="report.ipynb",
+                status=RunStatus.COMPLETED,
+                started_at=day1,
+                trigger=nightly,
+            ),
+            make_run(
+                "r2",
+                workflow_path="report.ipynb",
+                status=RunStatus.FAILED,
+                started_at=day2,
+                trigger=nightly,
+            ),
+            make_run(
+                "r2",
+                2,
+                workflow_path="report.ipynb",
+                status=RunStatus.COMPLETED,
+                started_at=day2 + timedelta(hours=5),
+                trigger=nightly,
+            ),
+            make_run(
+                "r3",
+                workflow_path="report.ipynb",
+                status=RunStatus.CANCELLED,
+                started_at=day2 + timedelta(hours=1),
+            ),
+            make_run(
+                "e1",
+                workflow_path="etl.ipynb",
+                status=RunStatus.FAILED,
+                started_at=day2 + timedelta(hours=2),
+                trigger=hook,
+            ),
+        ],
+        [],
+    )
+
+
+def test_list_runs_filters_on_workflow_trigger_and_pages_with_before(stores: Stores) -> None:
+    """list_runs narrows to a workflow, to what started the runs ('manual': by hand) and to
+    those started before a time (the next page)."""
+    store = stores.history
+    _history_of_two_workflows(store)
+    ids = lambda runs: [r.run_id for r in runs]  # noqa: E731
+    assert ids(store.list_runs(workflow="report.ipynb")) == ["r2", "r3", "r1"]
+    assert ids(store.list_runs(trigger="schedule:nightly")) == ["r2", "r1"]
+    assert ids(store.list_runs(trigger=MANUAL)) == ["r3"]
+    first = store.list_runs(limit=2)
+    assert ids(first) == ["r2", "e1"]
+    assert ids(store.list_runs(limit=2, before=first[-1].started_at)) == ["r3", "r1"]
+    assert store.list_runs(workflow="nothing.ipynb") == []
+    assert store.get_run("r2", 1).trigger == "schedule:nightly"  # type: ignore[union-attr]
+
+
+def test_daily_counts_each_run_once_on_its_first_day_by_latest_outcome(stores: Stores) -> None:
+    """daily() gives runs / completed / failed per workflow per day: a run failed then
+    completed counts once, completed, on the day it first started; old days drop out."""
+    store = stores.history
+    _history_of_two_workflows(store)
+    days = store.daily(days=2, now=T0 + timedelta(days=1, hours=11))  # May 2, 23:00
+    assert [(d.workflow_path, d.day.isoformat(), d.runs, d.completed, d.failed) for d in days] == [
+        ("report.ipynb", "2024-05-01", 1, 1, 0),
+        ("etl.ipynb", "2024-05-02", 1, 0, 1),
+        ("report.ipynb", "2024-05-02", 2, 1, 0),
+    ]
+    assert days[2].success_rate == 1.0 and days[1].success_rate == 0.0
+    only_today = store.daily(days=1, workflow="report.ipynb", now=T0 + timedelta(days=1))
+    assert [(d.day.isoformat(), d.runs) for d in only_today] == [("2024-05-02", 2)]
+    assert store.daily(days=0) == []
+
+
+def test_groups_keep_a_schedules_runs_on_one_line(stores: Stores) -> None:
+    """groups() has one line per (workflow, what started it) with counts and the latest run,
+    the most recently active first."""
+    store = stores.history
+    _history_of_two_workflows(store)
+    for i in range(30):  # a busy schedule stays one line
+        store.write(
+            [
+                make_run(
+                    f"m{i}",
+                    workflow_path="report.ipynb",
+                    trigger="schedule:nightly",
+                    status=RunStatus.COMPLETED,
+                    started_at=T0 - timedelta(minutes=i + 1),
+                )
+            ],
+            [],
+        )
+    groups = store.groups()
+    assert [(g.workflow_path, g.trigger, g.runs, g.completed, g.failed) for g in groups] == [
+        ("report.ipynb", "schedule:nightly", 32, 32, 0),
+        ("etl.ipynb", "webhook:h1", 1, 0, 1),
+        ("report.ipynb", None, 1, 0, 0),
+    ]
+    assert groups[0].last_run_id == "r2" and groups[0].last_status is RunStatus.COMPLETED
+    assert groups[0].last_started_at == T0 + timedelta(days=1, hours=5)
+    assert [g.trigger for g in store.groups(limit=1, workflow="etl.ipynb")] == ["webhook:h1"]
+
+
+def test_cell_durations_are_per_workflow_over_ok_executed_cells(stores: Stores) -> None:
+    """cell_durations() gives count, median, p95 and max of the ok, not replayed cells of each
+    workflow's attempts."""
+    store = stores.history
+    _history_of_two_workflows(store)
+    report = [make_cell("r1", cell_index=i, duration_s=float(i + 1)) for i in range(20)]
+    noise = [
+        make_cell("r1", cell_index=20, duration_s=99.0, replayed=True),
+        make_cell("r1", cell_index=21, duration_s=99.0, status=CellStatus.ERROR),
+    ]
+    etl = [make_cell("e1", cell_index=0, duration_s=0.5)]
+    store.write([], [*report, *noise, *etl])
+    stats = {s.workflow_path: s for s in store.cell_durations()}
+    assert stats["report.ipynb"].cells == 20
+    assert stats["report.ipynb"].p50_s == pytest.approx(10.5)
+    assert stats["report.ipynb"].p95_s == pytest.approx(19.05)
+    assert stats["report.ipynb"].max_s == 20.0
+    assert (stats["etl.ipynb"].cells, stats["etl.ipynb"].max_s) == (1, 0.5)
+    assert [s.workflow_path for s in store.cell_durations(workflow="etl.ipynb")] == ["etl.ipynb"]

@@ -74,6 +74,7 @@ class RunRecord(BaseModel):
     replayed_cells: list[int] = Field(default_factory=list)
     restore_mode: RestoreMode | None = None
     source: str = "cli"  # who started it: cli, api, papermill, ...
+    trigger: str | None = None  # the schedule or trigger that did, as kind:id
 
 
 class CellRecord(BaseModel):

@@ -15,9 +15,17 @@ import logging
 import os
 import threading
 from collections.abc import Collection, Iterable, Sequence
+from datetime import UTC, datetime, time, timedelta
 from typing import Any, Final
 
 from casare_nb.core.errors import one_line
+from casare_nb.core.history import (
+    FAILED_STATUSES,
+    MANUAL,
+    CellDurations,
+    DailyRuns,
+    RunGroup,
+)
 from casare_nb.core.models import CellRecord, RunRecord, RunStatus
 from casare_nb.store.database import (
     Connection,
@@ -60,6 +68,7 @@ _RUN_COLUMNS: Final[dict[str, str]] = {
     "replayed_cells": "VARCHAR",
     "restore_mode": "VARCHAR",
     "source": "VARCHAR",
+    "trigger": "VARCHAR",
 }
 _CELL_COLUMNS: Final[dict[str, str]] = {
     "run_id": "VARCHAR",
@@ -76,6 +85,30 @@ _CELL_COLUMNS: Final[dict[str, str]] = {
 }
 _RUN_SELECT: Final[str] = ", ".join(_RUN_COLUMNS)
 _CELL_SELECT: Final[str] = ", ".join(_CELL_COLUMNS)
+
+
+_LATEST: Final[str] = (
+    f"SELECT {_RUN_SELECT}, min(started_at) OVER (PARTITION BY run_id) AS first_started_at "
+    "FROM runs QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY attempt DESC) = 1"
+)
+"""The latest attempt of each run, with when the run first started."""
+
+_FAILED: Final[str] = ", ".join(f"'{s.value}'" for s in sorted(FAILED_STATUSES))
+
+
+def _latest_filter(workflow: str | None, trigger: str | None) -> tuple[str, list[object]]:
+    """The WHERE clause (and its parameters) over :data:`_LATEST` for a workflow and what
+    started the runs."""
+    where, params = "TRUE", list[object]()
+    if workflow is not None:
+        where += " AND workflow_path = ?"
+        params.append(workflow)
+    if trigger == MANUAL:
+        where += " AND trigger IS NULL"
+    elif trigger is not None:
+        where += " AND trigger = ?"
+        params.append(trigger)
+    return where, params
 
 
 def _run_row(run: RunRecord) -> tuple[Any, ...]:
@@ -102,6 +135,7 @@ def _run_row(run: RunRecord) -> tuple[Any, ...]:
         to_json(run.replayed_cells),
         None if run.restore_mode is None else run.restore_mode.value,
         run.source,
+        run.trigger,
     )
 
 
@@ -227,30 +261,109 @@ class HistoryStore:
         return [_run_from_row(row) for row in rows]
 
     def list_runs(
-        self, *, status: Collection[RunStatus] | None = None, limit: int = 50
+        self,
+        *,
+        status: Collection[RunStatus] | None = None,
+        limit: int = 50,
+        workflow: str | None = None,
+        trigger: str | None = None,
+        before: datetime | None = None,
     ) -> list[RunRecord]:
         """The latest attempt of each run, newest ``started_at`` first.
 
         ``status`` filters on the status of that latest attempt (a run whose retry
-        completed is not listed as failed).
+        completed is not listed as failed); ``workflow`` on its path; ``trigger`` on what
+        started it (a ``kind:id`` label, or :data:`~casare_nb.core.history.MANUAL` for runs
+        started by hand); ``before`` keeps runs started earlier (the next page).
         """
         if limit <= 0 or (status is not None and not status):
             return []
-        params: list[object] = []
-        where = "rn = 1"
+        where, params = _latest_filter(workflow, trigger)
         if status is not None:
             values = sorted({RunStatus(s).value for s in status})
             where += f" AND status IN ({', '.join('?' for _ in values)})"
             params.extend(values)
+        if before is not None:
+            where += " AND started_at < ?"
+            params.append(to_db_time(before))
         params.append(limit)
         rows = self.db.query(
-            f"SELECT {_RUN_SELECT} FROM ("
-            f"  SELECT *, row_number() OVER (PARTITION BY run_id ORDER BY attempt DESC) AS rn"
-            f"  FROM runs"
-            f") WHERE {where} ORDER BY started_at DESC, run_id DESC LIMIT ?",
+            f"SELECT {_RUN_SELECT} FROM ({_LATEST}) WHERE {where} "
+            "ORDER BY started_at DESC, run_id DESC LIMIT ?",
             params,
         )
         return [_run_from_row(row) for row in rows]
+
+    def daily(
+        self, *, days: int = 14, workflow: str | None = None, now: datetime | None = None
+    ) -> list[DailyRuns]:
+        """Runs per workflow per UTC day over the last ``days`` days (today included), by
+        outcome; a run counts on the day it first started, with its latest outcome."""
+        if days <= 0:
+            return []
+        today = (now or datetime.now(UTC)).astimezone(UTC).date()
+        where, params = _latest_filter(workflow, None)
+        where += " AND first_started_at >= ?"
+        params.append(datetime.combine(today - timedelta(days=days - 1), time()))
+        rows = self.db.query(
+            "SELECT workflow_path, CAST(first_started_at AS DATE) AS day, count(*), "
+            f"count(*) FILTER (WHERE status = 'completed'), "
+            f"count(*) FILTER (WHERE status IN ({_FAILED})) "
+            f"FROM ({_LATEST}) WHERE {where} GROUP BY ALL ORDER BY day, workflow_path",
+            params,
+        )
+        return [
+            DailyRuns(workflow_path=w, day=d, runs=n, completed=ok, failed=bad)
+            for w, d, n, ok, bad in rows
+        ]
+
+    def groups(self, *, limit: int = 50, workflow: str | None = None) -> list[RunGroup]:
+        """The runs of each (workflow, what started them), the most recently active first."""
+        if limit <= 0:
+            return []
+        where, params = _latest_filter(workflow, None)
+        params.append(limit)
+        rows = self.db.query(
+            "SELECT workflow_path, trigger, count(*), "
+            "count(*) FILTER (WHERE status = 'completed'), "
+            f"count(*) FILTER (WHERE status IN ({_FAILED})), "
+            "arg_max(run_id, started_at), arg_max(status, started_at), max(started_at) "
+            f"FROM ({_LATEST}) WHERE {where} GROUP BY ALL "
+            "ORDER BY max(started_at) DESC, workflow_path LIMIT ?",
+            params,
+        )
+        return [
+            RunGroup(
+                workflow_path=w,
+                trigger=t,
+                runs=n,
+                completed=ok,
+                failed=bad,
+                last_run_id=last,
+                last_status=RunStatus(status),
+                last_started_at=from_db_time(started),
+            )
+            for w, t, n, ok, bad, last, status, started in rows
+        ]
+
+    def cell_durations(self, *, workflow: str | None = None) -> list[CellDurations]:
+        """Per workflow: how long its cells take (executed cells that ended ok; replayed ones
+        left out), over every attempt."""
+        where, params = "c.status = 'ok' AND NOT c.replayed", []
+        if workflow is not None:
+            where += " AND r.workflow_path = ?"
+            params.append(workflow)
+        rows = self.db.query(
+            "SELECT r.workflow_path, count(*), quantile_cont(c.duration_s, 0.5), "
+            "quantile_cont(c.duration_s, 0.95), max(c.duration_s) "
+            "FROM cells c JOIN runs r ON c.run_id = r.run_id AND c.attempt = r.attempt "
+            f"WHERE {where} GROUP BY r.workflow_path ORDER BY r.workflow_path",
+            params,
+        )
+        return [
+            CellDurations(workflow_path=w, cells=n, p50_s=p50, p95_s=p95, max_s=top)
+            for w, n, p50, p95, top in rows
+        ]
 
     def list_cells(self, run_id: str, attempt: int | None = None) -> list[CellRecord]:
         """Cells of one attempt, or of every attempt when None; ordered (attempt, cell_index)."""

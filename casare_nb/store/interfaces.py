@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from casare_nb.core.history import CellDurations, DailyRuns, RunGroup
 from casare_nb.core.models import CellRecord, Job, JobStatus, Priority, RunRecord, RunStatus
 from casare_nb.core.triggers import Schedule, Trigger, TriggerKind
 from casare_nb.notebook.state import AttemptPaths, StateDir
@@ -167,9 +168,30 @@ class RunHistory(Protocol):
         ...
 
     def list_runs(
-        self, *, status: Collection[RunStatus] | None = None, limit: int = 50
+        self,
+        *,
+        status: Collection[RunStatus] | None = None,
+        limit: int = 50,
+        workflow: str | None = None,
+        trigger: str | None = None,
+        before: datetime | None = None,
     ) -> list[RunRecord]:
-        """The latest attempt of each run, newest first, filtered on its status."""
+        """The latest attempt of each run, newest first, filtered on its status, workflow,
+        what started it (``kind:id``, or ``"manual"``) and a start before ``before``."""
+        ...
+
+    def daily(
+        self, *, days: int = 14, workflow: str | None = None, now: datetime | None = None
+    ) -> list[DailyRuns]:
+        """Runs per workflow per UTC day over the last ``days`` days, by latest outcome."""
+        ...
+
+    def groups(self, *, limit: int = 50, workflow: str | None = None) -> list[RunGroup]:
+        """Runs per (workflow, what started them), the most recently active first."""
+        ...
+
+    def cell_durations(self, *, workflow: str | None = None) -> list[CellDurations]:
+        """Per workflow: median, p95 and longest duration of its executed ok cells."""
         ...
 
     def list_cells(self, run_id: str, attempt: int | None = None) -> list[CellRecord]:

@@ -164,6 +164,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        5,
+        # What started a run (casare_nb.core.history.trigger_label), so the history can
+        # group the runs of a schedule or trigger without the jobs table.
+        "ALTER TABLE runs ADD COLUMN trigger VARCHAR;",
+    ),
 ]
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]

@@ -8,7 +8,15 @@ from fastapi.responses import JSONResponse
 
 from casare_nb import __version__
 from casare_nb.core.errors import CasareError, OrchestratorDraining, one_line
-from casare_nb.orchestrator.http import jobs, probes, robots, schedules, tokens, triggers
+from casare_nb.orchestrator.http import (
+    history,
+    jobs,
+    probes,
+    robots,
+    schedules,
+    tokens,
+    triggers,
+)
 from casare_nb.orchestrator.orchestrator import Orchestrator
 
 __all__ = ["create_app"]
@@ -44,6 +52,7 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         probes.router,
         robots.router,
         jobs.router,
+        history.router,
         schedules.router,
         triggers.router,
         triggers.hooks,

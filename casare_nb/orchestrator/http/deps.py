@@ -31,6 +31,7 @@ __all__ = [
     "Auth",
     "Orch",
     "WorkflowPath",
+    "Written",
     "add_changes",
     "error",
     "resolve_workflow",
@@ -62,6 +63,16 @@ def _orchestrator(request: Request) -> Orchestrator:
 
 Orch = Annotated[Orchestrator, Depends(_orchestrator)]
 """The orchestrator the app serves."""
+
+
+async def _written(orch: Orch) -> Orchestrator:
+    await asyncio.to_thread(orch.job_manager.flush_history, 10.0)
+    return orch
+
+
+Written = Annotated[Orchestrator, Depends(_written)]
+"""The orchestrator, once what its job manager made so far is in the stores: a history read
+made after a job's final event sees that job's records (the history is written behind)."""
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `casare-nb token create`.")
 

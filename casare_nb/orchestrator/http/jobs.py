@@ -1,19 +1,25 @@
-"""``/api/jobs``: submit, list, read, cancel and re-run jobs; read what a job recorded."""
+"""``/api/jobs``: submit, list, read, cancel and re-run jobs; read what a job recorded: its
+attempts, cells, notebook, where it failed, its outputs."""
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
 from casare_nb.api import ErrorBody, RerunJob, SubmitJob
 from casare_nb.core.errors import OrchestratorDraining, QueueError, WorkflowError, one_line
-from casare_nb.core.models import Job, RunStatus
+from casare_nb.core.failure import Failure, failure_of
+from casare_nb.core.history import FAILED_STATUSES
+from casare_nb.core.models import CellRecord, Job, RunRecord, RunStatus
 from casare_nb.core.params import ParameterError
 from casare_nb.orchestrator.http.deps import (
     AUTH_ERRORS,
     Auth,
     Orch,
     WorkflowPath,
+    Written,
     error,
     with_errors,
 )
@@ -119,3 +125,64 @@ async def job_outputs(job_id: str, _: Auth, orch: Orch) -> dict[str, Any]:
     """The values the job's notebook recorded with ``casare_nb.output(name, value)``."""
     await _known_job(orch, job_id)
     return await asyncio.to_thread(orch.stores.outputs.outputs, job_id)
+
+
+_NO_NOTEBOOK = with_errors(404, "Unknown job, or no notebook for that attempt yet.")
+
+
+@router.get("/{job_id}/attempts", response_model=list[RunRecord], responses=_ONE_JOB)
+async def job_attempts(job_id: str, _: Auth, orch: Written) -> list[RunRecord]:
+    """Every attempt of the job as the history keeps it, in order."""
+    await _known_job(orch, job_id)
+    return await asyncio.to_thread(orch.stores.history.attempts, job_id)
+
+
+@router.get("/{job_id}/cells", response_model=list[CellRecord], responses=_ONE_JOB)
+async def job_cells(
+    job_id: str, _: Auth, orch: Written, attempt: Annotated[int | None, Query(ge=1)] = None
+) -> list[CellRecord]:
+    """The executed cells of one attempt (every attempt by default), in order."""
+    await _known_job(orch, job_id)
+    return await asyncio.to_thread(orch.stores.history.list_cells, job_id, attempt)
+
+
+def _read_notebook(path: Path) -> dict[str, Any] | None:
+    try:
+        notebook = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return notebook if isinstance(notebook, dict) else None
+
+
+async def _notebook(orch: Orchestrator, job: Job, attempt: int | None) -> dict[str, Any] | None:
+    number = attempt or max(1, job.attempt)
+    path = orch.stores.checkpoints.attempt(job.job_id, number).output
+    return await asyncio.to_thread(_read_notebook, path)
+
+
+@router.get("/{job_id}/notebook", response_model=dict[str, Any], responses=_NO_NOTEBOOK)
+async def job_notebook(
+    job_id: str, _: Auth, orch: Written, attempt: Annotated[int | None, Query(ge=1)] = None
+) -> dict[str, Any]:
+    """The notebook of an attempt (the latest by default): the output notebook once it
+    ended, the notebook so far while it runs."""
+    job = await _known_job(orch, job_id)
+    notebook = await _notebook(orch, job, attempt)
+    if notebook is None:
+        raise error(404, f"job {job_id} has no notebook for attempt {attempt or job.attempt}")
+    return notebook
+
+
+@router.get(
+    "/{job_id}/failure",
+    response_model=Failure,
+    responses={**_ONE_JOB, 409: {"model": ErrorBody, "description": "It did not fail."}},
+)
+async def job_failure(job_id: str, _: Auth, orch: Written) -> Failure:
+    """Where the job's latest attempt failed: the cell, its source and the traceback."""
+    job = await _known_job(orch, job_id)
+    run = await asyncio.to_thread(orch.stores.history.get_run, job_id)
+    if run is None or run.status not in FAILED_STATUSES:
+        status = run.status.value if run is not None else job.status.value
+        raise error(409, f"job {job_id} did not fail (it is {status})")
+    return failure_of(run, await _notebook(orch, job, run.attempt))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from casare_nb.core.dispatch import RetryPolicy, after_attempt
+from casare_nb.core.history import trigger_label
 from casare_nb.core.models import Job, RunRecord, RunStatus
 from casare_nb.notebook.state import CheckpointError
 from casare_nb.orchestrator.jobs.book import JobBook
@@ -344,7 +345,12 @@ class Attempts:
         book = self.book
         error = (msg.error_name or msg.status.value, msg.error_message or "")
         self._history_run(
-            job, msg.status, now, output=path, error=error, failed_cell=msg.failed_cell
+            job,
+            msg.status,
+            now,
+            output=path,
+            error=error,
+            failed_cell=(msg.failed_cell, msg.failed_cell_id),
         )
         book.release(job.job_id, job.attempt)
         if msg.status is RunStatus.CANCELLED and not book.live.cancel_requested(job.job_id):
@@ -397,7 +403,7 @@ class Attempts:
         *,
         output: Path | None = None,
         error: tuple[str, str] | None = None,
-        failed_cell: int | None = None,
+        failed_cell: tuple[int | None, str | None] = (None, None),
     ) -> None:
         attempt = self.book.attempts.get((job.job_id, job.attempt))
         started = (attempt.started_at if attempt else None) or job.accepted_at
@@ -415,8 +421,10 @@ class Attempts:
             cells_total=attempt.cells_total if attempt else 0,
             error_name=error[0] if error else None,
             error_message=error[1] if error else None,
-            failed_cell=failed_cell,
+            failed_cell=failed_cell[0],
+            failed_cell_id=failed_cell[1],
             output_path=str(output) if output else None,
             source=job.source,
+            trigger=trigger_label(job.trigger),
         )
         self.durability.put_history(record)

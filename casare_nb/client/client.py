@@ -1,20 +1,5 @@
-"""The Python API of a running orchestrator, for analysts, notebooks and the CLI.
-
-:class:`Client` is synchronous: HTTP calls with httpx, events over the orchestrator's
-WebSocket (the ``subscribe`` message of :mod:`casare_nb.protocol`) with the same bearer
-token. ``Client.local()`` reads the runtime file a local orchestrator writes in its state
-directory (``./.casare/orchestrator.json`` or ``$CASARE_HOME``)::
-
-    from casare_nb import Client
-
-    client = Client.local()                       # or Client("http://host:8766", token)
-    job = client.submit("flaky_ingest.ipynb", wait=True)
-    if job.status != "completed":
-        job = client.rerun(job.job_id, parameters={"max_bad_ratio": 0.1}, wait=True)
-
-Every failure is a :class:`ClientError` (a :class:`~casare_nb.core.errors.CasareError`) with
-the server's one-line reason and the HTTP ``status`` (None when the orchestrator could not
-be reached); :class:`WaitTimeout` when :meth:`Client.wait` runs out of time.
+"""The client of a running orchestrator: :class:`Client` and its HTTP API; the event stream
+is :mod:`.events`, the history :mod:`.history` (the package docstring shows a session).
 
 The WebSocket side (websockets, :mod:`casare_nb.protocol`) is imported on first use, inside
 the methods that need it: callers that only use HTTP (most CLI commands) skip its start-up.
@@ -25,11 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -51,164 +35,24 @@ from casare_nb.api import (
     read_runtime_file,
     runtime_file_path,
 )
-from casare_nb.core.errors import CasareError, one_line
-from casare_nb.core.models import Job, Priority, Robot, RunStatus
+from casare_nb.client.errors import ClientError, WaitTimeout
+from casare_nb.client.events import (
+    Monitor,
+    Subscription,
+    TopicName,
+    deadline_of,
+    job_id_of,
+    wait_topics,
+)
+from casare_nb.client.history import History
+from casare_nb.core.errors import one_line
+from casare_nb.core.failure import Failure
+from casare_nb.core.models import CellRecord, Job, Priority, Robot, RunRecord, RunStatus
 
 if TYPE_CHECKING:  # the event stream's modules load on first use: `casare-nb jobs` stays quick
-    from websockets.sync.client import ClientConnection
-
     from casare_nb.protocol import Event, Topic
 
-__all__ = ["Client", "ClientError", "Subscription", "WaitTimeout"]
-
-TopicName: TypeAlias = "Topic | str"
-
-
-class ClientError(CasareError):
-    """A request failed: ``str(err)`` is the server's one-line reason; ``status`` the HTTP
-    status (None when the orchestrator could not be reached or the stream broke)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (str(self), self.status))
-
-
-class WaitTimeout(ClientError, TimeoutError):
-    """:meth:`Client.wait` ran out of time; the job goes on."""
-
-
-def _job_id_of(event: Event) -> str | None:
-    """The job an event is about (None for a robot's)."""
-    data = event.data
-    job_id = getattr(data, "job_id", None)  # a CellEvent
-    if job_id is None:
-        job = getattr(data, "job", None)  # a JobEvent
-        job_id = getattr(job, "job_id", None)
-    return job_id if isinstance(job_id, str) else None
-
-
-_RECV_SLICE_S = 0.25
-"""The longest a blocking receive waits in one go, so that Ctrl-C (KeyboardInterrupt) is
-seen in a loop over events that waits for ever."""
-
-
-def _deadline(timeout: float | None) -> float | None:
-    return None if timeout is None else time.monotonic() + timeout
-
-
-def _wait_topics(on_event: Callable[[Event], None] | None) -> frozenset[Topic]:
-    from casare_nb.protocol import Topic
-
-    return frozenset({Topic.JOBS, Topic.CELLS} if on_event else {Topic.JOBS})
-
-
-class _Monitor:
-    """One subscribed WebSocket connection: events in order, with deadlines."""
-
-    def __init__(self, ws: ClientConnection, open_timeout: float) -> None:
-        self.ws = ws
-        self.open_timeout = open_timeout
-        self.snapshot: Event | None = None
-
-    def subscribe(self, topics: frozenset[Topic]) -> None:
-        """Subscribe to ``topics`` (and ``robots``, whose snapshot reply confirms it)."""
-        from casare_nb.protocol import Subscribe, Topic, encode
-
-        request = Subscribe(topics=topics | {Topic.ROBOTS})
-        self.ws.send(encode(request))
-        deadline = time.monotonic() + self.open_timeout
-        while True:
-            try:
-                event = self.next(deadline)
-            except WaitTimeout:
-                raise ClientError("the orchestrator did not confirm the subscription") from None
-            if event.reply_to == request.id:
-                self.snapshot = event
-                return
-
-    def next(self, deadline: float | None) -> Event:
-        """The next event; :class:`WaitTimeout` once ``deadline`` (monotonic) passes."""
-        from websockets.exceptions import ConnectionClosed
-
-        from casare_nb.protocol import MAX_FRAME_BYTES, Error, Event, ProtocolError, Role, decode
-
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise WaitTimeout("timed out waiting for events")
-            try:
-                frame = self.ws.recv(timeout=min(remaining or _RECV_SLICE_S, _RECV_SLICE_S))
-            except TimeoutError:
-                continue  # a slice passed: signals are handled, the deadline checked
-            except ConnectionClosed as exc:
-                why = f": {exc.rcvd.reason}" if exc.rcvd and exc.rcvd.reason else ""
-                raise ClientError(f"the orchestrator closed the event stream{why}") from None
-            try:
-                msg = decode(frame, max_bytes=MAX_FRAME_BYTES, sender=Role.ORCHESTRATOR)
-            except ProtocolError as exc:
-                raise ClientError(f"the orchestrator sent an invalid event: {exc}") from None
-            if isinstance(msg, Event):
-                return msg
-            if isinstance(msg, Error):
-                raise ClientError(f"the orchestrator refused the subscription: {msg.message}")
-
-
-class Subscription(Iterator["Event"]):
-    """Events of the subscribed topics, in order: iterate (blocking) or :meth:`receive` with
-    a timeout. Subscribed from the moment it is made; :meth:`close` (or ``with``) ends it."""
-
-    def __init__(
-        self, monitor: contextlib.AbstractContextManager[_Monitor], topics: frozenset[Topic]
-    ) -> None:
-        self.topics = topics
-        self.closed = False
-        self._stack = contextlib.ExitStack()
-        self._monitor = self._stack.enter_context(monitor)
-        snapshot = self._monitor.snapshot
-        robots = any(topic.value == "robots" for topic in topics)
-        self._pending = [snapshot] if snapshot is not None and robots else []
-
-    def __iter__(self) -> Subscription:
-        return self
-
-    def __next__(self) -> Event:
-        return self.receive()
-
-    def receive(self, timeout: float | None = None) -> Event:
-        """The next event; :class:`WaitTimeout` after ``timeout`` seconds without one."""
-        if self._pending:
-            return self._pending.pop(0)
-        if self.closed:
-            raise ClientError("the subscription is closed")
-        deadline = _deadline(timeout)
-        while True:
-            try:
-                event = self._monitor.next(deadline)
-            except ClientError:
-                if self.closed:  # closed meanwhile, from another thread
-                    raise ClientError("the subscription is closed") from None
-                raise
-            if event.topic in self.topics:
-                return event
-
-    def close(self) -> None:
-        """Disconnect; idempotent, and safe from another thread (a receive waiting there
-        raises :class:`ClientError`)."""
-        self.closed = True
-        self._stack.close()
-
-    def __del__(self) -> None:  # a loop left with break, never closed
-        with contextlib.suppress(Exception):
-            self.close()
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+__all__ = ["Client"]
 
 
 class Client:
@@ -359,8 +203,8 @@ class Client:
         }
         if not wait:
             return Job.model_validate(self._request("POST", "/api/jobs", json=body).json())
-        deadline = _deadline(timeout)
-        with self._monitor(_wait_topics(on_event)) as monitor:  # before: no event is missed
+        deadline = deadline_of(timeout)
+        with self._monitor(wait_topics(on_event)) as monitor:  # before: no event is missed
             job = Job.model_validate(self._request("POST", "/api/jobs", json=body).json())
             return self._wait(monitor, job.job_id, deadline, timeout, on_event)
 
@@ -393,8 +237,8 @@ class Client:
         path = f"/api/jobs/{job_id}/rerun"
         if not wait:
             return Job.model_validate(self._request("POST", path, json=body).json())
-        deadline = _deadline(timeout)
-        with self._monitor(_wait_topics(on_event)) as monitor:
+        deadline = deadline_of(timeout)
+        with self._monitor(wait_topics(on_event)) as monitor:
             job = Job.model_validate(self._request("POST", path, json=body).json())
             return self._wait(monitor, job.job_id, deadline, timeout, on_event)
 
@@ -426,6 +270,36 @@ class Client:
         """The values job ``job_id`` recorded with ``casare_nb.output(name, value)``."""
         result: dict[str, Any] = self._request("GET", f"/api/jobs/{job_id}/outputs").json()
         return result
+
+    def attempts(self, job_id: str) -> list[RunRecord]:
+        """Every attempt of job ``job_id`` as the history keeps it, in order."""
+        rows = self._request("GET", f"/api/jobs/{job_id}/attempts").json()
+        return [RunRecord.model_validate(row) for row in rows]
+
+    def cells(self, job_id: str, attempt: int | None = None) -> list[CellRecord]:
+        """The executed cells of one attempt of job ``job_id`` (every attempt by default)."""
+        params = {} if attempt is None else {"attempt": attempt}
+        rows = self._request("GET", f"/api/jobs/{job_id}/cells", params=params).json()
+        return [CellRecord.model_validate(row) for row in rows]
+
+    def notebook(self, job_id: str, attempt: int | None = None) -> dict[str, Any]:
+        """The notebook of an attempt of job ``job_id`` (its latest by default), as JSON:
+        the output notebook once it ended, the notebook so far while it runs."""
+        params = {} if attempt is None else {"attempt": attempt}
+        result: dict[str, Any] = self._request(
+            "GET", f"/api/jobs/{job_id}/notebook", params=params
+        ).json()
+        return result
+
+    def failure(self, job_id: str) -> Failure:
+        """Where job ``job_id`` failed: the attempt, the cell, its source and the traceback.
+        ClientError (409) when its latest attempt did not fail."""
+        return Failure.model_validate(self._request("GET", f"/api/jobs/{job_id}/failure").json())
+
+    @property
+    def history(self) -> History:
+        """The history's runs and aggregates (``client.history.daily()`` ...)."""
+        return History(self._request)
 
     # -- schedules and triggers ----------------------------------------------------------
 
@@ -533,7 +407,7 @@ class Client:
         return self._ws_url
 
     @contextlib.contextmanager
-    def _monitor(self, topics: frozenset[Topic]) -> Iterator[_Monitor]:
+    def _monitor(self, topics: frozenset[Topic]) -> Iterator[Monitor]:
         from websockets.exceptions import InvalidStatus, WebSocketException
         from websockets.sync.client import connect as ws_connect
 
@@ -558,7 +432,7 @@ class Client:
             why = one_line(exc)
             raise ClientError(f"cannot open the event stream at {url}: {why}") from None
         with ws:
-            monitor = _Monitor(ws, self.timeout)
+            monitor = Monitor(ws, self.timeout)
             monitor.subscribe(topics)
             yield monitor
 
@@ -593,13 +467,13 @@ class Client:
         """Block until the job reaches a final status and answer it; :class:`WaitTimeout`
         after ``timeout`` seconds. Listens to the event stream (no polling); ``on_event``
         sees the job's events (queued, started, each cell, finished) as they come."""
-        deadline = _deadline(timeout)
-        with self._monitor(_wait_topics(on_event)) as monitor:
+        deadline = deadline_of(timeout)
+        with self._monitor(wait_topics(on_event)) as monitor:
             return self._wait(monitor, job_id, deadline, timeout, on_event)
 
     def _wait(
         self,
-        monitor: _Monitor,
+        monitor: Monitor,
         job_id: str,
         deadline: float | None,
         timeout: float | None,
@@ -616,7 +490,7 @@ class Client:
             except WaitTimeout:
                 status = self.get(job_id).status.value
                 raise WaitTimeout(f"job {job_id} is still {status} after {timeout} s") from None
-            if _job_id_of(event) != job_id:
+            if job_id_of(event) != job_id:
                 continue
             if on_event is not None:
                 on_event(event)
