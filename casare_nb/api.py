@@ -171,6 +171,9 @@ class ServerInfo(BaseModel):
     ws_url: str = Field(description="Where robots and monitors connect (same bearer tokens).")
     draining: bool
     protocol_version: int
+    submissions_paused: bool = Field(
+        default=False, description="An operator paused submissions (503 until unpaused)."
+    )
 
 
 class Health(BaseModel):

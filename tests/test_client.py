@@ -388,3 +388,36 @@ def test_the_history_groups_runs_by_what_started_them_and_aggregates_them(
     assert today and today[0].completed >= 2
     [durations] = client.history.cell_durations(workflow=path)
     assert durations.cells >= 4 and 0 < durations.p50_s <= durations.p95_s <= durations.max_s
+
+
+def test_a_paused_robot_takes_no_job_until_unpaused(client: Client) -> None:
+    """pause_robot drains the robot at once (status draining): a job submitted meanwhile is
+    assigned only after unpause_robot; unknown robots are 409."""
+    paused = client.pause_robot("robot-a")
+    try:
+        assert paused.status.value == "draining"
+        assert {r.robot_id: r.status.value for r in client.robots()}["robot-a"] == "draining"
+        job = client.submit("add.ipynb")
+        assert client.get(job.job_id).status is RunStatus.QUEUED
+    finally:
+        unpaused_at = datetime.now(UTC)
+        client.unpause_robot("robot-a")
+    done = client.wait(job.job_id, timeout=WAIT)
+    assert done.status is RunStatus.COMPLETED
+    assert done.assigned_at is not None and done.assigned_at >= unpaused_at
+    with pytest.raises(ClientError, match="robot nobody is not online") as err:
+        client.pause_robot("nobody")
+    assert err.value.status == 409
+
+
+def test_paused_submissions_are_refused_until_unpaused(client: Client) -> None:
+    """pause_submissions makes submit a 503 ClientError and info() say so; unpaused, a
+    submission is taken again."""
+    assert client.pause_submissions().submissions_paused
+    try:
+        with pytest.raises(ClientError, match="submissions are paused") as err:
+            client.submit("add.ipynb")
+        assert err.value.status == 503 and client.info().submissions_paused
+    finally:
+        assert not client.pause_submissions(False).submissions_paused
+    assert client.submit("add.ipynb", wait=True, timeout=WAIT).status is RunStatus.COMPLETED

@@ -271,6 +271,21 @@ class Client:
         result: dict[str, Any] = self._request("GET", f"/api/jobs/{job_id}/outputs").json()
         return result
 
+    def pause_robot(self, robot_id: str) -> Robot:
+        """Drain one robot: it takes no new jobs, its running jobs finish."""
+        return Robot.model_validate(self._request("POST", f"/api/robots/{robot_id}/pause").json())
+
+    def unpause_robot(self, robot_id: str) -> Robot:
+        """Let a paused robot take jobs again."""
+        response = self._request("POST", f"/api/robots/{robot_id}/unpause")
+        return Robot.model_validate(response.json())
+
+    def pause_submissions(self, paused: bool = True) -> ServerInfo:
+        """Refuse new submissions, re-runs and trigger fires until unpaused (queued and
+        running jobs go on); ``paused=False`` takes them again."""
+        action = "pause" if paused else "unpause"
+        return ServerInfo.model_validate(self._request("POST", f"/api/submissions/{action}").json())
+
     def attempts(self, job_id: str) -> list[RunRecord]:
         """Every attempt of job ``job_id`` as the history keeps it, in order."""
         rows = self._request("GET", f"/api/jobs/{job_id}/attempts").json()

@@ -25,8 +25,16 @@ class ResumeError(CasareError):
     """The run cannot be resumed as asked."""
 
 
-class OrchestratorDraining(CasareError):
-    """The orchestrator is draining: it takes no new submissions."""
+class SubmissionsClosed(CasareError):
+    """The orchestrator takes no new submissions now (HTTP 503)."""
+
+
+class OrchestratorDraining(SubmissionsClosed):
+    """The orchestrator is draining: it takes no new submissions until restarted."""
+
+
+class SubmissionsPaused(SubmissionsClosed):
+    """An operator paused submissions: none is taken until they are resumed."""
 
 
 class QueueError(RuntimeError):

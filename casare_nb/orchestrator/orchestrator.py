@@ -31,13 +31,24 @@ from typing import Any, Final, Unpack
 
 from casare_nb.api import DrainResult
 from casare_nb.core.dispatch import RetryPolicy
-from casare_nb.core.models import Job, Robot, RunStatus, SubmitOptions
+from casare_nb.core.errors import QueueError
+from casare_nb.core.models import Job, Robot, RobotStatus, RunStatus, SubmitOptions
 from casare_nb.orchestrator.jobs.manager import JobManager
 from casare_nb.orchestrator.metrics import OrchestratorMetrics
 from casare_nb.orchestrator.registry import RobotRegistry
 from casare_nb.orchestrator.triggers.hub import Triggers
 from casare_nb.orchestrator.websocket import WebSocketService
-from casare_nb.protocol import MAX_FRAME_BYTES, Envelope, EventData, EventKind, Shutdown, Topic
+from casare_nb.protocol import (
+    MAX_FRAME_BYTES,
+    Envelope,
+    EventData,
+    EventKind,
+    Pause,
+    RobotEvent,
+    Shutdown,
+    Topic,
+    Unpause,
+)
 from casare_nb.store.embedded import open_embedded
 from casare_nb.store.interfaces import Stores
 
@@ -257,6 +268,40 @@ class Orchestrator:
     def monitors(self, topic: Topic | None = None) -> int:
         """How many monitors are connected (subscribed to ``topic``, if given)."""
         return self.websocket.monitors(topic)
+
+    def pause_robot(self, robot_id: str, paused: bool = True) -> Robot:
+        """Drain one robot (``paused``: it takes no new jobs; the running ones finish) or
+        let it take jobs again. The robot shows ``draining`` at once, and its heartbeats say
+        so from then on. QueueError for a robot that is unknown or offline."""
+        robot = self.registry.get(robot_id)
+        if robot is None or robot.status is RobotStatus.OFFLINE:
+            raise QueueError(f"robot {robot_id} is not online")
+        msg = Pause(reason="paused by an operator") if paused else Unpause()
+        if not self.send_to_robot(robot_id, msg):
+            raise QueueError(f"robot {robot_id} is not connected")
+        if paused:
+            status = RobotStatus.DRAINING
+        else:
+            status = RobotStatus.BUSY if robot.free_slots == 0 else RobotStatus.ONLINE
+        changed = self.registry.set_status(robot_id, status)
+        assert changed is not None  # online just above, in this same loop turn
+        self.publish(EventKind.ROBOT_STATUS, RobotEvent(robot=changed))
+        if not paused:
+            self.job_manager.wake()
+        self._notify()
+        return changed
+
+    @property
+    def submissions_paused(self) -> bool:
+        """True while an operator paused submissions (:meth:`pause_submissions`)."""
+        return self.job_manager.submissions_paused
+
+    def pause_submissions(self, paused: bool = True) -> None:
+        """Refuse (``paused``) or take again new submissions, re-runs and trigger fires,
+        without stopping anything: queued jobs are still dispatched, running ones go on."""
+        self.job_manager.submissions_paused = paused
+        logger.info("submissions %s", "paused" if paused else "taken again")
+        self._notify()
 
     @property
     def draining(self) -> bool:

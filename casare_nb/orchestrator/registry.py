@@ -85,6 +85,16 @@ class RobotRegistry:
         entry = self._entries.get(robot_id)
         return None if entry is None else entry.robot.model_copy(deep=True)
 
+    def set_status(self, robot_id: str, status: RobotStatus) -> Robot | None:
+        """Show ``status`` for a robot until its next heartbeat says otherwise (e.g. paused by
+        the orchestrator: draining at once); None for an unknown or offline robot."""
+        entry = self._entries.get(robot_id)
+        if entry is None or entry.robot.status is RobotStatus.OFFLINE:
+            return None
+        entry.robot = entry.robot.model_copy(update={"status": status})
+        self._snapshot = None
+        return entry.robot.model_copy(deep=True)
+
     def register(self, msg: Register, *, now: datetime, session: Hashable | None = None) -> Robot:
         """Record a robot online as of ``now``; raises :class:`RobotIdTaken` if its id is live."""
         old = self._entries.get(msg.robot_id)

@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from casare_nb import __version__
-from casare_nb.core.errors import CasareError, OrchestratorDraining, one_line
+from casare_nb.core.errors import CasareError, SubmissionsClosed, one_line
 from casare_nb.orchestrator.http import (
     history,
     jobs,
@@ -65,8 +65,8 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         status, detail = _validation_detail(exc)
         return JSONResponse({"detail": detail}, status_code=status)
 
-    @app.exception_handler(OrchestratorDraining)
-    async def _draining(request: Request, exc: OrchestratorDraining) -> JSONResponse:
+    @app.exception_handler(SubmissionsClosed)
+    async def _closed(request: Request, exc: SubmissionsClosed) -> JSONResponse:
         return JSONResponse({"detail": one_line(exc)}, status_code=503)
 
     @app.exception_handler(CasareError)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from casare_nb.api import ErrorBody, RerunJob, SubmitJob
-from casare_nb.core.errors import OrchestratorDraining, QueueError, WorkflowError, one_line
+from casare_nb.core.errors import QueueError, SubmissionsClosed, WorkflowError, one_line
 from casare_nb.core.failure import Failure, failure_of
 from casare_nb.core.history import FAILED_STATUSES
 from casare_nb.core.models import CellRecord, Job, RunRecord, RunStatus
@@ -67,7 +67,7 @@ async def submit(
             environment=body.environment,
             max_retries=body.max_retries,
         )
-    except OrchestratorDraining as exc:
+    except SubmissionsClosed as exc:
         raise error(503, one_line(exc)) from None
     except (ParameterError, WorkflowError, ValueError) as exc:
         raise error(422, one_line(exc)) from None
@@ -112,7 +112,7 @@ async def rerun(job_id: str, _: Auth, orch: Orch, body: RerunJob | None = None) 
             parameters=spec.parameters,
             raw_parameters=spec.raw_parameters,
         )
-    except OrchestratorDraining as exc:
+    except SubmissionsClosed as exc:
         raise error(503, one_line(exc)) from None
     except QueueError as exc:
         raise error(409, one_line(exc)) from None

@@ -36,7 +36,7 @@ from typing import Any, Final
 from pydantic import SecretStr
 
 from casare_nb.core.dispatch import RetryPolicy
-from casare_nb.core.errors import JobExists, OrchestratorDraining, QueueError
+from casare_nb.core.errors import JobExists, OrchestratorDraining, QueueError, SubmissionsPaused
 from casare_nb.core.ids import new_run_id
 from casare_nb.core.injection import REDACTED, redact
 from casare_nb.core.jobs import LiveJobs
@@ -93,6 +93,7 @@ class JobManager:
         self.state_dir = state_dir
         self.durability = Durability(stores.jobs, stores.history.writer())
         self.book = JobBook(LiveJobs(self.durability.stage), link, clock)
+        self.submissions_paused = False  # an operator's pause: submit and rerun refused
         self.relay = CheckpointRelay(self.book, stores.checkpoints)
         self.dispatcher = Dispatcher(
             self.book,
@@ -279,7 +280,7 @@ class JobManager:
             raise ValueError(f"max_retries must be >= 0, not {max_retries}")
         if start_at is not None and start_at.utcoffset() is None:
             raise ValueError("start_at must be timezone-aware")
-        self._check_not_draining()
+        self._check_taking_submissions()
         book = self.book
         path = Path(workflow_path).absolute()
         values, secret_names = await asyncio.to_thread(
@@ -363,7 +364,7 @@ class JobManager:
         ``parameters`` / ``raw_parameters`` change values (the others are kept; secret ones
         must be given again). Raises QueueError (unknown, queued or running job),
         ParameterError or WorkflowError; nothing changes then."""
-        self._check_not_draining()
+        self._check_taking_submissions()
         book = self.book
         job = self._finished_job(job_id)
         path = Path(job.workflow_path)
@@ -419,11 +420,13 @@ class JobManager:
             )
         return current
 
-    def _check_not_draining(self) -> None:
+    def _check_taking_submissions(self) -> None:
         if self.book.draining:
             raise OrchestratorDraining(
                 "the orchestrator is draining: it takes no new submissions until restarted"
             )
+        if self.submissions_paused:
+            raise SubmissionsPaused("submissions are paused: none is taken until resumed")
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one at once, a running one by asking its robot (the job

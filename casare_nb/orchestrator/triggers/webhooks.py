@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict
 
-from casare_nb.core.errors import CasareError, JobExists, OrchestratorDraining, WorkflowError
+from casare_nb.core.errors import CasareError, JobExists, SubmissionsClosed, WorkflowError
 from casare_nb.core.ids import new_run_id
 from casare_nb.core.params import ParameterError
 from casare_nb.core.signing import (
@@ -171,7 +171,7 @@ class WebhookReceiver:
             except (ParameterError, WorkflowError) as exc:
                 await self._release(trigger_id, delivery_id)
                 _refuse(422, str(exc), trigger_id)
-            except OrchestratorDraining as exc:
+            except SubmissionsClosed as exc:
                 await self._release(trigger_id, delivery_id)
                 _refuse(503, str(exc), trigger_id)
             except Exception:
