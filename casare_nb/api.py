@@ -20,6 +20,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from casare_nb.core.models import Priority, RobotStatus, RunStatus
+from casare_nb.core.params import ParamSchema
 from casare_nb.core.triggers import JobFields, Schedule, ScheduleFields, Trigger, TriggerFields
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "TokenInfo",
     "TriggerInfo",
     "UpcomingFire",
+    "WorkflowInfo",
     "pid_alive",
     "read_runtime_file",
     "runtime_file_path",
@@ -162,6 +164,15 @@ class TokenInfo(BaseModel):
     name: str
     created_at: datetime
     revoked_at: datetime | None = None
+
+
+class WorkflowInfo(BaseModel):
+    """A workflow the orchestrator serves; ``GET /api/workflows/{path}`` adds its parameters."""
+
+    path: str = Field(description="Relative to the workflows directory, with / separators.")
+    parameters: ParamSchema | None = Field(
+        default=None, description="What its parameters cell declares (one workflow only)."
+    )
 
 
 class ServerInfo(BaseModel):

@@ -421,3 +421,33 @@ def test_paused_submissions_are_refused_until_unpaused(client: Client) -> None:
     finally:
         assert not client.pause_submissions(False).submissions_paused
     assert client.submit("add.ipynb", wait=True, timeout=WAIT).status is RunStatus.COMPLETED
+
+
+def test_workflows_are_listed_and_one_tells_its_parameters(
+    client: Client, cluster: ServiceThread, tmp_path: Path
+) -> None:
+    """workflows() names the served notebooks (hidden folders left out); workflow(path)
+    gives its parameter schema; a missing one is 404, a link leading outside the directory
+    422."""
+    root = Path(cluster.service.workflows_dir)
+    hidden = root / ".ipynb_checkpoints"
+    hidden.mkdir(exist_ok=True)
+    write_notebook(hidden / "add-checkpoint.ipynb", ["x = 1"])
+    paths = [w.path for w in client.workflows()]
+    assert {"add.ipynb", "checked.ipynb", "sleepy.ipynb"} <= set(paths)
+    assert not any(p.startswith(".") for p in paths)
+    add = client.workflow("add.ipynb")
+    assert add.parameters is not None and add.parameters.params["n"].type_repr == "int"
+    assert add.parameters.problem("n", "x") == "parameter 'n': expected int, got 'x'"
+    with pytest.raises(ClientError, match=r"no workflow nope\.ipynb") as err:
+        client.workflow("nope.ipynb")
+    assert err.value.status == 404
+    elsewhere = write_notebook(tmp_path / "elsewhere.ipynb", ["x = 1"])
+    (root / "link.ipynb").symlink_to(elsewhere)
+    try:
+        assert "link.ipynb" not in [w.path for w in client.workflows()]
+        with pytest.raises(ClientError, match="outside the workflows directory") as err:
+            client.workflow("link.ipynb")
+        assert err.value.status == 422
+    finally:
+        (root / "link.ipynb").unlink()

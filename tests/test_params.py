@@ -904,3 +904,18 @@ def test_scrub_hides_repr_escaped_form() -> None:
     text = f"ValueError: {secret!r}"
     assert secret[:4] not in scrub(text, [secret])
     assert scrub(text, [secret]) == 'ValueError: "***"'
+
+
+def test_problem_judges_one_typed_text_as_a_form_field_would() -> None:
+    """problem() answers None for text that fits the declared type, a one-line reason for
+    text that does not, for an unknown name, and for a required parameter left empty."""
+    schema = schema_of(
+        'n: int = 1\nwhen: str\nmode: Literal["a", "b"] = "a"\nday: date = date(2024, 1, 1)'
+    )
+    assert schema.problem("n", "3") is None and schema.problem("n", "") is None
+    assert schema.problem("n", "x") == "parameter 'n': expected int, got 'x'"
+    assert schema.problem("when", "") == "missing required parameter 'when' (str)"
+    assert schema.problem("mode", "c") == "parameter 'mode': expected one of 'a', 'b', got 'c'"
+    assert schema.problem("day", "2024-02-01") is None
+    assert schema.problem("day", "2024-13-01") == "parameter 'day': expected date, got '2024-13-01'"
+    assert schema.problem("zz", "1") == "unknown parameter 'zz' (declared: n, when, mode, day)"

@@ -31,6 +31,7 @@ from casare_nb.api import (
     TokenInfo,
     TriggerInfo,
     UpcomingFire,
+    WorkflowInfo,
     pid_alive,
     read_runtime_file,
     runtime_file_path,
@@ -285,6 +286,15 @@ class Client:
         running jobs go on); ``paused=False`` takes them again."""
         action = "pause" if paused else "unpause"
         return ServerInfo.model_validate(self._request("POST", f"/api/submissions/{action}").json())
+
+    def workflows(self) -> list[WorkflowInfo]:
+        """The notebooks the orchestrator serves (paths relative to its workflows dir)."""
+        rows = self._request("GET", "/api/workflows").json()
+        return [WorkflowInfo.model_validate(row) for row in rows]
+
+    def workflow(self, path: str) -> WorkflowInfo:
+        """One workflow with the parameters it declares (``.parameters``: a ParamSchema)."""
+        return WorkflowInfo.model_validate(self._request("GET", f"/api/workflows/{path}").json())
 
     def attempts(self, job_id: str) -> list[RunRecord]:
         """Every attempt of job ``job_id`` as the history keeps it, in order."""

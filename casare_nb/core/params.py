@@ -151,6 +151,25 @@ class ParamSchema(BaseModel):
             raise ParameterError("; ".join(problems))
         return ValidatedParams(values=out, warnings=problems)
 
+    def problem(self, name: str, text: str) -> str | None:
+        """What is wrong with giving parameter ``name`` the text ``text`` (as typed in a form
+        or after ``-p``; read as :meth:`validate_values` reads strings), or None. Empty text
+        leaves an optional parameter to its default and is a problem only when required."""
+        spec = self.params.get(name)
+        if spec is None:
+            declared = ", ".join(self.params) or "none"
+            return f"unknown parameter {name!r} (declared: {declared})"
+        if text == "":
+            return (
+                f"missing required parameter {name!r} ({spec.type_repr})" if spec.required else None
+            )
+        value = _from_cli(text, spec_type(spec))
+        try:
+            self._model(for_validation=True).model_validate({name: value})
+        except ValidationError:
+            return _type_problem(spec, text, name in self.secret_names())
+        return None
+
     def json_schema(self) -> dict[str, Any]:
         """JSON schema of the generated pydantic model; secret fields are ``writeOnly``."""
         return self._model(for_validation=False).model_json_schema()

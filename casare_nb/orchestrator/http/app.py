@@ -16,6 +16,7 @@ from casare_nb.orchestrator.http import (
     schedules,
     tokens,
     triggers,
+    workflows,
 )
 from casare_nb.orchestrator.orchestrator import Orchestrator
 
@@ -57,6 +58,7 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         triggers.router,
         triggers.hooks,
         tokens.router,
+        workflows.router,
     ):
         app.include_router(router)
 
