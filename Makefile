@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test install lint bench
+.PHONY: demo test install lint bench browser
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,examples]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,examples,lab]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -17,8 +17,12 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/casare-nb demo
 
-## install, then lint, type-check and pass the whole test suite (the notebooks too)
-test: install lint
+## Debian's chromium for the browser tests (Playwright cannot download its own browser here)
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+## install, then lint, type-check and pass the whole test suite (the notebooks, the browser tests too)
+test: install browser lint
 	$(BIN)/pytest -q -p no:cacheprovider tests
 	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax notebooks
 
