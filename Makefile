@@ -9,6 +9,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[test,examples,lab]'
+	@# what a wheel's data-files install, for this editable install: the server extension
+	@# enabled, the prebuilt lab extension linked
+	mkdir -p $(VENV)/etc/jupyter/jupyter_server_config.d $(VENV)/share/jupyter/labextensions
+	cp jupyter-config/jupyter_server_config.d/casare_nb.json $(VENV)/etc/jupyter/jupyter_server_config.d/
+	ln -sfn $(CURDIR)/casare_nb/labextension $(VENV)/share/jupyter/labextensions/casare-nb
 	touch $@
 
 install: $(VENV)/.installed

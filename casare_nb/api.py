@@ -19,7 +19,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from casare_nb.core.models import Priority, RobotStatus, RunStatus
+from casare_nb.core.models import Priority, ResumePlan, RobotStatus, RunStatus
 from casare_nb.core.params import ParamSchema
 from casare_nb.core.triggers import JobFields, Schedule, ScheduleFields, Trigger, TriggerFields
 
@@ -127,6 +127,31 @@ class RerunJob(_Request):
     from_failed: bool = True
     parameters: dict[str, Any] | None = None
     raw_parameters: dict[str, str] | None = None
+    cell_sources: dict[str, str] | None = Field(
+        default=None,
+        description="New source for code cells of the workflow, by cell id: written into the "
+        "workflow notebook before the re-run (the analyst's fix, e.g. from a debug notebook).",
+    )
+
+
+class DebugBundle(BaseModel):
+    """``GET /api/jobs/{id}/debug``: what a debug kernel needs to hold a failed job's
+    namespace as it was before its failed cell (``plan.start``): the notebook (the
+    workflow as it is now, parameterised, with the failed attempt's outputs carried), the
+    plan, the checkpoint manifests it restores and the blobs they name (``GET
+    /api/blobs/{sha256}``). Secret parameters are not sent: ``secret_names`` are missing."""
+
+    job_id: str
+    attempt: int = Field(ge=1, description="The failed attempt whose checkpoints are used.")
+    workflow_path: str
+    kernel_name: str
+    notebook: dict[str, Any]
+    plan: ResumePlan
+    manifests: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    blobs: list[str] = Field(default_factory=list)
+    failed_cell_index: int = Field(ge=0, description="The cell the job failed at (plan.start).")
+    failed_cell_id: str | None = None
+    secret_names: list[str] = Field(default_factory=list)
 
 
 class DrainRequest(_Request):

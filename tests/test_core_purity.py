@@ -122,6 +122,8 @@ OWNERS = {
     "uvicorn": {"orchestrator/http/"},
     "duckdb": {"store/database.py"},
     "papermill": {"papermill_engine.py"},
+    "jupyter_server": {"jupyter/"},
+    "tornado": {"jupyter/"},
     "websockets": {
         "orchestrator/websocket.py",
         "robot/agent.py",
@@ -135,7 +137,8 @@ OWNERS = {
 
 def test_each_heavy_dependency_is_imported_by_its_one_module() -> None:
     """apscheduler, watchdog, prometheus_client, FastAPI/uvicorn (the HTTP package), duckdb,
-    papermill and websockets are each imported only by the module(s) that own them."""
+    papermill, jupyter_server/tornado (the server extension) and websockets are each
+    imported only by the module(s) that own them."""
     package = CORE.parent
     seen: dict[str, set[str]] = {name: set() for name in OWNERS}
     for path in package.rglob("*.py"):

@@ -29,6 +29,8 @@ ALLOWED: dict[str, set[str]] = {
     "orchestrator": {"core", "protocol", "api", "notebook", "store"},
     "client": {"core", "protocol", "api"},
     "service_thread": {"orchestrator", "robot", "client"},
+    "debugging": {"core", "api", "client", "notebook"},
+    "jupyter": {"core", "api", "client", "notebook", "debugging"},
     "cli": {
         "core",
         "protocol",
@@ -40,6 +42,7 @@ ALLOWED: dict[str, set[str]] = {
         "orchestrator",
         "client",
         "service_thread",
+        "debugging",
     },
     "": {"core", "outputs", "notebook", "local", "client"},  # casare_nb/__init__: the lazy API
 }
@@ -57,7 +60,7 @@ ORCHESTRATOR: dict[str, set[str]] = {
 }
 """Inside the orchestrator: the front door (orchestrator.py) over its parts; HTTP over it."""
 
-LAZY_IMPORTERS = {"__init__.py", "client", "papermill_engine.py", "cli"}
+LAZY_IMPORTERS = {"__init__.py", "client", "papermill_engine.py", "cli", "jupyter"}
 """Where function-level imports of casare_nb modules are allowed: each says why (start-up
 cost, or papermill's plugin loading) in its docstring."""
 

@@ -20,6 +20,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from casare_nb.api import (
+    DebugBundle,
     DrainResult,
     FireInfo,
     Health,
@@ -224,16 +225,19 @@ class Client:
         parameters: Mapping[str, Any] | None = None,
         *,
         raw_parameters: Mapping[str, str] | None = None,
+        cell_sources: Mapping[str, str] | None = None,
         wait: bool = False,
         timeout: float | None = None,
         on_event: Callable[[Event], None] | None = None,
     ) -> Job:
         """A new attempt of a finished job: from the failed cell with the namespace restored
-        (``from_failed``), or from the start; ``parameters`` change values."""
+        (``from_failed``), or from the start; ``parameters`` change values;
+        ``cell_sources`` (by cell id) are written into the workflow first."""
         body = {
             "from_failed": from_failed,
             "parameters": dict(parameters) if parameters is not None else None,
             "raw_parameters": dict(raw_parameters) if raw_parameters is not None else None,
+            "cell_sources": dict(cell_sources) if cell_sources is not None else None,
         }
         path = f"/api/jobs/{job_id}/rerun"
         if not wait:
@@ -320,6 +324,15 @@ class Client:
         """Where job ``job_id`` failed: the attempt, the cell, its source and the traceback.
         ClientError (409) when its latest attempt did not fail."""
         return Failure.model_validate(self._request("GET", f"/api/jobs/{job_id}/failure").json())
+
+    def debug_bundle(self, job_id: str) -> DebugBundle:
+        """What a debug kernel needs to hold failed job ``job_id``'s namespace before its
+        failed cell (see :mod:`casare_nb.debugging`). ClientError (409) unless it failed."""
+        return DebugBundle.model_validate(self._request("GET", f"/api/jobs/{job_id}/debug").json())
+
+    def blob(self, sha256: str) -> bytes:
+        """The bytes of one checkpoint blob the orchestrator holds."""
+        return self._request("GET", f"/api/blobs/{sha256}").content
 
     @property
     def history(self) -> History:

@@ -186,6 +186,11 @@ class Executor:
         answer: dict[str, Any] = await self._control(casare_code("restore", manifest, names))
         return answer
 
+    async def user_names(self) -> list[str]:
+        """The names of the user's variables in the kernel (after any pending set-up)."""
+        names: list[str] = await self._control(casare_code("user_names"))
+        return names
+
     async def _control(self, code: str = "None", *, timeout: float = 120) -> Any:
         """Run control code silently, after the set-up :meth:`prepare` left: one round trip."""
         setup, self._setup = self._setup, []

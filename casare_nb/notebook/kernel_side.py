@@ -119,6 +119,11 @@ def flush() -> None:
     _answer({"errors": errors})
 
 
+def user_names() -> None:
+    """Answer the names of the user's variables (modules included), sorted."""
+    _answer(sorted(_user_vars(_ns())))
+
+
 def restore(manifest_path: str, names: list[str] | None = None) -> None:
     """Load the namespace saved in a manifest (only ``names`` if given); answer what failed."""
     ns = _ns()

@@ -74,7 +74,25 @@ class KernelSession:
         sockdir = tempfile.mkdtemp(prefix="casare-k-")
         km = AsyncKernelManager(kernel_name=kernel_name, transport="ipc", ip=f"{sockdir}/k")
         await km.start_kernel(cwd=str(cwd) if cwd else None)
-        kc = km.client()
+        try:
+            return await cls.attach(km, cwd=cwd, startup_timeout=startup_timeout)
+        except BaseException:
+            await km.shutdown_kernel(now=True)
+            raise
+
+    @classmethod
+    async def attach(
+        cls,
+        km: AsyncKernelManager,
+        *,
+        client: Any = None,
+        cwd: str | os.PathLike[str] | None = None,
+        startup_timeout: float = 60,
+    ) -> KernelSession:
+        """A session on a kernel started elsewhere (a Jupyter server's), through ``client``
+        (an asyncio kernel client; default ``km.client()``), waiting until the kernel
+        answers. :meth:`detach` leaves the kernel running."""
+        kc = client if client is not None else km.client()
         # no heartbeat thread: the client asks its manager whether the process lives
         kc.start_channels(hb=False)
         try:
@@ -83,11 +101,15 @@ class KernelSession:
             reply = await _reply(kc, msg_id, startup_timeout)
         except BaseException:
             kc.stop_channels()
-            await km.shutdown_kernel(now=True)
             raise
         info = reply["content"].get("language_info", {})
         folder = Path(cwd).absolute() if cwd else None
         return cls(km, kc, str(info.get("name", "")).lower(), info, folder)
+
+    def detach(self) -> None:
+        """Close this session's client; the kernel goes on (its owner stops it)."""
+        with contextlib.suppress(Exception):
+            self.kc.stop_channels()
 
     @property
     def kernel_name(self) -> str:

@@ -193,7 +193,9 @@ async def execute(
         await executor.prepare(secret_names=spec.secrets.names, secret_source=spec.secrets.source)
         outcome: Outcome | None = None
         if spec.resume is not None:
-            outcome = await _replay(executor, spec.resume, paths, result, cancel, len(steps))
+            outcome = await restore_and_replay(
+                executor, spec.resume, paths, result, cancel, len(steps)
+            )
             record.replayed_cells = result.replayed_cells
             record.restore_mode = result.restore_mode
             record.restored_from_cell = result.restored_from_cell
@@ -254,7 +256,7 @@ def _finish(record: RunRecord, result: RunResult) -> None:
     record.failed_cell_id = result.failed_cell_id
 
 
-async def _replay(
+async def restore_and_replay(
     executor: Executor,
     plan: ResumePlan,
     paths: AttemptPaths,

@@ -12,6 +12,7 @@ import nbformat
 from nbformat import NotebookNode
 
 from casare_nb.core.errors import WorkflowError
+from casare_nb.notebook.state import write_json_atomic
 
 INJECTED_ID = "injected-parameters"
 
@@ -76,3 +77,21 @@ def kernel_name_of(nb: NotebookNode, override: str | None = None) -> str:
         return override
     spec = nb.metadata.get("kernelspec", {})
     return str(spec.get("name") or "python3")
+
+
+def write_cell_sources(path: str | os.PathLike[str], sources: dict[str, str]) -> list[str]:
+    """Give code cells of the workflow at ``path`` new sources, by cell id, and write it
+    back atomically; answer the ids whose source changed. WorkflowError (nothing written)
+    for an id that is not a code cell of the workflow."""
+    nb, _ = load_workflow(path)
+    cells = {cell.id: cell for cell in nb.cells}
+    for cell_id in sources:
+        cell = cells.get(cell_id)
+        if cell is None or cell.cell_type != "code":
+            raise WorkflowError(f"workflow {Path(path).name} has no code cell with id {cell_id!r}")
+    changed = [cid for cid, text in sources.items() if cells[cid].source != text]
+    if changed:
+        for cid in changed:
+            cells[cid]["source"] = sources[cid]
+        write_json_atomic(Path(path), nb)
+    return changed

@@ -29,7 +29,7 @@ from ssl import SSLContext
 from types import TracebackType
 from typing import Any, Final, Unpack
 
-from casare_nb.api import DrainResult
+from casare_nb.api import DebugBundle, DrainResult
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.errors import QueueError
 from casare_nb.core.models import Job, Robot, RobotStatus, RunStatus, SubmitOptions
@@ -231,15 +231,33 @@ class Orchestrator:
         from_failed: bool = True,
         parameters: Mapping[str, Any] | None = None,
         raw_parameters: Mapping[str, str] | None = None,
+        cell_sources: Mapping[str, str] | None = None,
     ) -> Job:
         """Queue a finished job again as a new attempt: ``from_failed`` resumes from the
         failed cell (restoring the last checkpoint before it, with the workflow's current
-        source) on any robot; False starts over. QueueError for an unknown, queued or running
-        job; ParameterError for bad parameters (secret ones must be given again)."""
+        source) on any robot; False starts over. ``cell_sources`` (by cell id) are written
+        into the workflow first. QueueError for an unknown, queued or running job;
+        ParameterError for bad parameters (secret ones must be given again); WorkflowError
+        for a cell id the workflow lacks."""
         self._check_started()
         return await self.job_manager.rerun(
-            job_id, from_failed=from_failed, parameters=parameters, raw_parameters=raw_parameters
+            job_id,
+            from_failed=from_failed,
+            parameters=parameters,
+            raw_parameters=raw_parameters,
+            cell_sources=cell_sources,
         )
+
+    def debug_bundle(self, job_id: str) -> DebugBundle:
+        """What a debug kernel needs to restore a failed job's namespace before its failed
+        cell (blocking; see :meth:`JobManager.debug_bundle
+        <casare_nb.orchestrator.jobs.manager.JobManager.debug_bundle>`)."""
+        self._check_started()
+        return self.job_manager.debug_bundle(job_id)
+
+    def blob(self, sha256: str) -> bytes | None:
+        """A checkpoint blob the orchestrator holds, or None (blocking)."""
+        return self.stores.checkpoints.read_blob(sha256)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one at once, a running one once its robot stopped it.

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from casare_nb import __version__
 from casare_nb.core.errors import CasareError, SubmissionsClosed, one_line
 from casare_nb.orchestrator.http import (
+    blobs,
     history,
     jobs,
     probes,
@@ -53,6 +54,7 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         probes.router,
         robots.router,
         jobs.router,
+        blobs.router,
         history.router,
         schedules.router,
         triggers.router,

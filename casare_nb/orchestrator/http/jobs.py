@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from casare_nb.api import ErrorBody, RerunJob, SubmitJob
+from casare_nb.api import DebugBundle, ErrorBody, RerunJob, SubmitJob
 from casare_nb.core.errors import QueueError, SubmissionsClosed, WorkflowError, one_line
 from casare_nb.core.failure import Failure, failure_of
 from casare_nb.core.history import FAILED_STATUSES
@@ -111,9 +111,22 @@ async def rerun(job_id: str, _: Auth, orch: Orch, body: RerunJob | None = None) 
             from_failed=spec.from_failed,
             parameters=spec.parameters,
             raw_parameters=spec.raw_parameters,
+            cell_sources=spec.cell_sources,
         )
     except SubmissionsClosed as exc:
         raise error(503, one_line(exc)) from None
+    except QueueError as exc:
+        raise error(409, one_line(exc)) from None
+    except (ParameterError, WorkflowError, ValueError) as exc:
+        raise error(422, one_line(exc)) from None
+
+
+@router.get("/{job_id}/debug", response_model=DebugBundle, responses=_FINISHED_ERRORS)
+async def debug_bundle(job_id: str, _: Auth, orch: Orch) -> DebugBundle:
+    """What a debug kernel needs to hold the failed job's namespace before its failed cell."""
+    await _known_job(orch, job_id)
+    try:
+        return await asyncio.to_thread(orch.debug_bundle, job_id)
     except QueueError as exc:
         raise error(409, one_line(exc)) from None
     except (ParameterError, WorkflowError, ValueError) as exc:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +36,7 @@ from typing import Any, Final
 
 from pydantic import SecretStr
 
+from casare_nb.api import DebugBundle
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.errors import JobExists, OrchestratorDraining, QueueError, SubmissionsPaused
 from casare_nb.core.ids import new_run_id
@@ -42,8 +44,8 @@ from casare_nb.core.injection import REDACTED, redact
 from casare_nb.core.jobs import LiveJobs
 from casare_nb.core.models import Job, Priority, RunStatus, TriggerRef
 from casare_nb.core.params import ParameterError, read_schema
-from casare_nb.notebook.run import check_parameters
-from casare_nb.notebook.workflow import load_workflow
+from casare_nb.notebook.run import check_parameters, parameterised
+from casare_nb.notebook.workflow import kernel_name_of, load_workflow, write_cell_sources
 from casare_nb.orchestrator.jobs.attempts import Attempts, JobMessage
 from casare_nb.orchestrator.jobs.book import JobBook, Link
 from casare_nb.orchestrator.jobs.dispatch import Dispatcher
@@ -355,6 +357,7 @@ class JobManager:
         from_failed: bool = True,
         parameters: Mapping[str, Any] | None = None,
         raw_parameters: Mapping[str, str] | None = None,
+        cell_sources: Mapping[str, str] | None = None,
     ) -> Job:
         """Queue a finished job again as its next attempt; the queued job, once committed.
 
@@ -362,12 +365,17 @@ class JobManager:
         source (the failed cell, or an earlier one the analyst edited), the namespace
         restored from the last checkpoint before it, on any robot; False: from the start.
         ``parameters`` / ``raw_parameters`` change values (the others are kept; secret ones
-        must be given again). Raises QueueError (unknown, queued or running job),
-        ParameterError or WorkflowError; nothing changes then."""
+        must be given again). ``cell_sources`` (by cell id) are written into the workflow
+        first: the analyst's fix, which the resume then starts from. Raises QueueError
+        (unknown, queued or running job), ParameterError or WorkflowError; nothing changes
+        then (but for the fixed cells, kept when a parameter is refused)."""
         self._check_taking_submissions()
         book = self.book
         job = self._finished_job(job_id)
         path = Path(job.workflow_path)
+        if cell_sources:
+            changed = await asyncio.to_thread(write_cell_sources, path, dict(cell_sources))
+            logger.info("job %s: cells %s of %s rewritten for its re-run", job_id, changed, path)
         given = {**(parameters or {}), **(raw_parameters or {})}
         earlier = {k: v for k, v in job.parameters.items() if k not in (raw_parameters or {})}
         for name, value in sorted(earlier.items()):
@@ -400,6 +408,40 @@ class JobManager:
                 f"the re-run of job {job_id} was not stored within {DURABLE_TIMEOUT_S:g} s"
             ) from None
         return job.model_copy(deep=True)
+
+    def debug_bundle(self, job_id: str) -> DebugBundle:
+        """What a debug kernel needs to hold ``job_id``'s namespace before its failed cell
+        (blocking: reads the workflow and the checkpoint store). QueueError when the job is
+        unknown, unfinished or did not fail, or left no notebook; ParameterError /
+        WorkflowError when its workflow no longer takes its parameters."""
+        job = self._finished_job(job_id)
+        if job.status is RunStatus.COMPLETED:
+            raise QueueError(f"job {job_id} completed: there is no failed cell to debug")
+        attempt = self.relay.checkpoints.latest_output(job_id, job.attempt)
+        if attempt is None:
+            raise QueueError(f"job {job_id} left no notebook: it failed before its first cell")
+        nb, _ = load_workflow(job.workflow_path)
+        schema = read_schema(nb)
+        values = {k: v for k, v in job.parameters.items() if v != REDACTED}
+        secret_names = sorted(k for k, v in job.parameters.items() if v == REDACTED)
+        checked, _ = check_parameters(schema, values, strict=False)
+        notebook, _ = parameterised(nb, checked, schema)
+        notebook = copy.deepcopy(notebook)
+        spec = self.relay.debug_spec(job_id, attempt, notebook)
+        start = spec.plan.start
+        return DebugBundle(
+            job_id=job_id,
+            attempt=attempt,
+            workflow_path=job.workflow_path,
+            kernel_name=kernel_name_of(notebook),
+            notebook=notebook,
+            plan=spec.plan,
+            manifests=spec.manifests,
+            blobs=spec.blobs,
+            failed_cell_index=start,
+            failed_cell_id=notebook.cells[start].id if start < len(notebook.cells) else None,
+            secret_names=secret_names,
+        )
 
     def _keep_secrets(self, job_id: str, values: Mapping[str, Any], names: set[str]) -> None:
         """Secret values stay in this process's memory only, plain."""

@@ -16,7 +16,7 @@ from nbformat import NotebookNode
 
 from casare_nb.core.errors import CasareError
 from casare_nb.core.models import Job
-from casare_nb.notebook.resume import prepare_resume
+from casare_nb.notebook.resume import carry_outputs, plan_resume, prepare_resume, read_output
 from casare_nb.notebook.state import CheckpointError, blob_refs
 from casare_nb.orchestrator.jobs.book import JobBook
 from casare_nb.protocol import (
@@ -147,3 +147,15 @@ class CheckpointRelay:
             plan.restore_cell,
         )
         return ResumeSpec(from_attempt=prev, plan=plan, manifests=manifests, blobs=blobs)
+
+    def debug_spec(self, job_id: str, attempt: int, nb: NotebookNode) -> ResumeSpec:
+        """Where attempt ``attempt`` of ``job_id`` would resume (the namespace before its
+        failed cell, for a debug kernel), planned on the store without changing it: ``nb``
+        gets the carried outputs; the manifests are those of ``attempt`` itself.
+        ResumeError / ValueError when it cannot be planned."""
+        paths = self.checkpoints.attempt(job_id, attempt)
+        plan = plan_resume(nb, read_output(paths), paths)
+        carry_outputs(nb, read_output(paths), plan)
+        manifests = self.checkpoints.manifests_for(paths, plan.inherit_ids)
+        blobs = sorted({sha for m in manifests.values() for sha in blob_refs(m)})
+        return ResumeSpec(from_attempt=attempt, plan=plan, manifests=manifests, blobs=blobs)
