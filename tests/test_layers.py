@@ -43,6 +43,7 @@ ALLOWED: dict[str, set[str]] = {
         "client",
         "service_thread",
         "debugging",
+        "jupyter",
     },
     "": {"core", "outputs", "notebook", "local", "client"},  # casare_nb/__init__: the lazy API
 }

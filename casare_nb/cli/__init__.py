@@ -7,9 +7,9 @@ commands to it: :mod:`.local` (run here), :mod:`.service` (orchestrator, robot, 
 
 from __future__ import annotations
 
-from casare_nb.cli import debug, jobs, local, schedules, service, tokens
+from casare_nb.cli import debug, jobs, lab, local, schedules, service, tokens
 from casare_nb.cli.app import app, main
 
 __all__ = ["app", "main"]
 
-_COMMANDS = (debug, jobs, local, schedules, service, tokens)  # imported for their commands
+_COMMANDS = (debug, jobs, lab, local, schedules, service, tokens)  # imported for their commands

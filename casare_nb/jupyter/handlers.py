@@ -17,44 +17,15 @@ from tornado import web
 from casare_nb.client import ClientError
 from casare_nb.core.errors import CasareError, one_line
 from casare_nb.core.params import read_schema
+from casare_nb.jupyter.dashboard import DASHBOARD_NOTEBOOK, dashboard_notebook
 from casare_nb.jupyter.debug import open_debug, resume_debug
 from casare_nb.jupyter.locate import Orchestrator, locate
 from casare_nb.notebook.workflow import load_workflow
 
-__all__ = ["DASHBOARD_NOTEBOOK", "dashboard_notebook", "handlers"]
+__all__ = ["handlers"]
 
-DASHBOARD_NOTEBOOK: Final = "casare-dashboard.ipynb"
 _PROXY_TIMEOUT: Final = 60.0
 _HOP_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "connection"})
-
-
-def dashboard_notebook() -> dict[str, Any]:
-    """The dashboard notebook: one cell showing :class:`casare_nb.widgets.Dashboard`."""
-    return {
-        "cells": [
-            {
-                "cell_type": "markdown",
-                "id": "casare-dashboard-title",
-                "metadata": {},
-                "source": "# casare dashboard\n\nRobots, queue, running jobs, history, "
-                "upcoming fires and a submit form, live from the orchestrator.",
-            },
-            {
-                "cell_type": "code",
-                "id": "casare-dashboard",
-                "metadata": {},
-                "execution_count": None,
-                "outputs": [],
-                "source": "from casare_nb.widgets import Dashboard\n\nDashboard()",
-            },
-        ],
-        "metadata": {
-            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-            "language_info": {"name": "python"},
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
 
 
 class _Handler(APIHandler):  # type: ignore[misc]
