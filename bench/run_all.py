@@ -39,6 +39,8 @@ MODULES = [
     "dispatch_throughput",
     "failover",
     "schedule_latency",
+    "dashboard_latency",
+    "history_aggregates",
 ]
 DOC = ROOT / "docs" / "benchmarks.md"
 OUT = ROOT / "bench" / "out"

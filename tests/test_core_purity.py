@@ -122,6 +122,8 @@ OWNERS = {
     "uvicorn": {"orchestrator/http/"},
     "duckdb": {"store/database.py"},
     "papermill": {"papermill_engine.py"},
+    "ipywidgets": {"widgets/"},
+    "bqplot": {"widgets/chart.py"},
     "jupyter_server": {"jupyter/"},
     "tornado": {"jupyter/"},
     "websockets": {

@@ -28,6 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "robot": {"core", "protocol", "notebook"},
     "orchestrator": {"core", "protocol", "api", "notebook", "store"},
     "client": {"core", "protocol", "api"},
+    "widgets": {"core", "protocol", "api", "client"},
     "service_thread": {"orchestrator", "robot", "client"},
     "debugging": {"core", "api", "client", "notebook"},
     "jupyter": {"core", "api", "client", "notebook", "debugging"},

@@ -30,19 +30,21 @@ class History:
         *,
         workflow: str | None = None,
         trigger: str | None = None,
-        status: Iterable[RunStatus | str] | None = None,
+        status: RunStatus | str | Iterable[RunStatus | str] | None = None,
         before: datetime | None = None,
         limit: int = 50,
     ) -> list[RunRecord]:
         """The latest attempt of each run, newest first: of ``workflow``, started by
-        ``trigger`` (``kind:id``, or ``"manual"``), in a ``status``, started ``before``."""
+        ``trigger`` (``kind:id``, or ``"manual"``), in ``status`` (one, or several),
+        started ``before``."""
         params: dict[str, Any] = {"limit": limit}
         if workflow is not None:
             params["workflow"] = workflow
         if trigger is not None:
             params["trigger"] = trigger
         if status is not None:
-            params["status"] = [RunStatus(s).value for s in status]
+            several = [status] if isinstance(status, str) else list(status)
+            params["status"] = [RunStatus(s).value for s in several]
         if before is not None:
             params["before"] = before.isoformat()
         rows = self._request("GET", "/api/history/runs", params=params).json()
