@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test install lint bench browser
+.PHONY: demo test install lint bench browser labextension
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+## rebuild the prebuilt lab extension (casare_nb/labextension, committed) from extensions/labextension
+labextension: install
+	cd extensions/labextension && PATH=$(CURDIR)/$(BIN):$$PATH jlpm install --immutable && PATH=$(CURDIR)/$(BIN):$$PATH jlpm build:prod

@@ -1,0 +1,78 @@
+"""Debian's Chromium driven by Playwright (sync API) for the browser tests, and the waits
+measured on these machines (../shared/FACTS.md): a notebook's kernel is ready when the
+status bar says "| Idle"; a cell runs on Shift+Enter in its editor."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from playwright.sync_api import Browser, Page, sync_playwright
+
+__all__ = [
+    "CHROMIUM",
+    "KERNEL_IDLE",
+    "chromium",
+    "open_notebook",
+    "run_cell",
+    "screenshot",
+]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+KERNEL_IDLE = (
+    "() => [...document.querySelectorAll('.jp-StatusBar-TextItem')]"
+    ".some(e => /\\| Idle/.test(e.textContent))"
+)
+SCREENSHOTS_ENV = "CASARE_SCREENSHOTS"
+"""A folder to save the tests' screenshots in (docs/images refreshes them); unset: none."""
+
+
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    """A headless Chromium, closed at the end."""
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_notebook(browser: Browser, url: str, token: str, path: str) -> Page:
+    """A page on JupyterLab with ``path`` open and its kernel idle."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(f"{url}/lab/tree/{path}?token={token}&reset")
+    page.wait_for_selector(".jp-Notebook .jp-Cell")
+    page.wait_for_function(KERNEL_IDLE)
+    return page
+
+
+def run_cell(
+    page: Page, index: int, *, scope: str = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+) -> None:
+    """Run code cell ``index`` (among all cells) of the visible notebook with Shift+Enter."""
+    cell = page.locator(f"{scope} .jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+
+
+def screenshot(page: Page, name: str, *, full: bool = False) -> Path | None:
+    """Save ``NAME.png`` in $CASARE_SCREENSHOTS when it is set (for the docs)."""
+    folder = os.environ.get(SCREENSHOTS_ENV)
+    if not folder:
+        return None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full)
+    return path

@@ -1,0 +1,502 @@
+"""The casare lab extension (extensions/labextension, built into casare_nb/labextension) in a
+real JupyterLab driven by Debian's Chromium: its commands in the palette, its notebook toolbar
+buttons, and the submit dialog (the /casare routes answered by Playwright, so this needs no
+orchestrator and no server extension)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+expect = playwright_sync.expect
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+BUILT = REPO / "casare_nb" / "labextension"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+DEBUG_META = {
+    "job_id": "job-debug-1",
+    "attempt": 1,
+    "workflow": "wf.ipynb",
+    "failed_cell_id": "c2",
+    "failed_cell_index": 1,
+}
+
+if not (BUILT / "package.json").exists():
+    pytest.skip(
+        "the lab extension is not built (cd extensions/labextension && jlpm build:prod)",
+        allow_module_level=True,
+    )
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian's chromium is not installed (make browser)", allow_module_level=True)
+
+
+@dataclass
+class Lab:
+    url: str
+    token: str
+    root: Path
+
+    def page_url(self, path: str = "") -> str:
+        where = f"tree/{path}" if path else ""
+        return f"{self.url}lab/{where}?token={self.token}&reset"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return bool(r.status == 200)
+    except ConnectionRefusedError:
+        return False
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError):
+            return False
+        raise
+
+
+def _until(condition: Callable[[], bool], timeout: float) -> None:
+    """Poll ``condition`` (every 50 ms) until it holds; AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, f"not true after {timeout} s"
+        tick.wait(0.05)
+
+
+def _notebook(path: Path, metadata: dict[str, Any] | None = None) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("n = 3", id="c1"),
+        nbformat.v4.new_code_cell("n", id="c2"),
+    ]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.metadata.update(metadata or {})
+    nbformat.write(nb, path)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A JupyterLab of its own (HOME and JUPYTER_* dirs temporary) that sees the built
+    extension through its data dir's labextensions/casare-nb."""
+    base = tmp_path_factory.mktemp("lab")
+    home, root, data = base / "home", base / "root", base / "data"
+    for d in (home, root, data / "labextensions"):
+        d.mkdir(parents=True)
+    (data / "labextensions" / "casare-nb").symlink_to(BUILT, target_is_directory=True)
+    _notebook(root / "plain.ipynb")
+    _notebook(root / "debug.ipynb", {"casare_debug": DEBUG_META})
+    _notebook(root / "later.ipynb")
+
+    token, port = secrets.token_hex(16), _free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JUPYTER_", "CASARE_")) and k != "JPY_SESSION_NAME"
+    }
+    env.update(
+        HOME=str(home),
+        JUPYTER_CONFIG_DIR=str(base / "config"),
+        JUPYTER_DATA_DIR=str(data),
+        JUPYTER_RUNTIME_DIR=str(base / "runtime"),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        "--allow-root",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: to edit a model's metadata
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    log: list[str] = []
+    urls: list[str] = []
+    running = threading.Event()
+
+    def drain() -> None:  # keeps the pipe empty; tells when the server listens, and where
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            log.append(line)
+            found = re.search(r"(http://127\.0\.0\.1:\d+/)lab\?token=", line)
+            if found and not urls:
+                urls.append(found.group(1))
+                running.set()
+        running.set()  # the server ended: let the wait below find out
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        try:
+            assert running.wait(90), "no sign of life in 90 s"
+            assert urls, "the server ended"
+            url = urls[0]
+            # The server prints its URL just before it binds the port: poll until it answers.
+            _until(lambda: _answers(f"{url}api/status?token={token}"), 60)
+        except (AssertionError, OSError) as exc:
+            pytest.fail(f"jupyter lab did not start ({exc}):\n" + "".join(log[-40:]))
+        with urllib.request.urlopen(f"{url}lab?token={token}", timeout=30) as r:
+            html = r.read().decode()
+        assert re.search(r'"name": ?"casare-nb"', html), "casare-nb not in the page config"
+        yield Lab(url=url, token=token, root=root)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser(lab: Lab) -> Iterator[Any]:
+    with playwright_sync.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    context.set_default_timeout(60_000)
+    expect.set_options(timeout=30_000)  # 2 shared cores: JupyterLab may take a while
+    p = context.new_page()
+    try:
+        yield p
+    finally:
+        context.close()
+
+
+def open_notebook(page: Any, lab: Lab, name: str) -> Any:
+    """Open `name` and wait until the extension judged it (its panel's data-casare-debug)."""
+    page.goto(lab.page_url(name), wait_until="domcontentloaded")
+    panel = page.locator(".jp-NotebookPanel[data-casare-debug]:has(.jp-Notebook .jp-Cell)")
+    expect(panel).to_have_count(1, timeout=60_000)
+    return panel
+
+
+def test_palette_lists_casare_commands(page: Any, lab: Lab) -> None:
+    """Ctrl+Shift+C's palette lists "Submit this notebook" and "Open casare dashboard"."""
+    page.goto(lab.page_url(), wait_until="domcontentloaded")
+    expect(page.locator(".jp-Launcher")).to_be_visible(timeout=60_000)
+    page.keyboard.press("Control+Shift+C")
+    palette_input = page.locator(".lm-CommandPalette-input")
+    expect(palette_input).to_be_visible()
+    palette_input.fill("casare")
+    labels = page.locator(".lm-CommandPalette-item .lm-CommandPalette-itemLabel")
+    expect(labels.filter(has_text="Submit this notebook")).to_have_count(1)
+    expect(labels.filter(has_text="Open casare dashboard")).to_have_count(1)
+    for command in ("casare:submit-notebook", "casare:open-dashboard"):
+        expect(page.locator(f'.lm-CommandPalette-item[data-command="{command}"]')).to_have_count(1)
+
+
+def test_notebook_has_submit_and_no_resume(page: Any, lab: Lab) -> None:
+    """A notebook without casare_debug metadata shows the Submit button and no Resume button."""
+    panel = open_notebook(page, lab, "plain.ipynb")
+    expect(panel).to_have_attribute("data-casare-debug", "false")
+    submit = panel.locator(".jp-Toolbar .casare-submit-toolbar")
+    expect(submit).to_be_visible()
+    expect(submit).to_contain_text("Submit")
+    expect(panel.locator(".casare-resume-toolbar")).to_have_count(0)
+
+
+def test_debug_notebook_has_resume(page: Any, lab: Lab) -> None:
+    """A notebook whose metadata has casare_debug shows the Resume button (with its job id)."""
+    panel = open_notebook(page, lab, "debug.ipynb")
+    expect(panel).to_have_attribute("data-casare-debug", "true")
+    resume = panel.locator(".jp-Toolbar .casare-resume-toolbar")
+    expect(resume).to_be_visible()
+    expect(resume).to_contain_text("Resume from here")
+    expect(resume).to_have_attribute("data-casare-job", DEBUG_META["job_id"])
+    expect(panel.locator(".jp-Toolbar .casare-submit-toolbar")).to_be_visible()
+
+
+def test_resume_follows_metadata_changes(page: Any, lab: Lab) -> None:
+    """Setting casare_debug on an open notebook adds the Resume button; deleting it removes it."""
+    panel = open_notebook(page, lab, "later.ipynb")
+    expect(panel.locator(".casare-resume-toolbar")).to_have_count(0)
+    page.evaluate(
+        "m => window.jupyterapp.shell.currentWidget.context.model.setMetadata('casare_debug', m)",
+        DEBUG_META,
+    )
+    expect(panel.locator(".jp-Toolbar .casare-resume-toolbar")).to_be_visible()
+    page.evaluate(
+        "() => window.jupyterapp.shell.currentWidget.context.model.deleteMetadata('casare_debug')"
+    )
+    expect(panel.locator(".casare-resume-toolbar")).to_have_count(0)
+    expect(panel).to_have_attribute("data-casare-debug", "false")
+
+
+PARAMS = {
+    "workflow": "plain.ipynb",
+    "parameters": {
+        "has_cell": True,
+        "cell_index": 0,
+        "params": {
+            "n": {
+                "name": "n",
+                "annotation": "int",
+                "type_repr": "int",
+                "required": False,
+                "has_default": True,
+                "default": 3,
+                "default_source": "3",
+                "secret": False,
+                "choices": None,
+                "line": 1,
+            },
+            "flag": {
+                "name": "flag",
+                "annotation": "bool",
+                "type_repr": "bool",
+                "required": False,
+                "has_default": True,
+                "default": True,
+                "default_source": "True",
+                "secret": False,
+                "choices": None,
+                "line": 2,
+            },
+            "mode": {
+                "name": "mode",
+                "annotation": "Literal['a', 'b']",
+                "type_repr": "Literal['a', 'b']",
+                "required": False,
+                "has_default": True,
+                "default": "a",
+                "default_source": "'a'",
+                "secret": False,
+                "choices": ["a", "b"],
+                "line": 3,
+            },
+            "token": {
+                "name": "token",
+                "annotation": "Secret[str]",
+                "type_repr": "Secret[str]",
+                "required": False,
+                "has_default": True,
+                "default": "",
+                "default_source": '""',
+                "secret": True,
+                "choices": None,
+                "line": 4,
+            },
+            "name": {
+                "name": "name",
+                "annotation": "str",
+                "type_repr": "str",
+                "required": True,
+                "has_default": False,
+                "default": None,
+                "default_source": None,
+                "secret": False,
+                "choices": None,
+                "line": 5,
+            },
+        },
+        "extra_secret_names": [],
+    },
+}
+
+
+def test_submit_dialog_shows_error_under_field_then_queues(page: Any, lab: Lab) -> None:
+    """Submit: typed fields; a 422 about `name` shows under it; fixed, the job queues, says so."""
+    asked: list[str] = []
+    posted: list[dict[str, Any]] = []
+
+    def params(route: Any) -> None:
+        asked.append(route.request.url)
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(PARAMS))
+
+    def jobs(route: Any) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        posted.append(body)
+        if "name" not in body["raw_parameters"]:
+            detail = "missing required parameter 'name' (str)"
+            route.fulfill(
+                status=422, content_type="application/json", body=json.dumps({"detail": detail})
+            )
+        else:
+            job = {"job_id": "job-42", "status": "queued", "workflow_path": "plain.ipynb"}
+            route.fulfill(status=201, content_type="application/json", body=json.dumps(job))
+
+    # ServerConnection adds a cache-busting query to every request.
+    page.route(re.compile(r"/casare/params\?"), params)
+    page.route(re.compile(r"/casare/api/jobs(\?|$)"), jobs)
+    panel = open_notebook(page, lab, "plain.ipynb")
+    panel.locator(".casare-submit-toolbar").click()
+
+    form = page.locator(".jp-Dialog .casare-submit-form")
+    expect(form).to_be_visible()
+    where = urllib.parse.urlsplit(asked[0])
+    assert (where.path, urllib.parse.parse_qs(where.query)) == (
+        "/casare/params",
+        {"path": ["plain.ipynb"]},
+    )
+    expect(form.locator('input[name="casare-param-n"]')).to_have_attribute("type", "number")
+    expect(form.locator('input[name="casare-param-n"]')).to_have_value("3")
+    expect(form.locator('input[name="casare-param-flag"]')).to_be_checked()
+    expect(form.locator('select[name="casare-param-mode"]')).to_have_value("a")
+    expect(form.locator('input[name="casare-param-token"]')).to_have_attribute("type", "password")
+    expect(form.locator('input[name="casare-param-name"]')).to_have_attribute("type", "text")
+    expect(form.locator('select[name="casare-priority"]')).to_have_value("normal")
+
+    form.locator('input[name="casare-param-n"]').fill("7")
+    form.locator('select[name="casare-priority"]').select_option("high")
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+
+    error = page.locator(".jp-Dialog .casare-param-error-name")
+    expect(error).to_have_text("missing required parameter 'name' (str)")
+    assert posted[0] == {
+        "workflow": "plain.ipynb",
+        "raw_parameters": {"n": "7"},
+        "priority": "high",
+    }
+    form = page.locator(".jp-Dialog .casare-submit-form")
+    expect(form.locator('input[name="casare-param-n"]')).to_have_value("7")  # kept
+    expect(form.locator('select[name="casare-priority"]')).to_have_value("high")
+    expect(form.locator(".casare-submit-error")).to_be_hidden()
+
+    form.locator('input[name="casare-param-name"]').fill("alice")
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    expect(page.locator(".Toastify").get_by_text("casare: job job-42 queued")).to_be_visible()
+    expect(page.locator(".jp-Dialog")).to_have_count(0)
+    assert posted[1] == {
+        "workflow": "plain.ipynb",
+        "raw_parameters": {"n": "7", "name": "alice"},
+        "priority": "high",
+    }
+
+
+def test_submit_outside_workflows_notifies_error(page: Any, lab: Lab) -> None:
+    """A 400 from /casare/params shows its detail in an error notification and opens no dialog."""
+    detail = "plain.ipynb is not inside the workflows dir /srv/workflows"
+    page.route(
+        re.compile(r"/casare/params\?"),
+        lambda route: route.fulfill(
+            status=400, content_type="application/json", body=json.dumps({"detail": detail})
+        ),
+    )
+    panel = open_notebook(page, lab, "plain.ipynb")
+    panel.locator(".casare-submit-toolbar").click()
+    expect(page.locator(".Toastify").get_by_text(f"casare: {detail}")).to_be_visible()
+    expect(page.locator(".jp-Dialog")).to_have_count(0)
+
+
+def test_open_dashboard_from_palette_opens_returned_path(page: Any, lab: Lab) -> None:
+    """The palette's "Open casare dashboard" POSTs /casare/dashboard, opens the path answered."""
+    posted: list[str] = []
+
+    def dashboard(route: Any) -> None:
+        posted.append(route.request.method)
+        route.fulfill(status=200, content_type="application/json", body='{"path": "later.ipynb"}')
+
+    page.route(re.compile(r"/casare/dashboard(\?|$)"), dashboard)
+    page.goto(lab.page_url(), wait_until="domcontentloaded")
+    expect(page.locator(".jp-Launcher")).to_be_visible(timeout=60_000)
+    page.keyboard.press("Control+Shift+C")
+    page.locator(".lm-CommandPalette-input").fill("casare dashboard")
+    page.locator('.lm-CommandPalette-item[data-command="casare:open-dashboard"]').click()
+    expect(page.locator('.jp-NotebookPanel[data-casare-debug="false"]')).to_have_count(1)
+    expect(page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current")).to_contain_text(
+        "later.ipynb"
+    )
+    assert posted == ["POST"]
+
+
+def test_debug_link_opens_notebook_and_resume_posts(page: Any, lab: Lab) -> None:
+    """A casare:debug command link restores (notified) and opens the answered notebook;
+    its Resume button saves it, POSTs {"path"} to /casare/debug/JOB/resume and tells the status."""
+    calls: list[tuple[str, str, Any]] = []
+
+    def debug(route: Any) -> None:
+        request = route.request
+        body = json.loads(request.post_data) if request.post_data else None
+        calls.append((request.method, urllib.parse.urlsplit(request.url).path, body))
+        if request.url.split("?")[0].endswith("/resume"):
+            job = {"job_id": DEBUG_META["job_id"], "status": "queued", "attempt": 2}
+            job["failed_cell"] = 1
+        else:
+            job = {"path": "debug.ipynb", "restored": ["n"], "missing": {"conn": "unpicklable"}}
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(job))
+
+    page.route(re.compile(r"/casare/debug/"), debug)
+    page.goto(lab.page_url(), wait_until="domcontentloaded")
+    expect(page.locator(".jp-Launcher")).to_be_visible(timeout=60_000)
+    # What the dashboard's "Open in JupyterLab" link is: JupyterLab's command linker runs it.
+    page.evaluate(
+        """job => {
+            const a = document.createElement('button');
+            a.id = 'casare-test-link';
+            a.textContent = 'Open in JupyterLab';
+            a.style.cssText = 'position: fixed; left: 400px; bottom: 60px; z-index: 10000';
+            a.dataset.commandlinkerCommand = 'casare:debug';
+            a.dataset.commandlinkerArgs = JSON.stringify({job});
+            document.body.appendChild(a);
+            // As inside a trusted notebook (JupyterLab >= 4.6 asks "Run Command?" elsewhere).
+            window.jupyterapp.commandLinker.markTrusted(a);
+        }""",
+        DEBUG_META["job_id"],
+    )
+    page.locator("#casare-test-link").click()
+    toasts = page.locator(".Toastify")
+    restored = f"casare: job {DEBUG_META['job_id']} restored (1 variable; not restored: conn)"
+    expect(toasts.get_by_text(restored)).to_be_visible()
+    panel = page.locator('.jp-NotebookPanel[data-casare-debug="true"]')
+    expect(panel).to_have_count(1, timeout=60_000)
+    assert calls == [("POST", f"/casare/debug/{DEBUG_META['job_id']}", None)]
+
+    panel.locator(".casare-resume-toolbar").click()
+    resumed = f"casare: job {DEBUG_META['job_id']} resumed from cell 1: queued, attempt 2"
+    expect(toasts.get_by_text(resumed)).to_be_visible()
+    assert calls[1] == (
+        "POST",
+        f"/casare/debug/{DEBUG_META['job_id']}/resume",
+        {"path": "debug.ipynb"},
+    )
