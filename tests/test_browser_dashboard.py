@@ -94,7 +94,7 @@ def test_the_robot_appears_online(dashboard: Page) -> None:
     """The robots table shows the robot with status online."""
     row = dashboard.locator(f".casare-robot-{ROBOT}")
     expect(row).to_contain_text("online", timeout=SEEN_MS)
-    screenshot(dashboard, "dashboard", full=True)
+    screenshot(dashboard, "dashboard-robots", full=True)
 
 
 def test_a_jobs_bar_advances_cell_by_cell_and_ends_completed(
@@ -115,7 +115,7 @@ def test_a_jobs_bar_advances_cell_by_cell_and_ends_completed(
             numbers.append(int(found.group(1)))
             widths.append(_bar_width(card))
             if step == 1:
-                screenshot(dashboard, "dashboard-running", full=True)
+                screenshot(dashboard, "dashboard", full=True)
             Path(f"{gate}.{step}").touch()
         assert numbers == [numbers[0], numbers[0] + 1, numbers[0] + 2], numbers
         assert widths == sorted(widths) and widths[0] < widths[-1], widths

@@ -87,28 +87,41 @@ _RUN_SELECT: Final[str] = ", ".join(_RUN_COLUMNS)
 _CELL_SELECT: Final[str] = ", ".join(_CELL_COLUMNS)
 
 
-_LATEST: Final[str] = (
-    f"SELECT {_RUN_SELECT}, min(started_at) OVER (PARTITION BY run_id) AS first_started_at "
-    "FROM runs QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY attempt DESC) = 1"
-)
-"""The latest attempt of each run, with when the run first started."""
+def _latest(
+    workflow: str | None = None, touching: str = "", touching_params: Sequence[object] = ()
+) -> tuple[str, list[object]]:
+    """The latest attempt of each run, with when the run first started (SQL and parameters):
+    only runs of ``workflow``, and only runs with an attempt where ``touching`` (SQL over
+    ``runs``) holds. Both narrow the rows before the window, not after: the answer is the
+    same as filtering every run's latest attempt (a run keeps its workflow in every attempt;
+    a run whose latest attempt matches has an attempt that matches), on far fewer rows."""
+    where: list[str] = []
+    params: list[object] = []
+    if workflow is not None:
+        where.append("workflow_path = ?")
+        params.append(workflow)
+    if touching:
+        where.append(f"run_id IN (SELECT run_id FROM runs WHERE {touching})")
+        params.extend(touching_params)
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
+    sql = (
+        f"SELECT {_RUN_SELECT}, min(started_at) OVER (PARTITION BY run_id) AS first_started_at "
+        f"FROM runs {clause}"
+        "QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY attempt DESC) = 1"
+    )
+    return sql, params
+
 
 _FAILED: Final[str] = ", ".join(f"'{s.value}'" for s in sorted(FAILED_STATUSES))
 
 
-def _latest_filter(workflow: str | None, trigger: str | None) -> tuple[str, list[object]]:
-    """The WHERE clause (and its parameters) over :data:`_LATEST` for a workflow and what
-    started the runs."""
-    where, params = "TRUE", list[object]()
-    if workflow is not None:
-        where += " AND workflow_path = ?"
-        params.append(workflow)
+def _trigger_filter(trigger: str | None) -> tuple[str, list[object]]:
+    """The WHERE clause (and its parameters) over :func:`_latest` for what started the runs."""
     if trigger == MANUAL:
-        where += " AND trigger IS NULL"
-    elif trigger is not None:
-        where += " AND trigger = ?"
-        params.append(trigger)
-    return where, params
+        return "trigger IS NULL", []
+    if trigger is not None:
+        return "trigger = ?", [trigger]
+    return "TRUE", []
 
 
 def _run_row(run: RunRecord) -> tuple[Any, ...]:
@@ -278,19 +291,23 @@ class HistoryStore:
         """
         if limit <= 0 or (status is not None and not status):
             return []
-        where, params = _latest_filter(workflow, trigger)
+        touching, touching_params = "", list[object]()
+        where, params = _trigger_filter(trigger)
         if status is not None:
             values = sorted({RunStatus(s).value for s in status})
-            where += f" AND status IN ({', '.join('?' for _ in values)})"
+            marks = ", ".join("?" for _ in values)
+            touching, touching_params = f"status IN ({marks})", list(values)
+            where += f" AND status IN ({marks})"
             params.extend(values)
         if before is not None:
             where += " AND started_at < ?"
             params.append(to_db_time(before))
         params.append(limit)
+        latest, inner = _latest(workflow, touching, touching_params)
         rows = self.db.query(
-            f"SELECT {_RUN_SELECT} FROM ({_LATEST}) WHERE {where} "
+            f"SELECT {_RUN_SELECT} FROM ({latest}) WHERE {where} "
             "ORDER BY started_at DESC, run_id DESC LIMIT ?",
-            params,
+            [*inner, *params],
         )
         return [_run_from_row(row) for row in rows]
 
@@ -302,15 +319,15 @@ class HistoryStore:
         if days <= 0:
             return []
         today = (now or datetime.now(UTC)).astimezone(UTC).date()
-        where, params = _latest_filter(workflow, None)
-        where += " AND first_started_at >= ?"
-        params.append(datetime.combine(today - timedelta(days=days - 1), time()))
+        since = datetime.combine(today - timedelta(days=days - 1), time())
+        latest, params = _latest(workflow, "started_at >= ?", [since])
         rows = self.db.query(
             "SELECT workflow_path, CAST(first_started_at AS DATE) AS day, count(*), "
             f"count(*) FILTER (WHERE status = 'completed'), "
             f"count(*) FILTER (WHERE status IN ({_FAILED})) "
-            f"FROM ({_LATEST}) WHERE {where} GROUP BY ALL ORDER BY day, workflow_path",
-            params,
+            f"FROM ({latest}) WHERE first_started_at >= ? "
+            "GROUP BY ALL ORDER BY day, workflow_path",
+            [*params, since],
         )
         return [
             DailyRuns(workflow_path=w, day=d, runs=n, completed=ok, failed=bad)
@@ -321,16 +338,15 @@ class HistoryStore:
         """The runs of each (workflow, what started them), the most recently active first."""
         if limit <= 0:
             return []
-        where, params = _latest_filter(workflow, None)
-        params.append(limit)
+        latest, params = _latest(workflow)
         rows = self.db.query(
             "SELECT workflow_path, trigger, count(*), "
             "count(*) FILTER (WHERE status = 'completed'), "
             f"count(*) FILTER (WHERE status IN ({_FAILED})), "
             "arg_max(run_id, started_at), arg_max(status, started_at), max(started_at) "
-            f"FROM ({_LATEST}) WHERE {where} GROUP BY ALL "
+            f"FROM ({latest}) GROUP BY ALL "
             "ORDER BY max(started_at) DESC, workflow_path LIMIT ?",
-            params,
+            [*params, limit],
         )
         return [
             RunGroup(
