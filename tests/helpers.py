@@ -1,14 +1,16 @@
 """Shared helpers for tests: workflow notebooks, a workspace to run them in, subprocesses of
-casare-nb and papermill. Fixtures live in conftest.py (and the cluster/stores plugins)."""
+casare-nb and papermill, an orchestrator and robot in a thread (``served``). Fixtures live
+in conftest.py (and the cluster/stores plugins)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,9 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from casare_nb.local import aresume, arun_notebook
 from casare_nb.notebook.run import RunResult
+from casare_nb.orchestrator.service import OrchestratorService
+from casare_nb.robot.main import local_robot
+from casare_nb.service_thread import ServiceThread
 from casare_nb.store.history import HistoryStore
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -229,3 +234,27 @@ def sigkill_after(script: str, arg: str, line: str) -> int:
         if proc.stdin is not None:
             proc.stdin.close()
     return proc.returncode
+
+
+@contextlib.contextmanager
+def served(
+    state: Path,
+    workflows: Path,
+    robot_id: str,
+    *,
+    pool_size: int = 1,
+    work_dir: Path | None = None,
+) -> Iterator[ServiceThread]:
+    """An orchestrator service on ``state`` serving ``workflows`` and one local robot with
+    warm kernels, in a thread (fast heartbeats); stopped at the end."""
+    service = OrchestratorService(
+        state, port=0, http_port=0, workflows_dir=workflows, heartbeat_interval_s=0.5
+    )
+    robot = local_robot(
+        robot_id,
+        pool_size=pool_size,
+        work_dir=work_dir or state.parent / robot_id,
+        heartbeat_interval_s=0.5,
+    )
+    with ServiceThread(service, robots=[robot]) as thread:
+        yield thread

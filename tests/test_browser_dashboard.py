@@ -10,14 +10,12 @@ from pathlib import Path
 
 import pytest
 from browser import chromium, open_notebook, run_cell, screenshot
-from helpers import write_notebook
+from helpers import served, write_notebook
 from jupyter_harness import JupyterServer, jupyter_server
 from playwright.sync_api import Browser, Page, expect
 
 from casare_nb.core.models import RunStatus
 from casare_nb.jupyter.dashboard import DASHBOARD_NOTEBOOK, dashboard_notebook
-from casare_nb.orchestrator.service import OrchestratorService
-from casare_nb.robot.main import local_robot
 from casare_nb.service_thread import ServiceThread
 
 pytestmark = pytest.mark.slow
@@ -51,15 +49,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(root: Path) -> Iterator[ServiceThread]:
-    service = OrchestratorService(
-        root / ".casare",
-        port=0,
-        http_port=0,
-        workflows_dir=root / "workflows",
-        heartbeat_interval_s=0.5,
-    )
-    robot = local_robot(ROBOT, pool_size=2, work_dir=root / ".robot", heartbeat_interval_s=0.5)
-    with ServiceThread(service, robots=[robot]) as thread:
+    workflows, work = root / "workflows", root / ".robot"
+    with served(root / ".casare", workflows, ROBOT, pool_size=2, work_dir=work) as thread:
         yield thread
 
 

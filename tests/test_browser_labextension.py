@@ -6,42 +6,22 @@ orchestrator and no server extension)."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
-import shutil
-import socket
-import subprocess
-import sys
-import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nbformat
 import pytest
-
-playwright_sync = pytest.importorskip("playwright.sync_api")
-expect = playwright_sync.expect
+from browser import chromium
+from jupyter_harness import jupyter_server
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
-BUILT = REPO / "casare_nb" / "labextension"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 DEBUG_META = {
     "job_id": "job-debug-1",
     "attempt": 1,
@@ -49,14 +29,6 @@ DEBUG_META = {
     "failed_cell_id": "c2",
     "failed_cell_index": 1,
 }
-
-if not (BUILT / "package.json").exists():
-    pytest.skip(
-        "the lab extension is not built (cd extensions/labextension && jlpm build:prod)",
-        allow_module_level=True,
-    )
-if not Path(CHROMIUM).exists():
-    pytest.skip("Debian's chromium is not installed (make browser)", allow_module_level=True)
 
 
 @dataclass
@@ -67,34 +39,7 @@ class Lab:
 
     def page_url(self, path: str = "") -> str:
         where = f"tree/{path}" if path else ""
-        return f"{self.url}lab/{where}?token={self.token}&reset"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return bool(r.status == 200)
-    except ConnectionRefusedError:
-        return False
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, ConnectionRefusedError):
-            return False
-        raise
-
-
-def _until(condition: Callable[[], bool], timeout: float) -> None:
-    """Poll ``condition`` (every 50 ms) until it holds; AssertionError after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    tick = threading.Event()
-    while not condition():
-        assert time.monotonic() < deadline, f"not true after {timeout} s"
-        tick.wait(0.05)
+        return f"{self.url}/lab/{where}?token={self.token}&reset"
 
 
 def _notebook(path: Path, metadata: dict[str, Any] | None = None) -> None:
@@ -114,91 +59,28 @@ def _notebook(path: Path, metadata: dict[str, Any] | None = None) -> None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """A JupyterLab of its own (HOME and JUPYTER_* dirs temporary) that sees the built
-    extension through its data dir's labextensions/casare-nb."""
+    """A JupyterLab of its own (HOME and JUPYTER_* dirs temporary) with the extension the
+    install put in place."""
     base = tmp_path_factory.mktemp("lab")
-    home, root, data = base / "home", base / "root", base / "data"
-    for d in (home, root, data / "labextensions"):
-        d.mkdir(parents=True)
-    (data / "labextensions" / "casare-nb").symlink_to(BUILT, target_is_directory=True)
+    root = base / "root"
+    root.mkdir()
     _notebook(root / "plain.ipynb")
     _notebook(root / "debug.ipynb", {"casare_debug": DEBUG_META})
     _notebook(root / "later.ipynb")
-
-    token, port = secrets.token_hex(16), _free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("JUPYTER_", "CASARE_")) and k != "JPY_SESSION_NAME"
-    }
-    env.update(
-        HOME=str(home),
-        JUPYTER_CONFIG_DIR=str(base / "config"),
-        JUPYTER_DATA_DIR=str(data),
-        JUPYTER_RUNTIME_DIR=str(base / "runtime"),
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "jupyterlab",
-        "--no-browser",
-        "--ip=127.0.0.1",
-        f"--port={port}",
-        f"--IdentityProvider.token={token}",
-        "--allow-root",
-        f"--ServerApp.root_dir={root}",
+    args = (
         "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: to edit a model's metadata
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-    ]
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    log: list[str] = []
-    urls: list[str] = []
-    running = threading.Event()
-
-    def drain() -> None:  # keeps the pipe empty; tells when the server listens, and where
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            log.append(line)
-            found = re.search(r"(http://127\.0\.0\.1:\d+/)lab\?token=", line)
-            if found and not urls:
-                urls.append(found.group(1))
-                running.set()
-        running.set()  # the server ended: let the wait below find out
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        try:
-            assert running.wait(90), "no sign of life in 90 s"
-            assert urls, "the server ended"
-            url = urls[0]
-            # The server prints its URL just before it binds the port: poll until it answers.
-            _until(lambda: _answers(f"{url}api/status?token={token}"), 60)
-        except (AssertionError, OSError) as exc:
-            pytest.fail(f"jupyter lab did not start ({exc}):\n" + "".join(log[-40:]))
-        with urllib.request.urlopen(f"{url}lab?token={token}", timeout=30) as r:
-            html = r.read().decode()
+    with jupyter_server(root, base / "home", app="lab", args=args) as server:
+        html = httpx.get(f"{server.url}/lab?token={server.token}", timeout=30).text
         assert re.search(r'"name": ?"casare-nb"', html), "casare-nb not in the page config"
-        yield Lab(url=url, token=token, root=root)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        shutil.rmtree(base, ignore_errors=True)
+        yield Lab(url=server.url, token=server.token, root=root)
 
 
 @pytest.fixture(scope="module")
 def browser(lab: Lab) -> Iterator[Any]:
-    with playwright_sync.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as found:
+        yield found
 
 
 @pytest.fixture

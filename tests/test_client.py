@@ -11,18 +11,18 @@ import stat
 import subprocess
 import sys
 import threading
+import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import write_notebook
+from helpers import served, write_notebook
 
 from casare_nb import Client, ClientError
 from casare_nb.core.models import RunStatus
 from casare_nb.orchestrator.service import OrchestratorService
 from casare_nb.protocol import Event, EventKind
-from casare_nb.robot.main import local_robot
 from casare_nb.service_thread import ServiceThread
 
 WAIT = 90.0
@@ -44,11 +44,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceThread]
         params="limit: int = 5",
     )
     write_notebook(workflows / "sleepy.ipynb", ["import time\ntime.sleep(60)"])
-    service = OrchestratorService(
-        root / "state", port=0, http_port=0, workflows_dir=workflows, heartbeat_interval_s=0.5
-    )
-    robot = local_robot("robot-a", pool_size=2, work_dir=root / "robot-a", heartbeat_interval_s=0.5)
-    with ServiceThread(service, robots=[robot]) as thread:
+    with served(root / "state", workflows, "robot-a", pool_size=2) as thread:
         yield thread
 
 
@@ -241,8 +237,8 @@ def test_the_client_lists_jobs_under_a_name_that_shadows_nothing() -> None:
     assert callable(Client.jobs)
     assert not [n for n in vars(Client) if not n.startswith("_") and hasattr(builtins, n)]
     assert resources.files("casare_nb").joinpath("py.typed").is_file()
-    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    assert 'casare_nb = ["py.typed"]' in pyproject
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["casare_nb"]
 
 
 SUBSCRIBER = """

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from helpers import write_notebook
+from helpers import served, write_notebook
 from jupyter_client.blocking import BlockingKernelClient
 
 from casare_nb.client import Client, ClientError
@@ -33,8 +33,6 @@ from casare_nb.debugging import (
 )
 from casare_nb.notebook.debug import Restored
 from casare_nb.notebook.kernels import KernelSession
-from casare_nb.orchestrator.service import OrchestratorService
-from casare_nb.robot.main import local_robot
 from casare_nb.service_thread import ServiceThread
 
 WAIT = 90.0
@@ -46,11 +44,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceThread]
     root = tmp_path_factory.mktemp("debugging")
     workflows = root / "workflows"
     workflows.mkdir()
-    service = OrchestratorService(
-        root / "state", port=0, http_port=0, workflows_dir=workflows, heartbeat_interval_s=0.5
-    )
-    robot = local_robot("robot-d", pool_size=1, work_dir=root / "robot-d", heartbeat_interval_s=0.5)
-    with ServiceThread(service, robots=[robot]) as thread:
+    with served(root / "state", workflows, "robot-d") as thread:
         yield thread
 
 

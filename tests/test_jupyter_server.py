@@ -15,14 +15,12 @@ from pathlib import Path
 import httpx
 import nbformat
 import pytest
-from helpers import write_notebook
+from helpers import served, write_notebook
 from jupyter_client.blocking import BlockingKernelClient
 from jupyter_harness import JupyterServer, jupyter_env, jupyter_server
 
 from casare_nb.core.models import RunStatus
 from casare_nb.debugging import DEBUG_META
-from casare_nb.orchestrator.service import OrchestratorService
-from casare_nb.robot.main import local_robot
 from casare_nb.service_thread import ServiceThread
 
 pytestmark = pytest.mark.slow
@@ -44,11 +42,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(root: Path) -> Iterator[ServiceThread]:
-    service = OrchestratorService(
-        root / ".casare", port=0, http_port=0, workflows_dir=root / "workflows"
-    )
-    robot = local_robot("robot-j", pool_size=1, work_dir=root / ".robot", heartbeat_interval_s=0.5)
-    with ServiceThread(service, robots=[robot]) as thread:
+    with served(
+        root / ".casare", root / "workflows", "robot-j", work_dir=root / ".robot"
+    ) as thread:
         yield thread
 
 

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import write_notebook
+from helpers import served, write_notebook
 
 from casare_nb import Client
 from casare_nb.core.models import RobotStatus, RunStatus
 from casare_nb.orchestrator.service import OrchestratorService
-from casare_nb.robot.main import local_robot
 from casare_nb.service_thread import ServiceThread
 from casare_nb.widgets import Dashboard, Intervals
 from casare_nb.widgets.state import ConnectionState, DashboardState, RunningView
@@ -58,11 +57,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceThread]
         params="limit: int = 5",
     )
     write_notebook(workflows / "sleepy.ipynb", ["ready = True", "import time\ntime.sleep(60)"])
-    service = OrchestratorService(
-        root / "state", port=0, http_port=0, workflows_dir=workflows, heartbeat_interval_s=0.5
-    )
-    robot = local_robot("robot-a", pool_size=2, work_dir=root / "robot-a", heartbeat_interval_s=0.5)
-    with ServiceThread(service, robots=[robot]) as thread:
+    with served(root / "state", workflows, "robot-a", pool_size=2) as thread:
         yield thread
 
 
