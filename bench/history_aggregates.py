@@ -39,7 +39,6 @@ from casare_nb.core.models import RunStatus
 from casare_nb.orchestrator.service import OrchestratorService
 from casare_nb.service_thread import ServiceThread
 from casare_nb.store.database import Database
-from casare_nb.store.history import HistoryStore
 
 COMMAND = ".venv/bin/python -m bench.history_aggregates"
 TARGET_P95_S = 0.050
@@ -143,10 +142,8 @@ def measure(state: Path, reps: int) -> dict[str, dict[str, list[float]]]:
             "last 20 failures": lambda: history.runs(status="failed", limit=20),
             "cell durations p50/p95 (one workflow)": lambda: history.cell_durations(workflow=w),
         }
-        for name, call in http.items():
-            results[name] = {"http": _timed(call, reps)}
-    store = HistoryStore(state / "history.duckdb")
-    try:
+        # the same methods on the orchestrator's own store, in this process: the floor
+        store = service.orchestrator.stores.history
         local: dict[str, Callable[[], Any]] = {
             "daily (one workflow, 14 days)": lambda: store.daily(days=14, workflow=w),
             "daily (all workflows, 14 days)": lambda: store.daily(days=14),
@@ -154,10 +151,8 @@ def measure(state: Path, reps: int) -> dict[str, dict[str, list[float]]]:
             "last 20 failures": lambda: store.list_runs(status=[RunStatus.FAILED], limit=20),
             "cell durations p50/p95 (one workflow)": lambda: store.cell_durations(workflow=w),
         }
-        for name, call in local.items():
-            results[name]["local"] = _timed(call, reps)
-    finally:
-        store.db.close()
+        for name, call in http.items():
+            results[name] = {"http": _timed(call, reps), "local": _timed(local[name], reps)}
     return results
 
 
@@ -206,7 +201,8 @@ def main(quick: bool = False) -> dict[str, Any]:
             f"~8 % failed, half fired by 5 schedules; bulk-inserted in {fill_s:.1f} s.",
             "HTTP: the orchestrator's FastAPI app in a ServiceThread, the synchronous Client "
             "on loopback (one request per call, JSON decoded into pydantic models). "
-            "In-process: the same HistoryStore methods on the DuckDB file (the floor).",
+            "In-process: the same HistoryStore methods of the running orchestrator's store, "
+            "called in this process (the floor: no HTTP, no JSON).",
         ],
         "raw": results,
     }

@@ -41,6 +41,7 @@ MODULES = [
     "schedule_latency",
     "dashboard_latency",
     "history_aggregates",
+    "debug_kernel",
 ]
 DOC = ROOT / "docs" / "benchmarks.md"
 OUT = ROOT / "bench" / "out"

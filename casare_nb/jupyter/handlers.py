@@ -86,12 +86,10 @@ class ProxyHandler(_Handler):
         content_type = self.request.headers.get("Content-Type")
         if content_type:
             headers["Content-Type"] = content_type
-        verify: Any = orch.ssl_context if orch.ssl_context is not None else True
         try:
-            async with httpx.AsyncClient(timeout=_PROXY_TIMEOUT, verify=verify) as http:
-                response = await http.request(
-                    self.request.method or "GET", url, content=self.request.body, headers=headers
-                )
+            response = await _http_client(orch).request(
+                self.request.method or "GET", url, content=self.request.body, headers=headers
+            )
         except httpx.HTTPError as exc:
             self.fail(502, f"cannot reach the orchestrator at {orch.url}: {one_line(exc)}")
             return
@@ -116,6 +114,20 @@ class ProxyHandler(_Handler):
     @web.authenticated
     async def delete(self, path: str) -> None:
         await self._forward(path)
+
+
+_HTTP_CLIENTS: dict[tuple[str, int], httpx.AsyncClient] = {}
+
+
+def _http_client(orch: Orchestrator) -> httpx.AsyncClient:
+    """One pooled client per orchestrator URL and TLS context (making one costs ~25 ms:
+    its default TLS context), kept while the server runs."""
+    key = (orch.url, id(orch.ssl_context))
+    client = _HTTP_CLIENTS.get(key)
+    if client is None:
+        verify: Any = orch.ssl_context if orch.ssl_context is not None else True
+        client = _HTTP_CLIENTS[key] = httpx.AsyncClient(timeout=_PROXY_TIMEOUT, verify=verify)
+    return client
 
 
 class ParamsHandler(_Handler):

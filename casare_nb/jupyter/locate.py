@@ -5,6 +5,7 @@ started after the server, or restarted with a new token, is found without a rest
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 from dataclasses import dataclass
@@ -67,5 +68,11 @@ def locate(root_dir: Path) -> Orchestrator:
             "start one with `casare-nb lab` or `casare-nb orchestrator`",
             503,
         )
-    context = ssl.create_default_context(cafile=info.tls_cert) if info.tls_cert else None
+    context = _tls_context(info.tls_cert) if info.tls_cert else None
     return Orchestrator(info.http_url, info.token, context, Path(info.workflows_dir))
+
+
+@functools.lru_cache(maxsize=8)
+def _tls_context(cafile: str) -> ssl.SSLContext:
+    """One context per certificate: the proxy keeps one HTTP client per context."""
+    return ssl.create_default_context(cafile=cafile)
