@@ -209,6 +209,22 @@ def test_resume_from_here_reruns_the_job_with_the_debug_notebooks_cells(
     nbformat.write(workflow, str(root / "workflows" / "report.ipynb"))
 
 
+def test_the_output_notebook_link_opens_it_in_jupyterlab(
+    api: httpx.Client, server: JupyterServer, cluster: ServiceThread
+) -> None:
+    """GET /casare/notebook/JOB writes the attempt's output notebook under casare-runs/ and
+    redirects JupyterLab to it; a bad attempt is a one-line 400, an unknown job 404."""
+    with cluster.client() as client:
+        job = client.submit("report.ipynb", {"limit": 100}, wait=True, timeout=WAIT)
+    answer = api.get(f"/casare/notebook/{job.job_id}", params={"attempt": "1"})
+    path = f"casare-runs/report.{job.job_id}.attempt-1.ipynb"
+    assert answer.status_code == 302 and answer.headers["location"] == f"/lab/tree/{path}"
+    saved = json.loads((server.root / path).read_text())
+    assert [c["id"] for c in saved["cells"] if c["cell_type"] == "code"][-1] == "c2"
+    assert api.get(f"/casare/notebook/{job.job_id}", params={"attempt": "x"}).status_code == 400
+    assert api.get("/casare/notebook/no-such-job").status_code == 404
+
+
 def test_debug_and_resume_refuse_bad_input_with_one_line(
     api: httpx.Client, cluster: ServiceThread
 ) -> None:

@@ -312,7 +312,7 @@ def test_the_history_shows_the_chart_the_groups_and_the_last_failure(
     html = card.html.value
     assert "failed at cell" in html and "AssertionError" in html and "\x1b" not in html
     assert f"""data-commandlinker-args='{{"job": "{failed.job_id}"}}'""" in html
-    assert f"casare/api/jobs/{failed.job_id}/notebook" in html
+    assert f"casare/notebook/{failed.job_id}?attempt=" in html
     path = failed.workflow_path
     history.workflow.value = path  # the filter re-reads the history of that workflow
     assert history.data is not None and history.data.workflow == path

@@ -589,7 +589,7 @@ def test_the_debug_link_and_the_failure_card_html() -> None:
     html = failure_html(failure, ["reports/sales.ipynb"], base_url="/user/me/")
     assert "reports/sales.ipynb" in html and "failed at cell 3" in html
     assert "AssertionError: 10 rows &gt; limit &lt;5&gt;" in html and "\x1b" not in html
-    assert 'href="/user/me/casare/api/jobs/job-9/notebook?attempt=2"' in html
+    assert 'href="/user/me/casare/notebook/job-9?attempt=2"' in html
     assert 'data-commandlinker-command="casare:debug"' in html
 
 

@@ -5,6 +5,7 @@ or cookie, and its XSRF check for browser POSTs, apply as to every Jupyter API."
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any, Final
@@ -24,6 +25,8 @@ from casare_nb.notebook.workflow import load_workflow
 
 __all__ = ["handlers"]
 
+RUNS_FOLDER: Final = "casare-runs"
+"""Where output notebooks opened from the dashboard go, under the Jupyter server's root."""
 _PROXY_TIMEOUT: Final = 60.0
 _HOP_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "connection"})
 
@@ -147,6 +150,32 @@ class ParamsHandler(_Handler):
         )
 
 
+class OutputHandler(_Handler):
+    """``GET /casare/notebook/JOB?attempt=N``: the attempt's output notebook (its latest by
+    default), written under ``casare-runs/`` and opened in JupyterLab by a redirect."""
+
+    @web.authenticated
+    async def get(self, job_id: str) -> None:
+        raw = self.get_query_argument("attempt", "")
+        if raw and not raw.isdigit():
+            raise ClientError(f"attempt must be a number, not {raw!r}", 400)
+        attempt = int(raw) if raw else None
+        orch = self.orchestrator()
+
+        def read() -> tuple[dict[str, Any], str, int]:
+            with orch.client() as client:
+                job = client.get(job_id)
+                nb = client.notebook(job_id, attempt)
+            return nb, job.workflow_path, attempt or job.attempt
+
+        nb, workflow, number = await asyncio.to_thread(read)
+        path = f"{RUNS_FOLDER}/{Path(workflow).stem}.{job_id}.attempt-{number}.ipynb"
+        target = self.local_path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(nb, indent=1), "utf-8")
+        self.redirect(url_path_join(self.base_url, "lab", "tree", path))
+
+
 class DashboardHandler(_Handler):
     """``POST /casare/dashboard``: the dashboard notebook, written if missing."""
 
@@ -199,6 +228,7 @@ def handlers(base_url: str) -> list[tuple[str, type[APIHandler]]]:
         (at(r"api/(?P<path>.*)"), ProxyHandler),
         (at("params"), ParamsHandler),
         (at("dashboard"), DashboardHandler),
+        (at(rf"notebook/{_JOB}"), OutputHandler),
         (at(rf"debug/{_JOB}/resume"), ResumeHandler),
         (at(rf"debug/{_JOB}"), DebugHandler),
     ]

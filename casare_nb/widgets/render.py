@@ -254,10 +254,11 @@ def debug_link(job_id: str) -> str:
 
 
 def notebook_link(base_url: str, job_id: str, attempt: int) -> str:
-    """A link to the attempt's output notebook through the Jupyter server extension's proxy
-    of the orchestrator API (``<base_url>casare/api/jobs/JOB/notebook?attempt=N``)."""
+    """A link opening the attempt's output notebook in JupyterLab, through the Jupyter
+    server extension (``<base_url>casare/notebook/JOB?attempt=N`` writes it under
+    ``casare-runs/`` and redirects to it)."""
     base = base_url if base_url.endswith("/") else base_url + "/"
-    href = f"{base}casare/api/jobs/{job_id}/notebook?attempt={attempt}"
+    href = f"{base}casare/notebook/{job_id}?attempt={attempt}"
     return f'<a href="{escape(href, quote=True)}" target="_blank">output notebook</a>'
 
 
