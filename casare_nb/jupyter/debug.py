@@ -54,6 +54,8 @@ async def open_debug(
 
     bundle = await asyncio.to_thread(fetched)
     path = f"{DEBUG_FOLDER}/{debug_filename(bundle)}"
+    target = root_dir / path
+    target.parent.mkdir(parents=True, exist_ok=True)  # the kernel starts in it
     kernel_id = await ensure_async(
         kernel_manager.start_kernel(kernel_name=bundle.kernel_name, path=DEBUG_FOLDER)
     )
@@ -68,8 +70,6 @@ async def open_debug(
         finally:
             session.detach()
         notebook = debug_notebook(bundle, restored)
-        target = root_dir / path
-        target.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(target, notebook)
         model = await ensure_async(
             session_manager.create_session(
