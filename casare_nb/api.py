@@ -17,10 +17,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from casare_nb.core.models import Priority, ResumePlan, RobotStatus, RunStatus
 from casare_nb.core.params import ParamSchema
+from casare_nb.core.text import unicode_problem
 from casare_nb.core.triggers import JobFields, Schedule, ScheduleFields, Trigger, TriggerFields
 
 __all__ = [
@@ -56,11 +57,24 @@ RUNTIME_FILE: Final = "orchestrator.json"
 TOKEN_NAME_PATTERN: Final = r"^[A-Za-z0-9._-]{1,64}$"
 
 
-class _Request(BaseModel):
+class _ValidText(BaseModel):
+    """Refuses a request holding text that is not valid Unicode (a lone surrogate, which
+    ``json.loads`` makes from ``"\\ud800"``): nothing could store it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        where = unicode_problem(data)
+        if where is not None:
+            raise ValueError(f"text at {where} is not valid Unicode (a lone surrogate)")
+        return data
+
+
+class _Request(_ValidText):
     model_config = ConfigDict(extra="forbid")
 
 
-class SubmitJob(JobFields):
+class SubmitJob(JobFields, _ValidText):
     """``POST /api/jobs``: queue a run of a workflow.
 
     ``workflow`` is relative to the orchestrator's workflows directory (an absolute path must
@@ -71,7 +85,7 @@ class SubmitJob(JobFields):
     workflow: str = Field(min_length=1, description="Notebook path, relative to the workflows dir.")
 
 
-class NewSchedule(ScheduleFields):
+class NewSchedule(ScheduleFields, _ValidText):
     """``POST /api/schedules``: run a workflow on a timetable (fields: see the base)."""
 
     workflow: str = Field(min_length=1, description="Notebook path, relative to the workflows dir.")
@@ -104,7 +118,7 @@ class FireInfo(BaseModel):
     outcome: str
 
 
-class NewTrigger(TriggerFields):
+class NewTrigger(TriggerFields, _ValidText):
     """``POST /api/triggers``: an event that submits ``workflow`` (fields: see the base)."""
 
     workflow: str = Field(min_length=1, description="Notebook path, relative to the workflows dir.")

@@ -244,11 +244,18 @@ def served(
     *,
     pool_size: int = 1,
     work_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Iterator[ServiceThread]:
     """An orchestrator service on ``state`` serving ``workflows`` and one local robot with
-    warm kernels, in a thread (fast heartbeats); stopped at the end."""
+    warm kernels, in a thread (fast heartbeats); stopped at the end. ``environ``: the
+    orchestrator's environment (webhook secrets)."""
     service = OrchestratorService(
-        state, port=0, http_port=0, workflows_dir=workflows, heartbeat_interval_s=0.5
+        state,
+        port=0,
+        http_port=0,
+        workflows_dir=workflows,
+        heartbeat_interval_s=0.5,
+        environ=dict(environ) if environ is not None else None,
     )
     robot = local_robot(
         robot_id,

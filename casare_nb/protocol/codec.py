@@ -15,11 +15,15 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
 )
+from pydantic_core import (
+    PydanticSerializationError,
+)
 
 from casare_nb.core.errors import CasareError
 from casare_nb.core.models import (
     ResumePlan,
 )
+from casare_nb.core.text import storable, unicode_problem
 from casare_nb.protocol.base import (
     MAX_FRAME_BYTES,
     REVEAL_SECRETS,
@@ -218,11 +222,27 @@ def encode(msg: Envelope, *, max_bytes: int = MAX_FRAME_BYTES) -> str:
     Raises :class:`ProtocolError` ``frame_too_large`` when the frame would exceed
     ``max_bytes``, so the sender learns it before the receiver drops the connection.
     """
-    text = msg.model_dump_json(context={REVEAL_SECRETS: True})
+    try:
+        text = msg.model_dump_json(context={REVEAL_SECRETS: True})
+    except PydanticSerializationError:
+        # text that is not valid Unicode (a cell's error holding a lone surrogate): sent
+        # escaped, so the report goes out instead of failing the sender
+        data = msg.model_dump(mode="json", context={REVEAL_SECRETS: True})
+        text = json.dumps(_storable(data), ensure_ascii=False, separators=(",", ":"))
     size = _utf8_size(text, max_bytes)
     if size > max_bytes:
         _too_large(len(text.encode("utf-8", "surrogatepass")), max_bytes)
     return text
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -272,6 +292,12 @@ def decode(
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE, "invalid message: JSON nested too deeply"
         ) from None
+    where = unicode_problem(obj)
+    if where is not None:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            f"invalid message: text at {where} is not valid Unicode (a lone surrogate)",
+        )
     if not isinstance(obj, dict):
         kind = "array" if isinstance(obj, list) else type(obj).__name__
         raise ProtocolError(

@@ -34,6 +34,7 @@ import pydantic_core
 import tenacity
 
 from casare_nb.core.errors import QueueError, one_line
+from casare_nb.core.text import storable, unicode_problem
 from casare_nb.store import schema
 
 __all__ = [
@@ -87,13 +88,33 @@ def from_db_time(value: datetime | None) -> datetime | None:
 
 def to_json(value: object) -> str:
     """JSON text of ``value``: pydantic's encoder handles datetimes, paths, sets, enums,
-    models...; anything else becomes ``str(value)`` rather than failing a background write."""
-    return pydantic_core.to_json(value, serialize_unknown=True).decode()
+    models...; anything else becomes ``str(value)`` rather than failing a background write;
+    a lone surrogate in a string becomes its escape (:func:`~casare_nb.core.text.storable`)."""
+    try:
+        return pydantic_core.to_json(value, serialize_unknown=True).decode()
+    except pydantic_core.PydanticSerializationError:
+        if unicode_problem(value) is None:
+            raise
+        return pydantic_core.to_json(_storable(value), serialize_unknown=True).decode()
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
 
 
 def columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-    """Rows -> one list per column (the parameters of an ``unnest`` statement)."""
-    return [list(column) for column in zip(*rows, strict=True)]
+    """Rows -> one list per column (the parameters of an ``unnest`` statement); text that
+    is not valid Unicode is stored escaped, so one row can never poison a batch."""
+    return [
+        [storable(v) if isinstance(v, str) else v for v in column]
+        for column in zip(*rows, strict=True)
+    ]
 
 
 def bulk_upsert(

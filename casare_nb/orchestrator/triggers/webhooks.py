@@ -42,6 +42,7 @@ from casare_nb.core.signing import (
     check_timestamp,
     verify_signature,
 )
+from casare_nb.core.text import unicode_problem
 from casare_nb.core.triggers import Trigger, TriggerKind, TriggerRef
 from casare_nb.orchestrator.triggers.desk import JobDesk
 from casare_nb.store.interfaces import Claim, TriggerStore
@@ -295,6 +296,9 @@ def _body_values(body: bytes) -> dict[str, Any]:
         raise HookRefused(422, f"body is not JSON: {detail}") from None
     if not isinstance(value, dict):
         raise HookRefused(422, f"body must be a JSON object, not {_json_type(value)}")
+    where = unicode_problem(value)
+    if where is not None:
+        raise HookRefused(422, f"body text at {where} is not valid Unicode (a lone surrogate)")
     return value
 
 
