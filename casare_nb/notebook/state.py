@@ -17,6 +17,7 @@ orchestrator's checkpoint store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -71,8 +72,10 @@ class StateDir:
         return AttemptPaths(self.run_dir(run_id) / str(attempt))
 
     def ensure_writable(self) -> StateDir:
-        """Create the folders and prove a file can be written; one-line StateError if not."""
+        """Create the folders (the root private: 0700) and prove a file can be written;
+        one-line StateError if not."""
         try:
+            private_dir(self.root)
             self.blob_dir.mkdir(parents=True, exist_ok=True)
             (self.root / "runs").mkdir(exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-"):
@@ -180,6 +183,29 @@ def check_manifest(cell_id: str, manifest: dict[str, Any]) -> list[str]:
     return blob_refs(manifest)
 
 
+PRIVATE_DIR: Final = 0o700
+PRIVATE_FILE: Final = 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner may enter (0700): created so (parents as the
+    umask says), or narrowed if it exists, is ours and lets others in. A state directory
+    holds pickled variables, output notebooks and token names."""
+    path.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # not ours, or a file system without modes
+        info = path.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            path.chmod(PRIVATE_DIR)
+    return path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` as a new file only its owner may read (0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 def write_json_atomic(path: Path, data: Any, *, compact: bool = False) -> None:
     """Write JSON to a temporary name in the same folder, then rename over ``path``;
     ``compact``: no indentation (a file rewritten often, read by programs)."""
@@ -189,7 +215,7 @@ def write_json_atomic(path: Path, data: Any, *, compact: bool = False) -> None:
         text = json.dumps(data, indent=1, ensure_ascii=False, sort_keys=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(text + "\n", encoding="utf-8")
+        write_private(tmp, (text + "\n").encode("utf-8", "backslashreplace"))
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)

@@ -39,6 +39,7 @@ from casare_nb.api import (
     runtime_file_path,
 )
 from casare_nb.core.errors import CasareError
+from casare_nb.notebook.state import private_dir
 from casare_nb.orchestrator.http.server import HttpServer
 from casare_nb.orchestrator.orchestrator import DEFAULT_HOST, DEFAULT_PORT, Orchestrator
 
@@ -162,7 +163,7 @@ class OrchestratorService:
                 f"{running.http_url}); stop it or use another --state-dir"
             )
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.state_dir)
         except OSError as exc:
             raise ServiceError(f"cannot create state directory {self.state_dir}: {exc}") from None
         ssl_context = self._ssl_context()

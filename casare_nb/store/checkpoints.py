@@ -42,6 +42,7 @@ from casare_nb.notebook.state import (
     check_manifest,
     manifest_refs,
     write_json_atomic,
+    write_private,
 )
 
 __all__ = ["FileCheckpointStore"]
@@ -90,7 +91,7 @@ class FileCheckpointStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
-            tmp.write_bytes(data)
+            write_private(tmp, data)
             os.replace(tmp, path)
         except OSError:
             tmp.unlink(missing_ok=True)

@@ -35,6 +35,7 @@ import tenacity
 
 from casare_nb.core.errors import QueueError, one_line
 from casare_nb.core.text import storable, unicode_problem
+from casare_nb.notebook.state import private_dir
 from casare_nb.store import schema
 
 __all__ = [
@@ -106,6 +107,15 @@ def _storable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_storable(v) for v in value]
     return value
+
+
+def _owner_only(path: Path) -> None:
+    """The database file (and its WAL) readable by its owner only, if ours."""
+    for file in (path, path.with_name(path.name + ".wal")):
+        with contextlib.suppress(OSError):
+            info = file.stat()
+            if info.st_uid == os.getuid() and info.st_mode & 0o077:
+                file.chmod(0o600)
 
 
 def columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
@@ -187,7 +197,7 @@ class Database:
     def _open(self) -> Connection:
         where = f"cannot open history database {self.path}"
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
         except OSError as exc:
             reason = exc.strerror or one_line(exc)
             raise HistoryError(
@@ -209,7 +219,9 @@ class Database:
             reraise=True,
         )
         try:
-            return retrying(duckdb.connect, str(self.path))
+            con = retrying(duckdb.connect, str(self.path))
+            _owner_only(self.path)
+            return con
         except duckdb.Error as exc:
             if _is_lock_conflict(exc):
                 raise HistoryError(
