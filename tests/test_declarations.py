@@ -3,6 +3,7 @@ loaded by a real orchestrator from its workflows directory at start, kept across
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +126,40 @@ def test_read_declarations_names_the_file_and_the_bad_field() -> None:
     with pytest.raises(TriggerError, match=r"wf\.ipynb: metadata\.casare\.schedules\.0\.sometimes"):
         read_declarations(nb, "wf.ipynb")
     assert read_declarations({"metadata": {}}, "wf.ipynb").schedules == []
+
+
+async def test_a_notebook_declaring_its_secrets_keeps_its_schedules(tmp_path: Path) -> None:
+    """metadata.casare.secrets (the documented list of secret names) sits next to
+    declarations without making them invalid: the schedule is loaded."""
+    root = tmp_path / "workflows"
+    root.mkdir()
+    workflow(root, "report.ipynb", {"secrets": ["api_key"], "schedules": [{"every": "1h"}]})
+    orch = await started(tmp_path)
+    try:
+        assert [s.every_s for s in orch.triggers.store.schedules()] == [3600.0]
+    finally:
+        await orch.stop()
+
+
+async def test_a_chain_to_a_notebook_outside_the_workflows_dir_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """on_success run: ../outside/evil.ipynb is logged as an error naming the path and
+    declares nothing; a chain inside the directory still loads."""
+    root = tmp_path / "workflows"
+    root.mkdir()
+    (tmp_path / "outside").mkdir()
+    write_notebook(tmp_path / "outside" / "evil.ipynb", ["x = 1"])
+    write_notebook(root / "next.ipynb", ["y = 2"])
+    workflow(
+        root, "a.ipynb", {"triggers": [{"kind": "on_success", "run": "../outside/evil.ipynb"}]}
+    )
+    workflow(root, "b.ipynb", {"triggers": [{"kind": "on_success", "run": "next.ipynb"}]})
+    with caplog.at_level(logging.ERROR, logger="casare_nb"):
+        orch = await started(tmp_path)
+    try:
+        runs = [t.workflow_path for t in orch.triggers.store.triggers()]
+    finally:
+        await orch.stop()
+    assert runs == [str((root / "next.ipynb").resolve())]
+    assert any("outside the workflows directory" in r.getMessage() for r in caplog.records)

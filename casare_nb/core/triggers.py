@@ -171,6 +171,10 @@ class Declarations(BaseModel):
 
     schedules: list[ScheduleFields] = Field(default_factory=list)
     triggers: list[TriggerFields] = Field(default_factory=list)
+    secrets: list[str] = Field(
+        default_factory=list,
+        description="Secret parameter names (read with the parameters cell; see params.py).",
+    )
 
 
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)

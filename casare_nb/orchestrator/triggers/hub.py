@@ -271,7 +271,7 @@ class Triggers:
                 continue
             origin = _METADATA_ORIGIN + path.relative_to(root).as_posix()
             try:
-                found = self._declared(path, origin)
+                found = self._declared(path, origin, root)
             except (CasareError, OSError, ValueError) as exc:
                 logger.error("%s: %s", path, exc)
                 broken.add(origin)
@@ -284,7 +284,9 @@ class Triggers:
         self._apply_declared(schedules, triggers, broken)
         return len(schedules), len(triggers)
 
-    def _declared(self, path: Path, origin: str) -> list[Schedule | Trigger]:
+    def _declared(
+        self, path: Path, origin: str, root: Path | None = None
+    ) -> list[Schedule | Trigger]:
         nb, _ = load_workflow(path)
         declared = read_declarations(nb, str(path))
         out: list[Schedule | Trigger] = []
@@ -300,6 +302,10 @@ class Triggers:
             if near.path is not None and not Path(near.path).is_absolute():
                 near.path = str(path.parent / near.path)
             run = None if near.run is None else (path.parent / near.run).resolve()
+            if run is not None and root is not None and not run.is_relative_to(root):
+                raise WorkflowError(
+                    f"its trigger runs {near.run}, outside the workflows directory {root}"
+                )
             trigger = self.make_trigger(near, path, run, origin=origin)
             spec = tfields.model_dump_json()
             prefix = "hook" if trigger.kind is TriggerKind.WEBHOOK else "trig"
