@@ -242,12 +242,14 @@ def test_webhook_body_not_json_or_not_valid_is_422(client: Client) -> None:
     assert len(client.jobs(limit=10_000)) == before
 
 
-def test_unknown_webhook_is_404(client: Client) -> None:
-    """A delivery to a trigger id that does not exist answers 404."""
+def test_unknown_webhook_answers_like_a_bad_signature(client: Client) -> None:
+    """A delivery to a trigger id that does not exist answers 401, as a forged signature
+    to a live one would: ids cannot be probed."""
     answer = httpx.post(
         f"{client.url}/hooks/hook-nope", content=b"{}", headers=signed(b"{}"), timeout=WAIT
     )
-    assert answer.status_code == 404
+    assert answer.status_code == 401
+    assert answer.json()["detail"] == "signature does not match the body"
 
 
 # -- chaining, outputs, file watch ----------------------------------------------------------

@@ -260,10 +260,12 @@ async def test_bodies_that_are_not_parameters_are_refused_with_422(
     assert not accepted.duplicate and cluster.job(accepted.job_id).parameters["count"] == 2
 
 
-async def test_unknown_disabled_and_other_triggers_are_404(
+async def test_unknown_disabled_and_other_triggers_answer_as_a_bad_signature(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """No trigger, a disabled one or one that is not a webhook: 404 'no webhook <id>'."""
+    """No trigger, a disabled one or one that is not a webhook answer exactly what a live
+    webhook answers a sender without its secret (401, same detail), so ids cannot be
+    probed; a missing signature is named the same way for both."""
     receiver = make_receiver(cluster, tmp_path)
     receiver.store.add_trigger(
         Trigger(
@@ -275,19 +277,23 @@ async def test_unknown_disabled_and_other_triggers_are_404(
             created_at=datetime.now(UTC),
         )
     )
-    for trigger_id in ("nope", "files"):
-        err = await refused(receiver, headers_for(BODY), BODY, trigger_id)
-        assert (err.status, err.detail) == (404, f"no webhook {trigger_id}")
+    forged = signed_headers(b"not-the-secret", BODY, delivery_id="d-x")
+    live = await refused(receiver, forged, BODY)
+    assert (live.status, live.detail) == (401, "signature does not match the body")
     receiver.store.set_enabled("hook", False)
-    err = await refused(receiver, headers_for(BODY), BODY)
-    assert (err.status, err.detail) == (404, "no webhook hook")
+    for trigger_id in ("nope", "files", "hook"):
+        err = await refused(receiver, forged, BODY, trigger_id)
+        assert (err.status, err.detail) == (live.status, live.detail), trigger_id
+        bare = await refused(receiver, {}, BODY, trigger_id)
+        assert (bare.status, bare.detail) == (401, "missing X-Casare-Signature-256 header")
     assert jobs(receiver) == []
 
 
 async def test_a_webhook_without_its_secret_refuses_everything(
     cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Secret variable unset or empty: 401 for every delivery, and one warning logged."""
+    """Secret variable unset or empty: 401 for every delivery (as a wrong signature: the
+    sender learns nothing), and one warning logged for the operator."""
     receiver = make_receiver(cluster, tmp_path)
     for environ in ({}, {"HOOK_SECRET": ""}):
         receiver = WebhookReceiver(
@@ -297,7 +303,7 @@ async def test_a_webhook_without_its_secret_refuses_everything(
             caplog.clear()
             for _ in range(3):
                 err = await refused(receiver, headers_for(BODY), BODY)
-                assert err.status == 401 and "has no secret" in err.detail
+                assert (err.status, err.detail) == (401, "signature does not match the body")
         assert [r.message for r in caplog.records] == [
             "webhook hook refuses every delivery: its secret variable HOOK_SECRET is not set"
         ]

@@ -90,7 +90,7 @@ add_changes(
     _change,
     (
         ("enable", "POST", "Fire again on its events."),
-        ("disable", "POST", "Ignore its events until enabled (a webhook: 404)."),
+        ("disable", "POST", "Ignore its events until enabled (a webhook: 401, as if unknown)."),
         ("remove", "DELETE", "Delete a trigger; the trigger as it was."),
     ),
     noun="trigger",
@@ -103,8 +103,11 @@ add_changes(
     "/{trigger_id}",
     response_model=HookAccepted,
     responses={
-        401: {"model": ErrorBody, "description": "Missing, bad, stale or replayed signature."},
-        404: {"model": ErrorBody, "description": "No such webhook (or disabled)."},
+        401: {
+            "model": ErrorBody,
+            "description": "Missing, bad, stale or replayed signature; or no such enabled "
+            "webhook (answered the same).",
+        },
         422: {"model": ErrorBody, "description": "Body not JSON, or bad parameters."},
         503: {"model": ErrorBody, "description": "Draining: no new jobs."},
     },

@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, NoReturn
@@ -103,6 +104,7 @@ class WebhookReceiver:
         self._pending: set[str] = set()  # job ids claimed, not submitted yet
         self._tasks: set[asyncio.Task[HookAccepted]] = set()
         self._warned: set[str] = set()  # triggers whose missing secret was logged
+        self._decoy = secrets.token_bytes(32)  # verifies what no live webhook would take
 
     def url(self, base: str, trigger_id: str) -> str:
         """The address a sender posts deliveries of ``trigger_id`` to, under ``base``."""
@@ -117,9 +119,12 @@ class WebhookReceiver:
         Raises :class:`HookRefused` (404, 401, 422, 503) with nothing submitted. Once the
         delivery is claimed, it is seen through even if the caller stops waiting."""
         trigger = await asyncio.to_thread(self.store.trigger, trigger_id)
-        if trigger is None or not trigger.enabled or trigger.kind is not TriggerKind.WEBHOOK:
-            raise HookRefused(404, f"no webhook {trigger_id}")
         given = {name.lower(): value for name, value in headers.items()}
+        if trigger is None or not trigger.enabled or trigger.kind is not TriggerKind.WEBHOOK:
+            # answered exactly as a live webhook whose secret the sender lacks would be:
+            # an id cannot be probed
+            self._check(self._decoy, given, body, None)
+            _refuse(401, _NO_MATCH)
         signature = self._verify(trigger, given, body)
         values = _body_values(body)
         delivery_id = (
@@ -144,15 +149,21 @@ class WebhookReceiver:
                     trigger.trigger_id,
                     name or "(none given)",
                 )
-            _refuse(401, f"webhook {trigger.trigger_id} has no secret: refusing every delivery")
+            self._check(self._decoy, headers, body, trigger.trigger_id)  # no hint to a prober
+            _refuse(401, _NO_MATCH, trigger.trigger_id)
+        return self._check(secret.encode(), headers, body, trigger.trigger_id)
+
+    def _check(
+        self, secret: bytes, headers: Mapping[str, str], body: bytes, trigger_id: str | None
+    ) -> str:
         timestamp = headers.get(TIMESTAMP_HEADER.lower())
         try:
             signature = verify_signature(
-                secret.encode(), body, headers.get(SIGNATURE_HEADER.lower()), timestamp
+                secret, body, headers.get(SIGNATURE_HEADER.lower()), timestamp
             )
             check_timestamp(timestamp, now=self._now())
         except SignatureError as exc:
-            _refuse(401, str(exc), trigger.trigger_id)
+            _refuse(401, str(exc), trigger_id)
         return signature
 
     async def _accept(
@@ -277,6 +288,9 @@ class WebhookReceiver:
         self._tasks.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved, should the caller have stopped waiting
+
+
+_NO_MATCH: Final = "signature does not match the body"
 
 
 def _refuse(status: int, detail: str, trigger_id: str | None = None) -> NoReturn:
