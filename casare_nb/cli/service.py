@@ -66,6 +66,13 @@ def setup_logging(level: str) -> None:
     show_default=True,
     help="Seconds running jobs get to finish on SIGTERM/Ctrl-C.",
 )
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1024),
+    default=1 << 20,
+    show_default=True,
+    help="Largest HTTP request body (API and webhooks); larger ones answer 413.",
+)
 @LOG_LEVEL
 def orchestrator(
     host: str,
@@ -76,6 +83,7 @@ def orchestrator(
     state_dir: str | None,
     workflows_dir: str,
     drain_timeout: float,
+    max_body_bytes: int,
     log_level: str,
 ) -> None:
     """Run the orchestrator: robots connect over WebSocket, clients use the HTTP API.
@@ -94,6 +102,7 @@ def orchestrator(
         workflows_dir=workflows_dir,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        max_body_bytes=max_body_bytes,
     )
 
     def ready(s: Any) -> None:
@@ -105,7 +114,7 @@ def orchestrator(
         click.echo(f"  runtime file      {s.runtime_file}")
         click.echo(
             "add a robot:  casare-nb token create robot-1  then  "
-            f"casare-nb robot --orchestrator {s.ws_url} --token TOKEN --robot-id robot-1"
+            f"casare-nb robot --orchestrator {s.ws_url} --token-file FILE --robot-id robot-1"
         )
 
     code = asyncio.run(

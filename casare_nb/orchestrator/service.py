@@ -40,6 +40,7 @@ from casare_nb.api import (
 )
 from casare_nb.core.errors import CasareError
 from casare_nb.notebook.state import private_dir
+from casare_nb.orchestrator.http.limits import DEFAULT_MAX_BODY_BYTES
 from casare_nb.orchestrator.http.server import HttpServer
 from casare_nb.orchestrator.orchestrator import DEFAULT_HOST, DEFAULT_PORT, Orchestrator
 
@@ -111,6 +112,7 @@ class OrchestratorService:
         tls_cert: str | os.PathLike[str] | None = None,
         tls_key: str | os.PathLike[str] | None = None,
         write_runtime_file: bool = True,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         **orchestrator_options: Any,
     ) -> None:
         if (tls_cert is None) != (tls_key is None):
@@ -123,6 +125,7 @@ class OrchestratorService:
         self.tls_cert = Path(tls_cert) if tls_cert else None
         self.tls_key = Path(tls_key) if tls_key else None
         self.write_runtime_file = write_runtime_file
+        self.max_body_bytes = max_body_bytes
         self.runtime_file = self.state_dir / RUNTIME_FILE
         self._options = orchestrator_options
         self._orchestrator: Orchestrator | None = None
@@ -188,6 +191,7 @@ class OrchestratorService:
                 port=self.http_port,
                 ssl_certfile=self.tls_cert,
                 ssl_keyfile=self.tls_key,
+                max_body_bytes=self.max_body_bytes,
             )
             try:
                 await http.start()

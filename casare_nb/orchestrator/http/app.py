@@ -19,6 +19,7 @@ from casare_nb.orchestrator.http import (
     triggers,
     workflows,
 )
+from casare_nb.orchestrator.http.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from casare_nb.orchestrator.orchestrator import Orchestrator
 
 __all__ = ["create_app"]
@@ -39,9 +40,14 @@ def _validation_detail(exc: RequestValidationError) -> tuple[int, str]:
     return 422, " ".join(("; ".join(parts) + more).split())
 
 
-def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAPI:
+def create_app(
+    orch: Orchestrator,
+    *,
+    workflows_dir: str | Path = ".",
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
     """The ASGI app of the API over ``orch`` (started by the caller); workflow paths resolve
-    against ``workflows_dir``."""
+    against ``workflows_dir``; a request body over ``max_body_bytes`` answers 413."""
     app = FastAPI(
         title="casare_nb orchestrator",
         version=__version__,
@@ -49,6 +55,7 @@ def create_app(orch: Orchestrator, *, workflows_dir: str | Path = ".") -> FastAP
         redoc_url=None,
     )
     app.state.orchestrator = orch
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.state.workflows_dir = Path(workflows_dir).absolute()
     for router in (
         probes.router,

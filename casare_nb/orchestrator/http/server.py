@@ -11,6 +11,7 @@ import uvicorn
 
 from casare_nb.api import DEFAULT_HTTP_PORT
 from casare_nb.orchestrator.http.app import create_app
+from casare_nb.orchestrator.http.limits import DEFAULT_MAX_BODY_BYTES
 from casare_nb.orchestrator.orchestrator import DEFAULT_HOST, Orchestrator
 
 __all__ = ["HttpServer"]
@@ -51,8 +52,9 @@ class HttpServer:
         port: int = DEFAULT_HTTP_PORT,
         ssl_certfile: str | Path | None = None,
         ssl_keyfile: str | Path | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
-        self.app = create_app(orch, workflows_dir=workflows_dir)
+        self.app = create_app(orch, workflows_dir=workflows_dir, max_body_bytes=max_body_bytes)
         self.host = host
         self.port = port
         self.tls = ssl_certfile is not None
