@@ -19,6 +19,7 @@ from casare_nb.orchestrator.http import (
     triggers,
     workflows,
 )
+from casare_nb.orchestrator.http.brake import AuthBrake
 from casare_nb.orchestrator.http.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from casare_nb.orchestrator.orchestrator import Orchestrator
 
@@ -55,6 +56,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.orchestrator = orch
+    app.state.brake = AuthBrake()
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.state.workflows_dir = Path(workflows_dir).absolute()
     for router in (

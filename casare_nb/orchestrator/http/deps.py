@@ -24,6 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from casare_nb.api import ErrorBody
 from casare_nb.core.errors import QueueError, WorkflowError, one_line
 from casare_nb.core.tokens import BadAuthorization, bearer_token
+from casare_nb.orchestrator.http.brake import AuthBrake
 from casare_nb.orchestrator.orchestrator import Orchestrator
 
 __all__ = [
@@ -77,23 +78,46 @@ made after a job's final event sees that job's records (the history is written b
 _bearer = HTTPBearer(auto_error=False, description="A token from `casare-nb token create`.")
 
 
+def client_of(request: Request) -> str:
+    """The address a request came from (for the authentication brake)."""
+    return request.client.host if request.client else "unknown"
+
+
+def refused(request: Request, why: str) -> HTTPException:
+    """The answer to a failed authentication: 401 with ``why``, counted against the client;
+    429 with ``Retry-After`` once the client failed too often lately (a valid token or
+    signature is never braked: only failures are)."""
+    brake: AuthBrake = request.app.state.brake
+    client = client_of(request)
+    wait = brake.wait_s(client)
+    if wait is not None:
+        brake.failed(client, why)
+        return HTTPException(
+            status_code=429,
+            detail=f"too many failed authentications from {client}; retry in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+    brake.failed(client, why)
+    return error(401, why)
+
+
 async def _authenticated(
     request: Request,
     orch: Orch,
     _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> str:
-    """The name of the request's live token; 401 otherwise."""
+    """The name of the request's live token; 401 otherwise (429 after too many)."""
     try:
         token = bearer_token(request.headers.getlist("authorization"))
     except BadAuthorization as exc:
-        raise error(401, str(exc)) from None
+        raise refused(request, str(exc)) from None
     try:
         name = await asyncio.to_thread(orch.stores.tokens.verify_token, token)
     except QueueError as exc:
         logger.error("cannot check a token: %s", exc)
         raise error(503, "the orchestrator cannot read its tokens") from None
     if name is None:
-        raise error(401, "invalid or revoked token")
+        raise refused(request, "invalid or revoked token")
     return name
 
 

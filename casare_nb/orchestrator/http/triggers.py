@@ -18,6 +18,7 @@ from casare_nb.orchestrator.http.deps import (
     WorkflowPath,
     add_changes,
     error,
+    refused,
     with_errors,
 )
 from casare_nb.orchestrator.orchestrator import Orchestrator
@@ -120,6 +121,11 @@ async def hook(trigger_id: str, request: Request, orch: Orch) -> HookAccepted | 
     try:
         accepted = await orch.triggers.hooks.deliver(trigger_id, request.headers, body)
     except HookRefused as exc:
-        headers = {"WWW-Authenticate": "HMAC-SHA256"} if exc.status == 401 else None
-        return JSONResponse({"detail": exc.detail}, exc.status, headers=headers)
+        if exc.status == 401:
+            answer = refused(request, exc.detail)
+            headers = answer.headers or {}
+            if answer.status_code == 401:
+                headers = {"WWW-Authenticate": "HMAC-SHA256"}
+            return JSONResponse({"detail": answer.detail}, answer.status_code, headers=headers)
+        return JSONResponse({"detail": exc.detail}, exc.status)
     return accepted

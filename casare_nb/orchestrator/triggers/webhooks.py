@@ -294,7 +294,8 @@ _NO_MATCH: Final = "signature does not match the body"
 
 
 def _refuse(status: int, detail: str, trigger_id: str | None = None) -> NoReturn:
-    if trigger_id is not None:
+    # 401s are logged by the HTTP layer's authentication brake, once per client and window
+    if trigger_id is not None and status != 401:
         logger.info("webhook %s: refused (%d): %s", trigger_id, status, detail)
     raise HookRefused(status, detail)
 
