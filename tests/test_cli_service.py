@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -438,3 +439,49 @@ def test_orchestrator_sigterm_drains_then_exits_0_and_removes_its_runtime_file(
         if robot is not None:
             robot.kill()
         orch.proc.kill()
+
+
+def test_local_commands_next_to_a_running_orchestrator_say_so_at_once(
+    live: Orchestrator,
+) -> None:
+    """run, resume and history on the orchestrator's state directory answer one line (exit
+    2) at once naming the orchestrator and what to do instead; nothing runs."""
+    write_notebook(live.base / "local.ipynb", ["open('ran.txt', 'w').write('ran')"])
+    for args, hint in [
+        (("run", "local.ipynb"), "casare-nb submit local.ipynb"),
+        (("resume", "some-run"), "casare-nb rerun some-run"),
+        (("history",), "casare-nb jobs"),
+    ]:
+        started = time.monotonic()
+        line = error_line(cli(live.base, *args))
+        assert time.monotonic() - started < 15, args  # not the 30-60 s lock wait
+        assert "an orchestrator (pid" in line and "holds the state directory" in line
+        assert hint in line, line
+    assert not (live.base / "ran.txt").exists()
+
+
+def test_a_second_orchestrator_on_a_held_database_is_one_line_at_once(live: Orchestrator) -> None:
+    """With the runtime file gone, a second orchestrator on the same state directory says
+    the database is locked by another process in one line (exit 2) within seconds."""
+    runtime = live.state / "orchestrator.json"
+    kept = runtime.read_bytes()
+    runtime.unlink()
+    try:
+        started = time.monotonic()
+        second = cli(
+            live.base,
+            "orchestrator",
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+            "--workflows",
+            "workflows",
+            "--log-level",
+            "error",
+        )
+        assert time.monotonic() - started < 20
+        line = error_line(second)
+        assert "locked by another process" in line, line
+    finally:
+        runtime.write_bytes(kept)

@@ -9,6 +9,7 @@ start-up of the engine, the stores and the servers.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from casare_nb.core.errors import CasareError
+from casare_nb.core.errors import CasareError, QueueError
 
 if TYPE_CHECKING:
     from casare_nb.client import Client
@@ -45,6 +46,8 @@ def main(args: Sequence[str] | None = None) -> None:
         fail(exc.format_message().replace("\n", " "), exc.exit_code)
     except CasareError as exc:
         fail(str(exc), exc.exit_code)
+    except QueueError as exc:  # the orchestrator's database: locked, unreadable, broken
+        fail(str(exc))
     except ValueError as exc:  # ParameterError and friends
         fail(str(exc))
 
@@ -122,6 +125,19 @@ def running_client(url: str | None, token: str | None, state_dir: str | None) ->
     if info is not None and pid_alive(info.pid):
         return client_for(None, token, state_dir)[0]
     return None
+
+
+def refuse_if_served(state_dir: str | None, instead: str) -> None:
+    """Say at once (one line, exit 2) when an orchestrator runs on the state directory: it
+    holds the history database (one writer), so a local run could not record itself."""
+    from casare_nb.api import pid_alive, read_runtime_file, runtime_file_path
+
+    info = read_runtime_file(runtime_file_path(state_dir))
+    if info is not None and pid_alive(info.pid) and info.pid != os.getpid():
+        fail(
+            f"an orchestrator (pid {info.pid}, {info.http_url}) holds the state directory "
+            f"{info.state_dir}: {instead}"
+        )
 
 
 def workflow_arg(workflow: str, local: bool) -> str:

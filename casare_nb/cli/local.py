@@ -21,6 +21,7 @@ from casare_nb.cli.app import (
     fail,
     parameter_options,
     read_params,
+    refuse_if_served,
     state_option,
     with_options,
 )
@@ -152,6 +153,10 @@ def _printer(quiet: bool) -> Any:
 @state_option
 def run(notebook: str, output: str | None, kernel_name: str | None, **opts: Any) -> None:
     """Run NOTEBOOK with parameters, a checkpoint after every cell; write OUTPUT."""
+    refuse_if_served(
+        opts["state_dir"],
+        f"submit it there (casare-nb submit {notebook} --wait), or run with another --state-dir",
+    )
     kwargs = _engine_kwargs(opts)
     _precheck(notebook, kwargs["parameters"], kwargs["raw_parameters"], strict=kwargs["strict"])
     kwargs["hooks"] = _printer(opts["quiet"])
@@ -179,6 +184,9 @@ def run(notebook: str, output: str | None, kernel_name: str | None, **opts: Any)
 @state_option
 def resume(run_id: str, from_cell: int | None, output: str | None, **opts: Any) -> None:
     """Re-run RUN_ID from its failed cell, with the namespace restored from the checkpoint."""
+    refuse_if_served(
+        opts["state_dir"], f"re-run its jobs there (casare-nb rerun {run_id}), or stop it first"
+    )
     kwargs = _engine_kwargs(opts)
     kwargs["hooks"] = _printer(opts["quiet"])
     from casare_nb.local import aresume
@@ -202,6 +210,7 @@ def history(
     run_id: str | None, failed: bool, limit: int, as_json: bool, state_dir: str | None
 ) -> None:
     """Runs and their cells, from the history database."""
+    refuse_if_served(state_dir, "see its jobs with casare-nb jobs (or GET /api/history/runs)")
     from casare_nb.core.errors import RunNotFound
     from casare_nb.core.models import RunStatus
     from casare_nb.notebook.state import StateDir

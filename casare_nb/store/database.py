@@ -33,7 +33,7 @@ import duckdb
 import pydantic_core
 import tenacity
 
-from casare_nb.core.errors import QueueError, one_line
+from casare_nb.core.errors import QueueError, StateError, one_line
 from casare_nb.core.text import storable, unicode_problem
 from casare_nb.notebook.state import private_dir
 from casare_nb.store import schema
@@ -63,8 +63,9 @@ _MIGRATED: set[tuple[str, int, int]] = set()
 _MIGRATE_LOCK = threading.Lock()
 
 
-class HistoryError(RuntimeError):
-    """The database could not be opened, migrated, read or written."""
+class HistoryError(StateError, RuntimeError):
+    """The database could not be opened, migrated, read or written (a one-line user error
+    of the state directory, e.g. held by another process)."""
 
 
 def _is_lock_conflict(exc: BaseException) -> bool:
@@ -225,8 +226,9 @@ class Database:
         except duckdb.Error as exc:
             if _is_lock_conflict(exc):
                 raise HistoryError(
-                    f"history database {self.path} is locked by another process "
-                    f"(gave up after {timeout:g}s): {one_line(exc)}"
+                    f"history database {self.path} is locked by another process (another "
+                    "orchestrator, or a casare-nb run, on the same state directory; gave up "
+                    f"after {timeout:g}s): {one_line(exc)}"
                 ) from exc
             message = one_line(exc)
             lowered = message.lower()

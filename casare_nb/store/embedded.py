@@ -7,6 +7,7 @@ behind one shared connection, and checkpoint files beside it (``blobs/``, ``runs
 from __future__ import annotations
 
 import os
+from typing import Final
 
 from casare_nb.notebook.state import StateDir
 from casare_nb.store.checkpoints import FileCheckpointStore
@@ -21,12 +22,17 @@ from casare_nb.store.triggers import DuckDBTriggerStore
 __all__ = ["open_embedded"]
 
 
+ORCHESTRATOR_LOCK_WAIT_S: Final = 2.0
+"""How long an orchestrator waits for its database held by another process."""
+
+
 def open_embedded(
     state_dir: str | os.PathLike[str], *, commit_interval_s: float = COMMIT_INTERVAL_S
 ) -> Stores:
     """The stores of ``state_dir`` (nothing is opened until first used)."""
     state = StateDir(state_dir)
-    db = Database(state.history_path)
+    # a lock held by another process is another orchestrator or a local run: said at once
+    db = Database(state.history_path, lock_timeout=ORCHESTRATOR_LOCK_WAIT_S)
     jobs = DuckDBJobStore(db, commit_interval_s=commit_interval_s)
 
     def open_() -> None:
