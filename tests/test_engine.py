@@ -148,7 +148,7 @@ async def test_megabytes_of_output_are_truncated(ws: Workspace) -> None:
     assert result.status is RunStatus.COMPLETED
     assert result.cells[0].output_truncated
     text = outputs_text(result.output_path, "c0")
-    assert "output truncated after 200000 bytes" in text
+    assert "of output dropped here; limit 200 kB" in text
     assert len(text) < 400_000
     assert Path(result.output_path).stat().st_size < 1_000_000
     assert outputs_text(result.output_path, "c1") == "after\n"

@@ -8,6 +8,8 @@ Pure: stdlib + pydantic only, no I/O.
 from __future__ import annotations
 
 import copy
+import html
+import json
 import math
 import re
 import uuid
@@ -24,7 +26,7 @@ from casare_nb.core.literals import render_literal
 from casare_nb.core.parameters_cell import INJECTED_TAG, PARAMETERS_TAG, tagged_code_cells
 from casare_nb.core.params import ParamSchema, check_name
 
-__all__ = ["REDACTED", "parameterize", "redact", "render_injection", "scrub"]
+__all__ = ["REDACTED", "Scrubber", "parameterize", "redact", "render_injection", "scrub"]
 
 REDACTED = "***"
 
@@ -73,20 +75,80 @@ def _jsonable(value: Any, seen: set[int]) -> Any:
 def scrub(text: str, secret_values: Iterable[str]) -> str:
     """Replace every occurrence of each non-empty secret string in ``text`` by ``"***"``.
 
-    The ``repr``-escaped form of a secret (as it shows in tracebacks) is scrubbed too.
+    The escaped forms of a secret (``repr``, as it shows in tracebacks; JSON; HTML) are
+    scrubbed too. Many texts with the same secrets: :class:`Scrubber`.
     """
-    needles: set[str] = set()
-    for secret in secret_values:
-        secret = str(secret)
-        if secret:
+    return Scrubber(secret_values).text(text)
+
+
+class Scrubber:
+    """Secret values scrubbed out of texts and JSON values, each replaced by ``"***"``.
+
+    A secret is looked for as it is and in the escaped forms it takes in outputs: ``repr``
+    (tracebacks, reprs of containers), JSON strings, HTML text and attributes."""
+
+    def __init__(self, secret_values: Iterable[str]) -> None:
+        needles: set[str] = set()
+        for secret in secret_values:
+            secret = str(secret)
+            if not secret:
+                continue
             needles.add(secret)
-            escaped = repr(secret)[1:-1]
-            if escaped:
-                needles.add(escaped)
-    if not needles or not text:
-        return text
-    pattern = "|".join(re.escape(n) for n in sorted(needles, key=len, reverse=True))
-    return re.sub(pattern, REDACTED, text)
+            needles.add(repr(secret)[1:-1])
+            needles.add(json.dumps(secret)[1:-1])
+            needles.add(json.dumps(secret, ensure_ascii=False)[1:-1])
+            needles.add(html.escape(secret))
+            needles.add(html.escape(secret, quote=False))
+        needles.discard("")
+        self.secrets = frozenset(needles)
+        self._pattern = (
+            re.compile("|".join(re.escape(n) for n in sorted(needles, key=len, reverse=True)))
+            if needles
+            else None
+        )
+
+    def __bool__(self) -> bool:
+        return self._pattern is not None
+
+    def text(self, text: str) -> str:
+        """``text`` with every secret replaced by ``"***"``."""
+        if self._pattern is None or not text:
+            return text
+        return self._pattern.sub(REDACTED, text)
+
+    def json(self, value: Any) -> Any:
+        """A JSON value (strings, numbers, lists, dicts, nested) with every secret scrubbed
+        from its strings, dict keys included; a number written as a secret (a secret ``1234``)
+        becomes ``"***"``. Anything else is left as it is."""
+        if self._pattern is None:
+            return value
+        return self._json(value)
+
+    def _json(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, int | float):
+            return REDACTED if _number_text(value) in self.secrets else value
+        if isinstance(value, Mapping):
+            items = {
+                self._json(k) if isinstance(k, str) else k: self._json(v) for k, v in value.items()
+            }
+            # a dict subclass (nbformat's NotebookNode) stays of its kind
+            return (
+                items if type(value) is dict or not isinstance(value, dict) else type(value)(items)
+            )
+        if isinstance(value, list | tuple):
+            return [self._json(v) for v in value]
+        return value
+
+
+def _number_text(value: int | float) -> str:
+    try:
+        return json.dumps(value)
+    except ValueError:  # an int of more digits than Python turns into text
+        return ""
 
 
 # ---------------------------------------------------------------------------------------------

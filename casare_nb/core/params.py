@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import keyword
+import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -37,6 +38,7 @@ from casare_nb.core.parameters_cell import (
 )
 
 __all__ = [
+    "INT_BITS",
     "ParamSchema",
     "ParamSpec",
     "ParameterError",
@@ -104,6 +106,13 @@ class ParamSchema(BaseModel):
         them as is, containers ``json.loads`` them (lists fall back to splitting on commas) and
         ``Any`` fields infer like papermill (int, float, True/False/None, else str). Values are
         always data, never code. Defaults are never filled in.
+
+        Numbers a notebook cannot rely on are refused whatever the annotation, at any depth of
+        a container and however given (typed, JSON, YAML, ``-p`` text): NaN and infinities
+        (``nan``, ``inf``, ``1e999``, ``.nan``; floats, Decimals, complex numbers) and
+        integers outside the signed 64-bit range (:data:`INT_BITS`). There is no opt-in: a
+        workflow wanting "no value" declares ``float | None``. An untyped (``Any``) parameter
+        given ``-p x nan`` gets the text ``'nan'``.
         """
         problems: list[str] = []
         out: dict[str, Any] = {}
@@ -143,6 +152,11 @@ class ParamSchema(BaseModel):
                 problems.append(_type_problem(spec, raw, name in secrets))
                 out[name] = value if isinstance(raw, SecretStr) else raw
                 continue
+            number = _number_problem(getattr(validated, fields[name]), set())
+            if number is not None:
+                problems.append(f"parameter {name!r}: {number}")
+                out[name] = value if isinstance(raw, SecretStr) else raw
+                continue
             out[name] = getattr(validated, fields[name])
         for name, spec in self.params.items():
             if spec.required and name not in values:
@@ -165,10 +179,11 @@ class ParamSchema(BaseModel):
             )
         value = _from_cli(text, spec_type(spec))
         try:
-            self._model(for_validation=True).model_validate({name: value})
+            validated = self._model(for_validation=True).model_validate({name: value})
         except ValidationError:
             return _type_problem(spec, text, name in self.secret_names())
-        return None
+        number = _number_problem(getattr(validated, self._field_names()[name]), set())
+        return None if number is None else f"parameter {name!r}: {number}"
 
     def json_schema(self) -> dict[str, Any]:
         """JSON schema of the generated pydantic model; secret fields are ``writeOnly``."""
@@ -265,8 +280,50 @@ def _type_problem(spec: ParamSpec, raw: Any, secret: bool) -> str:
     return f"parameter {spec.name!r}: expected {expected}, got {got}"
 
 
+INT_BITS = 64
+"""Integer parameters hold a signed 64-bit integer (-2**63 .. 2**63 - 1), and no more."""
+
+_INT_MIN, _INT_MAX = -(2 ** (INT_BITS - 1)), 2 ** (INT_BITS - 1) - 1
+
+
+def _number_problem(value: Any, seen: set[int]) -> str | None:
+    """What makes a validated value one no parameter takes, or None: a NaN or an infinity
+    (float, Decimal or complex), or an int outside the signed 64-bit range, at any depth of a
+    container. The value itself is not shown (it may be secret; it may be 400 digits)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if _INT_MIN <= value <= _INT_MAX:
+            return None
+        return (
+            f"integer out of the signed {INT_BITS}-bit range (-2**{INT_BITS - 1} .. "
+            f"2**{INT_BITS - 1} - 1), got a number of {value.bit_length()} bits"
+        )
+    if isinstance(value, float | complex | Decimal):
+        parts = (value.real, value.imag) if isinstance(value, complex) else (value,)
+        if all(p.is_finite() if isinstance(p, Decimal) else math.isfinite(p) for p in parts):
+            return None
+        return "NaN and infinities are not accepted (give a finite number)"
+    if isinstance(value, str | bytes) or id(value) in seen:
+        return None
+    if isinstance(value, Mapping):
+        items: list[Any] = [*value.keys(), *value.values()]
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = list(value)
+    else:
+        return None
+    inner = seen | {id(value)}
+    for item in items:
+        problem = _number_problem(item, inner)
+        if problem is not None:
+            return problem
+    return None
+
+
 def _infer_cli(raw: str) -> Any:
-    """papermill's CLI inference for untyped values: True/False/None, int, float, else str."""
+    """papermill's CLI inference for untyped values: True/False/None, int, float, else str.
+
+    Text Python reads as a NaN or an infinity (``nan``, ``inf``, ``1e999``) stays text."""
     if raw == "True":
         return True
     if raw == "False":
@@ -278,9 +335,10 @@ def _infer_cli(raw: str) -> Any:
     except ValueError:
         pass
     try:
-        return float(raw)
+        number = float(raw)
     except ValueError:
         return raw
+    return number if math.isfinite(number) else raw
 
 
 def _raw_kept(value: Any, from_strings: bool) -> Any:

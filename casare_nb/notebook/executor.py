@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from nbclient.exceptions import CellExecutionError, DeadKernelError
 from nbformat import NotebookNode
 
 from casare_nb.core.cells import source_sha256
-from casare_nb.core.injection import scrub
+from casare_nb.core.injection import Scrubber
 from casare_nb.core.models import CellRecord, CellStatus, RunStatus
 from casare_nb.core.parameters_cell import PARAMETERS_TAG
 from casare_nb.notebook.hooks import Hooks
@@ -30,7 +31,8 @@ from casare_nb.notebook.state import AttemptPaths, StateDir, write_json_atomic
 from casare_nb.notebook.workflow import nbformat_node
 
 SKIP_TAG = "skip-execution"
-TRUNCATED_NOTICE = "\n[casare: output truncated after {limit} bytes]\n"
+TRUNCATED_NOTICE = "... [casare: {dropped} of output dropped here; limit {limit}] ...\n"
+DROPPED_MIME_NOTICE = "[casare: {mime} of {size} dropped; limit {limit}]"
 
 
 @dataclass(frozen=True)
@@ -90,13 +92,15 @@ def executes(cell: NotebookNode) -> bool:
 
 
 class _Client(NotebookClient):  # type: ignore[misc]
-    """nbclient with an output cap per cell and the execute reply kept."""
+    """nbclient with an output cap per cell (:class:`OutputBudget`) and the execute reply
+    kept."""
 
     max_output_bytes: int = 1_000_000
+    scrubber: Scrubber = Scrubber(())
 
     def __init__(self, nb: NotebookNode, **kw: Any) -> None:
         super().__init__(nb, **kw)
-        self.out_bytes: dict[int, int] = {}
+        self.budgets: dict[int, OutputBudget] = {}
         self.truncated: set[int] = set()
         self.last_reply: dict[str, Any] | None = None
         self.on_cell_executed = self._keep_reply
@@ -104,24 +108,299 @@ class _Client(NotebookClient):  # type: ignore[misc]
     def _keep_reply(self, **kw: Any) -> None:
         self.last_reply = kw.get("execute_reply")
 
+    def begin(self, cell_index: int) -> None:
+        """A cell is about to run: its outputs start from nothing."""
+        self.budgets.pop(cell_index, None)
+        self.truncated.discard(cell_index)
+
     def output(
         self, outs: list[NotebookNode], msg: dict[str, Any], display_id: str | None, cell_index: int
     ) -> NotebookNode | None:
-        size = len(str(msg.get("content", "")))
-        used = self.out_bytes.get(cell_index, 0) + size
-        self.out_bytes[cell_index] = used
-        if used > self.max_output_bytes:
-            if cell_index not in self.truncated:
-                self.truncated.add(cell_index)
-                note = {
-                    "output_type": "stream",
-                    "name": "stderr",
-                    "text": TRUNCATED_NOTICE.format(limit=self.max_output_bytes),
-                }
-                outs.append(nbformat_node(note))
-            return None
         out: NotebookNode | None = super().output(outs, msg, display_id, cell_index)
+        if out is None or not outs or outs[-1] is not out:
+            return out  # nothing appended (an output widget took it)
+        budget = self.budgets.get(cell_index)
+        if budget is None:
+            budget = self.budgets[cell_index] = OutputBudget(self.max_output_bytes)
+        before = list(outs) if self._display_id_map else None
+        moved = budget.add(outs)
+        if moved and before is not None:
+            self._reindex(cell_index, before, outs)
+        if budget.dropped:
+            self.truncated.add(cell_index)
         return out
+
+    def _update_display_id(self, display_id: str, msg: dict[str, Any]) -> None:
+        """An update of a display is scrubbed of secrets (it may change an output of a cell
+        already scrubbed and reported) and cut to the limit as a new display would be."""
+        content = msg.get("content")
+        data = content.get("data") if isinstance(content, dict) else None
+        if isinstance(content, dict) and isinstance(data, dict) and data:
+            if self.scrubber:
+                data = content["data"] = {k: self.scrubber.json(v) for k, v in data.items()}
+                if isinstance(content.get("metadata"), dict):
+                    content["metadata"] = self.scrubber.json(content["metadata"])
+            limit = self.max_output_bytes
+            probe: dict[str, Any] = {"output_type": "display_data", "data": dict(data)}
+            if shrink_output(probe, limit - limit // 2, limit):
+                content["data"] = probe["data"]
+                self.truncated.update(self._display_id_map.get(display_id, {}))
+        super()._update_display_id(display_id, msg)
+
+    def _reindex(
+        self, cell_index: int, before: list[NotebookNode], outs: list[NotebookNode]
+    ) -> None:
+        """Point the display ids of this cell at their outputs again after the budget moved
+        (or dropped) some: ``before`` is the list the indices were taken in."""
+        position = {id(o): i for i, o in enumerate(outs)}
+        for cells in self._display_id_map.values():
+            indices = cells.get(cell_index)
+            if indices:
+                nodes = [before[i] for i in indices if i < len(before)]
+                cells[cell_index] = [position[id(n)] for n in nodes if id(n) in position]
+
+
+# ---------------------------------------------------------------------------------------------
+# the output budget of a cell
+# ---------------------------------------------------------------------------------------------
+
+
+class OutputBudget:
+    """The outputs of one cell kept within ``limit`` bytes, as they arrive: the first half
+    (the head) and the last half (the tail), and between them one notice (a stderr stream)
+    saying how much was dropped. Streams are cut inside their text; a display or result
+    larger than half the limit keeps its text mimetypes cut (head and tail) and loses the
+    others (an image, JSON) with a notice in its ``text/plain``; errors are always kept
+    (their text cut likewise). ``dropped`` counts the bytes that were left out."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(0, limit)
+        self.head_limit = self.limit // 2
+        self.tail_limit = self.limit - self.head_limit
+        self.dropped = 0
+        self.moved = False
+        self._start()
+
+    def _start(self, outs: Sequence[NotebookNode] = ()) -> None:
+        """Count from ``outs`` (what a cleared cell shows again), nothing cut yet."""
+        self.used = sum(output_size(o) for o in outs if o.get("output_type") != "error")
+        self.tail_used = 0  # bytes kept after the notice, once there is one
+        self.notice: NotebookNode | None = None
+        self.notice_at = 0
+        self.seen = len(outs)  # len(outs) after the last output
+
+    def add(self, outs: list[NotebookNode]) -> bool:
+        """Account for the output just appended to ``outs`` (its last), cutting if need be;
+        whether outputs before it moved or went (a notice put in, old ones dropped)."""
+        self.moved = False
+        if len(outs) != self.seen + 1:  # cleared (clear_output) since the last one
+            self._start(outs[:-1])
+        out = outs[-1]
+        kind = out.get("output_type")
+        if kind == "error":
+            self.dropped += shrink_output(out, self.tail_limit, self.limit)
+        elif self.notice is None:
+            size = output_size(out)
+            if self.used + size > self.limit and kind != "stream":
+                self.dropped += shrink_output(out, self.tail_limit, self.limit)
+                size = output_size(out)
+            if self.used + size <= self.limit:
+                self.used += size
+            else:
+                self._cut(outs)
+        else:
+            if kind != "stream":
+                self.dropped += shrink_output(out, self.tail_limit, self.limit)
+            self.tail_used += output_size(out)
+            before = outs[-2] if len(outs) - 2 > self.notice_at else None
+            if (
+                kind == "stream"
+                and before is not None
+                and before.get("output_type") == "stream"
+                and before.get("name") == out.get("name")
+            ):
+                before["text"] = _text(before.get("text", "")) + _text(out.get("text", ""))
+                outs.pop()
+            self._trim(outs)
+        self.seen = len(outs)
+        return self.moved
+
+    def _cut(self, outs: list[NotebookNode]) -> None:
+        """Over the limit for the first time: keep the head, put the notice after it."""
+        used, i = 0, 0
+        while i < len(outs):
+            node = outs[i]
+            if node.get("output_type") != "error":
+                size = output_size(node)
+                if used + size > self.head_limit:
+                    break
+                used += size
+            i += 1
+        room = self.head_limit - used
+        if i < len(outs) and outs[i].get("output_type") == "stream" and room > 0:
+            node = outs[i]
+            head, rest = _split_text(_text(node.get("text", "")), room)
+            node["text"] = head
+            outs.insert(i + 1, nbformat_node({**node, "text": rest}))
+            i += 1
+        self.notice = nbformat_node({"output_type": "stream", "name": "stderr", "text": ""})
+        self.notice_at = i
+        outs.insert(i, self.notice)
+        self.moved = True
+        self.tail_used = sum(
+            output_size(o) for o in outs[i + 1 :] if o.get("output_type") != "error"
+        )
+        self._trim(outs)
+
+    def _trim(self, outs: list[NotebookNode]) -> None:
+        """Drop the oldest of the tail until it fits in its half; tell the notice."""
+        j = self.notice_at + 1
+        while self.tail_used > self.tail_limit and j < len(outs):
+            node = outs[j]
+            if node.get("output_type") == "error":
+                j += 1
+                continue
+            size = output_size(node)
+            excess = self.tail_used - self.tail_limit
+            if node.get("output_type") == "stream" and size > excess:
+                text = _drop_head(_text(node.get("text", "")), excess)
+                lost = size - _text_size(text)
+                node["text"] = text
+                self.tail_used -= lost
+                self.dropped += lost
+                break
+            del outs[j]
+            self.moved = True
+            self.tail_used -= size
+            self.dropped += size
+        if self.notice is not None:
+            self.notice["text"] = TRUNCATED_NOTICE.format(
+                dropped=human_bytes(self.dropped), limit=human_bytes(self.limit)
+            )
+
+
+def human_bytes(n: int) -> str:
+    """``n`` bytes for people: 950 bytes, 200 kB, 49.9 MB (decimal units)."""
+    if n < 1000:
+        return f"{n} byte" if n == 1 else f"{n} bytes"
+    unit, scale = "TB", 10**12
+    for name, size in (("kB", 10**3), ("MB", 10**6), ("GB", 10**9)):
+        if n < size * 1000:
+            unit, scale = name, size
+            break
+    text = f"{n / scale:.3g}"
+    return f"{n / scale:.0f} {unit}" if "e" in text else f"{text} {unit}"
+
+
+def output_size(out: dict[str, Any]) -> int:
+    """The bytes an output holds: a stream's text, every mimetype of a display or result,
+    an error's message and traceback (UTF-8; JSON data as JSON text)."""
+    kind = out.get("output_type")
+    if kind == "stream":
+        return _value_size(out.get("text", ""))
+    if kind == "error":
+        return _value_size(out.get("evalue", "")) + _value_size(out.get("traceback", []))
+    data = out.get("data")
+    return sum(_value_size(v) for v in data.values()) if isinstance(data, dict) else 0
+
+
+def shrink_output(out: dict[str, Any], keep: int, limit: int) -> int:
+    """Cut one display, result or error output to about ``keep`` bytes, in place; the
+    bytes dropped. Text mimetypes (``text/*``) and an error's text keep their head and tail
+    around a notice; other mimetypes that do not fit are dropped, said in ``text/plain``."""
+    if out.get("output_type") == "error":
+        evalue = _text(out.get("evalue", ""))
+        traceback = "\n".join(_text(t) for t in out.get("traceback", []))
+        if _text_size(evalue) + _text_size(traceback) <= keep:
+            return 0
+        out["evalue"], lost = cut_text(evalue, keep // 4, limit)
+        tb, lost_tb = cut_text(traceback, keep - keep // 4, limit)
+        out["traceback"] = tb.split("\n")
+        return lost + lost_tb
+    data = out.get("data")
+    if not isinstance(data, dict) or not data:
+        return 0
+    sizes = {mime: _value_size(value) for mime, value in data.items()}
+    if sum(sizes.values()) <= keep:
+        return 0
+    share = max(0, keep - _NOTICE_ROOM * len(sizes)) // len(sizes)
+    dropped = 0
+    notes: list[str] = []
+    for mime, size in sizes.items():
+        if size <= share:
+            continue
+        value = data[mime]
+        if mime.startswith("text/") and isinstance(value, str | list):
+            data[mime], lost = cut_text(_text(value), share, limit)
+            dropped += lost
+        else:
+            del data[mime]
+            if isinstance(out.get("metadata"), dict):
+                out["metadata"].pop(mime, None)
+            dropped += size
+            notes.append(
+                DROPPED_MIME_NOTICE.format(
+                    mime=mime, size=human_bytes(size), limit=human_bytes(limit)
+                )
+            )
+    if notes:
+        plain = _text(data.get("text/plain", ""))
+        data["text/plain"] = "\n".join([plain, *notes] if plain else notes)
+    return dropped
+
+
+def cut_text(text: str, keep: int, limit: int) -> tuple[str, int]:
+    """``text`` kept to its first and last bytes (``keep`` in all) around a line saying how
+    much was dropped; and the bytes dropped (0: ``text`` as it was)."""
+    size = _text_size(text)
+    if size <= keep:
+        return text, 0
+    keep = max(0, keep - _NOTICE_ROOM)
+    head, rest = _split_text(text, keep // 2)
+    tail = _drop_head(rest, _text_size(rest) - (keep - keep // 2))
+    dropped = size - _text_size(head) - _text_size(tail)
+    notice = TRUNCATED_NOTICE.format(dropped=human_bytes(dropped), limit=human_bytes(limit))
+    newline = "\n" if head and not head.endswith("\n") else ""
+    return f"{head}{newline}{notice}{tail}", dropped
+
+
+_NOTICE_ROOM = 100  # bytes kept for a notice in a cut text or a display's text/plain
+
+
+def _text(value: Any) -> str:
+    """nbformat text: a string, or a list of strings (lines) as files keep it."""
+    if isinstance(value, list):
+        return "".join(str(v) for v in value)
+    return value if isinstance(value, str) else str(value)
+
+
+def _text_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _value_size(value: Any) -> int:
+    if isinstance(value, str):
+        return _text_size(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return sum(_text_size(v) for v in value)
+    return _text_size(json.dumps(value, default=str))
+
+
+def _split_text(text: str, at: int) -> tuple[str, str]:
+    """``text`` split after its first ``at`` bytes (not inside a character)."""
+    if text.isascii():
+        return text[:at], text[at:]
+    head = text.encode("utf-8")[:at].decode("utf-8", "ignore")
+    return head, text[len(head) :]
+
+
+def _drop_head(text: str, n: int) -> str:
+    """``text`` without its first ``n`` bytes (and the rest of a character cut in two)."""
+    if n <= 0:
+        return text
+    if text.isascii():
+        return text[n:]
+    return text.encode("utf-8")[n:].decode("utf-8", "ignore")
 
 
 class Executor:
@@ -148,9 +427,11 @@ class Executor:
         self.options = options or Options()
         self.hooks = hooks or Hooks()
         self.secret_values = [s for s in secret_values if s]
+        self.scrubber = Scrubber(self.secret_values)
         self.client = _Client(nb, km=session.km, timeout=None, allow_errors=False)
         self.client.kc = session.kc
         self.client.max_output_bytes = self.options.max_output_bytes
+        self.client.scrubber = self.scrubber
         self.checkpointing = self.options.checkpoint and session.is_python
         self.cells_done = 0
         self.kernel_gone = False
@@ -319,6 +600,7 @@ class Executor:
         if self.options.cell_timeout:
             deadlines.append(t0 + self.options.cell_timeout)
         self.client.last_reply = None
+        self.client.begin(step.index)
         self.cells_done += 1
         task = asyncio.ensure_future(
             self.client.async_execute_cell(cell, step.index, execution_count=self.cells_done)
@@ -356,7 +638,7 @@ class Executor:
             started_at=started_at,
             duration_s=round(loop.time() - t0, 6),
             error_name=name,
-            error_message=scrub(message, self.secret_values) if message else None,
+            error_message=self.scrubber.text(message) if message else None,
             replayed=step.replay,
             output_truncated=step.index in self.client.truncated,
         )
@@ -398,8 +680,8 @@ class Executor:
 
     def _after_cell(self, step: Step, record: CellRecord) -> None:
         cell = self.nb.cells[step.index]
-        if self.secret_values:
-            _scrub_outputs(cell, self.secret_values)
+        if self.scrubber:
+            scrub_outputs(cell, self.scrubber)
         cell.metadata["casare"] = {
             "status": record.status.value,
             "duration": record.duration_s,
@@ -422,14 +704,18 @@ class Executor:
         return None
 
 
-def _scrub_outputs(cell: NotebookNode, secrets: Sequence[str]) -> None:
+def scrub_outputs(cell: NotebookNode, scrubber: Scrubber) -> None:
+    """Scrub the secrets out of every output of ``cell``, in place: stream text, errors, and
+    every mimetype of a display or result (strings inside JSON data too) and its metadata."""
     for out in cell.get("outputs", []):
         if "text" in out:
-            out["text"] = scrub(out["text"], secrets)
+            out["text"] = scrubber.json(out["text"])
         if "evalue" in out:
-            out["evalue"] = scrub(out["evalue"], secrets)
+            out["evalue"] = scrubber.text(out["evalue"])
         if "traceback" in out:
-            out["traceback"] = [scrub(t, secrets) for t in out["traceback"]]
-        for key, value in out.get("data", {}).items():
-            if isinstance(value, str):
-                out["data"][key] = scrub(value, secrets)
+            out["traceback"] = scrubber.json(out["traceback"])
+        for part in ("data", "metadata"):
+            held = out.get(part)
+            if isinstance(held, dict):
+                for key, value in held.items():
+                    held[key] = scrubber.json(value)
