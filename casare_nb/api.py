@@ -83,6 +83,9 @@ class SubmitJob(JobFields, _ValidText):
     """
 
     workflow: str = Field(min_length=1, description="Notebook path, relative to the workflows dir.")
+    max_robot_losses: int = Field(
+        default=3, ge=0, le=100, description="Attempts lost with their robot before it is dead."
+    )
 
 
 class NewSchedule(ScheduleFields, _ValidText):

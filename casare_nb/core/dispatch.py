@@ -129,3 +129,15 @@ def after_attempt(
         wait = (policy or RetryPolicy()).delay(failures, rand)
         return AfterFailure(RunStatus.QUEUED, now + timedelta(seconds=wait))
     return AfterFailure(RunStatus.DEAD if job.max_retries > 0 else outcome)
+
+
+def lost_once_too_often(job: Job) -> bool:
+    """Whether losing the robot of attempt ``job.attempt`` makes ``job`` dead.
+
+    An attempt lost with its robot (it disconnected, missed its heartbeats, or came back
+    without the job) is not a failure (``max_retries`` does not count it: the robot may have
+    gone for reasons of its own), but a job whose robot goes every time is a poison job (a
+    cell that kills its robot, a native crash): it may be lost ``max_robot_losses`` times
+    (``job.robot_losses`` counts the earlier ones) and is dead at the next loss, so the queue
+    moves on instead of feeding it robot after robot."""
+    return job.robot_losses + 1 > job.max_robot_losses

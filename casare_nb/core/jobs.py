@@ -8,10 +8,10 @@ cancel_requested)`` at once, which the orchestrator wires to its job store's ``s
 (:class:`~casare_nb.store.interfaces.JobStore`): the store follows memory, in the same order
 and never decides a transition itself. Finished jobs leave memory (the store keeps them).
 
-The transitions: ``assign`` (queued -> running, attempt
-+ 1), ``accept``, ``requeue`` (running -> queued; cancelled instead when a cancel was
-requested), ``finish``, ``cancel`` and ``reopen`` (a finished job queued again). A transition
-that does not apply (unknown job, wrong status, stale attempt) raises
+The transitions: ``assign`` (queued -> running, attempt + 1), ``accept``, ``requeue``
+(running -> queued, counting a failure or a robot loss if asked; cancelled instead when a
+cancel was requested), ``finish``, ``cancel`` and ``reopen`` (a finished job queued again).
+A transition that does not apply (unknown job, wrong status, stale attempt) raises
 :class:`~casare_nb.core.errors.QueueError` and changes nothing.
 
 The queue: a heap of the eligible queued jobs in dispatch order
@@ -181,16 +181,19 @@ class LiveJobs:
         now: datetime,
         reason: str | None = None,
         failed: bool = False,
+        lost: bool = False,
     ) -> Job:
         """running -> queued, eligible at ``eligible_at``; keeps the attempt. ``reason``
-        (if given) becomes the error message; ``failed`` counts one more failure. A job whose
-        cancel was requested ends cancelled instead (check the returned status)."""
+        (if given) becomes the error message; ``failed`` counts one more failure, ``lost``
+        one more attempt lost with its robot. A job whose cancel was requested ends
+        cancelled instead (check the returned status)."""
         job = self._running.get(job_id)
         if job is None:
             raise QueueError(f"job {job_id} is not running (status {self._status(job_id)})")
         del self._running[job_id]
         self._unaccepted.discard(job_id)
         message = reason if reason is not None else job.error_message
+        losses = job.robot_losses + int(lost)
         if job_id in self._cancel:
             self._cancel.discard(job_id)
             done = job.model_copy(
@@ -198,6 +201,7 @@ class LiveJobs:
                     "status": RunStatus.CANCELLED,
                     "finished_at": now,
                     "error_message": message,
+                    "robot_losses": losses,
                 }
             )
             self._stage(done, True)
@@ -212,6 +216,7 @@ class LiveJobs:
                 "resume_from_failed": resume_from_failed,
                 "error_message": message,
                 "failures": job.failures + int(failed),
+                "robot_losses": losses,
             }
         )
         self._queued[job_id] = queued
@@ -229,8 +234,10 @@ class LiveJobs:
         error_name: str | None = None,
         error_message: str | None = None,
         failed_cell: int | None = None,
+        lost: bool = False,
     ) -> Job:
-        """Queued or running ``attempt`` -> the final ``status``: finished_at, error fields."""
+        """Queued or running ``attempt`` -> the final ``status``: finished_at, error fields;
+        ``lost`` counts the attempt as lost with its robot."""
         if not status.finished:
             raise QueueError(f"cannot finish job {job_id} as {status}: not a final status")
         job = self._current(job_id, attempt, None)
@@ -241,6 +248,7 @@ class LiveJobs:
                 "error_name": error_name,
                 "error_message": error_message,
                 "failed_cell": failed_cell,
+                "robot_losses": job.robot_losses + int(lost),
             }
         )
         self._queued.pop(job_id, None)
@@ -276,7 +284,8 @@ class LiveJobs:
         parameters: dict[str, Any] | None = None,
     ) -> Job:
         """A finished ``job`` (as stored) -> queued again for a re-run: eligible now, error
-        fields and cancel request cleared, failures reset; the attempt counter goes on."""
+        fields and cancel request cleared, failures and robot losses reset; the attempt
+        counter goes on."""
         if not job.status.finished or job.job_id in self:
             raise QueueError(
                 f"job {job.job_id} is still {self._status(job.job_id)}: only a finished job re-runs"
@@ -294,6 +303,7 @@ class LiveJobs:
                 "error_message": None,
                 "failed_cell": None,
                 "failures": 0,
+                "robot_losses": 0,
                 "resume_from_failed": resume_from_failed,
                 "parameters": job.parameters if parameters is None else parameters,
             }

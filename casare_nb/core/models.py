@@ -203,6 +203,9 @@ class Job(BaseModel):
     failures: int = 0  # attempts that ran and failed or timed out (what max_retries counts)
     failed_cell: int | None = None  # the cell index the last failed attempt stopped at
     trigger: TriggerRef | None = None  # the schedule or trigger that submitted it, if any
+    # attempts lost with their robot the job survives; one more makes it dead (a poison job)
+    max_robot_losses: int = 3
+    robot_losses: int = 0  # attempts lost with their robot (not counted in failures)
 
 
 class SubmitOptions(TypedDict, total=False):
@@ -215,6 +218,7 @@ class SubmitOptions(TypedDict, total=False):
     tags: Sequence[str]
     environment: str | None
     max_retries: int
+    max_robot_losses: int
     source: str
     trigger: TriggerRef | None
     job_id: str | None

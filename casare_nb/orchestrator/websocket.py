@@ -548,7 +548,9 @@ class WebSocketService:
         task.add_done_callback(self._tasks.discard)
 
     def _on_log_batch(self, peer: _Peer, msg: LogBatch) -> None:
-        if self._log_ids.seen(msg.id):  # a robot resends what it is not sure arrived
+        # a robot resends what it is not sure arrived; keyed by the sender, so another
+        # robot replaying an id hides nothing
+        if self._log_ids.seen((peer.robot_id, msg.id)):
             return
         robot_log = logging.getLogger(f"casare_nb.orchestrator.robot.{peer.robot_id}")
         where = f"[job {msg.job_id} attempt {msg.attempt}] " if msg.job_id else ""

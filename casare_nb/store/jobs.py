@@ -74,6 +74,8 @@ _JOB_COLUMNS: Final[dict[str, str]] = {
     "failures": "INTEGER",
     "failed_cell": "INTEGER",
     "trigger": "VARCHAR",
+    "max_robot_losses": "INTEGER",
+    "robot_losses": "INTEGER",
 }
 _JOB_SELECT: Final[str] = ", ".join(_JOB_COLUMNS)
 _JOB_TIMES: Final[tuple[str, ...]] = tuple(
@@ -101,6 +103,7 @@ _MUTABLE: Final[tuple[str, ...]] = (
     "resume_from_failed",
     "failures",
     "failed_cell",
+    "robot_losses",
     "cancel_requested",
 )
 _MUTABLE_AT: Final[tuple[int, ...]] = tuple(list(_STAGED_COLUMNS).index(c) for c in _MUTABLE)
@@ -147,6 +150,8 @@ def _job_row(job: Job) -> tuple[Any, ...]:
         job.failures,
         job.failed_cell,
         None if job.trigger is None else job.trigger.model_dump_json(exclude_none=True),
+        job.max_robot_losses,
+        job.robot_losses,
     )
 
 
@@ -274,10 +279,10 @@ class DuckDBJobStore(WriteBehind[dict[str, _Staged]]):
 
         ``new``: the job is not in the database yet (it is inserted; an existing id is left
         as it is, see :meth:`insert_refused`). Otherwise only what a state transition
-        changes is written (status, attempt, times, robot, errors, failures, parameters,
-        cancel request): a job's workflow, priority, environment, tags, retries, creation
-        time and source are those of its insert. The last state staged for a job wins;
-        ``job`` must not be mutated afterwards.
+        changes is written (status, attempt, times, robot, errors, failures, robot losses,
+        parameters, cancel request): a job's workflow, priority, environment, tags, retries,
+        robot losses allowed, creation time and source are those of its insert. The last
+        state staged for a job wins; ``job`` must not be mutated afterwards.
         """
         with self._cond:
             if self._stopping:

@@ -170,6 +170,13 @@ MIGRATIONS: list[tuple[int, str]] = [
         # group the runs of a schedule or trigger without the jobs table.
         "ALTER TABLE runs ADD COLUMN trigger VARCHAR;",
     ),
+    (
+        6,
+        # Attempts a job may lose with its robot before it is dead (a poison job), and how
+        # many it lost (casare_nb.core.dispatch.lost_once_too_often).
+        "ALTER TABLE jobs ADD COLUMN max_robot_losses INTEGER DEFAULT 3;"
+        "ALTER TABLE jobs ADD COLUMN robot_losses INTEGER DEFAULT 0;",
+    ),
 ]
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]

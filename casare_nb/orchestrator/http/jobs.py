@@ -66,6 +66,7 @@ async def submit(
             tags=body.tags,
             environment=body.environment,
             max_retries=body.max_retries,
+            max_robot_losses=body.max_robot_losses,
         )
     except SubmissionsClosed as exc:
         raise error(503, one_line(exc)) from None

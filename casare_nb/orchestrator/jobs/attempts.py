@@ -4,7 +4,8 @@
   robot once).
 - ``job_progress`` records each cell once in the history and keeps it in the attempt's
   notebook-so-far; messages about an attempt that is not the job's current one on that robot
-  are refused with ``stale_attempt``.
+  are refused with ``stale_attempt``. A refused message has no effect at all (de-duplication
+  remembers only handled messages, keyed by their sender).
 - ``job_complete`` / ``job_failed`` / ``job_cancelled`` finish the attempt: the output
   notebook is written (in a file thread), then the run record goes to the history and, for a
   failure, :func:`~casare_nb.core.dispatch.after_attempt` decides retry or not. A
@@ -15,7 +16,11 @@
 A robot that goes offline keeps its running jobs for ``reconnect_grace_s``: if it registers
 again within that time naming them in ``holding``, they continue (``continue_jobs``).
 Otherwise they are requeued to resume, on any robot, from the last stored checkpoint.
-Attempts lost this way do not count as failures (``max_retries`` counts ``job.failures``).
+Attempts lost this way do not count as failures (``max_retries`` counts ``job.failures``)
+but as robot losses (``job.robot_losses``): a job lost with its robot more than
+``job.max_robot_losses`` times is a poison job (a cell that kills its robot, a native crash)
+and ends ``dead`` (``PoisonJob``, naming the cell that was running each time), so it does
+not take robot after robot while the jobs behind it wait.
 """
 
 from __future__ import annotations
@@ -23,16 +28,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from casare_nb.core.dispatch import RetryPolicy, after_attempt
+from casare_nb.core.dispatch import RetryPolicy, after_attempt, lost_once_too_often
 from casare_nb.core.history import trigger_label
 from casare_nb.core.models import Job, RunRecord, RunStatus
 from casare_nb.notebook.state import CheckpointError
-from casare_nb.orchestrator.jobs.book import JobBook
+from casare_nb.orchestrator.jobs.book import JobBook, LostCell
 from casare_nb.orchestrator.jobs.durable import Durability
 from casare_nb.orchestrator.jobs.relay import CheckpointRelay, error_reply
 from casare_nb.protocol import (
@@ -54,7 +60,7 @@ from casare_nb.protocol import (
 )
 from casare_nb.store.interfaces import JobStore
 
-__all__ = ["JOB_MESSAGES", "Attempts", "JobMessage"]
+__all__ = ["JOB_MESSAGES", "Attempts", "JobMessage", "poison_message"]
 
 logger = logging.getLogger("casare_nb.orchestrator.jobs")
 
@@ -175,17 +181,40 @@ class Attempts:
         for job in book.live.running_on(robot_id):
             if job.job_id in keep or (job.job_id, job.attempt) in book.completing:
                 continue
+            attempt = book.attempts.get((job.job_id, job.attempt))
+            cell = attempt.running_cell() if attempt is not None else None
+            lost_cells = book.lost_cells.setdefault(job.job_id, [])
+            lost_cells.append(cell)
+            where = f" while running {cell}" if cell is not None else ""
             self._history_run(
-                job, RunStatus.FAILED, now, error=("RobotLost", f"robot {robot_id} went offline")
+                job,
+                RunStatus.FAILED,
+                now,
+                error=("RobotLost", f"robot {robot_id} went offline{where}"),
+                failed_cell=(cell.index, cell.cell_id) if cell is not None else (None, None),
             )
             book.release(job.job_id, job.attempt)
             self.relay.checkpoints.forget_attempt(job.job_id, job.attempt)
+            if lost_once_too_often(job) and not book.live.cancel_requested(job.job_id):
+                message = poison_message(job.robot_losses + 1, lost_cells)
+                logger.warning("job %s is dead: %s", job.job_id, message)
+                book.finish(
+                    job,
+                    RunStatus.DEAD,
+                    now=now,
+                    error_name="PoisonJob",
+                    error_message=message,
+                    failed_cell=cell.index if cell is not None else None,
+                    lost=True,
+                )
+                continue
             if book.requeue(
                 job,
                 now=now,
                 event="robot_offline",
-                reason=f"robot {robot_id} went offline",
+                reason=f"robot {robot_id} went offline{where}",
                 resume_from_failed=True,
+                lost=True,
             ):
                 logger.info("requeued job %s: robot %s went offline", job.job_id, robot_id)
         book.link.notify()
@@ -196,15 +225,19 @@ class Attempts:
     def on_message(self, robot_id: str, msg: JobMessage) -> Error | None:
         """Handle one job message from robot ``robot_id``; the error to answer, if any.
 
-        A copy of a message already handled (a robot resends what it is not sure arrived) is
-        dropped; a message whose handling raised is not remembered, so its resend is handled.
+        A copy of a message this robot sent and that was handled (a robot resends what it is
+        not sure arrived) is dropped. Only handled messages are remembered, and under their
+        sender: a refused message (another robot's job, a stale attempt) or one whose handling
+        raised changes nothing, not even what later counts as a duplicate, so it cannot hide
+        the genuine robot's message (nor its own resend, which is refused again).
         """
-        key = dedup_key(msg)
+        key = (robot_id, dedup_key(msg))
         if key in self._dedup:
             logger.debug("dropped a duplicate %s for job %s", msg.type, msg.job_id)
             return None
         error = self._on_message(robot_id, msg)
-        self._dedup.seen(key)
+        if error is None:
+            self._dedup.seen(key)
         return error
 
     def _on_message(self, robot_id: str, msg: JobMessage) -> Error | None:
@@ -278,6 +311,8 @@ class Attempts:
         attempt = book.attempts.get((job.job_id, job.attempt))
         if attempt is not None:
             attempt.cells_total = msg.cells_total
+            if attempt.last_cell is None or msg.cell_index > attempt.last_cell:
+                attempt.last_cell = msg.cell_index
         self.durability.put_history(cells=[msg.to_cell_record()])
         if msg.cell is not None:
             try:
@@ -428,3 +463,16 @@ class Attempts:
             trigger=trigger_label(job.trigger),
         )
         self.durability.put_history(record)
+
+
+def poison_message(losses: int, cells: Sequence[LostCell | None]) -> str:
+    """Why a job lost with its robot ``losses`` times is dead, naming the cell that was running
+    each time (``cells``: those this orchestrator saw, oldest first; None where unknown)."""
+    known = [cell for cell in cells if cell is not None]
+    if not known:
+        return f"robot lost {losses} times (the cell running is unknown)"
+    counts = Counter(known)
+    if len(counts) == 1:
+        return f"robot lost {losses} times while running {known[0]}"
+    each = ", ".join(f"{cell} ({n}x)" for cell, n in counts.items())
+    return f"robot lost {losses} times, while running {each}"

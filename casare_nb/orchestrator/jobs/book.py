@@ -18,10 +18,11 @@ from typing import Any, Protocol
 
 from casare_nb.core.errors import QueueError
 from casare_nb.core.jobs import LiveJobs
-from casare_nb.core.models import Job, Robot, RunStatus
+from casare_nb.core.models import Job, ResumePlan, Robot, RunStatus
+from casare_nb.notebook.executor import SKIP_TAG
 from casare_nb.protocol import Envelope, EventData, EventKind, JobEvent
 
-__all__ = ["Attempt", "JobBook", "Link"]
+__all__ = ["Attempt", "JobBook", "Link", "LostCell"]
 
 logger = logging.getLogger("casare_nb.orchestrator.jobs")
 
@@ -46,6 +47,19 @@ class Link(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class LostCell:
+    """The cell an attempt was running when its robot was lost: its index in the executed
+    notebook, its id and the first line of its source."""
+
+    index: int
+    cell_id: str | None
+    first_line: str
+
+    def __str__(self) -> str:
+        return f"cell {self.index} (`{self.first_line}`)"
+
+
 @dataclass
 class Attempt:
     """What the orchestrator remembers of an attempt it sent, until it ends."""
@@ -55,6 +69,41 @@ class Attempt:
     started_at: datetime
     cells_total: int = 0
     notebook: dict[str, Any] | None = None  # what the notebook-so-far starts from
+    plan: ResumePlan | None = None  # how it resumes an earlier attempt, if it does
+    last_cell: int | None = None  # the highest cell index a job_progress reported
+
+    def running_cell(self) -> LostCell | None:
+        """The cell running now, as far as the orchestrator can tell: the first cell the
+        attempt executes (the replayed ones of a resume, then those from its start) after
+        the last one reported. None when the notebook is not known or every cell ran."""
+        cells = (self.notebook or {}).get("cells") or []
+        start = self.plan.start if self.plan is not None else 0
+        steps = [i for i in range(start, len(cells)) if _executes(cells[i])]
+        if self.plan is not None:
+            steps = sorted({*(i for i in self.plan.rerun if i < len(cells)), *steps})
+        after = -1 if self.last_cell is None else self.last_cell
+        index = next((i for i in steps if i > after), None)
+        if index is None:
+            return None
+        cell = cells[index]
+        return LostCell(index, cell.get("id"), _first_line(_source(cell)))
+
+
+def _executes(cell: dict[str, Any]) -> bool:
+    """Whether the engine executes ``cell`` (code, not empty, not tagged skip-execution)."""
+    tags = (cell.get("metadata") or {}).get("tags") or []
+    return bool(cell.get("cell_type") == "code" and _source(cell).strip() and SKIP_TAG not in tags)
+
+
+def _source(cell: dict[str, Any]) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def _first_line(source: str, width: int = 60) -> str:
+    """The first non-blank line of a cell's source, cut to ``width`` characters."""
+    line = next((ln.strip() for ln in source.splitlines() if ln.strip()), "")
+    return line if len(line) <= width else line[: width - 3] + "..."
 
 
 class JobBook:
@@ -71,6 +120,8 @@ class JobBook:
         self.attempts: dict[tuple[str, int], Attempt] = {}
         self.skip: dict[str, str] = {}  # job id -> robot that just rejected it
         self.completing: set[tuple[str, int]] = set()  # attempts whose output is being written
+        # job id -> the cell each attempt lost with its robot was running (memory only)
+        self.lost_cells: dict[str, list[LostCell | None]] = {}
         # called on the loop with every job that reaches a final status (chaining)
         self.finished_listeners: list[Callable[[Job], None]] = []
         # called on the loop with (job, cell index, executed cell) of each job_progress (outputs)
@@ -116,6 +167,7 @@ class JobBook:
         self.secrets.pop(job.job_id, None)
         self.start_at.pop(job.job_id, None)
         self.skip.pop(job.job_id, None)
+        self.lost_cells.pop(job.job_id, None)
         logger.info("job %s %s", job.job_id, job.status.value)
         for listener in list(self.finished_listeners):
             try:
@@ -135,8 +187,10 @@ class JobBook:
         error_name: str | None = None,
         error_message: str | None = None,
         failed_cell: int | None = None,
+        lost: bool = False,
     ) -> Job:
-        """End ``job``'s current attempt in the final ``status``; the finished job."""
+        """End ``job``'s current attempt in the final ``status`` (``lost``: the attempt was
+        lost with its robot); the finished job."""
         done = self.live.finish(
             job.job_id,
             job.attempt,
@@ -145,6 +199,7 @@ class JobBook:
             error_name=error_name,
             error_message=error_message,
             failed_cell=failed_cell,
+            lost=lost,
         )
         self.finished(done)
         return done
@@ -159,10 +214,12 @@ class JobBook:
         eligible_at: datetime | None = None,
         resume_from_failed: bool | None = None,
         failed: bool = False,
+        lost: bool = False,
     ) -> Job | None:
-        """Put a job back in the queue and tell the monitors why (``event``). A job whose
-        cancel was asked meanwhile ends cancelled instead. Answers the queued job, or None
-        when it was cancelled or could not be requeued (logged)."""
+        """Put a job back in the queue and tell the monitors why (``event``); ``failed``
+        counts a failure, ``lost`` an attempt lost with its robot. A job whose cancel was
+        asked meanwhile ends cancelled instead. Answers the queued job, or None when it was
+        cancelled or could not be requeued (logged)."""
         try:
             requeued = self.live.requeue(
                 job.job_id,
@@ -173,6 +230,7 @@ class JobBook:
                 reason=reason,
                 now=now,
                 failed=failed,
+                lost=lost,
             )
         except QueueError as exc:
             logger.warning("cannot requeue job %s: %s", job.job_id, exc)

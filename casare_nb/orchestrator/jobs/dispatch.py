@@ -226,7 +226,11 @@ class Dispatcher:
         )
         book.assigned.setdefault(robot_id, set()).add(job.job_id)
         book.attempts[(job.job_id, job.attempt)] = Attempt(
-            robot_id, workflow.sha256, now, notebook=notebook
+            robot_id,
+            workflow.sha256,
+            now,
+            notebook=notebook,
+            plan=None if resume is None else resume.plan,
         )
         if not book.link.send_to_robot(robot_id, msg):
             book.release(job.job_id, job.attempt)

@@ -261,6 +261,7 @@ class JobManager:
         tags: Sequence[str] = (),
         environment: str | None = None,
         max_retries: int = 0,
+        max_robot_losses: int = 3,
         source: str = "api",
         trigger: TriggerRef | None = None,
         job_id: str | None = None,
@@ -268,6 +269,9 @@ class JobManager:
     ) -> Job:
         """Validate and queue a run of ``workflow_path``; the queued job, once committed.
 
+        ``max_retries``: attempts after a failure before the job is dead;
+        ``max_robot_losses``: attempts it may lose with their robot (not failures: see
+        :func:`~casare_nb.core.dispatch.lost_once_too_often`) before it is dead.
         ``trigger`` records what submitted it (a schedule, webhook...); ``job_id`` is the id
         to give it (a trigger claims its event under the id first), a new one by default.
         ``start_at`` (aware; a schedule's due time, submitted ahead of it): the job is
@@ -280,6 +284,8 @@ class JobManager:
         be stored."""
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, not {max_retries}")
+        if max_robot_losses < 0:
+            raise ValueError(f"max_robot_losses must be >= 0, not {max_robot_losses}")
         if start_at is not None and start_at.utcoffset() is None:
             raise ValueError("start_at must be timezone-aware")
         self._check_taking_submissions()
@@ -303,6 +309,7 @@ class JobManager:
             environment=environment,
             tags=list(tags),
             max_retries=max_retries,
+            max_robot_losses=max_robot_losses,
             created_at=now,
             eligible_at=now,
             source=source,
