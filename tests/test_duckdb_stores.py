@@ -79,9 +79,9 @@ def test_every_job_field_has_a_column() -> None:
 def test_migrations_upgrade_a_v1_file_and_keep_its_history(
     state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A v1 file (history only) gets jobs (with their robot-loss columns), tokens, the trigger
-    tables and the runs' trigger column; its runs stay."""
-    assert schema.SCHEMA_VERSION == 6
+    """A v1 file (history only) gets jobs (with their robot-loss and timeouts columns), tokens,
+    the trigger tables and the runs' trigger column; its runs stay."""
+    assert schema.SCHEMA_VERSION == 7
     db_path = state / "history.duckdb"
     with monkeypatch.context() as patch:
         patch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
@@ -106,7 +106,7 @@ def test_migrations_upgrade_a_v1_file_and_keep_its_history(
     assert {"runs", "cells", "jobs", "tokens", "schedules", "fires", "triggers"} <= tables
     assert {"deliveries", "watched_files", "outputs"} <= tables
     history = HistoryStore(db_path)
-    assert history.schema_version() == 6
+    assert history.schema_version() == 7
     assert [(run.run_id, run.trigger) for run in history.list_runs()] == [("r1", None)]
 
 

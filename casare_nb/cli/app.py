@@ -189,6 +189,8 @@ parameter_options = [
 ]
 
 
+_MAX_TIMEOUT_S = 7 * 86_400.0  # casare_nb.core.models.MAX_TIMEOUT_S (not imported: pydantic)
+
 job_options = [
     click.option(
         "--priority",
@@ -199,6 +201,16 @@ job_options = [
     click.option("--tags", help="Comma-separated tags the robot must have."),
     click.option("--env", "environment", help="Environment the robot must be in."),
     click.option("--max-retries", type=click.IntRange(0, 100), default=0, show_default=True),
+    click.option(
+        "--cell-timeout",
+        type=click.FloatRange(min=0, min_open=True, max=_MAX_TIMEOUT_S),
+        help="Seconds a cell may run; past it the job ends 'timeout' at that cell.",
+    ),
+    click.option(
+        "--run-timeout",
+        type=click.FloatRange(min=0, min_open=True, max=_MAX_TIMEOUT_S),
+        help="Seconds the whole run may take; past it the job ends 'timeout'.",
+    ),
 ]
 
 
@@ -209,6 +221,8 @@ def job_fields(
     tags: str | None,
     environment: str | None,
     max_retries: int,
+    cell_timeout: float | None = None,
+    run_timeout: float | None = None,
 ) -> dict[str, Any]:
     """The job fields of a submit, schedule or trigger, as the API takes them: parameters read
     (typed and raw), tags split."""
@@ -220,4 +234,9 @@ def job_fields(
         "tags": [t.strip() for t in (tags or "").split(",") if t.strip()],
         "environment": environment,
         "max_retries": max_retries,
+        **(
+            {"timeouts": {"cell_s": cell_timeout, "run_s": run_timeout}}
+            if cell_timeout is not None or run_timeout is not None
+            else {}
+        ),
     }

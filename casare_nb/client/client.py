@@ -49,7 +49,15 @@ from casare_nb.client.events import (
 from casare_nb.client.history import History
 from casare_nb.core.errors import one_line
 from casare_nb.core.failure import Failure
-from casare_nb.core.models import CellRecord, Job, Priority, Robot, RunRecord, RunStatus
+from casare_nb.core.models import (
+    CellRecord,
+    Job,
+    JobTimeouts,
+    Priority,
+    Robot,
+    RunRecord,
+    RunStatus,
+)
 
 if TYPE_CHECKING:  # the event stream's modules load on first use: `casare-nb jobs` stays quick
     from casare_nb.protocol import Event, Topic
@@ -188,12 +196,17 @@ class Client:
         tags: Sequence[str] = (),
         environment: str | None = None,
         max_retries: int = 0,
+        timeouts: JobTimeouts | Mapping[str, float | None] | None = None,
         wait: bool = False,
         timeout: float | None = None,
         on_event: Callable[[Event], None] | None = None,
     ) -> Job:
         """Queue a run of ``workflow`` (relative to the orchestrator's workflows directory);
-        the queued job, or with ``wait`` the finished one (see :meth:`wait`)."""
+        the queued job, or with ``wait`` the finished one (see :meth:`wait`).
+
+        ``timeouts``: the job's execution limits in seconds, ``{"cell_s": ..., "run_s":
+        ...}`` (each optional): a cell (the run) running longer ends the job ``timeout``
+        there. ``timeout`` is how long ``wait`` waits."""
         body = {
             "workflow": os.fspath(workflow),
             "parameters": dict(parameters or {}),
@@ -203,6 +216,13 @@ class Client:
             "environment": environment,
             "max_retries": max_retries,
         }
+        if timeouts is not None:
+            limits = (
+                timeouts
+                if isinstance(timeouts, JobTimeouts)
+                else JobTimeouts.model_validate(dict(timeouts))
+            )
+            body["timeouts"] = limits.model_dump(exclude_none=True)
         if not wait:
             return Job.model_validate(self._request("POST", "/api/jobs", json=body).json())
         deadline = deadline_of(timeout)

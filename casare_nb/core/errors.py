@@ -13,6 +13,10 @@ class WorkflowError(CasareError):
     """The workflow notebook cannot be used: missing, not JSON, not a notebook."""
 
 
+class JobTooLarge(WorkflowError):
+    """A job whose assignment would not fit one protocol frame (HTTP 413)."""
+
+
 class StateError(CasareError):
     """The state directory cannot be used."""
 

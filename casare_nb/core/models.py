@@ -176,6 +176,20 @@ class TriggerRef(BaseModel):
     previous_job_id: str | None = None  # chaining: the job that finished
 
 
+MAX_TIMEOUT_S = 7 * 86_400.0
+"""The longest per-job timeout a submit takes (a cell's or the whole run's): 7 days."""
+
+
+class JobTimeouts(BaseModel):
+    """A job's execution limits, in seconds (None: none): per cell and for the whole run.
+    Sent to the robot in ``job_assign`` (the protocol's ``Timeouts``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cell_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description="Per cell.")
+    run_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description="Whole run.")
+
+
 class Job(BaseModel):
     """One submitted workflow run, queued until a robot takes it; ``job_id`` is its run id.
 
@@ -206,6 +220,7 @@ class Job(BaseModel):
     # attempts lost with their robot the job survives; one more makes it dead (a poison job)
     max_robot_losses: int = 3
     robot_losses: int = 0  # attempts lost with their robot (not counted in failures)
+    timeouts: JobTimeouts = Field(default_factory=JobTimeouts)  # execution limits
 
 
 class SubmitOptions(TypedDict, total=False):
@@ -219,6 +234,7 @@ class SubmitOptions(TypedDict, total=False):
     environment: str | None
     max_retries: int
     max_robot_losses: int
+    timeouts: JobTimeouts | None
     source: str
     trigger: TriggerRef | None
     job_id: str | None

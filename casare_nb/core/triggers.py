@@ -17,7 +17,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from casare_nb.core.errors import CasareError
-from casare_nb.core.models import Priority, TriggerKind, TriggerRef
+from casare_nb.core.models import JobTimeouts, Priority, TriggerKind, TriggerRef
 
 __all__ = [
     "FILE_PARAMETER",
@@ -66,6 +66,11 @@ class JobFields(BaseModel):
     tags: list[str] = Field(default_factory=list, description="The robot must have all of them.")
     environment: str | None = Field(default=None, description="None: any environment.")
     max_retries: int = Field(default=0, ge=0, le=100)
+    timeouts: JobTimeouts = Field(
+        default_factory=JobTimeouts,
+        description="Execution limits in seconds: cell_s (each cell), run_s (the whole run); "
+        "each > 0 and at most 7 days, None for none.",
+    )
 
 
 class JobTemplate(JobFields):

@@ -535,7 +535,11 @@ class Executor:
                     outcome.checkpoint_errors = errors
                     self._fail(outcome, step, record, checkpoint=errors[0])
                     break
-        if self.checkpointing and outcome.status is not RunStatus.CANCELLED:
+        if (
+            self.checkpointing
+            and outcome.status is not RunStatus.CANCELLED
+            and not self.kernel_gone  # killed past a timeout's grace: nothing to flush
+        ):
             with contextlib.suppress(KernelCallError, TimeoutError):
                 outcome.checkpoint_errors += await self._flush()
         return outcome
@@ -624,11 +628,15 @@ class Executor:
         status, name, message = CellStatus.OK, None, None
         if task in done:
             status, name, message = self._classify(task)
-        else:
+        late = bool(deadlines) and loop.time() >= min(deadlines)
+        if task not in done or (late and status is not CellStatus.OK):
+            # past its deadline the cell is a timeout, whatever the kernel said or says
+            # after the interrupt (a cell catching KeyboardInterrupt, then raising)
             status = CellStatus.CANCELLED if cancel and cancel.is_set() else CellStatus.TIMEOUT
             name = "Cancelled" if status is CellStatus.CANCELLED else "Timeout"
             message = self._stop_reason(status, t0, run_deadline)
-            await self._stop_cell(task)
+            if task not in done:
+                await self._stop_cell(task)
         return CellRecord(
             run_id=self.run_id,
             attempt=self.attempt,
@@ -651,7 +659,10 @@ class Executor:
         return f"cell timed out after {self.options.cell_timeout:g} s"
 
     async def _stop_cell(self, task: asyncio.Future[Any]) -> None:
-        """Interrupt the kernel; if the cell does not stop within the grace time, kill it."""
+        """Interrupt the kernel; if the cell does not stop within the grace time, kill it.
+        What the cell ends with after the interrupt (its KeyboardInterrupt, whatever a cell
+        that caught it raised, the dead kernel) is retrieved and ignored: it timed out."""
+        task.add_done_callback(_ignore_outcome)
         with contextlib.suppress(Exception):
             await self.session.interrupt()
         done, _ = await asyncio.wait({task}, timeout=self.options.interrupt_grace)
@@ -659,8 +670,6 @@ class Executor:
             task.cancel()
             self.kernel_gone = True
             await self.session.shutdown()
-        elif not task.cancelled():
-            task.exception()  # retrieved: the interrupt's KeyboardInterrupt is expected
 
     def _classify(self, task: asyncio.Future[Any]) -> tuple[CellStatus, str | None, str | None]:
         exc = task.exception()
@@ -702,6 +711,11 @@ class Executor:
             if out.get("output_type") == "error":
                 return "\n".join(out.get("traceback", []))
         return None
+
+
+def _ignore_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def scrub_outputs(cell: NotebookNode, scrubber: Scrubber) -> None:

@@ -31,8 +31,9 @@ from typing import Any, Final, Unpack
 
 from casare_nb.api import DebugBundle, DrainResult
 from casare_nb.core.dispatch import RetryPolicy
-from casare_nb.core.errors import QueueError
+from casare_nb.core.errors import JobExists, QueueError, SubmissionsClosed
 from casare_nb.core.models import Job, Robot, RobotStatus, RunStatus, SubmitOptions
+from casare_nb.orchestrator.jobs.durable import DURABLE_TIMEOUT_S
 from casare_nb.orchestrator.jobs.manager import JobManager
 from casare_nb.orchestrator.metrics import OrchestratorMetrics
 from casare_nb.orchestrator.registry import RobotRegistry
@@ -43,6 +44,7 @@ from casare_nb.protocol import (
     Envelope,
     EventData,
     EventKind,
+    JobCancel,
     Pause,
     RobotEvent,
     Shutdown,
@@ -112,6 +114,7 @@ class Orchestrator:
         self._stopped = False
         self._drain_report: DrainResult | None = None
         self._drain_lock = asyncio.Lock()
+        self._fault: str | None = None  # the storage fault last seen (logged once)
         self.job_manager = JobManager(
             self.stores,
             self,
@@ -121,6 +124,8 @@ class Orchestrator:
             assign_timeout_s=assign_timeout_s,
             retry_policy=retry_policy,
             reconnect_grace_s=reconnect_grace_s,
+            workflows_dir=None if workflows_dir is None else Path(workflows_dir),
+            max_frame_bytes=max_frame_bytes,
         )
         self.websocket = WebSocketService(
             registry=self.registry,
@@ -136,6 +141,7 @@ class Orchestrator:
             max_frame_bytes=max_frame_bytes,
             ssl_context=ssl_context,
         )
+        self.job_manager.durability.on_fault(self._fault_changed)
         self.triggers = Triggers(
             self.job_manager,
             self.stores.triggers,
@@ -220,9 +226,82 @@ class Orchestrator:
         **options: Unpack[SubmitOptions],
     ) -> Job:
         """Validate and queue a run of ``workflow_path``; the queued job, once stored (see
-        :meth:`JobManager.submit <casare_nb.orchestrator.jobs.manager.JobManager.submit>`)."""
+        :meth:`JobManager.submit <casare_nb.orchestrator.jobs.manager.JobManager.submit>`).
+
+        Refused (:class:`~casare_nb.core.errors.SubmissionsClosed`, HTTP 503) while the
+        storage is at fault (:meth:`storage_fault`), also when the fault shows while the job
+        waits for its commit: it is then withdrawn (cancelled) if it is stored later."""
         self._check_started()
-        return await self.job_manager.submit(workflow_path, parameters, **options)
+        self._refuse_if_storage_fault()
+        submitting = asyncio.ensure_future(
+            self.job_manager.submit(workflow_path, parameters, **options)
+        )
+        submitting.add_done_callback(lambda _: self._notify())
+        with contextlib.suppress(TimeoutError):
+            await self.wait_for(
+                lambda: submitting.done() or self.storage_fault() is not None,
+                timeout=2 * DURABLE_TIMEOUT_S,
+            )
+        if not submitting.done():
+            submitting.add_done_callback(self._withdraw)
+            self._refuse_if_storage_fault()
+        try:
+            return await submitting
+        except QueueError as exc:
+            if isinstance(exc, JobExists):
+                raise
+            self._refuse_if_storage_fault()
+            raise
+
+    def _withdraw(self, submitting: asyncio.Future[Job]) -> None:
+        """A submission refused while it waited for its commit was stored after all: cancel
+        it (it was never acknowledged)."""
+        if submitting.cancelled() or submitting.exception() is not None:
+            return
+        job_id = submitting.result().job_id
+        book = self.job_manager.book
+        done = book.live.cancel(job_id, now=self.now())
+        if done is not None and done.status is RunStatus.CANCELLED:
+            logger.warning("job %s was refused (storage fault), then stored: cancelled", job_id)
+            book.finished(done)
+        elif done is not None and done.robot_id is not None:
+            logger.warning("job %s was refused (storage fault), then stored: cancelling", job_id)
+            reason = "refused (storage fault), then stored"
+            self.send_to_robot(
+                done.robot_id, JobCancel(job_id=job_id, attempt=done.attempt, reason=reason)
+            )
+
+    def storage_fault(self) -> str | None:
+        """Why the orchestrator cannot keep what it acknowledges now (a write to its state
+        directory fails, or the directory is gone), or None. Each episode is logged once, at
+        ERROR, when it is first seen, and once when it ends."""
+        if self._started and not self._stopped and not self.state_dir.is_dir():
+            reason: str | None = f"state directory gone: {self.state_dir}"
+        else:
+            reason = self.job_manager.durability.fault()
+        if reason != self._fault:
+            if reason is None:
+                logger.warning("storage recovered: submissions are taken again")
+            elif self._fault is None:
+                logger.error("storage fault: submissions are refused until it clears: %s", reason)
+            self._fault = reason
+        return reason
+
+    def _refuse_if_storage_fault(self) -> None:
+        fault = self.storage_fault()
+        if fault is not None:
+            raise SubmissionsClosed(f"the orchestrator cannot store jobs now: {fault}")
+
+    def _fault_changed(self) -> None:
+        """The durability's fault may have changed (any thread): say so, wake the waiters."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._fault_seen)
+
+    def _fault_seen(self) -> None:
+        self.storage_fault()
+        self._notify()
 
     async def rerun(
         self,

@@ -431,11 +431,16 @@ class HistoryWriter(WriteBehind[_Records]):
     transaction), keeps its connection open while work keeps arriving and closes it after
     ``idle_close`` seconds without work, so other processes can take the file lock. A failed
     batch is dropped, its error kept and re-raised (once) by :meth:`flush` or :meth:`close`;
-    later batches are still attempted. Writers left open are closed at interpreter exit.
+    later batches are still attempted. With ``retry`` (the orchestrator's) a failed batch is
+    not dropped but written again with backoff until it commits (see
+    :class:`~casare_nb.store.writer.WriteBehind`), and nothing is raised for it. Writers left
+    open are closed at interpreter exit.
     """
 
-    def __init__(self, store: HistoryStore, *, idle_close: float = 0.2) -> None:
-        super().__init__(f"casare-history-{store.path.name}")
+    def __init__(
+        self, store: HistoryStore, *, idle_close: float = 0.2, retry: bool = False
+    ) -> None:
+        super().__init__(f"casare-history-{store.path.name}", retry=retry)
         self.store = store
         self.idle_close = idle_close
         self._pending = _Records()
@@ -492,6 +497,12 @@ class HistoryWriter(WriteBehind[_Records]):
             raise HistoryError(
                 f"history writer for {self.store.path} did not stop within {timeout:g}s"
             )
+        with self._cond:
+            lost = self._size(self._pending) if self.retry else 0
+        if lost:  # retried until the stop gave up: say what is not written
+            log.error(
+                "history writer for %s: %d records could not be written", self.store.path, lost
+            )
         self._raise_error()
 
     def __enter__(self) -> HistoryWriter:
@@ -522,6 +533,11 @@ class HistoryWriter(WriteBehind[_Records]):
     def _size(self, batch: _Records) -> int:
         return len(batch.runs) + len(batch.cells)
 
+    def _restore(self, batch: _Records) -> None:
+        """A failed batch goes back, under what was put since (the newer records win)."""
+        self._pending.runs = {**batch.runs, **self._pending.runs}
+        self._pending.cells = {**batch.cells, **self._pending.cells}
+
     def _write(self, batch: _Records) -> object:
         if self._con is None:
             self._disconnected.clear()
@@ -541,7 +557,7 @@ class HistoryWriter(WriteBehind[_Records]):
             error.__cause__ = exc
         log.debug("history writer for %s: %s", self.store.path, error)
         with self._cond:
-            if self._exc is None:
+            if self._exc is None and not self.retry:  # retried: it is not lost
                 self._exc = error
 
     def _idle_after(self) -> float | None:

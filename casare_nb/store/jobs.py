@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -76,6 +77,7 @@ _JOB_COLUMNS: Final[dict[str, str]] = {
     "trigger": "VARCHAR",
     "max_robot_losses": "INTEGER",
     "robot_losses": "INTEGER",
+    "timeouts": "VARCHAR",
 }
 _JOB_SELECT: Final[str] = ", ".join(_JOB_COLUMNS)
 _JOB_TIMES: Final[tuple[str, ...]] = tuple(
@@ -152,7 +154,15 @@ def _job_row(job: Job) -> tuple[Any, ...]:
         None if job.trigger is None else job.trigger.model_dump_json(exclude_none=True),
         job.max_robot_losses,
         job.robot_losses,
+        _timeouts_json(job),
     )
+
+
+def _timeouts_json(job: Job) -> str | None:
+    limits = job.timeouts
+    if limits.cell_s is None and limits.run_s is None:
+        return None
+    return limits.model_dump_json(exclude_none=True)
 
 
 def _job_from_row(row: Sequence[Any]) -> Job:
@@ -160,6 +170,7 @@ def _job_from_row(row: Sequence[Any]) -> Job:
     data["parameters"] = json.loads(data["parameters"])
     data["tags"] = json.loads(data["tags"])
     data["trigger"] = None if data["trigger"] is None else json.loads(data["trigger"])
+    data["timeouts"] = {} if data["timeouts"] is None else json.loads(data["timeouts"])
     for name in _JOB_TIMES:
         data[name] = from_db_time(data[name])
     return Job.model_validate(data)
@@ -195,6 +206,7 @@ class DuckDBJobStore(WriteBehind[dict[str, _Staged]]):
         self._refused: set[str] = set()  # new jobs whose insert found the id taken
         self._on_added: list[Callable[[list[Job]], None]] = []
         self._on_written: list[Callable[[int], None]] = []
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file written
 
     def __repr__(self) -> str:
         return f"DuckDBJobStore({str(self.db.path)!r})"
@@ -219,6 +231,10 @@ class DuckDBJobStore(WriteBehind[dict[str, _Staged]]):
         store inside the block."""
         self._settle()
         with self.db.shared() as con:
+            if self._identity is None:
+                with contextlib.suppress(OSError):
+                    stat = os.stat(self.db.path)
+                    self._identity = (stat.st_dev, stat.st_ino)
             yield con
 
     def close(self, timeout: float | None = _WAIT_S) -> None:
@@ -367,8 +383,28 @@ class DuckDBJobStore(WriteBehind[dict[str, _Staged]]):
             except Exception:
                 log.exception("%r: a listener of written marks failed", self)
 
+    def gone(self) -> str | None:
+        """Why the database file written so far is no longer where it was (the state
+        directory deleted or replaced), else None: writes would go into nothing. Cheap (a
+        ``stat``); None before the first commit."""
+        if self._identity is None:
+            return None
+        try:
+            stat = os.stat(self.db.path)
+        except FileNotFoundError:
+            return f"state directory gone: {self.db.path} no longer exists"
+        except OSError as exc:
+            return f"state directory unusable: {self.db.path}: {exc.strerror or exc}"
+        if (stat.st_dev, stat.st_ino) != self._identity:
+            return f"state directory gone: {self.db.path} was replaced"
+        return None
+
     def _write(self, batch: dict[str, _Staged]) -> object:
-        """Write a batch in one transaction; the ids of new jobs that were already there."""
+        """Write a batch in one transaction; the ids of new jobs that were already there.
+        Refused (QueueError, retried) once the file is gone: its commits would be lost."""
+        gone = self.gone()
+        if gone is not None:
+            raise QueueError(gone)
         new = [(*_job_row(s.job), s.cancel_requested) for s in batch.values() if s.new]
         old = [(*_job_row(s.job), s.cancel_requested) for s in batch.values() if not s.new]
         refused: set[str] = set()
@@ -382,6 +418,10 @@ class DuckDBJobStore(WriteBehind[dict[str, _Staged]]):
                 count = con.execute(_STAGED_UPDATE, params).fetchone()
                 if count is not None and count[0] != len(old):
                     log.error("%r: %d staged jobs are missing", self, len(old) - count[0])
+        if self._identity is None:
+            with contextlib.suppress(OSError):
+                stat = os.stat(self.db.path)
+                self._identity = (stat.st_dev, stat.st_ino)
         return refused
 
     # -- bulk insert ---------------------------------------------------------------------

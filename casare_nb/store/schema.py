@@ -177,6 +177,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         "ALTER TABLE jobs ADD COLUMN max_robot_losses INTEGER DEFAULT 3;"
         "ALTER TABLE jobs ADD COLUMN robot_losses INTEGER DEFAULT 0;",
     ),
+    (
+        7,
+        # A job's execution limits (casare_nb.core.models.JobTimeouts) as JSON, sent to its
+        # robot with every attempt; NULL: none.
+        "ALTER TABLE jobs ADD COLUMN timeouts VARCHAR;",
+    ),
 ]
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]

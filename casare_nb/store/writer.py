@@ -26,6 +26,7 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
 from casare_nb.core.errors import one_line
@@ -65,6 +66,7 @@ class WriteBehind(ABC, Generic[B]):
         self._thread: threading.Thread | None = None
         self._exited = False
         self._error: str | None = None  # the last failure, until a batch succeeds / is raised
+        self._fault_listeners: list[Callable[[str | None], None]] = []
         self.batches = 0  # batches written
         self.items = 0  # what they held (as _size counts it)
 
@@ -117,6 +119,24 @@ class WriteBehind(ABC, Generic[B]):
         """No work came for :meth:`_idle_after` seconds, or the thread ends."""
 
     # -- callers -------------------------------------------------------------------------
+
+    @property
+    def fault(self) -> str | None:
+        """Why writes fail now (a retrying writer whose last batch failed), else None."""
+        with self._cond:
+            return self._error if self.retry else None
+
+    def on_fault(self, listener: Callable[[str | None], None]) -> None:
+        """Call ``listener(reason)`` when writes begin to fail, ``listener(None)`` when they
+        succeed again (retrying writers; in the writer thread: do not block)."""
+        self._fault_listeners.append(listener)
+
+    def _tell_fault(self, reason: str | None) -> None:
+        for listener in list(self._fault_listeners):
+            try:
+                listener(reason)
+            except Exception:
+                log.exception("%s: a fault listener failed", self.name)
 
     @property
     def closing(self) -> bool:
@@ -212,6 +232,7 @@ class WriteBehind(ABC, Generic[B]):
                 except Exception as exc:
                     self._failed(batch, exc)
                     with self._cond:
+                        began = self._error is None
                         self._error = one_line(exc)
                         if not self.retry:
                             self._done = mark  # attempted: its error waits for flush
@@ -219,13 +240,21 @@ class WriteBehind(ABC, Generic[B]):
                             continue
                         failures += 1
                         self._restore(batch)
+                    if began:  # once per episode, not per retry
+                        log.error(
+                            "%s: writes fail (retrying until they succeed): %s", self.name, exc
+                        )
+                        self._tell_fault(one_line(exc))
+                    else:
+                        log.debug("%s: a write failed again (retrying): %s", self.name, exc)
+                    with self._cond:
                         if self._stopping and failures >= _STOP_ATTEMPTS:
                             return
-                        log.warning("%s: a write failed (retrying): %s", self.name, exc)
                         delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2 ** (failures - 1))
                         self._cond.wait_for(lambda: self._stopping, delay)
                         self._hurry = True  # the retry waits for the backoff, not the window
                     continue
+                recovered = failures > 0
                 failures = 0
                 with self._cond:
                     self._done = mark
@@ -235,6 +264,9 @@ class WriteBehind(ABC, Generic[B]):
                     self.items += self._size(batch)
                     self._wrote(batch, result)
                     self._cond.notify_all()
+                if recovered and self.retry:
+                    log.warning("%s: writes succeed again", self.name)
+                    self._tell_fault(None)
                 self._written(mark)
         finally:
             self._idle()

@@ -9,7 +9,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from casare_nb.api import DebugBundle, ErrorBody, RerunJob, SubmitJob
-from casare_nb.core.errors import QueueError, SubmissionsClosed, WorkflowError, one_line
+from casare_nb.core.errors import (
+    JobTooLarge,
+    QueueError,
+    SubmissionsClosed,
+    WorkflowError,
+    one_line,
+)
 from casare_nb.core.failure import Failure, failure_of
 from casare_nb.core.history import FAILED_STATUSES
 from casare_nb.core.models import CellRecord, Job, RunRecord, RunStatus
@@ -32,6 +38,7 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 _DRAINING = "the orchestrator is draining: it takes no new jobs"
 _JOB_ERRORS: dict[int | str, dict[str, Any]] = {
     **AUTH_ERRORS,
+    413: {"model": ErrorBody, "description": "The job would not fit one protocol frame."},
     422: {"model": ErrorBody, "description": "Bad parameter or workflow."},
     503: {"model": ErrorBody, "description": "Draining: no new jobs."},
 }
@@ -67,9 +74,12 @@ async def submit(
             environment=body.environment,
             max_retries=body.max_retries,
             max_robot_losses=body.max_robot_losses,
+            timeouts=body.timeouts,
         )
     except SubmissionsClosed as exc:
         raise error(503, one_line(exc)) from None
+    except JobTooLarge as exc:
+        raise error(413, one_line(exc)) from None
     except (ParameterError, WorkflowError, ValueError) as exc:
         raise error(422, one_line(exc)) from None
 

@@ -23,6 +23,9 @@ _UNREADABLE = "the orchestrator cannot read its queue"
 
 
 async def _health(orch: Orchestrator) -> Health | JSONResponse:
+    fault = orch.storage_fault()  # a few stat calls: on the loop
+    if fault is not None:  # what it acknowledged now could not be kept
+        return JSONResponse({"detail": f"storage fault: {fault}"}, 503)
     try:
         counts = await asyncio.to_thread(orch.stores.jobs.count_by_status)
         depth = await asyncio.to_thread(orch.stores.jobs.queue_depth_by_priority)
@@ -44,14 +47,16 @@ async def _health(orch: Orchestrator) -> Health | JSONResponse:
 @router.get("/health", response_model=Health)
 async def health(orch: Orch) -> Health | JSONResponse:
     """Liveness and load, without a token: status, readiness, robots by status, jobs by
-    status, queue depth by priority (503 only when the database cannot be read)."""
+    status, queue depth by priority (503, with the reason, when the database cannot be read
+    or the state directory cannot be written: a storage fault)."""
     return await _health(orch)
 
 
 @router.get("/health/ready", response_model=Health)
 async def ready(orch: Orch) -> Health | JSONResponse:
     """Readiness, without a token: 200 while it takes submissions, 503 once a drain
-    began or the database cannot be read (a load balancer then stops sending work)."""
+    began, the database cannot be read, or a storage fault refuses submissions (the reason
+    in ``detail``; a load balancer then stops sending work). 200 again once writes succeed."""
     answer = await _health(orch)
     if isinstance(answer, Health) and not answer.ready:
         return JSONResponse(answer.model_dump(mode="json"), 503)

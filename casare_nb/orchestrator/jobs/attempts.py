@@ -11,7 +11,8 @@
   failure, :func:`~casare_nb.core.dispatch.after_attempt` decides retry or not. A
   ``job_failed`` saying ``cancelled`` that no user asked for (the robot stopped the job, e.g.
   shutting down) requeues the job at once. The robot's slot is free at once; the job's new
-  state is applied once its output is on disk, so a finished job always has its output.
+  state is applied once its output is on disk and the stores commit (storage faults are
+  retried meanwhile), so a finished job always has its output and its record.
 
 A robot that goes offline keeps its running jobs for ``reconnect_grace_s``: if it registers
 again within that time naming them in ``holding``, they continue (``continue_jobs``).
@@ -345,9 +346,12 @@ class Attempts:
     def _after_output(
         self, job: Job, notebook: dict[str, Any] | None, apply: Callable[[Path | None], None]
     ) -> None:
-        """The attempt ended on its robot: write its output notebook (in a file thread),
-        then ``apply(path)`` on the loop (path None: no output, or it could not be written).
-        The robot's slot is free at once; the job stays running until applied."""
+        """The attempt ended on its robot: store its output notebook (in a file thread,
+        retried while storage fails), then ``apply(path)`` on the loop (path None: no output).
+        The robot's slot is free at once; the job stays running until applied, so it is only
+        reported finished once its notebook is stored and the stores commit; if the
+        orchestrator stops first it is not applied at all (the job stays running in the
+        store, and a restart requeues it)."""
         if notebook is None:
             apply(None)
             return
@@ -361,7 +365,15 @@ class Attempts:
 
         def then(written: bool) -> None:
             try:
-                apply(path if written else None)
+                if written:
+                    apply(path)
+                else:
+                    logger.error(
+                        "job %s attempt %d ended on its robot, but its output notebook was "
+                        "not stored before the stop: it stays running",
+                        job.job_id,
+                        job.attempt,
+                    )
             except Exception:
                 logger.exception("cannot finish attempt %d of job %s", job.attempt, job.job_id)
             finally:

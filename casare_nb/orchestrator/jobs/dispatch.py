@@ -32,7 +32,7 @@ from typing import Any, Final
 from nbformat import NotebookNode
 
 from casare_nb.core.dispatch import plan_dispatch
-from casare_nb.core.errors import WorkflowError, one_line
+from casare_nb.core.errors import JobTooLarge, WorkflowError, one_line
 from casare_nb.core.injection import REDACTED
 from casare_nb.core.models import Job, Robot, RunStatus
 from casare_nb.core.params import ParameterError, ParamSchema, read_schema
@@ -40,9 +40,9 @@ from casare_nb.notebook.run import check_parameters, parameterised
 from casare_nb.notebook.workflow import parse_workflow
 from casare_nb.orchestrator.jobs.book import Attempt, JobBook
 from casare_nb.orchestrator.jobs.relay import CheckpointRelay
-from casare_nb.protocol import JobAssign
+from casare_nb.protocol import MAX_FRAME_BYTES, JobAssign, ProtocolError, Timeouts, encode
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "check_frame", "check_inside"]
 
 logger = logging.getLogger("casare_nb.orchestrator.jobs")
 
@@ -61,7 +61,10 @@ class Workflow:
     sha256: str
 
     @classmethod
-    def read(cls, path: str) -> Workflow:
+    def read(cls, path: str, workflows_dir: Path | None = None) -> Workflow:
+        """The workflow at ``path``; WorkflowError when it lies outside ``workflows_dir``
+        now (checked at every read: a folder swapped for a symlink since the submit)."""
+        check_inside(path, workflows_dir)
         raw = Path(path).read_bytes()
         nb = parse_workflow(raw, path)
         return cls(nb, read_schema(nb), hashlib.sha256(raw).hexdigest())
@@ -85,6 +88,8 @@ class Dispatcher:
         *,
         heartbeat_interval_s: float,
         assign_timeout_s: float,
+        workflows_dir: Path | None = None,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
         if assign_timeout_s <= 0:
             raise ValueError(f"assign_timeout_s must be > 0, not {assign_timeout_s}")
@@ -92,6 +97,8 @@ class Dispatcher:
         self.relay = relay
         self.heartbeat_interval_s = heartbeat_interval_s
         self.assign_timeout_s = assign_timeout_s
+        self.workflows_dir = workflows_dir
+        self.max_frame_bytes = max_frame_bytes
         self.hold_until: datetime | None = None  # no dispatch before (after a crash)
         self._workflows: dict[str, tuple[tuple[int, ...], Workflow]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -177,7 +184,7 @@ class Dispatcher:
                 RunStatus.FAILED,
                 now=now,
                 error_name="WorkflowError",
-                error_message=f"cannot read workflow {queued.workflow_path}: {exc}",
+                error_message=one_line(f"cannot read workflow {queued.workflow_path}: {exc}"),
             )
             return False
         secrets = book.secrets.get(queued.job_id, {})
@@ -222,8 +229,18 @@ class Dispatcher:
             secret_parameters=secrets,
             priority=job.priority,
             resume=resume,
+            timeouts=Timeouts(cell_s=job.timeouts.cell_s, run_s=job.timeouts.run_s),
             start_at=start_at,
         )
+        try:
+            check_frame(msg, self.max_frame_bytes)
+        except JobTooLarge as exc:
+            # it would be dropped on the way and retried without end: the job ends here
+            logger.error("job %s: %s", job.job_id, exc)
+            book.finish(
+                job, RunStatus.FAILED, now=now, error_name="JobTooLarge", error_message=str(exc)
+            )
+            return False
         book.assigned.setdefault(robot_id, set()).add(job.job_id)
         book.attempts[(job.job_id, job.attempt)] = Attempt(
             robot_id,
@@ -242,12 +259,13 @@ class Dispatcher:
     def _workflow(self, path: str) -> Workflow:
         """The workflow notebook as it is on disk now (shared: do not mutate); read again
         whenever the file's stat changes."""
+        check_inside(path, self.workflows_dir)
         stat = os.stat(path)
         key = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         cached = self._workflows.get(path)
         if cached is not None and cached[0] == key:
             return cached[1]
-        workflow = Workflow.read(path)
+        workflow = Workflow.read(path, self.workflows_dir)
         if len(self._workflows) >= _WORKFLOWS_KEPT:
             self._workflows.clear()
         self._workflows[path] = (key, workflow)
@@ -277,3 +295,29 @@ class Dispatcher:
                 event="not_accepted",
                 reason=f"robot {job.robot_id} did not accept the job in time",
             )
+
+
+def check_inside(path: str | os.PathLike[str], workflows_dir: Path | None) -> None:
+    """WorkflowError (one line) unless ``path``, its symlinks resolved now, lies inside
+    ``workflows_dir`` (resolved too); None: no check."""
+    if workflows_dir is None:
+        return
+    root = workflows_dir.resolve()
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(root):
+        raise WorkflowError(
+            f"workflow {path} now lies outside the workflows directory {root} "
+            f"(it resolves to {resolved})"
+        )
+
+
+def check_frame(msg: JobAssign, max_bytes: int = MAX_FRAME_BYTES) -> None:
+    """JobTooLarge (one line, naming the size and the limit) when ``msg`` cannot be sent
+    in one frame of at most ``max_bytes``."""
+    try:
+        encode(msg, max_bytes=max_bytes)
+    except ProtocolError as exc:
+        raise JobTooLarge(
+            f"job {msg.job_id} is too large to send: {one_line(exc)} "
+            "(the workflow notebook with its parameters and outputs)"
+        ) from None

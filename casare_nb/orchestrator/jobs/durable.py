@@ -8,7 +8,13 @@ notebooks, each written behind the event loop.
   history writer in batches.
 - **Output notebooks** of finished attempts are written by a few file threads
   (:meth:`~Durability.write_output`), numbered as they come; the job's final state is applied
-  on the loop once its file is written.
+  on the loop once its file is written **and** the stores commit (a storage fault: the write
+  is retried with backoff, the job staying in its previous state, until both hold).
+
+A write that fails puts the durability *at fault* (:meth:`~Durability.fault`: the job store's,
+the history writer's or the output notebooks' reason, once per episode at ERROR) until writes
+succeed again; listeners given to :meth:`~Durability.on_fault` hear of every change (any
+thread). The job store and the history writer both retry failed batches: nothing is dropped.
 
 :meth:`~Durability.mark` takes one :class:`DurableMark` over all three;
 :meth:`~Durability.durable` waits for it. The server acknowledges a robot's heartbeat only once
@@ -32,6 +38,7 @@ from typing import Any, Final, NamedTuple
 from casare_nb.core.models import CellRecord, Job, RunRecord
 from casare_nb.notebook.state import write_json_atomic
 from casare_nb.store.interfaces import HistoryWriter, JobStore
+from casare_nb.store.writer import WriteBehind
 
 __all__ = ["DURABLE_TIMEOUT_S", "Durability", "DurableMark"]
 
@@ -40,6 +47,8 @@ logger = logging.getLogger("casare_nb.orchestrator.jobs")
 DURABLE_TIMEOUT_S: Final = 30.0  # how long submit, rerun and cancel wait for their commit
 HISTORY_WINDOW_S: Final = 0.05  # history records are handed to the history writer this often
 _OUTPUT_THREADS: Final = 4  # output notebooks written at once (file creation waits on the disk)
+_OUTPUT_RETRY_FIRST_S: Final = 0.05  # backoff of an output notebook that cannot be stored...
+_OUTPUT_RETRY_MAX_S: Final = 2.0  # ...doubling up to this
 
 
 class DurableMark(NamedTuple):
@@ -75,6 +84,17 @@ class Durability:
         self._outputs_applied = 0  # outputs 1..this are written and their states applied
         self._outputs_ahead: set[int] = set()  # applied, beyond _outputs_applied
         self._output_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        # storage faults: the output notebooks' own, and who hears of any change
+        self._fault_lock = threading.Lock()
+        self._output_fault: str | None = None
+        self._fault_listeners: list[Callable[[], None]] = []
+        self._closing = threading.Event()  # stop: output writes give up their retries
+        # nothing kept is dropped on a failed write: the history is retried like the jobs
+        if isinstance(writer, WriteBehind):
+            writer.retry = True
+        for store in (jobs, writer):
+            if isinstance(store, WriteBehind):
+                store.on_fault(lambda _reason: self._tell_fault())
 
     def start(self) -> None:
         """Bind to the running event loop and hear of the job store's commits."""
@@ -83,16 +103,24 @@ class Durability:
 
     async def stop(self) -> bool:
         """Write out the output notebooks, the job states and the history; True if the job
-        states all committed."""
+        states all committed. Output notebooks that still cannot be stored are given up (their
+        jobs stay running in the store: a restart requeues them)."""
         if self._history_timer is not None:
             self._history_timer.cancel()
             self._history_timer = None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(DURABLE_TIMEOUT_S):
                 await self._outputs_done(self._outputs_started)
+        self._closing.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DURABLE_TIMEOUT_S):
+                await self._outputs_done(self._outputs_started)
         await asyncio.to_thread(self._files.shutdown)
         committed = True
+        gone = self._gone()
         try:
+            if gone is not None:  # nothing will ever commit there: do not wait for it
+                raise RuntimeError(f"job states not written: {gone}")
             await asyncio.to_thread(self.jobs.flush)
         except Exception as exc:
             logger.error("%s", exc)
@@ -173,17 +201,89 @@ class Durability:
         self.writer.flush(timeout)
         self.jobs.flush(timeout)
 
+    # -- storage faults ------------------------------------------------------------------
+
+    def fault(self) -> str | None:
+        """Why writes fail now (the job store's, the history's, the output notebooks'), or
+        None while everything commits."""
+        for store, what in ((self.jobs, "job store"), (self.writer, "history")):
+            if isinstance(store, WriteBehind):
+                reason = store.fault
+                if reason is not None:
+                    return f"{what} writes fail: {reason}"
+        gone = self._gone()
+        if gone is not None:
+            return gone
+        with self._fault_lock:
+            return self._output_fault
+
+    def _gone(self) -> str | None:
+        """Why the job store's file is gone (the state directory deleted), else None."""
+        gone = getattr(self.jobs, "gone", None)
+        reason = gone() if callable(gone) else None
+        return reason if isinstance(reason, str) else None
+
+    def on_fault(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (any thread) whenever :meth:`fault` may have changed."""
+        self._fault_listeners.append(listener)
+
+    def _tell_fault(self) -> None:
+        for listener in list(self._fault_listeners):
+            try:
+                listener()
+            except Exception:
+                logger.exception("a storage fault listener failed")
+
+    def _store_output(self, path: Path, notebook: dict[str, Any]) -> bool:
+        """Store an output notebook, then wait until the stores commit (in a file thread):
+        a failed write is retried with backoff until it succeeds; False only if the
+        durability stopped first."""
+        delay = _OUTPUT_RETRY_FIRST_S
+        written = False
+        while True:
+            if not written:
+                try:
+                    _write_output(path, notebook)
+                except OSError as exc:
+                    self._output_failed(path, exc)
+                else:
+                    written = True
+                    self._output_stored()
+            if written and self.fault() is None:
+                return True
+            if self._closing.wait(delay):
+                return False
+            delay = min(_OUTPUT_RETRY_MAX_S, delay * 2)
+
+    def _output_failed(self, path: Path, exc: OSError) -> None:
+        reason = f"cannot store output notebooks: {exc.strerror or exc}"
+        with self._fault_lock:
+            began, self._output_fault = self._output_fault is None, reason
+        if began:  # once per episode, not per retry
+            logger.error("cannot store the output notebook %s (retrying): %s", path, exc)
+            self._tell_fault()
+        else:
+            logger.debug("cannot store the output notebook %s (retrying): %s", path, exc)
+
+    def _output_stored(self) -> None:
+        with self._fault_lock:
+            ended, self._output_fault = self._output_fault is not None, None
+        if ended:
+            logger.warning("output notebooks are stored again")
+            self._tell_fault()
+
     # -- output notebooks ----------------------------------------------------------------
 
     def write_output(
         self, path: Path, notebook: dict[str, Any], then: Callable[[bool], None]
     ) -> None:
-        """Write an output notebook in a file thread, then call ``then(written)`` on the
-        loop; outputs count as applied, in order, once their ``then`` returned."""
+        """Store an output notebook in a file thread (retried until it is stored and the
+        stores commit, see :meth:`_store_output`), then call ``then(stored)`` on the loop;
+        outputs count as applied, in order, once their ``then`` returned."""
         self._outputs_started += 1
         number = self._outputs_started
         written = asyncio.get_running_loop().run_in_executor(
-            self._files, _write_output, path, notebook
+            self._files, self._store_output, path, notebook
         )
 
         def applied(future: asyncio.Future[bool]) -> None:
@@ -249,20 +349,15 @@ class Durability:
         return self.is_durable(mark)
 
 
-def _write_output(path: Path, notebook: dict[str, Any]) -> bool:
-    """Store an output notebook (blocking); False (logged) if it cannot be written."""
+def _write_output(path: Path, notebook: dict[str, Any]) -> None:
+    """Store an output notebook (blocking); OSError if it cannot be written."""
+    folder = path.parent  # runs/<job>/<attempt>: in general, two mkdir calls
     try:
-        folder = path.parent  # runs/<job>/<attempt>: in general, two mkdir calls
-        try:
-            os.mkdir(folder.parent)
-        except FileExistsError:
-            pass
-        except FileNotFoundError:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(folder)
-        write_json_atomic(path, notebook)
-    except OSError as exc:
-        logger.error("cannot store the output notebook %s: %s", path, exc)
-        return False
-    return True
+        os.mkdir(folder.parent)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder)
+    write_json_atomic(path, notebook)

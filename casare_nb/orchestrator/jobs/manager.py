@@ -38,25 +38,33 @@ from pydantic import SecretStr
 
 from casare_nb.api import DebugBundle
 from casare_nb.core.dispatch import RetryPolicy
-from casare_nb.core.errors import JobExists, OrchestratorDraining, QueueError, SubmissionsPaused
+from casare_nb.core.errors import (
+    JobExists,
+    OrchestratorDraining,
+    QueueError,
+    SubmissionsClosed,
+    SubmissionsPaused,
+)
 from casare_nb.core.ids import new_run_id
 from casare_nb.core.injection import REDACTED, redact
 from casare_nb.core.jobs import LiveJobs
-from casare_nb.core.models import Job, Priority, RunStatus, TriggerRef
+from casare_nb.core.models import Job, JobTimeouts, Priority, RunStatus, TriggerRef
 from casare_nb.core.params import ParameterError, read_schema
 from casare_nb.notebook.run import check_parameters, parameterised
 from casare_nb.notebook.workflow import kernel_name_of, load_workflow, write_cell_sources
 from casare_nb.orchestrator.jobs.attempts import Attempts, JobMessage
 from casare_nb.orchestrator.jobs.book import JobBook, Link
-from casare_nb.orchestrator.jobs.dispatch import Dispatcher
+from casare_nb.orchestrator.jobs.dispatch import Dispatcher, check_frame, check_inside
 from casare_nb.orchestrator.jobs.durable import DURABLE_TIMEOUT_S, Durability, DurableMark
 from casare_nb.orchestrator.jobs.relay import CheckpointRelay
 from casare_nb.protocol import (
+    MAX_FRAME_BYTES,
     BlobGet,
     BlobPut,
     Envelope,
     Error,
     EventKind,
+    JobAssign,
     JobCancel,
     JobEvent,
     JobRef,
@@ -77,6 +85,9 @@ class JobManager:
 
     ``clock`` is the time source of every decision; ``retry_policy`` spaces the attempts of
     a failing job; ``assign_timeout_s`` is how long a robot has to accept a job.
+    ``workflows_dir``: every read of a workflow (submit, dispatch, rerun, debug) checks that
+    its path, symlinks resolved, lies inside it (None: no check). ``max_frame_bytes``: the
+    largest ``job_assign`` a submit takes (the workflow parameterised must fit one frame).
     """
 
     def __init__(
@@ -90,8 +101,12 @@ class JobManager:
         assign_timeout_s: float = 10.0,
         retry_policy: RetryPolicy | None = None,
         reconnect_grace_s: float = 5.0,
+        workflows_dir: Path | None = None,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
         self.store = stores.jobs
+        self.workflows_dir = workflows_dir  # every workflow read must lie inside (None: any)
+        self.max_frame_bytes = max_frame_bytes
         self.state_dir = state_dir
         self.durability = Durability(stores.jobs, stores.history.writer())
         self.book = JobBook(LiveJobs(self.durability.stage), link, clock)
@@ -102,6 +117,8 @@ class JobManager:
             self.relay,
             heartbeat_interval_s=heartbeat_interval_s,
             assign_timeout_s=assign_timeout_s,
+            workflows_dir=workflows_dir,
+            max_frame_bytes=max_frame_bytes,
         )
         self.attempts = Attempts(
             self.book,
@@ -262,6 +279,7 @@ class JobManager:
         environment: str | None = None,
         max_retries: int = 0,
         max_robot_losses: int = 3,
+        timeouts: JobTimeouts | Mapping[str, Any] | None = None,
         source: str = "api",
         trigger: TriggerRef | None = None,
         job_id: str | None = None,
@@ -277,6 +295,8 @@ class JobManager:
         ``start_at`` (aware; a schedule's due time, submitted ahead of it): the job is
         dispatched at once and its robot runs the first cell at that instant; dispatched once
         it has passed (no free robot before), the job runs at once. Kept in memory only.
+        ``timeouts``: the job's execution limits (per cell, whole run), sent with every
+        attempt.
 
         Raises :class:`~casare_nb.core.params.ParameterError` (bad parameters) or
         :class:`~casare_nb.core.errors.WorkflowError` (no such or broken notebook) before
@@ -292,7 +312,7 @@ class JobManager:
         book = self.book
         path = Path(workflow_path).absolute()
         values, secret_names = await asyncio.to_thread(
-            _validate, path, parameters or {}, raw_parameters
+            self._validate, path, parameters or {}, raw_parameters, size=True
         )
         now = book.clock()
         if job_id is None:
@@ -310,6 +330,7 @@ class JobManager:
             tags=list(tags),
             max_retries=max_retries,
             max_robot_losses=max_robot_losses,
+            timeouts=_limits(timeouts),
             created_at=now,
             eligible_at=now,
             source=source,
@@ -380,6 +401,7 @@ class JobManager:
         book = self.book
         job = self._finished_job(job_id)
         path = Path(job.workflow_path)
+        check_inside(path, self.workflows_dir)
         if cell_sources:
             changed = await asyncio.to_thread(write_cell_sources, path, dict(cell_sources))
             logger.info("job %s: cells %s of %s rewritten for its re-run", job_id, changed, path)
@@ -392,7 +414,7 @@ class JobManager:
                 )
         earlier = {k: v for k, v in earlier.items() if v != REDACTED}
         values, secret_names = await asyncio.to_thread(
-            _validate, path, {**earlier, **(parameters or {})}, raw_parameters
+            self._validate, path, {**earlier, **(parameters or {})}, raw_parameters
         )
         job = book.live.reopen(
             self._finished_job(job_id),  # as it is now: it may have been re-run meanwhile
@@ -427,6 +449,7 @@ class JobManager:
         attempt = self.relay.checkpoints.latest_output(job_id, job.attempt)
         if attempt is None:
             raise QueueError(f"job {job_id} left no notebook: it failed before its first cell")
+        check_inside(job.workflow_path, self.workflows_dir)
         nb, _ = load_workflow(job.workflow_path)
         schema = read_schema(nb)
         values = {k: v for k, v in job.parameters.items() if v != REDACTED}
@@ -449,6 +472,33 @@ class JobManager:
             failed_cell_id=notebook.cells[start].id if start < len(notebook.cells) else None,
             secret_names=secret_names,
         )
+
+    def _validate(
+        self,
+        path: Path,
+        parameters: Mapping[str, Any],
+        raw: Mapping[str, str] | None,
+        *,
+        size: bool = False,
+    ) -> tuple[dict[str, Any], set[str]]:
+        """Validated values and the secret names (blocking: reads the notebook, which must
+        lie inside the workflows directory). ``size``: JobTooLarge too when the notebook
+        the job would send (the workflow parameterised) does not fit one frame."""
+        check_inside(path, self.workflows_dir)
+        nb, _ = load_workflow(path)
+        schema = read_schema(nb)
+        values, _ = check_parameters(schema, parameters, raw, strict=True)
+        if size:
+            notebook, secrets = parameterised(nb, values, schema)
+            probe = JobAssign(
+                job_id="size-probe",
+                attempt=1,
+                workflow_path=str(path),
+                notebook=notebook,
+                secret_parameters={k: _plain(v) for k, v in values.items() if k in secrets.names},
+            )
+            check_frame(probe, self.max_frame_bytes)
+        return values, schema.secret_names()
 
     def _keep_secrets(self, job_id: str, values: Mapping[str, Any], names: set[str]) -> None:
         """Secret values stay in this process's memory only, plain."""
@@ -476,6 +526,9 @@ class JobManager:
             )
         if self.submissions_paused:
             raise SubmissionsPaused("submissions are paused: none is taken until resumed")
+        fault = self.durability.fault()
+        if fault is not None:  # acknowledged now, it could not be kept
+            raise SubmissionsClosed(f"the orchestrator cannot store jobs now: {fault}")
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one at once, a running one by asking its robot (the job
@@ -528,11 +581,8 @@ def _plain(value: Any) -> Any:
     return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
-def _validate(
-    path: Path, parameters: Mapping[str, Any], raw: Mapping[str, str] | None
-) -> tuple[dict[str, Any], set[str]]:
-    """Validated values and the secret names (blocking: reads the notebook)."""
-    nb, _ = load_workflow(path)
-    schema = read_schema(nb)
-    values, _ = check_parameters(schema, parameters, raw, strict=True)
-    return values, schema.secret_names()
+def _limits(timeouts: JobTimeouts | Mapping[str, Any] | None) -> JobTimeouts:
+    """A job's timeouts as given (a schedule's template passes them as a dict)."""
+    if isinstance(timeouts, JobTimeouts):
+        return timeouts
+    return JobTimeouts.model_validate(dict(timeouts or {}))

@@ -262,6 +262,7 @@ class Chainer:
                 tags=trigger.tags,
                 environment=trigger.environment,
                 max_retries=trigger.max_retries,
+                timeouts=trigger.timeouts,
                 source="chain",
                 trigger=TriggerRef(kind=trigger.kind, id=tid, previous_job_id=job.job_id),
                 job_id=job_id,

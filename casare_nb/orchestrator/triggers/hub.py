@@ -351,6 +351,7 @@ _JOB_FIELDS: Final = {
     "tags",
     "environment",
     "max_retries",
+    "timeouts",
 }
 
 

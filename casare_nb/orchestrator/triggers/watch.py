@@ -281,6 +281,7 @@ class FileWatcher:
                 tags=trigger.tags,
                 environment=trigger.environment,
                 max_retries=trigger.max_retries,
+                timeouts=trigger.timeouts,
                 source="file_watch",
                 trigger=TriggerRef(kind=TriggerKind.FILE_WATCH, id=tid, file=path),
                 job_id=job_id,

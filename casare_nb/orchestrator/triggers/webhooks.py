@@ -254,6 +254,7 @@ class WebhookReceiver:
                         tags=trigger.tags,
                         environment=trigger.environment,
                         max_retries=trigger.max_retries,
+                        timeouts=trigger.timeouts,
                         source="webhook",
                         trigger=ref,
                         job_id=job_id,
