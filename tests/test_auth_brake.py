@@ -12,7 +12,7 @@ import pytest
 from helpers import write_notebook
 
 from casare_nb.core.signing import signed_headers
-from casare_nb.orchestrator.http.brake import DEFAULT_LIMIT, AuthBrake
+from casare_nb.orchestrator.brake import DEFAULT_LIMIT, AuthBrake
 from casare_nb.orchestrator.service import OrchestratorService
 from casare_nb.service_thread import ServiceThread
 
@@ -95,3 +95,22 @@ def test_bad_webhook_signatures_are_braked_too(service: OrchestratorService) -> 
         assert 429 in codes
         good = http.post(url, content=b"{}", headers=signed_headers(b"secret", b"{}"))
         assert good.status_code == 200, good.text
+
+
+def test_bad_tokens_on_the_websocket_are_braked_and_a_good_one_still_connects(
+    service: OrchestratorService,
+) -> None:
+    """Past the limit a WebSocket upgrade with a bad token is refused 429 (not 401); one
+    with a valid token still connects."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    statuses = []
+    for _ in range(DEFAULT_LIMIT + 3):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(service.ws_url, additional_headers={"Authorization": "Bearer nope"})
+        statuses.append(refused.value.response.status_code)
+    assert 429 in statuses[DEFAULT_LIMIT - 1 :] and statuses[0] in (401, 429)
+    good = {"Authorization": f"Bearer {service.admin_token}"}
+    with connect(service.ws_url, additional_headers=good, open_timeout=30):
+        pass

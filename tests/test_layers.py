@@ -54,10 +54,11 @@ ORCHESTRATOR: dict[str, set[str]] = {
     "jobs": set(),
     "registry": set(),
     "metrics": set(),
+    "brake": set(),
     "triggers": set(),
-    "websocket": {"jobs", "registry", "metrics"},
+    "websocket": {"jobs", "registry", "metrics", "brake"},
     "orchestrator": {"jobs", "registry", "metrics", "triggers", "websocket"},
-    "http": {"orchestrator", "triggers", "metrics"},
+    "http": {"orchestrator", "triggers", "metrics", "brake"},
     "service": {"orchestrator", "http"},
 }
 """Inside the orchestrator: the front door (orchestrator.py) over its parts; HTTP over it."""

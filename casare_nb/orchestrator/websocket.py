@@ -55,6 +55,7 @@ from websockets.http11 import Request, Response
 from casare_nb.core.errors import QueueError
 from casare_nb.core.models import Robot
 from casare_nb.core.tokens import BadAuthorization, bearer_token
+from casare_nb.orchestrator.brake import AuthBrake
 from casare_nb.orchestrator.jobs.attempts import JOB_MESSAGES
 from casare_nb.orchestrator.jobs.manager import JobManager
 from casare_nb.orchestrator.metrics import OrchestratorMetrics
@@ -206,6 +207,7 @@ class WebSocketService:
         self.job_manager = jobs
         self.tokens = tokens
         self.metrics = metrics
+        self.brake = AuthBrake()  # failed token checks, per address
         self.host = host
         self.port = port
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -315,9 +317,20 @@ class WebSocketService:
         connection.username = name
         return None
 
-    @staticmethod
-    def _unauthorized(connection: ServerConnection, why: str) -> Response:
-        logger.warning("refused a connection from %s: %s", connection.remote_address, why)
+    def _unauthorized(self, connection: ServerConnection, why: str) -> Response:
+        """401, counted by the authentication brake (logged once per address and window);
+        429 with Retry-After once the address failed too often lately."""
+        address = connection.remote_address
+        client = str(address[0]) if isinstance(address, tuple) and address else "unknown"
+        wait = self.brake.wait_s(client)
+        self.brake.failed(client, f"WebSocket: {why}")
+        if wait is not None:
+            response = connection.respond(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                f"too many failed authentications from {client}; retry in {wait} s\n",
+            )
+            response.headers["Retry-After"] = str(wait)
+            return response
         response = connection.respond(HTTPStatus.UNAUTHORIZED, f"{why}\n")
         response.headers["WWW-Authenticate"] = 'Bearer realm="casare_nb"'
         return response

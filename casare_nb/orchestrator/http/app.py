@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 
 from casare_nb import __version__
 from casare_nb.core.errors import CasareError, SubmissionsClosed, one_line
+from casare_nb.orchestrator.brake import AuthBrake
 from casare_nb.orchestrator.http import (
     blobs,
     history,
@@ -19,7 +20,6 @@ from casare_nb.orchestrator.http import (
     triggers,
     workflows,
 )
-from casare_nb.orchestrator.http.brake import AuthBrake
 from casare_nb.orchestrator.http.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from casare_nb.orchestrator.orchestrator import Orchestrator
 

@@ -24,7 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from casare_nb.api import ErrorBody
 from casare_nb.core.errors import QueueError, WorkflowError, one_line
 from casare_nb.core.tokens import BadAuthorization, bearer_token
-from casare_nb.orchestrator.http.brake import AuthBrake
+from casare_nb.orchestrator.brake import AuthBrake
 from casare_nb.orchestrator.orchestrator import Orchestrator
 
 __all__ = [
