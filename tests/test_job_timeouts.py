@@ -83,6 +83,7 @@ def test_cell_swallowing_the_interrupt_ends_timeout_through_a_robot(
 ) -> None:
     """A cell that catches the timeout's KeyboardInterrupt then raises still ends timeout."""
     job = client.submit("swallows.ipynb", timeouts={"cell_s": 1}, wait=True, timeout=WAIT)
+    assert job.status is RunStatus.TIMEOUT, job.error_message
     workflows = service.service.workflows_dir
     _timed_out_at(job, workflows / "swallows.ipynb", "c1", "1")
 

@@ -30,7 +30,7 @@ def unicode_problem(value: Any, where: str = "$") -> str | None:
 
 
 def storable(text: str) -> str:
-    """``text`` with any lone surrogate replaced by its ``\\udXXX`` escape (itself)."""
+    """``text`` with any lone surrogate replaced by its backslash escape (``\\ud800``)."""
     if _valid(text):
         return text
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
