@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,examples,lab]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,examples,lab,nodes]'
 	@# what a wheel's data-files install, for this editable install: the server extension
 	@# enabled, the prebuilt lab extension linked
 	mkdir -p $(VENV)/etc/jupyter/jupyter_server_config.d $(VENV)/share/jupyter/labextensions

@@ -42,6 +42,7 @@ MODULES = [
     "dashboard_latency",
     "history_aggregates",
     "debug_kernel",
+    "graph_editor",
 ]
 DOC = ROOT / "docs" / "benchmarks.md"
 OUT = ROOT / "bench" / "out"

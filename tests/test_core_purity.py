@@ -120,7 +120,9 @@ OWNERS = {
     "prometheus_client": {"orchestrator/metrics.py"},
     "fastapi": {"orchestrator/http/"},
     "uvicorn": {"orchestrator/http/"},
-    "duckdb": {"store/database.py"},
+    "duckdb": {"store/database.py", "nodes/data.py"},  # the history; the SQL node in a kernel
+    "playwright": {"nodes/browser.py"},
+    "anywidget": {"widgets/graph_view.py"},
     "papermill": {"papermill_engine.py"},
     "ipywidgets": {"widgets/"},
     "bqplot": {"widgets/chart.py"},
@@ -139,8 +141,8 @@ OWNERS = {
 
 def test_each_heavy_dependency_is_imported_by_its_one_module() -> None:
     """apscheduler, watchdog, prometheus_client, FastAPI/uvicorn (the HTTP package), duckdb,
-    papermill, jupyter_server/tornado (the server extension) and websockets are each
-    imported only by the module(s) that own them."""
+    papermill, jupyter_server/tornado (the server extension), websockets, playwright and
+    anywidget are each imported only by the module(s) that own them."""
     package = CORE.parent
     seen: dict[str, set[str]] = {name: set() for name in OWNERS}
     for path in package.rglob("*.py"):

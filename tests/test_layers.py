@@ -28,7 +28,9 @@ ALLOWED: dict[str, set[str]] = {
     "robot": {"core", "protocol", "notebook"},
     "orchestrator": {"core", "protocol", "api", "notebook", "store"},
     "client": {"core", "protocol", "api"},
-    "widgets": {"core", "protocol", "api", "client"},
+    "nodes": {"core", "notebook", "local", "outputs"},  # what node cells call at run time
+    "site": set(),
+    "widgets": {"core", "protocol", "api", "client", "local", "notebook", "nodes"},
     "service_thread": {"orchestrator", "robot", "client"},
     "debugging": {"core", "api", "client", "notebook"},
     "jupyter": {"core", "api", "client", "notebook", "debugging"},

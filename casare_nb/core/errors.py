@@ -17,6 +17,10 @@ class JobTooLarge(WorkflowError):
     """A job whose assignment would not fit one protocol frame (HTTP 413)."""
 
 
+class GraphRunError(CasareError):
+    """The graph editor cannot run the workflow now (problems to fix, a run going...)."""
+
+
 class StateError(CasareError):
     """The state directory cannot be used."""
 

@@ -656,6 +656,8 @@ class Executor:
             return "cancelled while the cell ran"
         if run_deadline is not None and asyncio.get_running_loop().time() >= run_deadline - 1e-3:
             return f"run timed out after {self.options.run_timeout:g} s"
+        if self.options.cell_timeout is None:  # the awaiting task itself was cancelled
+            return "cancelled while the cell ran"
         return f"cell timed out after {self.options.cell_timeout:g} s"
 
     async def _stop_cell(self, task: asyncio.Future[Any]) -> None:

@@ -1,6 +1,7 @@
 /**
- * casare_nb's JupyterLab extension: the commands of docs/jupyter.md ("Command ids") and
- * the notebook toolbar buttons "Submit" and "Resume from here".
+ * casare_nb's JupyterLab extension: the commands of docs/jupyter.md ("Command ids"),
+ * the notebook toolbar buttons "Submit" and "Resume from here", and "Open with graph
+ * editor" in the file browser's and the notebook tab's context menus.
  */
 import {
   JupyterFrontEnd,
@@ -14,6 +15,7 @@ import {
 } from '@jupyterlab/apputils';
 import { PathExt } from '@jupyterlab/coreutils';
 import { DocumentRegistry } from '@jupyterlab/docregistry';
+import { IFileBrowserFactory } from '@jupyterlab/filebrowser';
 import {
   INotebookModel,
   INotebookTracker,
@@ -32,12 +34,14 @@ import {
   requestAPI
 } from './api';
 import { attributeErrors, FieldErrors, ISubmitValues, SubmitForm } from './form';
+import { graphTarget, openGraphEditor } from './graph';
 
 export namespace CommandIDs {
   export const submit = 'casare:submit-notebook';
   export const openDashboard = 'casare:open-dashboard';
   export const debug = 'casare:debug';
   export const resumeDebug = 'casare:resume-debug';
+  export const openGraphEditor = 'casare:open-graph-editor';
 }
 
 const CATEGORY = 'casare';
@@ -241,14 +245,15 @@ class ToolbarButtons
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'casare-nb:plugin',
   description:
-    'casare_nb: submit this notebook, open the casare dashboard, debug a failed job, resume from here.',
+    'casare_nb: submit this notebook, open the casare dashboard, debug a failed job, resume from here, open a notebook with the graph editor.',
   autoStart: true,
   requires: [INotebookTracker],
-  optional: [ICommandPalette],
+  optional: [ICommandPalette, IFileBrowserFactory],
   activate: (
     app: JupyterFrontEnd,
     tracker: INotebookTracker,
-    palette: ICommandPalette | null
+    palette: ICommandPalette | null,
+    browsers: IFileBrowserFactory | null
   ) => {
     const { commands } = app;
     const current = () => tracker.currentWidget;
@@ -333,9 +338,40 @@ const plugin: JupyterFrontEndPlugin<void> = {
       execute: () => resumeDebug(current())
     });
 
+    // args: {"path": Jupyter path} or {"origin": "filebrowser" | "tab"} (the notebook
+    // right-clicked); else the current notebook.
+    const graphPath = (args: { [key: string]: unknown }) =>
+      typeof args.path === 'string' && args.path
+        ? args.path
+        : graphTarget(app, tracker, browsers, args.origin);
+    commands.addCommand(CommandIDs.openGraphEditor, {
+      label: 'Open with graph editor',
+      caption:
+        'Open a console in the notebook\'s folder running GraphEditor("<notebook>")',
+      isEnabled: args => graphPath(args) !== null,
+      isVisible: args =>
+        args.origin === undefined || graphPath(args) !== null,
+      execute: args => openGraphEditor(app, tracker, graphPath(args))
+    });
+    if (browsers) {
+      app.contextMenu.addItem({
+        command: CommandIDs.openGraphEditor,
+        selector: '.jp-DirListing-item[data-file-type="notebook"]',
+        args: { origin: 'filebrowser' },
+        rank: 3
+      });
+    }
+    app.contextMenu.addItem({
+      command: CommandIDs.openGraphEditor,
+      selector: '.lm-DockPanel-tabBar .lm-TabBar-tab[data-type="document-title"]',
+      args: { origin: 'tab' },
+      rank: 10
+    });
+
     const refresh = () => {
       commands.notifyCommandChanged(CommandIDs.submit);
       commands.notifyCommandChanged(CommandIDs.resumeDebug);
+      commands.notifyCommandChanged(CommandIDs.openGraphEditor);
     };
     tracker.currentChanged.connect(refresh);
     tracker.widgetAdded.connect((_, panel) => {
@@ -351,7 +387,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
       for (const command of [
         CommandIDs.submit,
         CommandIDs.openDashboard,
-        CommandIDs.resumeDebug
+        CommandIDs.resumeDebug,
+        CommandIDs.openGraphEditor
       ]) {
         palette.addItem({ command, category: CATEGORY });
       }
