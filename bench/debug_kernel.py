@@ -61,7 +61,11 @@ def _port() -> int:
         return port
 
 
-def _jupyter(root: Path, home: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+def _jupyter(
+    root: Path, home: Path, app: str = "jupyter_server"
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """A Jupyter server (``app``: jupyter_server, or jupyterlab for the lab UI) on ``root``
+    with its own HOME; its process, URL and token once it answers."""
     port, token = _port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CASARE_", "JUPYTER_"))}
     env.update(
@@ -74,7 +78,7 @@ def _jupyter(root: Path, home: Path) -> tuple[subprocess.Popen[bytes], str, str]
         [
             sys.executable,
             "-m",
-            "jupyter_server",
+            app,
             "--no-browser",
             "--ip=127.0.0.1",
             f"--port={port}",

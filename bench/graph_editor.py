@@ -154,8 +154,8 @@ def main(quick: bool = False) -> dict[str, Any]:
         "notes": [
             f"{NODES} nodes, {edges} edges, {len(nb['cells'])} cells, notebook "
             f"{common.mb(len(text))}.",
-            "The browser's side of the first render (the view drawing the graph) is measured "
-            "by tests/test_browser_graph_view.py and quoted in docs/graph-editor.md.",
+            "The browser's side of the first render (the view drawing the graph) is "
+            "benchmark 13 (bench/graph_render.py).",
         ],
         "raw": figures,
     }

@@ -43,6 +43,7 @@ MODULES = [
     "history_aggregates",
     "debug_kernel",
     "graph_editor",
+    "graph_render",
 ]
 DOC = ROOT / "docs" / "benchmarks.md"
 OUT = ROOT / "bench" / "out"

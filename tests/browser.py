@@ -9,26 +9,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, sync_playwright
+
+from casare_nb.nodes.browser import CHROMIUM_ARGS, DEBIAN_CHROMIUM
 
 __all__ = [
     "CHROMIUM",
     "KERNEL_IDLE",
     "chromium",
+    "graph_node",
+    "graph_port",
     "open_notebook",
     "run_cell",
     "screenshot",
 ]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+CHROMIUM = DEBIAN_CHROMIUM
 KERNEL_IDLE = (
     "() => [...document.querySelectorAll('.jp-StatusBar-TextItem')]"
     ".some(e => /\\| Idle/.test(e.textContent))"
@@ -41,7 +37,7 @@ SCREENSHOTS_ENV = "CASARE_SCREENSHOTS"
 def chromium() -> Iterator[Browser]:
     """A headless Chromium, closed at the end."""
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
         try:
             yield browser
         finally:
@@ -76,3 +72,15 @@ def screenshot(page: Page, name: str, *, full: bool = False) -> Path | None:
     path = Path(folder) / f"{name}.png"
     page.screenshot(path=str(path), full_page=full)
     return path
+
+
+def graph_node(editor: Locator, node_id: str) -> Locator:
+    """A node of a graph editor's canvas."""
+    return editor.locator(f'.cnb-node[data-node="{node_id}"]')
+
+
+def graph_port(editor: Locator, node_id: str, port: str, direction: str) -> Locator:
+    """A port (``direction``: in or out) of a node of a graph editor's canvas."""
+    return editor.locator(
+        f'.cnb-port[data-node="{node_id}"][data-port="{port}"][data-dir="{direction}"]'
+    )

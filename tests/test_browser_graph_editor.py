@@ -13,6 +13,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from browser import chromium, open_notebook, run_cell, screenshot
+from browser import graph_node as _node
+from browser import graph_port as _port
 from jupyter_harness import JupyterServer, jupyter_server
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from playwright.sync_api import Browser, Locator, Page, expect
@@ -31,6 +33,10 @@ editor"""
 OPEN_HAND = """\
 hand = GraphEditor("workflows/hand.ipynb")
 hand"""
+OPEN_EXAMPLE = """\
+example = GraphEditor("workflows/scrape_report.ipynb")
+example"""
+EXAMPLE = Path(__file__).resolve().parent.parent / "workflows" / "scrape_report.ipynb"
 CSV = "product,price,stock\nTea,3.5,10\nCoffee,4.25,0\n"
 
 
@@ -39,7 +45,14 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("editor-root")
     (root / "workflows").mkdir()
     (root / "workflows" / "in.csv").write_text(CSV)
-    nb = new_notebook(cells=[new_code_cell(OPEN, id="open"), new_code_cell(OPEN_HAND, id="hand")])
+    nb = new_notebook(
+        cells=[
+            new_code_cell(OPEN, id="open"),
+            new_code_cell(OPEN_HAND, id="hand"),
+            new_code_cell(OPEN_EXAMPLE, id="example"),
+        ]
+    )
+    (root / "workflows" / "scrape_report.ipynb").write_bytes(EXAMPLE.read_bytes())
     nb.metadata["kernelspec"] = KERNELSPEC
     nbformat.write(nb, str(root / NOTEBOOK))
     hand = new_notebook(
@@ -74,16 +87,6 @@ def page(lab: JupyterServer) -> Iterator[Page]:
 @pytest.fixture
 def editor(page: Page) -> Locator:
     return page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".cnb-editor")
-
-
-def _node(editor: Locator, node_id: str) -> Locator:
-    return editor.locator(f'.cnb-node[data-node="{node_id}"]')
-
-
-def _port(editor: Locator, node_id: str, port: str, direction: str) -> Locator:
-    return editor.locator(
-        f'.cnb-port[data-node="{node_id}"][data-port="{port}"][data-dir="{direction}"]'
-    )
 
 
 def _has_class(name: str) -> re.Pattern[str]:
@@ -172,4 +175,19 @@ def test_a_notebook_written_by_hand_opens_with_its_cells_as_nodes(page: Page) ->
     for node_id in ("intro", "make", "add"):
         expect(_node(hand, node_id)).to_be_visible(timeout=SEEN_MS)
     expect(hand.locator('.cnb-edge[data-source="make"][data-target="add"]')).to_have_count(1)
-    screenshot(page, "graph-editor-hand")
+
+
+def test_the_example_opens_as_the_graph_it_was_built_as(page: Page) -> None:
+    """workflows/scrape_report.ipynb: every cell a node where it was placed, the browser
+    chain linked, no problem and no node taken for edited."""
+    run_cell(page, 2)
+    example = page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".cnb-editor")
+    nb = json.loads(EXAMPLE.read_text())
+    expect(example.locator(".cnb-node")).to_have_count(len(nb["cells"]) - 1, timeout=SEEN_MS)
+    edge = example.locator('.cnb-edge[data-source="open_site"][data-target="form_page"]')
+    expect(edge).to_have_count(1)
+    expect(example.locator(".cnb-node.cnb-problem")).to_have_count(0)
+    expect(example.locator(".cnb-node.cnb-edited")).to_have_count(0)
+    example.locator(".cnb-fit").click()
+    example.scroll_into_view_if_needed()
+    screenshot(page, "graph-editor-example")

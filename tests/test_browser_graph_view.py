@@ -16,6 +16,8 @@ from typing import Any
 import nbformat
 import pytest
 from browser import chromium, open_notebook, run_cell, screenshot
+from browser import graph_node as _node
+from browser import graph_port as _port
 from jupyter_harness import JupyterServer, jupyter_server
 from nbformat.v4 import new_code_cell, new_notebook
 from playwright.sync_api import Browser, Locator, Page, expect
@@ -181,16 +183,6 @@ def kernel(page: Page, root: Path) -> Kernel:
 @pytest.fixture
 def editor(page: Page) -> Locator:
     return page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".cnb-editor")
-
-
-def _node(editor: Locator, node_id: str) -> Locator:
-    return editor.locator(f'.cnb-node[data-node="{node_id}"]')
-
-
-def _port(editor: Locator, node_id: str, port: str, direction: str) -> Locator:
-    return editor.locator(
-        f'.cnb-port[data-node="{node_id}"][data-port="{port}"][data-dir="{direction}"]'
-    )
 
 
 def _nodes(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -369,7 +361,6 @@ def test_editing_fields_of_the_selected_node_updates_its_params(
     node = _nodes(state)["filter_1"]
     assert node["params"] == {"where": "True", "limit": 7, "mode": "any", "options": {"a": 1}}
     assert node["bind"] == {"where": "site"}
-    screenshot(page, "graph-editor-panel")
 
 
 def test_the_delete_key_removes_the_selected_node_and_its_edges(

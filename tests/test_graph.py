@@ -447,13 +447,25 @@ def test_a_node_of_a_missing_template_keeps_its_cell() -> None:
 
 
 def test_auto_layout_puts_each_node_right_of_what_feeds_it() -> None:
-    """Layout: a node's column is after every predecessor's; no two nodes share a place."""
+    """Layout: a node's column is after every predecessor's; no two nodes share a place; a
+    long chain wraps to a band below after 5 columns."""
     g = auto_layout(two_nodes(), CAT)
     a, b = g.nodes
     assert b.x > a.x
     g2 = Graph(nodes=[Node(id=f"n{i}", template=CODE_TEMPLATE, code="") for i in range(5)])
     placed = auto_layout(g2, CAT)
     assert len({(n.x, n.y) for n in placed.nodes}) == 5
+    chain = Graph(
+        nodes=[Node(id=f"c{i}", template=CODE_TEMPLATE, code="") for i in range(12)],
+        edges=[
+            Edge(source=f"c{i}", source_port="out", target=f"c{i + 1}", target_port="after")
+            for i in range(11)
+        ],
+    )
+    wrapped = auto_layout(chain, CAT).nodes
+    assert [n.x for n in wrapped[:5]] == sorted({n.x for n in wrapped})  # 5 columns, then
+    assert wrapped[5].x == wrapped[0].x and wrapped[5].y > wrapped[4].y  # the next band
+    assert wrapped[10].y > wrapped[5].y
 
 
 # --------------------------------------------------------------------------- properties
@@ -482,7 +494,7 @@ def graphs(draw: st.DrawFn) -> Graph:
     nodes: list[Node] = []
     for nid in ids:
         kind = draw(st.sampled_from([*names, "browser.open"]))
-        x, y = draw(st.integers(0, 2000)) / 2, draw(st.integers(0, 2000)) / 2
+        x, y = draw(st.integers(1, 2000)) / 2, draw(st.integers(1, 2000)) / 2  # placed
         if kind in (CODE_TEMPLATE, NOTE_TEMPLATE):
             nodes.append(Node(id=nid, template=kind, code=draw(st.sampled_from(CODES)), x=x, y=y))
             continue

@@ -908,8 +908,8 @@ def read_graph(nb: Mapping[str, Any], catalog: Catalog) -> Loaded:
         graph.edges = _inferred_edges(graph)
     loaded = Loaded(graph=graph, warnings=warnings)
     _mark_edits(loaded, catalog, meta_nodes, sources)
-    if not meta_nodes:
-        loaded.graph = auto_layout(graph, catalog)
+    if not any(n.x or n.y for n in graph.nodes if n.id in meta_nodes):
+        loaded.graph = auto_layout(graph, catalog)  # never placed: a plain or generated one
     else:  # cells added by hand to a graph: below the rest
         bottom = max((n.y for n in graph.nodes if n.id in meta_nodes), default=0.0)
         for n in graph.nodes:
@@ -1034,11 +1034,14 @@ def _inferred_edges(graph: Graph) -> list[Edge]:
 
 LAYER_DX = 260.0
 ROW_DY = 120.0
+WRAP = 5  # columns before a long graph wraps to the next band
+BAND_GAP = 60.0
 
 
 def auto_layout(graph: Graph, catalog: Catalog) -> Graph:
     """The graph with every node placed: a column per layer (longest path from a source),
-    rows ordered by where their predecessors sit. Nodes of a cycle go after the rest."""
+    rows ordered by where their predecessors sit; past WRAP columns the layers go on in a
+    band below (a long chain reads like lines of text). Nodes of a cycle go after the rest."""
     try:
         order = topological_order(graph)
     except GraphError:
@@ -1063,7 +1066,22 @@ def auto_layout(graph: Graph, catalog: Catalog) -> Graph:
 
         for r, nid in enumerate(sorted(members, key=key)):
             row[nid] = float(r)
-    placed = {nid: (40.0 + LAYER_DX * layer[nid], 40.0 + ROW_DY * row[nid]) for nid in order}
+    # a long chain wraps like text: WRAP columns per band, bands one under the other
+    bands: dict[int, float] = {}
+    for col, members in columns.items():
+        band = col // WRAP
+        bands[band] = max(bands.get(band, 0.0), float(len(members)))
+    top, offsets = 40.0, {}
+    for band in sorted(bands):
+        offsets[band] = top
+        top += ROW_DY * bands[band] + BAND_GAP
+    placed = {
+        nid: (
+            40.0 + LAYER_DX * (layer[nid] % WRAP),
+            offsets[layer[nid] // WRAP] + ROW_DY * row[nid],
+        )
+        for nid in order
+    }
     nodes = [n.model_copy(update={"x": placed[n.id][0], "y": placed[n.id][1]}) for n in graph.nodes]
     return graph.model_copy(update={"nodes": nodes})
 
