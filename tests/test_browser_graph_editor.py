@@ -1,7 +1,8 @@
 """The graph editor as an analyst uses it in a real JupyterLab (its own temporary HOME) with
 headless Chromium: add two nodes from the palette, connect them, set their parameters, save;
-the notebook on disk has the expected cells and runs; Run lights the nodes; a notebook
-edited by hand opens with its cells as nodes. The tests share one page and run in order."""
+the notebook on disk has the expected cells and runs; Run lights the nodes; a failed node
+is re-run from there; a notebook edited by hand opens with its cells as nodes. The tests
+share one page and run in order."""
 
 from __future__ import annotations
 
@@ -162,6 +163,22 @@ def test_two_nodes_added_connected_and_set_save_as_a_notebook_that_runs(
 def test_run_lights_every_node_as_its_cell_ends(page: Page, editor: Locator, root: Path) -> None:
     """Run (no orchestrator configured: a local run) lights each node ok, then says so."""
     editor.locator(".cnb-run").click()
+    for node_id in ("read_csv_1", "write_report_1"):
+        expect(_node(editor, node_id)).to_have_class(_has_class("cnb-status-ok"), timeout=RUN_MS)
+    expect(editor.locator(".cnb-message")).to_contain_text("completed", timeout=SEEN_MS)
+
+
+def test_a_failed_node_is_re_run_from_there_after_the_fix(page: Page, editor: Locator) -> None:
+    """A bad path fails Run at read_csv_1 (lit failed, its panel offers Re-run from here);
+    with the path fixed, Re-run from here completes and lights the nodes ok."""
+    _select(page, editor, "read_csv_1")
+    _set(editor, "path", "missing.csv")
+    editor.locator(".cnb-run").click()
+    failed = _node(editor, "read_csv_1")
+    expect(failed).to_have_class(_has_class("cnb-status-failed"), timeout=RUN_MS)
+    expect(editor.locator(".cnb-message")).to_contain_text("failed", timeout=SEEN_MS)
+    _set(editor, "path", "in.csv")
+    editor.locator(".cnb-panel .cnb-rerun").click()
     for node_id in ("read_csv_1", "write_report_1"):
         expect(_node(editor, node_id)).to_have_class(_has_class("cnb-status-ok"), timeout=RUN_MS)
     expect(editor.locator(".cnb-message")).to_contain_text("completed", timeout=SEEN_MS)

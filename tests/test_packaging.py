@@ -21,7 +21,7 @@ def test_the_wheel_ships_the_lab_extension_and_enables_the_server_extension(
 ) -> None:
     """share/jupyter/labextensions/casare-nb (package.json, remoteEntry) and
     etc/jupyter/jupyter_server_config.d/casare_nb.json are in the wheel's data, the
-    extension's assets in the package too."""
+    extension's assets in the package too, and the graph editor's front end and templates."""
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -56,3 +56,11 @@ def test_the_wheel_ships_the_lab_extension_and_enables_the_server_extension(
     assert f"{data}/data/etc/jupyter/jupyter_server_config.d/casare_nb.json" in names
     assert "casare_nb/labextension/package.json" in names
     assert "casare_nb/jupyter/handlers.py" in names
+    # the graph editor: its front end and the built-in node templates
+    assert {"casare_nb/widgets/graph_editor.js", "casare_nb/widgets/graph_editor.css"} <= names
+    shipped = {n for n in names if n.startswith("casare_nb/nodes/templates/")}
+    expected = {
+        f"casare_nb/{p.relative_to(ROOT / 'casare_nb').as_posix()}"
+        for p in (ROOT / "casare_nb" / "nodes" / "templates").rglob("*.yaml")
+    }
+    assert shipped == expected and len(expected) >= 27
