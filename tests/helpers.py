@@ -245,10 +245,12 @@ def served(
     pool_size: int = 1,
     work_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    checkpoints: bool = True,
 ) -> Iterator[ServiceThread]:
     """An orchestrator service on ``state`` serving ``workflows`` and one local robot with
     warm kernels, in a thread (fast heartbeats); stopped at the end. ``environ``: the
-    orchestrator's environment (webhook secrets)."""
+    orchestrator's environment (webhook secrets); ``checkpoints``: the robot's
+    ``job_execution.checkpoint_enabled``."""
     service = OrchestratorService(
         state,
         port=0,
@@ -262,6 +264,7 @@ def served(
         pool_size=pool_size,
         work_dir=work_dir or state.parent / robot_id,
         heartbeat_interval_s=0.5,
+        checkpoints=checkpoints,
     )
     with ServiceThread(service, robots=[robot]) as thread:
         yield thread

@@ -449,3 +449,20 @@ def test_resume_after_the_workflow_was_deleted_is_bad_input(tmp_path: Path) -> N
     assert "does not exist" in line
     assert [a.attempt for a in history(tmp_path).attempts(run_id)] == [1]
     assert not (state_dir(tmp_path) / "runs" / run_id / "2").exists()
+
+
+@pytest.mark.slow
+def test_run_without_checkpoints_writes_none_and_a_resume_replays_from_the_start(
+    tmp_path: Path,
+) -> None:
+    """`casare-nb run --no-checkpoints`: no manifest is written; its resume restores nothing
+    and replays every cell before the failed one."""
+    cells = ["a = 1", "b = a + 1", "assert b > limit"]
+    write_notebook(tmp_path / "wf.ipynb", cells, params="limit = 5")
+    failed = run_cli(tmp_path, "run", "wf.ipynb", "--no-checkpoints")
+    assert failed.returncode == 1, describe(failed)
+    assert list(tmp_path.rglob("checkpoints/*.json")) == []
+    run_id = resume_run_id(failed.stderr)
+    again = run_cli(tmp_path, "resume", run_id, "-p", "limit", "1")
+    assert again.returncode == 0, describe(again)
+    assert "replayed cells [1, 2, 3, 4] to rebuild state" in again.stdout + again.stderr

@@ -202,3 +202,23 @@ async def test_queue_survives_a_restart_but_secrets_must_be_given_again(tmp_path
         assert (await cluster.finished(secret_job.job_id)).status is RunStatus.COMPLETED
     finally:
         await cluster.close()
+
+
+def test_a_robot_with_checkpoints_disabled_takes_and_ships_none(tmp_path: Path) -> None:
+    """job_execution.checkpoint_enabled false (CASARE_CHECKPOINT_ENABLED=false): the job
+    completes, the robot writes no manifest and the orchestrator stores none."""
+    from helpers import served, write_notebook
+
+    workflows = tmp_path / "wf"
+    workflows.mkdir()
+    write_notebook(workflows / "two.ipynb", ["a = 1", "b = a + 1"])
+    with (
+        served(tmp_path / "state", workflows, "r1", checkpoints=False) as cluster,
+        cluster.client() as client,
+    ):
+        job = client.submit("two.ipynb", wait=True, timeout=120)
+        assert job.status is RunStatus.COMPLETED, job
+        assert [c.status for c in client.cells(job.job_id)] == ["ok", "ok"]
+    robot_manifests = list((tmp_path / "r1").rglob("checkpoints/*.json"))
+    stored = list((tmp_path / "state").rglob("checkpoints/*.json"))
+    assert robot_manifests == [] and stored == []

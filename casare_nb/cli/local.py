@@ -52,6 +52,13 @@ def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Path(file_okay=False, exists=True),
         help="Working directory of the kernel.",
     )(f)
+    f = click.option(
+        "--checkpoints/--no-checkpoints",
+        default=True,
+        show_default=True,
+        help="Checkpoint the namespace after every cell (without: a resume replays from the "
+        "start).",
+    )(f)
     f = click.option("-q", "--quiet", is_flag=True, help="No per-cell progress lines.")(f)
     return f
 
@@ -105,7 +112,9 @@ def _report(result: Any, started: float) -> None:
     sys.exit(EXIT_CANCELLED if result.status is RunStatus.CANCELLED else EXIT_FAILED)
 
 
-def _options(cell_timeout: float | None, run_timeout: float | None, max_output: int) -> Any:
+def _options(
+    cell_timeout: float | None, run_timeout: float | None, max_output: int, checkpoints: bool
+) -> Any:
     from casare_nb.notebook.executor import Options
 
     for name, value in (("--cell-timeout", cell_timeout), ("--timeout", run_timeout)):
@@ -113,7 +122,12 @@ def _options(cell_timeout: float | None, run_timeout: float | None, max_output: 
             fail(f"{name} must be a positive number of seconds, got {value:g}")
     if max_output <= 0:
         fail(f"--max-output must be a positive number of bytes, got {max_output}")
-    return Options(cell_timeout=cell_timeout, run_timeout=run_timeout, max_output_bytes=max_output)
+    return Options(
+        cell_timeout=cell_timeout,
+        run_timeout=run_timeout,
+        max_output_bytes=max_output,
+        checkpoint=checkpoints,
+    )
 
 
 def _precheck(notebook: str, typed: dict[str, Any], raw: dict[str, str], *, strict: bool) -> None:
@@ -131,7 +145,9 @@ def _engine_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
     return {
         "parameters": typed,
         "raw_parameters": raw,
-        "options": _options(opts["cell_timeout"], opts["run_timeout"], opts["max_output"]),
+        "options": _options(
+            opts["cell_timeout"], opts["run_timeout"], opts["max_output"], opts["checkpoints"]
+        ),
         "state_dir": opts["state_dir"],
         "strict": not opts["lenient"],
         "cwd": opts["cwd"],

@@ -87,7 +87,10 @@ class LocalRobot:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.pool = await KernelPool(size=self.pool_size, cwd=self.work_dir).start()
         self.runner = EngineRunner(
-            self.pool, self.work_dir, max_concurrent_jobs=self.config.robot.max_concurrent_jobs
+            self.pool,
+            self.work_dir,
+            max_concurrent_jobs=self.config.robot.max_concurrent_jobs,
+            checkpoints=self.config.job_execution.checkpoint_enabled,
         )
         self.agent = RobotAgent(self.config, runner=self.runner, metrics=self._metrics)
         self.task = asyncio.create_task(self.agent.run(), name=f"robot-{self.robot_id}")
@@ -150,6 +153,7 @@ def local_robot(
     environment: str | None = None,
     max_concurrent_jobs: int = 1,
     heartbeat_interval_s: float | None = None,
+    checkpoints: bool = True,
 ) -> Callable[[Enrolment], Coroutine[Any, Any, LocalRobot]]:
     """A factory for :class:`~casare_nb.service_thread.ServiceThread`: given the
     orchestrator, it takes a fresh token named ``robot_id`` and starts a robot online."""
@@ -167,6 +171,7 @@ def local_robot(
                 "environment": environment,
                 "max_concurrent_jobs": max_concurrent_jobs,
                 "heartbeat_interval_s": heartbeat_interval_s,
+                "checkpoint_enabled": checkpoints,
             },
         )
         robot = LocalRobot(config, pool_size=pool_size, work_dir=work_dir)

@@ -212,9 +212,17 @@ class EngineRunner:
     """
 
     def __init__(
-        self, pool: KernelPool, work_dir: str | Path, *, max_concurrent_jobs: int | None = None
+        self,
+        pool: KernelPool,
+        work_dir: str | Path,
+        *,
+        max_concurrent_jobs: int | None = None,
+        checkpoints: bool = True,
     ) -> None:
         self.pool = pool
+        self.checkpoints = checkpoints
+        """False (``job_execution.checkpoint_enabled``): no namespace checkpoints are taken,
+        so none is shipped; a re-run then starts from the beginning."""
         self.work_dir = Path(work_dir)
         self.state = StateDir(self.work_dir / "state")
         self.max_concurrent_jobs = max_concurrent_jobs or pool.size
@@ -354,6 +362,7 @@ class EngineRunner:
             save_each_cell=False,
             save_output=False,
             start_at=msg.start_at,
+            checkpoint=self.checkpoints,
         )
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.state.ensure_writable()
