@@ -156,7 +156,8 @@ async def test_robot_killed_after_a_cell_before_reporting_more(
     )
     await fleet.robot("robot-a")
     job = await fleet.orch.submit(nb)
-    await fleet.until(lambda: fleet.procs["robot-a"].poll() is not None)
+    # the process itself: its death may change nothing more on the orchestrator to wake on
+    await asyncio.to_thread(fleet.procs["robot-a"].wait, RUN_TIMEOUT)
     await fleet.robot("robot-b")
     done = await fleet.finished(job.job_id)
     assert (done.status, done.robot_id) == (RunStatus.COMPLETED, "robot-b")

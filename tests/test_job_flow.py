@@ -279,3 +279,29 @@ async def test_job_whose_workflow_vanished_fails_clearly(cluster: Cluster, tmp_p
     done = await cluster.finished(job.job_id)
     assert (done.status, done.error_name) == (RunStatus.FAILED, "WorkflowError")
     assert "gone.ipynb" in (done.error_message or "")
+
+
+async def test_a_robot_lost_without_a_close_frame_loses_its_job_at_once(tmp_path: Path) -> None:
+    """A robot's connection that ends with no close frame (its process died, a reset) has
+    its running job requeued at once; one that closes cleanly keeps its job for the
+    reconnect grace (60 s here)."""
+    from casare_nb.orchestrator.orchestrator import Orchestrator
+
+    nb = notebook(tmp_path, "held.ipynb", ["x = 1"])
+    async with Orchestrator(tmp_path / "state", port=0, reconnect_grace_s=60) as orch:
+        jobs = {}
+        for robot_id in ("clean", "lost"):
+            async with fake_robot(orch, robot_id) as ws:
+                job = await orch.submit(nb)
+                assign = decode(await ws.recv())
+                assert isinstance(assign, JobAssign)
+                await ws.send(encode(JobAccept(job_id=assign.job_id, attempt=assign.attempt)))
+                await orch.wait_for(lambda j=job: bool(orch.job(j.job_id).accepted_at))  # type: ignore[union-attr]
+                jobs[robot_id] = job.job_id
+                if robot_id == "lost":
+                    ws.transport.abort()  # the socket goes, no close frame
+        lost = jobs["lost"]
+        await orch.wait_for(lambda: orch.job(lost).status is RunStatus.QUEUED)  # type: ignore[union-attr]
+        clean = orch.job(jobs["clean"])
+        assert clean is not None and clean.status is RunStatus.RUNNING
+        assert clean.robot_id == "clean"

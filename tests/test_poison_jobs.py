@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cluster import Cluster, fake_robot, notebook
+from cluster import RUN_TIMEOUT, Cluster, fake_robot, notebook
 
 from casare_nb.core.models import Job, Priority, ResumePlan, RunStatus
 from casare_nb.orchestrator.jobs.attempts import poison_message
@@ -87,6 +87,8 @@ async def test_job_that_kills_its_robot_is_dead_and_the_queue_moves_on(
                 cluster.until(lambda: cluster.job(job.job_id).status.finished)
             )
             done, _ = await asyncio.wait({exited, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if exited not in done:  # the loss may be seen before the process is reaped
+                done, _ = await asyncio.wait({exited}, timeout=RUN_TIMEOUT)
             if exited in done:
                 ended.cancel()
                 assert proc.returncode == -signal.SIGKILL, (tmp_path / "robot-p.log").read_text()

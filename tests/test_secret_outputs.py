@@ -98,3 +98,22 @@ def test_scrubber_catches_escaped_forms() -> None:
     scrubber = Scrubber([secret])
     for form in (secret, repr(secret)[1:-1], json.dumps(secret)[1:-1], html.escape(secret)):
         assert scrubber.text(f"[{form}]") == "[***]", form
+
+
+async def test_outputs_told_to_hooks_as_they_come_are_scrubbed(ws: Workspace) -> None:
+    """RunHooks.cell_output (papermill's --log-output, --stdout-file, autosave) gets every
+    output as it arrives with the secret already replaced by ***."""
+    from casare_nb.notebook.hooks import RunHooks
+
+    seen: list[str] = []
+
+    class Tap(RunHooks):
+        def cell_output(self, index: int, output: Any) -> None:
+            seen.append(json.dumps(output))
+
+    nb = ws.notebook([*CELLS, "print('printed', key)"], params=PARAMS)
+    result = await ws.run(nb, {"key": SECRET}, hooks=Tap())
+    assert result.status is RunStatus.COMPLETED, result.error_message
+    assert len(seen) >= len(CELLS) + 1
+    assert leaks("".join(seen).encode()) == []
+    assert any("printed ***" in s for s in seen)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -92,8 +92,8 @@ def executes(cell: NotebookNode) -> bool:
 
 
 class _Client(NotebookClient):  # type: ignore[misc]
-    """nbclient with an output cap per cell (:class:`OutputBudget`) and the execute reply
-    kept."""
+    """nbclient with an output cap per cell (:class:`OutputBudget`), the execute reply kept,
+    and each output shown to ``on_output`` as it arrives."""
 
     max_output_bytes: int = 1_000_000
     scrubber: Scrubber = Scrubber(())
@@ -104,6 +104,7 @@ class _Client(NotebookClient):  # type: ignore[misc]
         self.truncated: set[int] = set()
         self.last_reply: dict[str, Any] | None = None
         self.on_cell_executed = self._keep_reply
+        self.on_output: Callable[[int, NotebookNode], None] | None = None
 
     def _keep_reply(self, **kw: Any) -> None:
         self.last_reply = kw.get("execute_reply")
@@ -119,6 +120,8 @@ class _Client(NotebookClient):  # type: ignore[misc]
         out: NotebookNode | None = super().output(outs, msg, display_id, cell_index)
         if out is None or not outs or outs[-1] is not out:
             return out  # nothing appended (an output widget took it)
+        if self.on_output is not None:
+            self.on_output(cell_index, out)
         budget = self.budgets.get(cell_index)
         if budget is None:
             budget = self.budgets[cell_index] = OutputBudget(self.max_output_bytes)
@@ -432,12 +435,22 @@ class Executor:
         self.client.kc = session.kc
         self.client.max_output_bytes = self.options.max_output_bytes
         self.client.scrubber = self.scrubber
+        self.client.on_output = self._output
         self.checkpointing = self.options.checkpoint and session.is_python
         self.cells_done = 0
         self.kernel_gone = False
         self.secret_source = ""
         self._setup: list[str] = []  # control code prepare() leaves to the next call
         self._start_at = self.options.start_at
+
+    def _output(self, index: int, output: NotebookNode) -> None:
+        """Tell the hooks of an output as it arrives (a scrubbed copy if there are secrets;
+        the cell's own outputs are scrubbed when it ends)."""
+        if self.scrubber:
+            holder = nbformat_node({"outputs": [output]})  # from_dict copies
+            scrub_outputs(holder, self.scrubber)
+            output = holder.outputs[0]
+        self.hooks.cell_output(index, output)
 
     # ------------------------------------------------------------------ set-up
 

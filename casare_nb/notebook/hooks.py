@@ -14,6 +14,11 @@ Each method does nothing unless overridden, and may be a coroutine. :class:`Hook
 sequence of them in order (nbclient's ``run_hook``): the local history, the CLI's progress
 lines, papermill's progress bar and a robot's ``job_progress`` messages are each one
 :class:`RunHooks`. An exception in a hook stops the run like any other error.
+
+While a cell runs (between 3 and 4), :meth:`~RunHooks.cell_output` is told of each of its
+outputs as it arrives (papermill's ``--log-output``, ``--stdout-file``, mid-cell autosave).
+nbclient handles kernel messages without awaiting, so that one is called synchronously and
+must not be a coroutine.
 """
 
 from __future__ import annotations
@@ -50,6 +55,11 @@ class RunHooks:
         ``metadata.casare``, secrets scrubbed)."""
         return None
 
+    def cell_output(self, index: int, output: NotebookNode) -> None:
+        """Cell ``index`` put out ``output`` (a stream, display, result or error; secrets
+        scrubbed), as it came, before the output limit cuts it. Synchronous: do not block."""
+        return None
+
     def run_finished(self, run: RunRecord) -> Awaitable[None] | None:
         """The attempt ended (``run.status``, its error) and its output notebook is written."""
         return None
@@ -83,6 +93,10 @@ class Hooks:
     ) -> None:
         for hook in self.hooks:
             await _run(hook.cell_finished(record, cell, position, total))
+
+    def cell_output(self, index: int, output: NotebookNode) -> None:
+        for hook in self.hooks:
+            hook.cell_output(index, output)
 
     async def run_finished(self, run: RunRecord) -> None:
         for hook in self.hooks:

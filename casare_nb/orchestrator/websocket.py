@@ -23,7 +23,8 @@ offline: reconnect and register again); 1013 the peer reads too slowly; 1001 the
 orchestrator stops.
 
 A robot that disconnects or misses its heartbeats has its running jobs requeued (by the job
-manager, after a grace for a disconnect). A ``heartbeat_ack`` is sent once the job manager's
+manager: after a grace for a clean close, at once for missed heartbeats or a connection
+lost without a close frame). A ``heartbeat_ack`` is sent once the job manager's
 durable mark taken at the heartbeat is reached: everything the robot's earlier messages
 produced is written.
 
@@ -344,27 +345,32 @@ class WebSocketService:
         writer = asyncio.create_task(peer.write(), name=f"orchestrator-writer-{peer.session}")
         self._peers.add(peer)
         self._changed()
+        lost = False
         try:
             async for frame in connection:
                 if not self._on_frame(peer, frame):
                     break
-        except ConnectionClosed:
-            pass
+        except ConnectionClosed as exc:
+            # no close frame: the robot's process died or the connection was reset
+            lost = exc.rcvd is None
         finally:
             self._peers.discard(peer)
-            self._forget(peer)
+            self._forget(peer, lost=lost)
             peer.close(CloseCode.NORMAL_CLOSURE)
             await writer
 
-    def _forget(self, peer: _Peer) -> None:
-        """The connection ended: its robot goes offline at once."""
+    def _forget(self, peer: _Peer, *, lost: bool = False) -> None:
+        """The connection ended: its robot goes offline at once. Its jobs wait
+        ``reconnect_grace_s`` for it after a clean close; after a connection ``lost`` (no
+        close frame: the process died, a TCP reset) they are requeued to resume at once; a
+        robot that comes back late finds its attempts superseded."""
         if peer.role is Role.ROBOT and peer.robot_id is not None:
             if self._robot_peers.get(peer.robot_id) is peer:
                 del self._robot_peers[peer.robot_id]
             robot = self.registry.disconnect(peer.robot_id, now=self._clock(), session=peer.session)
             if robot is not None:
                 self._robot_offline(robot, "disconnected")
-                self.job_manager.robot_gone(robot.robot_id)
+                self.job_manager.robot_gone(robot.robot_id, grace=not lost)
         self._changed()
 
     # -- messages ------------------------------------------------------------------------
