@@ -5,13 +5,16 @@ this process; robots are ``casare-nb robot`` processes. A job's first cell build
 its second waits; once the first cell's checkpoint is stored on the orchestrator, robot A is
 SIGKILLed. Measured from the kill:
 
-- **requeued**: the orchestrator put the job back in the queue (after the reconnect grace);
+- **requeued**: the orchestrator put the job back in the queue (at once: the connection
+  ended without a close frame, so the robot is gone; a clean close would wait the
+  reconnect grace for it to come back);
 - **accepted**: robot B accepted attempt 2 (the resume spec and the blobs it needs sent);
 - **resumed**: robot B finished the first cell of attempt 2 — the namespace restored from
   the checkpoint, so the job is running again where it was.
 
 Each repetition starts a new robot A; robot B stays (its warm kernel is replaced after each
-job). The anchor is the grace time itself: everything after it is the failover's own cost.
+job). The anchor is the reconnect grace a clean disconnect gets (5 s), which the kill
+used to wait out: everything measured is the failover's own cost.
 
     .venv/bin/python -m bench.failover [--quick]
 """
@@ -33,7 +36,7 @@ from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.protocol import CellEvent, EventData, EventKind, JobEvent
 
 COMMAND = ".venv/bin/python -m bench.failover"
-TARGET_S = 10.0
+TARGET_S = 3.0
 START_TIMEOUT_S = 60.0
 
 
@@ -196,7 +199,11 @@ def main(quick: bool = False) -> dict[str, Any]:
     med = {key: nbs.median([r[key] for r in runs]) for key in runs[0]}
     grace = med["grace_s"]
     rows = [
-        ["job back in the queue", common.sec(med["requeued_s"]), "the reconnect grace"],
+        [
+            "job back in the queue",
+            common.sec(med["requeued_s"]),
+            "connection lost (no close frame): at once",
+        ],
         ["attempt 2 accepted by robot B", common.sec(med["accepted_s"]), "resume planned, sent"],
         [
             "first cell of attempt 2 done (resumed)",
@@ -204,9 +211,9 @@ def main(quick: bool = False) -> dict[str, Any]:
             "blobs fetched, namespace restored, cell run",
         ],
         [
-            "failover cost beyond the grace",
-            common.sec(med["resumed_s"] - grace),
-            f"resumed - grace ({grace:g} s)",
+            "anchor: the reconnect grace a clean disconnect waits",
+            common.sec(grace),
+            common.ratio(med["resumed_s"] / grace) + " of it",
         ],
     ]
     met = med["resumed_s"] <= TARGET_S
@@ -220,7 +227,7 @@ def main(quick: bool = False) -> dict[str, Any]:
         "targets": [
             common.target(
                 f"dead robot -> its job running again, resumed, on another robot <= {TARGET_S:g} s",
-                f"{med['resumed_s']:.2f} s (grace {grace:g} s + {med['resumed_s'] - grace:.2f} s)",
+                f"{med['resumed_s']:.2f} s",
                 met,
             )
         ],
@@ -229,14 +236,16 @@ def main(quick: bool = False) -> dict[str, Any]:
             f"reconnect grace {grace:g} s); robots are `casare-nb robot` processes (warm pool "
             "of 1 kernel, checkpoints on). Robot A is SIGKILLed while cell 2 runs, once cell "
             "1's checkpoint (a 100,000-int list) is stored on the orchestrator.",
-            "The grace is the time a robot whose connection dropped has to come back for its "
-            "jobs (a network blip must not restart work); lower it with "
-            "`Orchestrator(reconnect_grace_s=...)` for faster failover.",
+            "The grace is the time a robot that closed its connection cleanly has to come back "
+            "for its jobs. A connection that ends without a close frame (the process died, a "
+            "TCP reset) or missed heartbeats start the resume at once; a robot that comes back "
+            "late finds its attempt superseded. Before this, a kill waited the 5 s grace: "
+            "5.13 s from kill to resumed.",
         ],
         "findings": [
             f"A SIGKILLed robot's job ran again, resumed from its checkpoint, on another "
-            f"robot {med['resumed_s']:.2f} s after the kill (median of {len(runs)}; "
-            f"{grace:g} s of it is the reconnect grace) (benchmark 7)."
+            f"robot {med['resumed_s']:.2f} s after the kill (median of {len(runs)}; the "
+            "connection's loss without a close frame starts the resume at once) (benchmark 7)."
         ],
         "raw": {"runs": runs, "medians": med},
     }
