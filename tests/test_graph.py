@@ -561,11 +561,17 @@ def test_every_rendered_cell_of_a_random_graph_parses_as_python(g: Graph) -> Non
     """Whatever the params and the gates, each code cell is Python (top-level await ok)."""
     import ast
 
+    wrong = []
     for cell in compile_graph(g, CAT)["cells"]:
-        if cell["cell_type"] == "code":
+        if cell["cell_type"] != "code":
+            continue
+        try:
             compile(
                 cell["source"],
                 "<cell>",
                 "exec",
                 flags=ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
             )
+        except SyntaxError as exc:
+            wrong.append((cell["id"], exc.msg))
+    assert wrong == []
