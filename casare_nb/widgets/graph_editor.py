@@ -191,7 +191,7 @@ class _Run(threading.Thread):
         if self.rerun_of is not None:
             job = client.rerun(self.rerun_of, from_failed=True, wait=True, on_event=on_event)
         else:
-            workflow = _workflow_path(self.editor.session.path, client)
+            workflow = _workflow_path(self.editor.session.path, client, self.editor._state_dir)
             job = client.submit(workflow, wait=True, on_event=on_event)
         self.ref = job.job_id
         ok = str(job.status) == "completed"
@@ -228,9 +228,12 @@ class _Lights(RunHooks):
         self.run.cell(record.cell_id, str(record.status))
 
 
-def _workflow_path(path: Path, client: Client) -> str:
-    """``path`` as the orchestrator names it (relative to its workflows folder)."""
-    info = read_runtime_file(runtime_file_path())
+def _workflow_path(
+    path: Path, client: Client, state_dir: str | os.PathLike[str] | None = None
+) -> str:
+    """``path`` as the orchestrator names it: relative to the workflows folder its runtime
+    file (in ``state_dir``) names, else the longest of its workflows that ends the path."""
+    info = read_runtime_file(runtime_file_path(state_dir))
     absolute = path.resolve()
     if info is not None:
         with contextlib.suppress(ValueError):
