@@ -8,7 +8,8 @@ orchestrator and the robots then each get a core).
 The conversation is one JSON object a line:
 
 - stdin, first line: the setup, ``{"url", "mode", "robots": [{"robot_id", "token"}],
-  "capacity", "pool_size", "work", "report"}``. ``mode`` is ``engine`` (a
+  "capacity", "pool_size", "work", "report", "zygote"}`` (``zygote``: fork the kernels from a
+  zygote; default: ``CASARE_KERNEL_ZYGOTE``, on). ``mode`` is ``engine`` (a
   :class:`~casare_nb.robot.runner.EngineRunner` on a warm
   :class:`~casare_nb.notebook.pool.KernelPool`, checkpoints on: the real robot) or ``noop``
   (:class:`NoopRunner`: accepts every job and completes it at once).
@@ -203,7 +204,9 @@ async def main() -> int:
         if mode == "engine":
             folder = work / robot_id
             folder.mkdir(parents=True, exist_ok=True)
-            pool = await KernelPool(size=int(setup.get("pool_size", 1)), cwd=folder).start()
+            pool = await KernelPool(
+                size=int(setup.get("pool_size", 1)), cwd=folder, zygote=setup.get("zygote")
+            ).start()
             pools.append(pool)
             engine = EngineRunner(pool, folder, max_concurrent_jobs=capacity)
             runner = ObservedEngine(robot_id, engine, tally)

@@ -44,6 +44,7 @@ MODULES = [
     "debug_kernel",
     "graph_editor",
     "graph_render",
+    "floor",
 ]
 DOC = ROOT / "docs" / "benchmarks.md"
 OUT = ROOT / "bench" / "out"
@@ -188,6 +189,9 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], quick: bool, too
             continue
         out += table(r["columns"], r["rows"])
         out.append("")
+        for extra in r.get("extra_tables", []):
+            out += table(extra["columns"], extra["rows"])
+            out.append("")
         if r.get("targets"):
             out += table(
                 ["target", "measured", "verdict"],

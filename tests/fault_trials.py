@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import nbformat
+from helpers import KILL_ROBOT_CODE
 from nbformat.v4 import new_code_cell, new_notebook
 
 from casare_nb import Client
@@ -101,7 +102,7 @@ class Fleet:
         workflow(self.base / "workflows" / "ok.ipynb", ["x = 1"])
         workflow(
             self.base / "workflows" / "poison.ipynb",
-            ["import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"],
+            [KILL_ROBOT_CODE],
         )
 
     # -- processes ---------------------------------------------------------------------

@@ -268,3 +268,13 @@ def served(
     )
     with ServiceThread(service, robots=[robot]) as thread:
         yield thread
+
+
+KILL_ROBOT_CODE = (
+    "import os, signal, psutil\n"
+    "_robot = psutil.Process().parent()  # the zygote that forked this kernel, or the robot\n"
+    "while 'zygote_main' in ' '.join(_robot.cmdline()):\n"
+    "    _robot = _robot.parent()\n"
+    "os.kill(_robot.pid, signal.SIGKILL)"
+)
+"""A cell that SIGKILLs the robot process running its kernel."""

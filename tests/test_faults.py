@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from cluster import RUN_TIMEOUT, Orchestrated, counted, notebook, waiting_cell
+from helpers import KILL_ROBOT_CODE
 
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.models import RunStatus
@@ -144,10 +145,8 @@ async def test_robot_killed_after_a_cell_before_reporting_more(
     """The kernel SIGKILLs its robot right after a cell ended (before anything more is sent):
     the job completes elsewhere; each cell recorded once per attempt."""
     ran = tmp_path / "ran.log"
-    kill_a = (
-        "import os, signal\n"
-        "if os.path.basename(os.getcwd()) == 'robot-a':\n"
-        "    os.kill(os.getppid(), signal.SIGKILL)"
+    kill_a = "import os\nif os.path.basename(os.getcwd()) == 'robot-a':\n" + "\n".join(
+        "    " + line for line in KILL_ROBOT_CODE.splitlines()
     )
     nb = notebook(
         tmp_path,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster import RUN_TIMEOUT, Cluster, fake_robot, notebook
+from helpers import KILL_ROBOT_CODE
 
 from casare_nb.core.models import Job, Priority, ResumePlan, RunStatus
 from casare_nb.orchestrator.jobs.attempts import poison_message
@@ -21,7 +22,7 @@ from casare_nb.orchestrator.jobs.book import Attempt, LostCell
 from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.protocol import JobAccept, JobAssign, decode, encode
 
-POISON = "import os; os.kill(os.getppid(), 9)"  # the kernel SIGKILLs its robot
+POISON = KILL_ROBOT_CODE  # the kernel SIGKILLs its robot
 
 
 @contextlib.asynccontextmanager
@@ -99,7 +100,8 @@ async def test_job_that_kills_its_robot_is_dead_and_the_queue_moves_on(
     dead = cluster.job(job.job_id)
     assert (dead.status, dead.error_name) == (RunStatus.DEAD, "PoisonJob")
     assert (dead.robot_losses, dead.failures, dead.attempt) == (3, 0, 3)
-    assert dead.error_message == f"robot lost 3 times while running cell 1 (`{POISON}`)"
+    first_line = POISON.splitlines()[0]
+    assert dead.error_message == f"robot lost 3 times while running cell 1 (`{first_line}`)"
     assert dead.failed_cell == 1
     # the queue moved on: a robot (not killed any more) runs the jobs behind it
     async with robot_process(cluster.orch, token, "robot-p", tmp_path):

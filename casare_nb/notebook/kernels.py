@@ -15,11 +15,14 @@ import json
 import os
 import queue
 import tempfile
+import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
+
+from casare_nb.notebook.zygote import Zygote, ZygoteProvisioner
 
 _RESULT_EXPR = "__import__('sys').modules['__casare__'].result"
 
@@ -69,12 +72,23 @@ class KernelSession:
         *,
         cwd: str | os.PathLike[str] | None = None,
         startup_timeout: float = 60,
+        zygote: Zygote | None = None,
     ) -> KernelSession:
-        """Start a kernel over IPC sockets and wait until it answers."""
+        """Start a kernel over IPC sockets and wait until it answers; forked from
+        ``zygote`` when it serves the kernelspec."""
         sockdir = tempfile.mkdtemp(prefix="casare-k-")
         km = AsyncKernelManager(kernel_name=kernel_name, transport="ipc", ip=f"{sockdir}/k")
+        if zygote is not None:
+            km.kernel_id = str(uuid.uuid4())
+            provisioner = ZygoteProvisioner(
+                kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km
+            )
+            provisioner.zygote = zygote
+            provisioner.wait_ready_s = startup_timeout
+            km.provisioner = provisioner
         await km.start_kernel(cwd=str(cwd) if cwd else None)
         try:
+            await _sockets_bound(km, startup_timeout)
             return await cls.attach(km, cwd=cwd, startup_timeout=startup_timeout)
         except BaseException:
             await km.shutdown_kernel(now=True)
@@ -96,9 +110,7 @@ class KernelSession:
         # no heartbeat thread: the client asks its manager whether the process lives
         kc.start_channels(hb=False)
         try:
-            await kc.wait_for_ready(timeout=startup_timeout)
-            msg_id = kc.kernel_info()
-            reply = await _reply(kc, msg_id, startup_timeout)
+            reply = await _wait_ready(kc, startup_timeout)
         except BaseException:
             kc.stop_channels()
             raise
@@ -204,6 +216,64 @@ def casare_code(function: str, *args: Any) -> str:
     """The code calling a function of the kernel-side module with literal arguments."""
     arglist = ", ".join(repr(a) for a in args)
     return f"__import__('sys').modules['__casare__'].{function}({arglist})"
+
+
+async def _sockets_bound(km: AsyncKernelManager, timeout: float) -> None:
+    """Wait until a kernel started over IPC has bound its sockets (their files exist).
+
+    A client that connects earlier is refused and retries on zmq's 100 ms reconnect timer,
+    which is longer than a forked kernel's whole start."""
+    ports = (km.shell_port, km.iopub_port, km.stdin_port, km.control_port, km.hb_port)
+    paths = [Path(f"{km.ip}-{port}") for port in ports]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not all(path.exists() for path in paths):
+        if not await km.is_alive():
+            raise KernelCallError("kernel died before binding its sockets")
+        if loop.time() >= deadline:  # jupyter_client's words, which papermill users know
+            raise RuntimeError(f"Kernel didn't respond in {timeout:g} seconds")
+        await asyncio.sleep(0.004)
+
+
+async def _wait_ready(kc: Any, timeout: float) -> dict[str, Any]:
+    """The kernel's ``kernel_info_reply``, once its shell answers and its IOPub reaches us.
+
+    As jupyter_client's ``wait_for_ready`` does, without its final 200 ms of listening for
+    more IOPub messages: the kernel's ``idle`` status for our request is the proof that IOPub
+    is connected (a subscription joins late, so the request is sent again until it is seen).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        msg_id = kc.kernel_info()
+        try:
+            reply = await _reply(kc, msg_id, max(0.0, min(deadline - loop.time(), 1.0)))
+        except TimeoutError:
+            reply = None
+        if reply is not None and await _iopub_idle(kc, msg_id, min(0.05, deadline - loop.time())):
+            return reply
+        if not await kc.is_alive():
+            raise KernelCallError("kernel died before replying to kernel_info")
+        if loop.time() >= deadline:
+            raise RuntimeError(f"Kernel didn't respond in {timeout:g} seconds")
+
+
+async def _iopub_idle(kc: Any, msg_id: str, timeout: float) -> bool:
+    """Whether the ``idle`` status of request ``msg_id`` arrives on IOPub within ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (left := deadline - loop.time()) > 0:
+        try:
+            msg = await kc.get_iopub_msg(timeout=left)
+        except queue.Empty:
+            return False
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "status"
+            and msg["content"].get("execution_state") == "idle"
+        ):
+            return True
+    return False
 
 
 async def _reply(kc: Any, msg_id: str, timeout: float) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 
+from casare_nb.notebook import zygote as zygotes
 from casare_nb.notebook.kernels import KernelSession
 
 
@@ -36,6 +37,8 @@ class KernelPool:
         size: int = 2,
         cwd: str | os.PathLike[str] | None = None,
         startup_timeout: float = 60,
+        zygote: bool | None = None,
+        preload: list[str] | tuple[str, ...] = (),
     ) -> None:
         if size < 1:
             raise ValueError(f"a kernel pool needs a size of at least 1, got {size}")
@@ -49,6 +52,10 @@ class KernelPool:
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
         self.last_error: BaseException | None = None
+        # fork kernels from this process's zygote (default: CASARE_KERNEL_ZYGOTE, on)
+        self.use_zygote = zygotes.enabled() if zygote is None else zygote
+        self.preload = tuple(preload)
+        self.zygote: zygotes.Zygote | None = None
 
     @property
     def ready(self) -> int:
@@ -57,6 +64,8 @@ class KernelPool:
 
     async def start(self) -> KernelPool:
         """Fill the pool and wait until every kernel is ready."""
+        if self.use_zygote and self.zygote is None:
+            self.zygote = zygotes.shared_zygote(self.preload, start=True)
         for _ in range(self.size - self.ready - len(self._starting)):
             self._refill()
         await self.wait_full()
@@ -105,7 +114,7 @@ class KernelPool:
 
     async def _new(self, kernel_name: str) -> KernelSession:
         session = await KernelSession.start(
-            kernel_name, cwd=self.cwd, startup_timeout=self.startup_timeout
+            kernel_name, cwd=self.cwd, startup_timeout=self.startup_timeout, zygote=self.zygote
         )
         self.stats.started += 1
         try:

@@ -85,7 +85,12 @@ class LocalRobot:
         With ``wait_online`` (seconds), return once registered; raise what stopped the agent
         or TimeoutError."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.pool = await KernelPool(size=self.pool_size, cwd=self.work_dir).start()
+        self.pool = await KernelPool(
+            size=self.pool_size,
+            cwd=self.work_dir,
+            zygote=self.config.robot.kernel_zygote,
+            preload=self.config.robot.kernel_preload,
+        ).start()
         self.runner = EngineRunner(
             self.pool,
             self.work_dir,
