@@ -268,3 +268,26 @@ def test_robot_config_takes_the_zygote_switch_and_preloads(
     with pytest.raises(ConfigError, match="kernel_preload") as caught:
         load_config()
     assert "\n" not in str(caught.value)
+
+
+async def test_a_kernelspec_with_more_options_is_forked_with_them(
+    zygote: Zygote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Options after `-f FILE` in the kernelspec reach the forked kernel's configuration."""
+    spec = tmp_path / "jupyter" / "kernels" / "nohist"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    argv.append("--HistoryManager.enabled=False")
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "nohist", "language": "python"})
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    session = await KernelSession.start("nohist", zygote=zygote)
+    try:
+        got = await value(
+            session,
+            "[__import__('os').getppid(), get_ipython().history_manager.enabled]",
+        )
+        assert got == [zygote.pid, False]
+    finally:
+        await session.shutdown()

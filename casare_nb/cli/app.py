@@ -33,6 +33,11 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point: every user error becomes one line on stderr and exit code 2."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] in (["run"], ["resume"]) and not {"--help", "-h"} & set(argv):
+        from casare_nb.notebook import early  # the kernel boots while the command imports
+
+        early.launch()
     try:
         app.main(args=args, prog_name="casare-nb", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -14,14 +14,19 @@ import contextlib
 import json
 import os
 import queue
+import subprocess
 import tempfile
 import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
+from casare_nb.notebook import early as early_kernels
 from casare_nb.notebook.zygote import Zygote, ZygoteProvisioner
 
 _RESULT_EXPR = "__import__('sys').modules['__casare__'].result"
@@ -35,14 +40,23 @@ def _kernel_side_source() -> str:
     return resources.files("casare_nb.notebook").joinpath("kernel_side.py").read_text("utf-8")
 
 
+def _kernel_side_file() -> str | None:
+    """The kernel-side module's file, when the package is installed as files."""
+    path = Path(str(resources.files("casare_nb.notebook").joinpath("kernel_side.py")))
+    return str(path) if path.is_file() else None
+
+
 def _preload_code() -> str:
-    """Code that executes the kernel-side module into ``sys.modules['__casare__']`` and
-    registers its hook; ends with ``;`` so a call can follow."""
+    """Code that executes the kernel-side module into ``sys.modules['__casare__']`` (unless
+    it is there: a zygote-forked kernel has it) and registers its hook; ends with ``;`` so a
+    call can follow. The module's source is read from its file when there is one: a 500-line
+    cell costs the kernel ~30 ms of hashing and transforming before it runs."""
+    path = _kernel_side_file()
+    source = f"open({path!r}, encoding='utf-8').read()" if path else repr(_kernel_side_source())
     return (
-        "__import__('sys').modules.setdefault('__casare__', "
-        "__import__('types').ModuleType('__casare__'));"
-        f"exec(compile({_kernel_side_source()!r}, '<casare>', 'exec'), "
-        "__import__('sys').modules['__casare__'].__dict__);"
+        "(lambda m: hasattr(m, 'install') or exec(compile("
+        f"{source}, '<casare>', 'exec'), m.__dict__))(__import__('sys').modules.setdefault("
+        "'__casare__', __import__('types').ModuleType('__casare__')));"
         "__import__('sys').modules['__casare__'].install();"
     )
 
@@ -74,8 +88,35 @@ class KernelSession:
         startup_timeout: float = 60,
         zygote: Zygote | None = None,
     ) -> KernelSession:
-        """Start a kernel over IPC sockets and wait until it answers; forked from
-        ``zygote`` when it serves the kernelspec."""
+        """Start a kernel over IPC sockets and wait until it answers: the process's early
+        kernel (:mod:`casare_nb.notebook.early`) when there is one for this kernelspec, else
+        forked from ``zygote`` when it serves the kernelspec, else a new process."""
+        early = _take_early(kernel_name)
+        if early is not None:
+            km = AsyncKernelManager(
+                kernel_name=kernel_name,
+                transport="ipc",
+                ip=early.ip,
+                connection_file=str(early.connection_file),
+            )
+            km.load_connection_file()
+            km._connection_file_written = True  # the kernel may be reading it: no rewrite
+            km.kernel_id = str(uuid.uuid4())
+            adopted = AdoptedProvisioner(
+                kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km
+            )
+            adopted.adopt = early.process
+            km.provisioner = adopted
+            await km.start_kernel()
+            try:
+                await _sockets_bound(km, startup_timeout)
+                session = await cls.attach(km, cwd=early.cwd, startup_timeout=startup_timeout)
+                if cwd is not None:
+                    await session.chdir(cwd)
+                return session
+            except BaseException:
+                await km.shutdown_kernel(now=True)
+                raise
         sockdir = tempfile.mkdtemp(prefix="casare-k-")
         km = AsyncKernelManager(kernel_name=kernel_name, transport="ipc", ip=f"{sockdir}/k")
         if zygote is not None:
@@ -210,6 +251,36 @@ class KernelSession:
                 f.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+class AdoptedProvisioner(LocalProvisioner):  # type: ignore[misc]
+    """jupyter_client's local provisioner for a kernel process already started (an early
+    kernel, whose connection file the manager loaded)."""
+
+    adopt: subprocess.Popen[bytes] | None = None
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        if self.adopt is None:
+            return await super().launch_kernel(cmd, **kwargs)
+        self.process = self.adopt
+        self.pid = self.pgid = self.adopt.pid  # started in a session of its own
+        self.cwd = kwargs.get("cwd") or os.getcwd()
+        return self.connection_info
+
+
+def _take_early(kernel_name: str) -> early_kernels.EarlyKernel | None:
+    """The process's early kernel if its command is this kernelspec's (else it is discarded)."""
+    if not early_kernels.pending():
+        return None
+    try:
+        spec = KernelSpecManager().get_kernel_spec(kernel_name)
+    except Exception:  # no such kernelspec: the normal start reports it
+        early_kernels.take([], None)
+        return None
+    if spec.metadata.get("kernel_provisioner") or spec.interrupt_mode != "signal":
+        early_kernels.take([], None)
+        return None
+    return early_kernels.take(list(spec.argv), dict(spec.env) or None)
 
 
 def casare_code(function: str, *args: Any) -> str:

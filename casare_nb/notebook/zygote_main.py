@@ -78,6 +78,19 @@ def _preload(modules: list[str]) -> dict[str, str]:
     return errors
 
 
+def _load_kernel_side() -> None:
+    """Execute the checkpoint code every kernel loads (``__casare__``, see
+    :func:`casare_nb.notebook.kernels._preload_code`) once, here: a kernel then only
+    registers its hooks."""
+    from importlib import resources
+    from types import ModuleType
+
+    source = resources.files("casare_nb.notebook").joinpath("kernel_side.py").read_text("utf-8")
+    module = ModuleType("__casare__")
+    exec(compile(source, "<casare>", "exec"), module.__dict__)
+    sys.modules["__casare__"] = module
+
+
 def _child(request: dict[str, Any], close_fds: list[int]) -> None:
     """Become the kernel the request describes; never returns."""
     code = 1
@@ -104,19 +117,19 @@ def _child(request: dict[str, Any], close_fds: list[int]) -> None:
             numpy.random.seed()
         from ipykernel import kernelapp
 
-        args = [*list(request["argv"][3:]), f"--IPKernelApp.parent_handle={os.getppid()}"]
+        given = [str(a) for a in request["argv"][3:]]
+        args = [*given, f"--IPKernelApp.parent_handle={os.getppid()}"]
         sys.argv = [str(kernelapp.__file__), *args]
         app = kernelapp.IPKernelApp.instance()
-        # argparse asks the terminal's size once per option (~40 ms in all); the kernel has
-        # no terminal, so the answer is given for the parse only
-        os.environ.setdefault("COLUMNS", "80")
-        os.environ.setdefault("LINES", "24")
-        try:
+        if len(given) == 2 and given[0] == "-f":
+            # the default kernelspec's command line: set what it says instead of building
+            # traitlets' argparse parser of every option (~30 ms)
+            app.connection_file = given[1]
+            app.parent_handle = os.getppid()
+            setattr(app, "parse_command_line", lambda argv=None: None)  # noqa: B010
+            app.initialize([])  # type: ignore[no-untyped-call]
+        else:
             app.initialize(args)  # type: ignore[no-untyped-call]
-        finally:
-            for key in ("COLUMNS", "LINES"):
-                if key not in env:
-                    os.environ.pop(key, None)
         app.start()  # type: ignore[no-untyped-call]
         code = 0
     except SystemExit as exc:
@@ -142,6 +155,7 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when the zygote ends
     errors = _preload([*PRELOAD, *argv[1:]])
+    _load_kernel_side()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
