@@ -384,16 +384,18 @@ class HistoryStore:
         if workflow is not None:
             where += " AND r.workflow_path = ?"
             params.append(workflow)
+        # both quantiles from one list-valued aggregate: one sort per group, not two (70 ->
+        # 49 ms over a million cells, benchmark 10)
         rows = self.db.query(
-            "SELECT r.workflow_path, count(*), quantile_cont(c.duration_s, 0.5), "
-            "quantile_cont(c.duration_s, 0.95), max(c.duration_s) "
+            "SELECT r.workflow_path, count(*), quantile_cont(c.duration_s, [0.5, 0.95]), "
+            "max(c.duration_s) "
             "FROM cells c JOIN runs r ON c.run_id = r.run_id AND c.attempt = r.attempt "
             f"WHERE {where} GROUP BY r.workflow_path ORDER BY r.workflow_path",
             params,
         )
         return [
-            CellDurations(workflow_path=w, cells=n, p50_s=p50, p95_s=p95, max_s=top)
-            for w, n, p50, p95, top in rows
+            CellDurations(workflow_path=w, cells=n, p50_s=q[0], p95_s=q[1], max_s=top)
+            for w, n, q, top in rows
         ]
 
     def list_cells(self, run_id: str, attempt: int | None = None) -> list[CellRecord]:
