@@ -38,6 +38,9 @@ def main(args: Sequence[str] | None = None) -> None:
         from casare_nb.notebook import early  # the kernel boots while the command imports
 
         early.launch()
+        # nbformat's default validator generates and compiles Python for the notebook schema
+        # on first use (25-100 ms of a one-shot run); jsonschema validates the same as fast
+        os.environ.setdefault("NBFORMAT_VALIDATOR", "jsonschema")
     try:
         app.main(args=args, prog_name="casare-nb", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
-from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+from jupyter_core.paths import jupyter_path
 
 from casare_nb.notebook import early as early_kernels
 from casare_nb.notebook.zygote import Zygote, ZygoteProvisioner
@@ -91,8 +92,9 @@ class KernelSession:
         """Start a kernel over IPC sockets and wait until it answers: the process's early
         kernel (:mod:`casare_nb.notebook.early`) when there is one for this kernelspec, else
         forked from ``zygote`` when it serves the kernelspec, else a new process."""
-        early = _take_early(kernel_name)
-        if early is not None:
+        taken = _take_early(kernel_name)
+        if taken is not None:
+            early, spec = taken
             km = AsyncKernelManager(
                 kernel_name=kernel_name,
                 transport="ipc",
@@ -101,6 +103,7 @@ class KernelSession:
             )
             km.load_connection_file()
             km._connection_file_written = True  # the kernel may be reading it: no rewrite
+            km._kernel_spec = spec
             km.kernel_id = str(uuid.uuid4())
             adopted = AdoptedProvisioner(
                 kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km
@@ -268,19 +271,36 @@ class AdoptedProvisioner(LocalProvisioner):  # type: ignore[misc]
         return self.connection_info
 
 
-def _take_early(kernel_name: str) -> early_kernels.EarlyKernel | None:
-    """The process's early kernel if its command is this kernelspec's (else it is discarded)."""
+def _take_early(kernel_name: str) -> tuple[early_kernels.EarlyKernel, KernelSpec] | None:
+    """The process's early kernel and the kernelspec it serves, if its command is this
+    kernelspec's (else it is discarded)."""
     if not early_kernels.pending():
         return None
-    try:
-        spec = KernelSpecManager().get_kernel_spec(kernel_name)
-    except Exception:  # no such kernelspec: the normal start reports it
+    spec = _find_kernel_spec(kernel_name)
+    if spec is None or spec.metadata.get("kernel_provisioner") or spec.interrupt_mode != "signal":
         early_kernels.take([], None)
         return None
-    if spec.metadata.get("kernel_provisioner") or spec.interrupt_mode != "signal":
-        early_kernels.take([], None)
-        return None
-    return early_kernels.take(list(spec.argv), dict(spec.env) or None)
+    early = early_kernels.take(list(spec.argv), dict(spec.env) or None)
+    return (early, spec) if early is not None else None
+
+
+def _find_kernel_spec(kernel_name: str) -> KernelSpec | None:
+    """A kernelspec found where jupyter_client's KernelSpecManager looks (the Jupyter paths,
+    then IPython's), without its start-up: listing those folders imports IPython (~50 ms,
+    on a one-shot run's critical path)."""
+    ipython_dir = os.environ.get("IPYTHONDIR") or os.path.expanduser("~/.ipython")
+    for folder in [*jupyter_path("kernels"), os.path.join(ipython_dir, "kernels")]:
+        resource_dir = Path(folder) / kernel_name.lower()
+        if (resource_dir / "kernel.json").is_file():
+            try:
+                return KernelSpec.from_resource_dir(str(resource_dir))
+            except (OSError, ValueError):
+                return None
+    if kernel_name == "python3":  # ipykernel's own, when none is installed as files
+        from ipykernel.kernelspec import RESOURCES, get_kernel_dict
+
+        return KernelSpec(resource_dir=RESOURCES, **get_kernel_dict())
+    return None
 
 
 def casare_code(function: str, *args: Any) -> str:
