@@ -32,6 +32,122 @@ COMMAND = ".venv/bin/python -m bench.large_frame"
 CREATE = "b-01"
 SMALL = [f"b-{i:02d}" for i in range(2, 10)]
 NO_FORK = 1 << 62
+ARRAY_CELLS = 12
+ARRAY_CREATE = "a-01"
+ARRAY_MUTATE = [f"a-{i:02d}" for i in range(2, 2 + ARRAY_CELLS)]
+TARGET_OVERHEAD = 0.15
+TARGET_GAP = 4  # "a namespace checkpoint at least every few cells": at most 3 in a row without
+
+
+def array_notebook(folder: Path, nbytes: int, *, whole: bool) -> Path:
+    """Cell ``a-01`` makes a float64 array of ``nbytes``; each of the 12 cells after it
+    mutates it in place and sums it. ``whole``: ``arr *= 1.0001`` (every byte changes);
+    else a region of 1 % of the array, a different one per cell (``np.sqrt`` of it)."""
+    n = nbytes // 8
+    region, stride = max(1, n // 100), n // ARRAY_CELLS
+    sources = [
+        "import numpy as np",
+        f"arr = np.random.default_rng(0).random({n})\nprint(arr.nbytes)",
+    ]
+    for i in range(ARRAY_CELLS):
+        if whole:
+            change = "arr *= 1.0001"
+        else:
+            lo = i * stride
+            change = f"arr[{lo}:{lo + region}] = np.sqrt(arr[{lo}:{lo + region}]) + {i}"
+        sources.append(f"{change}\ntotal_{i} = float(arr.sum())")
+    name = f"array_{'whole' if whole else 'region'}_{nbytes >> 20}mb.ipynb"
+    return nbs.write_notebook(folder / name, sources, prefix="a")
+
+
+def _longest_gap(cells: list[str], have: set[str]) -> int:
+    """The most cells in a row (of ``cells``, in order) without a namespace checkpoint."""
+    longest = run = 0
+    for cell in cells:
+        run = 0 if cell in have else run + 1
+        longest = max(longest, run)
+    return longest
+
+
+def _array_run(run: common.Timed) -> dict[str, Any]:
+    written = {c for c in [ARRAY_CREATE, *ARRAY_MUTATE] if c in run.manifests}
+    snaps = [float(run.manifests[c]["snapshot_ms"]) for c in sorted(written)]
+    return {
+        "wall_s": run.wall_s,
+        "cell_sum_s": run.cell_sum_s,
+        "state_bytes": run.state_bytes,
+        "create_written": ARRAY_CREATE in written,
+        "mutate_written": sum(1 for c in ARRAY_MUTATE if c in written),
+        "mutate_deferred": sum(1 for c in ARRAY_MUTATE if c in run.skipped),
+        "longest_gap": _longest_gap([ARRAY_CREATE, *ARRAY_MUTATE], written),
+        "last_written": ARRAY_MUTATE[-1] in written,
+        "snapshot_ms": nbs.median(snaps),
+        "written_bytes": sum(int(m.get("written_bytes", 0)) for m in run.manifests.values()),
+        "pending_left": len(run.pending),
+    }
+
+
+def _array_runs(work: Path, nbytes: int, reps: int) -> dict[str, list[dict[str, Any]]]:
+    """The array notebooks with checkpoints on and off, interleaved, after a warm-up."""
+    variants = {
+        "array, region mutated, checkpoint": (array_notebook(work, nbytes, whole=False), True),
+        "array, region mutated, off": (array_notebook(work, nbytes, whole=False), False),
+        "array, whole mutated, checkpoint": (array_notebook(work, nbytes, whole=True), True),
+        "array, whole mutated, off": (array_notebook(work, nbytes, whole=True), False),
+    }
+    names = list(variants)
+    common.timed_run(variants[names[1]][0], None, work=work, checkpoint=False)  # warm-up
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for rep in range(reps):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            path, checkpoint = variants[name]
+            print(f"  [large] rep {rep + 1}/{reps}: {name}", file=sys.stderr, flush=True)
+            run = common.timed_run(path, None, work=work, checkpoint=checkpoint)
+            runs.setdefault(name, []).append(_array_run(run))
+    return runs
+
+
+def _array_figures(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    def med(name: str, key: str) -> float:
+        return nbs.median([float(r[key]) for r in runs[name]])
+
+    figures: dict[str, dict[str, Any]] = {}
+    for kind in ("region", "whole"):
+        on, off = f"array, {kind} mutated, checkpoint", f"array, {kind} mutated, off"
+        fig = {
+            key: med(on, key)
+            for key in (
+                "wall_s",
+                "cell_sum_s",
+                "state_bytes",
+                "mutate_written",
+                "mutate_deferred",
+                "snapshot_ms",
+                "written_bytes",
+            )
+        }
+        fig["wall_off_s"] = med(off, "wall_s")
+        fig["cell_sum_off_s"] = med(off, "cell_sum_s")
+        fig["overhead"] = fig["wall_s"] / fig["wall_off_s"] - 1
+        fig["paired_overhead"] = nbs.median(
+            [a["wall_s"] / b["wall_s"] - 1 for a, b in zip(runs[on], runs[off], strict=True)]
+        )
+        fig["longest_gap"] = max(r["longest_gap"] for r in runs[on])
+        fig["create_written"] = sum(1 for r in runs[on] if r["create_written"])
+        fig["last_written"] = all(r["last_written"] for r in runs[on])
+        fig["pending_left"] = max(r["pending_left"] for r in runs[on])
+        figures[kind] = fig
+    return figures
+
+
+def array_main(quick: bool = False) -> dict[str, Any]:
+    """Only the array case (``--array``): its figures as JSON."""
+    reps = 3 if quick else 5
+    nbytes = (50 if quick else 200) << 20
+    with nbs.temp_dir("array") as work:
+        runs = _array_runs(work, nbytes, reps)
+    return {"nbytes": nbytes, "figures": _array_figures(runs), "runs": runs}
 
 
 def _variants(folder: Path, nbytes: int) -> dict[str, tuple[Path, bool, dict[str, Any]]]:
@@ -90,7 +206,7 @@ def _in_process_fork(nbytes: int, reps: int) -> dict[str, float]:
     with nbs.temp_dir("fork") as folder:
         ks._ns = lambda: ns
         try:
-            ks.configure(blob_dir=str(folder / "blobs"))
+            ks.configure(blob_dir=str(folder / "blobs"), max_interval=1)  # every call
             for i in range(reps):
                 rows = nbytes // 64
                 ns["df"] = pd.DataFrame(np.random.default_rng(i).random((rows, 8)))
@@ -306,4 +422,5 @@ def main(quick: bool = False) -> dict[str, Any]:
 if __name__ == "__main__":
     import json
 
-    print(json.dumps(main("--quick" in sys.argv), indent=1, default=str))
+    entry = array_main if "--array" in sys.argv else main
+    print(json.dumps(entry("--quick" in sys.argv), indent=1, default=str))

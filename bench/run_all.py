@@ -45,6 +45,8 @@ MODULES = [
     "graph_editor",
     "graph_render",
     "floor",
+    "cli_startup",
+    "orchestrator_load",
 ]
 DOC = ROOT / "docs" / "benchmarks.md"
 OUT = ROOT / "bench" / "out"

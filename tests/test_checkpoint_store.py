@@ -77,3 +77,51 @@ def test_notebook_so_far_takes_each_reported_cell(stores: Stores) -> None:
     assert '"one"' in text and '"two"' in text and "lost" not in text
     assert base["cells"][1]["outputs"] == []  # the notebook sent is not modified
     assert store.latest_output("job-1", 3) == 1 and store.latest_output("job-9", 3) is None
+
+
+def chunked(parts: list[bytes], buffer: list[bytes], **extra: object) -> dict[str, object]:
+    """A version-2 manifest holding one chunked entry (4-byte chunks); ``extra`` overrides
+    fields of the entry."""
+    entry = {
+        "stream": [sha(c) for c in parts],
+        "buffers": [{"size": sum(map(len, buffer)), "chunks": [sha(c) for c in buffer]}],
+        "chunk_bytes": 4,
+        "size": sum(map(len, parts)) + sum(map(len, buffer)),
+        "serializer": "pickle",
+    }
+    return {"version": 2, "vars": {"arr": {**entry, **extra}}}
+
+
+def test_a_chunked_checkpoint_asks_for_the_chunks_it_lacks(stores: Stores) -> None:
+    """A chunked entry's stream and buffer chunks are blobs: only the missing ones are asked
+    for, and the manifest is stored when the last one arrives."""
+    store = stores.checkpoints
+    store.write_blob(b"5678")  # an unchanged chunk, sent by an earlier checkpoint
+    offer = chunked([b"head", b"er"], [b"1234", b"5678", b"9"])
+    asked = store.offer("job-1", 1, "c0", offer)
+    assert asked == sorted(sha(c) for c in [b"head", b"er", b"1234", b"9"])
+    for data in (b"head", b"er", b"1234"):
+        store.write_blob(data)
+        assert store.blob_stored(sha(data)) == []
+    store.write_blob(b"9")
+    assert store.blob_stored(sha(b"9")) == [("job-1", 1, "c0")]
+    assert store.attempt("job-1", 1).read_manifest("c0") == offer
+
+
+@pytest.mark.parametrize(
+    ("manifest", "why"),
+    [
+        ({"version": 3, "vars": {}}, "version 3"),
+        (chunked([b"head"], [b"1234", b"5678"], size=20), "do not match"),
+        (chunked([b"head"], [b"1234"], stream="nope"), "must be lists"),
+        (chunked([b"head"], [b"1234"], buffers=[{"size": 4, "chunks": ["../x"]}]), "bad blob"),
+    ],
+)
+def test_manifests_a_reader_cannot_use_are_refused(
+    stores: Stores, manifest: dict[str, object], why: str
+) -> None:
+    """A newer manifest version, or chunk lists that do not add up to the sizes, are refused
+    before anything is stored."""
+    with pytest.raises(CheckpointError, match=why):
+        stores.checkpoints.offer("job-1", 1, "c0", manifest)
+    assert stores.checkpoints.stored_cells("job-1", 1) == []

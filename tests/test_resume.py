@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from helpers import Workspace, cell_index, mark, outputs_text, replace_cell
 from casare_nb.core.errors import ResumeError, RunNotFound
 from casare_nb.core.models import CellStatus, RestoreMode, RunStatus
 from casare_nb.core.params import ParameterError
+from casare_nb.notebook.executor import Options
 
 
 async def test_resume_continues_at_the_failed_cell_with_the_fix(ws: Workspace) -> None:
@@ -257,3 +259,97 @@ async def test_resume_uses_current_source_on_any_state_copy(ws: Workspace, tmp_p
     assert second.status is RunStatus.COMPLETED
     assert outputs_text(second.output_path, "c1") == "6\n"
     assert second.cells[0].status is CellStatus.OK and ws.ran() == ["c0"]
+
+
+@pytest.fixture
+def forced_only(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Kernels started afterwards take only the checkpoints the policy must take: the last
+    cell, and one at least every ``n`` cells."""
+
+    def policy(n: int) -> None:
+        monkeypatch.setenv("CASARE_CHECKPOINT_BUDGET", "0")
+        monkeypatch.setenv("CASARE_CHECKPOINT_FREE_MS", "0")
+        monkeypatch.setenv("CASARE_CHECKPOINT_MAX_INTERVAL", str(n))
+
+    return policy
+
+
+async def test_resume_after_deferred_checkpoints_replays_the_cells_since_the_last_one(
+    ws: Workspace, forced_only: Callable[[int], None]
+) -> None:
+    """Cells whose checkpoint the budget deferred are re-run on resume, from the newest
+    checkpoint before the failure, and give the same state as an uninterrupted run."""
+    forced_only(3)
+    nb = ws.notebook(
+        [
+            mark("c0") + "import numpy as np\narr = np.zeros(300_000)",
+            mark("c1") + "arr[1] = 1.0",
+            mark("c2") + "y = 2",
+            mark("c3") + "arr[3] = 3.0",
+            mark("c4") + "arr[4] = arr[3] + 1",
+            "raise RuntimeError('stop')",
+        ]
+    )
+    first = await ws.run(nb)
+    assert first.status is RunStatus.FAILED and first.failed_cell_id == "c5"
+    checkpoints = ws.state / "runs" / first.run_id / "1" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("*.json")) == ["c2.json"]
+    replace_cell(nb, "c5", "print(arr[:5].tolist(), y)")
+    second = await ws.resume(first.run_id)
+    assert second.status is RunStatus.COMPLETED
+    assert second.restored_from_cell == cell_index(nb, "c2")
+    assert second.replayed_cells == [cell_index(nb, "c3"), cell_index(nb, "c4")]
+    assert outputs_text(second.output_path, "c5") == "[0.0, 1.0, 0.0, 3.0, 4.0] 2\n"
+    assert ws.ran() == ["c0", "c1", "c2", "c3", "c4", "c3", "c4"]
+
+
+async def test_a_change_made_by_a_replayed_cell_reaches_the_next_checkpoint(
+    ws: Workspace, forced_only: Callable[[int], None]
+) -> None:
+    """A cell replayed on resume that changes a large object in place makes it dirty: the
+    next checkpoint saves the change, so a second resume from there still has it."""
+    forced_only(2)  # parameters, injected parameters, c0 ... : checkpoints after every other
+    nb = ws.notebook(
+        [
+            "import numpy as np",
+            "arr = np.zeros(300_000)",
+            "arr[1] = 1.0",
+            "if stage < 1:\n    raise RuntimeError('one')",
+            "if stage < 2:\n    raise RuntimeError('two')",
+            "print(arr[:3].tolist())",
+        ],
+        params="stage: int = 0",
+    )
+    first = await ws.run(nb)
+    assert first.failed_cell_id == "c3"
+    second = await ws.resume(first.run_id, raw_parameters={"stage": "1"})
+    assert second.failed_cell_id == "c4"
+    assert second.restored_from_cell == cell_index(second, "c1")
+    assert cell_index(second, "c2") in second.replayed_cells  # its checkpoint was deferred
+    third = await ws.resume(first.run_id, raw_parameters={"stage": "2"})
+    assert third.status is RunStatus.COMPLETED
+    assert third.restored_from_cell == cell_index(third, "c3")  # taken after the replay
+    assert cell_index(third, "c2") not in third.replayed_cells
+    assert outputs_text(third.output_path, "c5") == "[0.0, 1.0, 0.0]\n"
+
+
+async def test_checkpoint_whose_reference_is_missing_is_not_restored(ws: Workspace) -> None:
+    """A manifest pointing (``ref``) at a checkpoint that never got written is passed over:
+    resume restores an earlier complete one, or replays from the start."""
+    nb = ws.notebook(
+        [
+            mark("c0") + "big = bytearray(2_000_000)\nbig[0] = 9",
+            mark("c1") + "x = 1",
+            "raise RuntimeError('stop')",
+        ]
+    )
+    first = await ws.run(nb, options=Options(fork_bytes=1_000_000))
+    checkpoints = ws.state / "runs" / first.run_id / "1" / "checkpoints"
+    assert json.loads((checkpoints / "c1.json").read_text())["vars"]["big"] == {"ref": "c0.json"}
+    (checkpoints / "c0.json").unlink()  # as if its forked writer had died
+    replace_cell(nb, "c2", "print(big[0], len(big), x)")
+    second = await ws.resume(first.run_id)
+    assert second.status is RunStatus.COMPLETED
+    assert second.restored_from_cell is None
+    assert outputs_text(second.output_path, "c2") == "9 2000000 1\n"
+    assert ws.ran() == ["c0", "c1", "c0", "c1"]

@@ -2,13 +2,16 @@
 one-line errors, the state and client options, parameters from ``-p`` and ``-f``.
 
 Exit codes: 0 the run completed; 1 the run failed or timed out; 2 bad input (one line on
-stderr, nothing started); 130 cancelled with Ctrl-C. Commands import what they run inside
-their function, on first use, so ``casare-nb --help`` and a refused argument skip the
-start-up of the engine, the stores and the servers.
+stderr, nothing started); 130 cancelled with Ctrl-C. A command's module is imported when the
+command is asked for (:class:`Commands`), and commands import what they run inside their
+function, on first use, so ``casare-nb --help``, a refused argument and ``casare-nb submit``
+skip the start-up of the engine, the stores, the servers and the other commands.
 """
 
 from __future__ import annotations
 
+import importlib
+import keyword
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -17,10 +20,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from casare_nb.core.errors import CasareError, QueueError
+from casare_nb.core.errors import CasareError, ParameterError, QueueError
 
 if TYPE_CHECKING:
     from casare_nb.client import Client
+    from casare_nb.client.light import LightClient
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 130
 
@@ -60,7 +64,44 @@ def main(args: Sequence[str] | None = None) -> None:
         fail(str(exc))
 
 
-@click.group()
+COMMAND_MODULES = {
+    "debug": "debug",
+    "submit": "jobs",
+    "rerun": "jobs",
+    "jobs": "jobs",
+    "robots": "jobs",
+    "cancel": "jobs",
+    "drain": "jobs",
+    "outputs": "jobs",
+    "lab": "lab",
+    "run": "local",
+    "resume": "local",
+    "history": "local",
+    "params": "local",
+    "schedule": "schedules",
+    "trigger": "schedules",
+    "orchestrator": "service",
+    "robot": "service",
+    "demo": "service",
+    "token": "tokens",
+}
+"""Command -> the module of ``casare_nb.cli`` that defines it (``@app.command``)."""
+
+
+class Commands(click.Group):
+    """The command group: a command's module is imported when the command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMAND_MODULES})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(f"casare_nb.cli.{module}")
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=Commands)
 @click.version_option(package_name="casare_nb")
 def app() -> None:
     """casare_nb: parameterised notebooks, run cell by cell, resumed from the failed cell."""
@@ -80,8 +121,6 @@ def read_params(
     typed: dict[str, Any] = {}
     if not params and not params_file:
         return typed, {}
-    from casare_nb.core.params import parse_cli_pairs
-
     if params_file:
         import yaml
 
@@ -96,7 +135,20 @@ def read_params(
         if loaded is not None and not isinstance(loaded, dict):
             fail(f"parameters file {params_file} must hold a mapping of name: value")
         typed = dict(loaded or {})
-    return typed, parse_cli_pairs(list(params))
+    return typed, _cli_pairs(params)
+
+
+def _cli_pairs(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """``-p NAME VALUE`` pairs as a dict, as ``casare_nb.core.params.parse_cli_pairs`` (not
+    imported: pydantic; a test keeps them equal): repeated or invalid names refused."""
+    out: dict[str, str] = {}
+    for name, raw in pairs:
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise ParameterError(f"{name!r} is not a valid parameter name")
+        if name in out:
+            raise ParameterError(f"parameter {name!r} given twice")
+        out[name] = raw
+    return out
 
 
 def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -121,6 +173,23 @@ def client_for(url: str | None, token: str | None, state_dir: str | None) -> tup
             fail("--url needs a token: give --token or set CASARE_TOKEN")
         return Client(url, token or ""), False
     return Client.local(state_dir, token=token), True
+
+
+def submit_client_for(
+    url: str | None, token: str | None, state_dir: str | None
+) -> tuple[Client | LightClient, bool]:
+    """The client of ``submit`` and ``rerun``, and whether it talks to an orchestrator of
+    this machine: the light one (standard library HTTP, events as JSON, no models: a quick
+    start), unless an HTTP proxy is configured, which only the full Client honours."""
+    from casare_nb.client.light import LightClient, proxy_configured
+
+    if proxy_configured():
+        return client_for(url, token, state_dir)
+    if url:
+        if not token:
+            fail("--url needs a token: give --token or set CASARE_TOKEN")
+        return LightClient(url, token or ""), False
+    return LightClient.local(state_dir, token=token), True
 
 
 def running_client(url: str | None, token: str | None, state_dir: str | None) -> Client | None:

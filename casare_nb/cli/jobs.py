@@ -20,6 +20,7 @@ from casare_nb.cli.app import (
     job_options,
     parameter_options,
     read_params,
+    submit_client_for,
     wait_options,
     with_options,
     workflow_arg,
@@ -27,6 +28,7 @@ from casare_nb.cli.app import (
 from casare_nb.cli.present import (
     ROBOT_COLUMNS,
     job_event_printer,
+    job_frame_printer,
     job_outcome,
     jobs_table,
     robot_row,
@@ -34,10 +36,12 @@ from casare_nb.cli.present import (
 )
 
 if TYPE_CHECKING:
+    from casare_nb.client import Client
+    from casare_nb.client.light import JobView, LightClient
     from casare_nb.core.models import Job
 
 
-def finish_wait(job: Job, as_json: bool) -> None:
+def finish_wait(job: Job | JobView, as_json: bool) -> None:
     if as_json:
         click.echo(job.model_dump_json(indent=1))
     elif job.status.value == "completed":
@@ -66,10 +70,12 @@ def submit(
 ) -> None:
     """Queue a run of WORKFLOW on the orchestrator (path relative to its workflows dir)."""
     fields = job_fields(**options)
-    client, local = client_for(url, token, state_dir)
+    client, local = submit_client_for(url, token, state_dir)
     with client:
         job = client.submit(
-            workflow_arg(workflow, local), **fields, **_waiting(wait, wait_timeout, as_json)
+            workflow_arg(workflow, local),
+            **fields,
+            **_waiting(client, wait, wait_timeout, as_json),
         )
     name = Path(job.workflow_path).name
     _show(job, wait, as_json, f"job {job.job_id} queued ({name}, priority {job.priority.value})")
@@ -100,25 +106,36 @@ def rerun(
 ) -> None:
     """A new attempt of the finished job JOB_ID, from its failed cell by default."""
     typed, raw = read_params(params, params_file)
-    client, _ = client_for(url, token, state_dir)
+    client, _ = submit_client_for(url, token, state_dir)
     with client:
         job = client.rerun(
             job_id,
             from_failed,
             typed or None,
             raw_parameters=raw or None,
-            **_waiting(wait, wait_timeout, as_json),
+            **_waiting(client, wait, wait_timeout, as_json),
         )
     how = "from the failed cell" if from_failed else "from the start"
     _show(job, wait, as_json, f"job {job.job_id} queued again, {how}")
 
 
-def _waiting(wait: bool, timeout: float | None, as_json: bool) -> dict[str, Any]:
-    """The Client's wait arguments: live job events printed unless the output is JSON."""
-    return {"wait": wait, "timeout": timeout, "on_event": None if as_json else job_event_printer()}
+def _waiting(
+    client: Client | LightClient, wait: bool, timeout: float | None, as_json: bool
+) -> dict[str, Any]:
+    """The client's wait arguments: live job events printed unless the output is JSON (the
+    light client's events are JSON objects, the Client's models)."""
+    from casare_nb.client.light import LightClient
+
+    if as_json:
+        printer = None
+    elif isinstance(client, LightClient):
+        printer = job_frame_printer()
+    else:
+        printer = job_event_printer()
+    return {"wait": wait, "timeout": timeout, "on_event": printer}
 
 
-def _show(job: Job, wait: bool, as_json: bool, queued: str) -> None:
+def _show(job: Job | JobView, wait: bool, as_json: bool, queued: str) -> None:
     """After a submit or rerun: the finished job (waited for), its JSON, or the line
     ``queued``."""
     if wait:

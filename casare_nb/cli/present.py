@@ -71,6 +71,25 @@ def jobs_table(jobs: Sequence[Any]) -> str:
     return table([job_row(j) for j in jobs], JOB_COLUMNS)
 
 
+def _queued_line(job: Any, reason: str | None, workflow_path: str, why: str | None) -> str:
+    if not reason:
+        return f"  job {job} queued ({Path(workflow_path).name})"
+    return f"  queued again ({reason}){': ' + why if why else ''}"
+
+
+def _started_line(robot_id: str | None, attempt: int) -> str:
+    return f"  started on robot {robot_id} (attempt {attempt})"
+
+
+def _cell_line(done: int, total: int, cell_index: int, status: str, duration_s: float) -> str:
+    width = 20
+    filled = round(width * done / max(total, 1))
+    return (
+        f"  [{'#' * filled}{'-' * (width - filled)}] {done:>3}/{total:<3} "
+        f"cell {cell_index:>3}  {status:<11} {duration_s:8.3f} s"
+    )
+
+
 def job_event_printer(echo: Callable[[str], None] = click.echo) -> Callable[[Any], None]:
     """An ``on_event`` for ``Client.wait``: one line per start, cell, requeue."""
     from casare_nb.protocol import CellEvent, EventKind, JobEvent
@@ -79,20 +98,54 @@ def job_event_printer(echo: Callable[[str], None] = click.echo) -> Callable[[Any
         data = event.data
         if isinstance(data, JobEvent) and event.kind is EventKind.JOB_QUEUED:
             job = data.job
-            if not data.reason:
-                echo(f"  job {job.job_id} queued ({Path(job.workflow_path).name})")
-            else:
-                why = job.error_message or ""
-                echo(f"  queued again ({data.reason}){': ' + why if why else ''}")
+            echo(_queued_line(job.job_id, data.reason, job.workflow_path, job.error_message))
         elif isinstance(data, JobEvent) and event.kind is EventKind.JOB_STARTED:
-            echo(f"  started on robot {data.job.robot_id} (attempt {data.job.attempt})")
+            echo(_started_line(data.job.robot_id, data.job.attempt))
         elif isinstance(data, CellEvent):
-            done, total = data.cells_done, data.cells_total
-            width = 20
-            filled = round(width * done / max(total, 1))
             echo(
-                f"  [{'#' * filled}{'-' * (width - filled)}] {done:>3}/{total:<3} "
-                f"cell {data.cell_index:>3}  {data.status.value:<11} {data.duration_s:8.3f} s"
+                _cell_line(
+                    data.cells_done,
+                    data.cells_total,
+                    data.cell_index,
+                    data.status.value,
+                    data.duration_s,
+                )
+            )
+
+    return on_event
+
+
+def job_frame_printer(
+    echo: Callable[[str], None] = click.echo,
+) -> Callable[[dict[str, Any]], None]:
+    """The same lines as :func:`job_event_printer`, from events as the JSON objects the
+    orchestrator sent (the light client of ``submit`` and ``rerun``)."""
+
+    def on_event(event: dict[str, Any]) -> None:
+        kind, data = event.get("kind"), event.get("data")
+        if not isinstance(data, dict):
+            return
+        job = data.get("job")
+        if kind == "job_queued" and isinstance(job, dict):
+            echo(
+                _queued_line(
+                    job.get("job_id"),
+                    data.get("reason"),
+                    str(job.get("workflow_path", "")),
+                    job.get("error_message"),
+                )
+            )
+        elif kind == "job_started" and isinstance(job, dict):
+            echo(_started_line(job.get("robot_id"), job.get("attempt", 0)))
+        elif kind == "cell_finished":
+            echo(
+                _cell_line(
+                    data["cells_done"],
+                    data["cells_total"],
+                    data["cell_index"],
+                    data["status"],
+                    data["duration_s"],
+                )
             )
 
     return on_event

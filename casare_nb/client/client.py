@@ -39,11 +39,15 @@ from casare_nb.api import (
 )
 from casare_nb.client.errors import ClientError, WaitTimeout
 from casare_nb.client.events import (
+    DEFAULT_BUFFER,
+    ModelCodec,
     Monitor,
     Subscription,
     TopicName,
     deadline_of,
     job_id_of,
+    stream_error,
+    stream_options,
     wait_topics,
 )
 from casare_nb.client.history import History
@@ -60,7 +64,7 @@ from casare_nb.core.models import (
 )
 
 if TYPE_CHECKING:  # the event stream's modules load on first use: `casare-nb jobs` stays quick
-    from casare_nb.protocol import Event, Topic
+    from casare_nb.protocol import Event
 
 __all__ = ["Client"]
 
@@ -465,41 +469,34 @@ class Client:
         return self._ws_url
 
     @contextlib.contextmanager
-    def _monitor(self, topics: frozenset[Topic]) -> Iterator[Monitor]:
-        from websockets.exceptions import InvalidStatus, WebSocketException
+    def _monitor(
+        self, topics: frozenset[str], buffer: int = DEFAULT_BUFFER
+    ) -> Iterator[Monitor[Event]]:
+        from websockets.exceptions import WebSocketException
         from websockets.sync.client import connect as ws_connect
-
-        from casare_nb.protocol import MAX_FRAME_BYTES
 
         url = self.ws_url()
         try:
-            ws = ws_connect(
-                url,
-                additional_headers={"Authorization": f"Bearer {self._token}"},
-                ssl=self._ssl if url.startswith("wss:") else None,
-                max_size=MAX_FRAME_BYTES,
-                open_timeout=self.timeout,
-                close_timeout=2,
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            body = one_line(exc.response.body.decode(errors="replace")) if exc.response.body else ""
-            why = f"the orchestrator refused the event stream (HTTP {status})"
-            raise ClientError(f"{why}: {body}" if body else why, status) from None
+            ws = ws_connect(url, **stream_options(self._token, url, self._ssl, self.timeout))
         except (OSError, WebSocketException, TimeoutError) as exc:
-            why = one_line(exc)
-            raise ClientError(f"cannot open the event stream at {url}: {why}") from None
-        with ws:
-            monitor = Monitor(ws, self.timeout)
+            raise stream_error(exc, url) from None
+        with ws, Monitor(ws, ModelCodec(), self.timeout, buffer=buffer) as monitor:
             monitor.subscribe(topics)
             yield monitor
 
-    def subscribe(self, topics: Iterable[TopicName] = ("robots", "jobs", "cells")) -> Subscription:
+    def subscribe(
+        self,
+        topics: Iterable[TopicName] = ("robots", "jobs", "cells"),
+        *,
+        buffer: int = DEFAULT_BUFFER,
+    ) -> Subscription:
         """The orchestrator's events of ``topics``, as they happen: a blocking iterator,
         subscribed when this returns (events from then on are not missed).
 
         ``robots`` starts with a snapshot (kind ``robot_status``, ``data["snapshot"]``).
-        Use it in a ``with`` block, or :meth:`Subscription.close` it, to disconnect.
+        Use it in a ``with`` block, or :meth:`Subscription.close` it, to disconnect. Events
+        not read yet are kept, up to ``buffer`` of them (then the oldest are dropped, counted
+        in :attr:`Subscription.dropped`); the connection stays open while nothing is read.
         """
         from casare_nb.protocol import Topic
 
@@ -511,7 +508,9 @@ class Client:
             raise ClientError(f"unknown topic in {names}: use {known}") from None
         if not wanted:
             raise ClientError("subscribe to at least one topic")
-        subscription = Subscription(self._monitor(wanted), wanted)
+        if buffer < 1:
+            raise ClientError(f"the event buffer must hold at least 1 frame, not {buffer}")
+        subscription = Subscription(self._monitor(wanted, buffer), wanted)
         self._subscriptions.add(subscription)
         return subscription
 
@@ -531,7 +530,7 @@ class Client:
 
     def _wait(
         self,
-        monitor: Monitor,
+        monitor: Monitor[Event],
         job_id: str,
         deadline: float | None,
         timeout: float | None,
@@ -542,12 +541,18 @@ class Client:
         job = self.get(job_id)  # subscribed already: a finish from now on is an event
         if job.status.finished:
             return job
+        dropped = 0
         while True:
             try:
                 event = monitor.next(deadline)
             except WaitTimeout:
                 status = self.get(job_id).status.value
                 raise WaitTimeout(f"job {job_id} is still {status} after {timeout} s") from None
+            if monitor.dropped != dropped:  # the finish may be among the frames dropped
+                dropped = monitor.dropped
+                job = self.get(job_id)
+                if job.status.finished:
+                    return job
             if job_id_of(event) != job_id:
                 continue
             if on_event is not None:

@@ -2,9 +2,10 @@
 
 The engine executes this file's source in the kernel (as module ``__casare__``) once per
 run, so it needs nothing from casare_nb on the kernel's side: stdlib, plus cloudpickle when
-the kernel has it. It registers an IPython ``post_run_cell`` hook; the engine's own control
-calls are ``silent`` executions, which IPython runs without that hook, so the hook fires
-exactly once per user cell, in order, and pops the next entry of the plan the engine sent.
+the kernel has it. It registers IPython ``pre_run_cell``/``post_run_cell`` hooks; the
+engine's own control calls are ``silent`` executions, which IPython runs without them, so
+the hook fires exactly once per user cell, in order, and pops the next entry of the plan the
+engine sent.
 
 Snapshot after a successful cell, per variable, content-addressed:
 
@@ -14,8 +15,20 @@ Snapshot after a successful cell, per variable, content-addressed:
   rebound, or touched by the cell (named in it, aliased by a name in it, held by a container
   named in it, or named by a function the cell names). An untouched 200 MB DataFrame costs a
   reference to the manifest that holds it, not a re-serialisation;
-* when the dirty large objects exceed ``fork_bytes``, the process forks: the child (a
-  copy-on-write image of this instant) pickles and writes, the kernel goes on at once;
+* a large object is pickled with protocol 5 and its buffers out of band (no copy), and the
+  stream and every buffer are stored as fixed-size chunks, each a blob named by its sha256.
+  A chunk equal to the same chunk of the object's previous checkpoint (compared with the
+  file, which is ~4x cheaper than hashing) keeps its digest; only changed chunks are hashed
+  and written. An array changed in one region writes that region's chunks;
+* large dirty data (>= ``fork_bytes``) is written by a forked child (a copy-on-write image of
+  this instant) while the kernel goes on, unless a cheap probe shows the object was rewritten
+  everywhere since its last checkpoint (copy-on-write would then copy all of it in the next
+  cell: writing inline, over ``threads`` threads, is cheaper) or it is the last cell;
+* a per-run budget decides whether a cell gets a namespace checkpoint at all: one estimated
+  under ``free_ms`` always does; a dearer one only while the snapshot work so far stays within
+  ``budget`` (a fraction) of the cell time so far; but never more than ``max_interval - 1``
+  cells in a row go without one, and the last cell of the plan always gets one. A cell
+  without one leaves ``<manifest>.skipped``; what it touched stays dirty for the next;
 * modules are recorded by name and re-imported; what cannot be pickled (files, sockets,
   locks, generators, objects holding a secret) is recorded by name with the reason.
 
@@ -27,11 +40,14 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import hashlib
 import json
 import marshal
 import os
 import pickle
+import re
+import threading
 import time
 import types
 from typing import Any
@@ -51,11 +67,14 @@ def _cp() -> Any:
     return _CLOUDPICKLE[0]
 
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+"""1: every entry is one blob (``blob``) or a ``ref``; 2: entries may also be chunked
+(``stream`` + ``buffers``). A manifest is written as version 1 when it holds no chunked
+entry, so readers of version 1 read it as before."""
 _IMMUTABLE = (int, float, complex, bool, str, bytes, type(None), frozenset, range)
 _SKIP_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
-_config: dict[str, Any] = {
+_DEFAULTS: dict[str, Any] = {
     "blob_dir": None,
     "large_bytes": 1 << 20,
     "track_ms": 1.0,
@@ -63,15 +82,56 @@ _config: dict[str, Any] = {
     "fork_bytes": 16 << 20,
     "max_children": 2,
     "secret_names": [],
+    # chunked large objects
+    "chunk_bytes": 1 << 20,  # a chunk is one blob: well under a frame (MAX_BLOB_BYTES)
+    "inband_bytes": 64 << 10,  # smaller out-of-band buffers stay in the pickle stream
+    "threads": 2,  # hashing/writing threads of an inline snapshot of >= fork_bytes
+    # the checkpoint policy (see the module docstring)
+    "budget": 0.10,
+    "max_interval": 4,
+    "free_ms": 10.0,
 }
+_ENV = {  # operator overrides (the kernel inherits them), below explicit configure() options
+    "budget": ("CASARE_CHECKPOINT_BUDGET", float),
+    "max_interval": ("CASARE_CHECKPOINT_MAX_INTERVAL", int),
+    "free_ms": ("CASARE_CHECKPOINT_FREE_MS", float),
+}
+_config: dict[str, Any] = dict(_DEFAULTS)
 _plan: list[dict[str, Any]] = []
-# name -> (id(obj), entry, tracked): entry is {"blob":..} or {"ref": manifest file name};
-# a tracked object (large, or slow to pickle) is saved again only when a cell dirties it
+# name -> (id(obj), entry, tracked): entry is {"blob":..}, a chunked entry or {"ref": manifest
+# file name}; a tracked object (large, or slow to pickle) is saved again only when dirtied
 _state: dict[str, tuple[int, dict[str, Any], bool]] = {}
+# name -> the chunked entry last written (or restored) for it: its chunks are compared with
+# the object's bytes at the next checkpoint, so unchanged chunks are neither hashed nor written
+_basis: dict[str, dict[str, Any]] = {}
 _known_blobs: set[str] = set()
-_children: list[int] = []
+_known_dir: list[str | None] = [None]
+# forked writers: pid -> {"manifest": path, "names": [...], "bytes": n, "est_s": s}
+_children: dict[int, dict[str, Any]] = {}
 _errors: list[str] = []
+# names and object ids touched by cells that got no snapshot (deferred, replayed): dirty for
+# the next snapshot, which compares against the last one taken
+_carry_names: set[str] = set()
+_carry_ids: set[int] = set()
+_run: dict[str, Any] = {}
 result: str = "null"  # JSON answer of the last control call, read via user_expressions
+
+
+def _reset_run() -> None:
+    _run.clear()
+    _run.update(
+        {
+            "t0": None,  # start of the current cell (pre_run_cell)
+            "cells_s": 0.0,  # cell time so far, as the kernel sees it
+            "spent_s": 0.0,  # snapshot work so far: hook time + forked writers' time
+            "gap": 0,  # cells since the last namespace checkpoint (or restore)
+            "s_per_byte": 1e-9,  # learned cost of a large object's byte (hash/compare/write)
+            "small_s": 0.0,  # learned cost of the small objects of a snapshot
+        }
+    )
+
+
+_reset_run()
 
 
 def _answer(value: Any) -> None:
@@ -95,11 +155,29 @@ def _ns() -> dict[str, Any]:
 
 
 def configure(**options: Any) -> None:
-    """Set blob dir, thresholds and secret names; reset per-run state."""
+    """Set blob dir, thresholds, policy and secret names (defaults, then the environment's
+    ``CASARE_CHECKPOINT_*``, then ``options``); reset per-run state."""
+    _reap(block=True)  # a warm kernel: writers of the previous run finish first
+    _config.clear()
+    _config.update(_DEFAULTS)
+    for key, (var, kind) in _ENV.items():
+        raw = os.environ.get(var)
+        if raw:
+            try:
+                _config[key] = kind(raw)
+            except ValueError:
+                _errors.append(f"{var}={raw!r} is not a {kind.__name__}: ignored")
     _config.update(options)
     _plan.clear()
     _state.clear()
+    _basis.clear()
     _errors.clear()
+    _carry_names.clear()
+    _carry_ids.clear()
+    _reset_run()
+    if _known_dir[0] != _config["blob_dir"]:  # digests known to exist in another store
+        _known_blobs.clear()
+        _known_dir[0] = _config["blob_dir"]
     if _config["blob_dir"]:
         os.makedirs(_config["blob_dir"], exist_ok=True)
     _answer({"pid": os.getpid()})
@@ -131,6 +209,9 @@ def restore(manifest_path: str, names: list[str] | None = None) -> None:
     failed: dict[str, str] = {}
     with open(manifest_path, encoding="utf-8") as f:
         manifest = json.load(f)
+    version = manifest.get("version", 1)
+    if not isinstance(version, int) or version > MANIFEST_VERSION:
+        raise ValueError(f"{manifest_path}: manifest version {version!r} is newer than this reader")
     base = os.path.dirname(manifest_path)
     wanted = set(names) if names is not None else None
     for name, module in manifest.get("modules", {}).items():
@@ -149,9 +230,16 @@ def restore(manifest_path: str, names: list[str] | None = None) -> None:
             obj = _load_blob(blob_entry)
             ns[name] = obj
             _state[name] = (id(obj), blob_entry, True)
+            if "stream" in blob_entry:
+                _basis[name] = blob_entry
+            _carry_names.discard(name)
             loaded.append(name)
         except Exception as exc:
             failed[name] = f"{type(exc).__name__}: {exc}"
+    if names is None:  # the namespace is a checkpoint's again
+        _run["gap"] = 0
+        _carry_names.clear()
+        _carry_ids.clear()
     _answer(
         {
             "loaded": sorted(loaded),
@@ -164,30 +252,45 @@ def restore(manifest_path: str, names: list[str] | None = None) -> None:
 # ---------------------------------------------------------------- the hook
 
 
+def _pre_run_cell(info: Any = None) -> None:
+    _run["t0"] = time.perf_counter()
+
+
 def _post_run_cell(res: Any) -> None:
+    t0, _run["t0"] = _run["t0"], None
+    if t0 is not None:
+        _run["cells_s"] += time.perf_counter() - t0
     if not _plan:
         return
     entry = _plan.pop(0)
-    if not getattr(res, "success", False) or not entry.get("manifest"):
+    if not getattr(res, "success", False):
         return
     raw = getattr(getattr(res, "info", None), "raw_cell", None) or ""
+    if not entry.get("manifest"):  # replayed: no checkpoint, but what it touched is dirty
+        try:
+            _carry(*_touched(raw, _ns()))
+        except Exception as exc:
+            _errors.append(f"cell {entry.get('index')}: {type(exc).__name__}: {exc}")
+        _run["gap"] += 1
+        return
     if hashlib.sha256(raw.encode()).hexdigest() != entry["sha"]:
         _errors.append(f"cell {entry.get('index')}: plan out of step, no checkpoint")
         _plan.clear()
         return
     try:
-        snapshot(entry, raw)
+        snapshot(entry, raw, last=not _plan)
     except Exception as exc:  # a checkpoint must never break the run
         _errors.append(f"cell {entry.get('index')}: checkpoint failed: {type(exc).__name__}: {exc}")
 
 
 def install() -> None:
-    """Register the hook once per kernel."""
+    """Register the hooks once per kernel."""
     ip = _ip()
-    for cb in list(ip.events.callbacks["post_run_cell"]):
-        if getattr(cb, "__name__", "") == "_post_run_cell":
-            ip.events.unregister("post_run_cell", cb)
-    ip.events.register("post_run_cell", _post_run_cell)
+    for event, hook in (("pre_run_cell", _pre_run_cell), ("post_run_cell", _post_run_cell)):
+        for cb in list(ip.events.callbacks[event]):
+            if getattr(cb, "__name__", "") == hook.__name__:
+                ip.events.unregister(event, cb)
+        ip.events.register(event, hook)
     _answer(True)
 
 
@@ -303,10 +406,32 @@ def _serialise(obj: Any) -> tuple[str, bytes]:
     return _dumps(obj)
 
 
-def _dumps(obj: Any) -> tuple[str, bytes]:
+class _OutOfBand:
+    """``buffer_callback`` of pickle protocol 5: keeps large contiguous buffers (numpy and
+    pandas data, bytearrays) out of the stream, as memoryviews of the object's own memory
+    (no copy); small or non-contiguous ones stay in band."""
+
+    def __init__(self) -> None:
+        self.views: list[memoryview] = []
+
+    def __call__(self, buf: pickle.PickleBuffer) -> bool:
+        try:
+            view = buf.raw()
+        except BufferError:  # not contiguous
+            return True
+        if view.nbytes < _config["inband_bytes"]:
+            return True
+        self.views.append(view)
+        return False
+
+
+def _dumps(obj: Any, oob: _OutOfBand | None = None) -> tuple[str, bytes]:
+    """(serializer, pickle stream); with ``oob``, protocol 5 buffers go to ``oob.views``."""
     first: Exception | None = None
     try:
-        data = pickle.dumps(obj, protocol=5)
+        if oob is not None:
+            oob.views.clear()
+        data = pickle.dumps(obj, protocol=5, buffer_callback=oob)
         if b"__main__" not in data:
             return "pickle", data
     except Exception as exc:
@@ -315,38 +440,53 @@ def _dumps(obj: Any) -> tuple[str, bytes]:
     if cp is None:
         raise first or TypeError("defined in the notebook and cloudpickle is not installed")
     try:
-        return "cloudpickle", cp.dumps(obj, protocol=5)
+        if oob is not None:
+            oob.views.clear()
+        return "cloudpickle", cp.dumps(obj, protocol=5, buffer_callback=oob)
     except Exception:
         if first is not None:
             raise first from None
         raise
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
+def _write_atomic(path: str, data: Any) -> None:
+    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # state files: owner only
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
 
 
+def _blob_path(digest: str) -> str:
+    return os.path.join(_config["blob_dir"], digest[:2], digest[2:])
+
+
+def _put(digest: str, data: Any) -> int:
+    """Write blob ``digest`` unless it exists; the bytes written."""
+    if digest in _known_blobs:
+        return 0
+    path = _blob_path(digest)
+    wrote = 0
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _write_atomic(path, data)
+        wrote = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+    _known_blobs.add(digest)
+    return wrote
+
+
 def _store_blob(serializer: str, data: bytes, type_name: str) -> dict[str, Any]:
     digest = hashlib.sha256(data).hexdigest()
-    if digest not in _known_blobs:
-        folder = os.path.join(_config["blob_dir"], digest[:2])
-        path = os.path.join(folder, digest[2:])
-        if not os.path.exists(path):
-            os.makedirs(folder, exist_ok=True)
-            _write_atomic(path, data)
-        _known_blobs.add(digest)
+    _put(digest, data)
     return {"blob": digest, "serializer": serializer, "type": type_name, "size": len(data)}
 
 
-def _holds_secret(data: bytes) -> bool:
+def _holds_secret(data: Any) -> bool:
+    """A secret parameter's value occurs in ``data`` (bytes, or any contiguous buffer)."""
     ns = _ns()
     for name in _config["secret_names"]:
         value = ns.get(name)
-        if isinstance(value, str) and value and value.encode() in data:
+        if isinstance(value, str) and value and re.search(re.escape(value.encode()), data):
             return True
     return False
 
@@ -356,18 +496,228 @@ def _type_name(obj: Any) -> str:
     return f"{t.__module__}.{t.__qualname__}"
 
 
-def snapshot(entry: dict[str, Any], raw: str) -> None:
+# ---------------------------------------------------------------- chunked large objects
+
+
+class _Parts:
+    """A large object pickled for chunked storage: the stream and its out-of-band buffers."""
+
+    def __init__(self, name: str, obj: Any) -> None:
+        self.name = name
+        self.type = _type_name(obj)
+        oob = _OutOfBand()
+        self.serializer, self.stream = _dumps(obj, oob)
+        self.views = list(oob.views)  # PickleBuffer.raw(): 1-D, contiguous, format "B"
+        self.rewritten = False  # changed nearly everywhere: hash, do not compare first
+        self.nbytes = len(self.stream) + sum(v.nbytes for v in self.views)
+
+
+def _pickle_large(name: str, obj: Any, skipped: dict[str, str]) -> _Parts | None:
+    """``_Parts`` of ``obj``, or None with the reason in ``skipped``."""
+    try:
+        parts = _Parts(name, obj)
+    except Exception as exc:
+        skipped[name] = f"{_type_name(obj)}: {type(exc).__name__}: {exc}"[:300]
+        return None
+    secrets = _config["secret_names"]
+    if secrets and (_holds_secret(parts.stream) or any(_holds_secret(v) for v in parts.views)):
+        skipped[name] = f"{parts.type}: holds a secret parameter"
+        return None
+    return parts
+
+
+_local = threading.local()
+
+
+def _scratch(size: int) -> bytearray:
+    """A per-thread buffer of exactly ``size`` bytes (a file chunk is read into it)."""
+    buf: bytearray | None = getattr(_local, "buf", None)
+    if buf is None or len(buf) != size:
+        buf = bytearray(size)
+        if size == _config["chunk_bytes"]:
+            _local.buf = buf
+    return buf
+
+
+def _same_as(digest: str, piece: memoryview) -> bool:
+    """The stored chunk ``digest`` holds exactly the bytes of ``piece``."""
+    buf = _scratch(piece.nbytes)
+    try:
+        with open(_blob_path(digest), "rb", buffering=0) as f:
+            if f.readinto(buf) != piece.nbytes or f.read(1):
+                return False
+    except OSError:
+        return False
+    return buf == piece  # bytearray == memoryview: one memcmp
+
+
+def _chunk(view: memoryview, index: int, basis: list[str] | None) -> tuple[str, int, bool]:
+    """(digest, bytes written, hashed) of chunk ``index`` of ``view``."""
+    size = _config["chunk_bytes"]
+    piece = view[index * size : (index + 1) * size]
+    if basis is not None and index < len(basis) and _same_as(basis[index], piece):
+        return basis[index], 0, False
+    digest = hashlib.sha256(piece).hexdigest()  # releases the GIL: threads hash in parallel
+    return digest, _put(digest, piece), True
+
+
+def _buffer_basis(parts: _Parts, basis: dict[str, Any] | None) -> list[list[str] | None]:
+    """Per buffer, the chunk digests of the same buffer in the previous checkpoint (same
+    size and chunk size), or None."""
+    if not basis or basis.get("chunk_bytes") != _config["chunk_bytes"]:
+        return [None] * len(parts.views)
+    old = basis.get("buffers", [])
+    found: list[list[str] | None] = []
+    for i, view in enumerate(parts.views):
+        ok = i < len(old) and old[i].get("size") == view.nbytes
+        found.append(list(old[i]["chunks"]) if ok else None)
+    return found
+
+
+def _changed_share(parts: _Parts, basis: dict[str, Any] | None) -> float | None:
+    """A cheap probe (the first 4 KB of up to 8 chunks per buffer, against the previous
+    checkpoint's files): the share of ``parts``' bytes that changed, or None if unknown."""
+    bases = _buffer_basis(parts, basis)
+    probed = changed = 0.0
+    size = _config["chunk_bytes"]
+    for view, chunks in zip(parts.views, bases, strict=True):
+        if not chunks:
+            continue
+        picks = sorted({i * (len(chunks) - 1) // 7 for i in range(8)})
+        diff = sum(
+            0 if _same_as_prefix(chunks[i], view[i * size : i * size + 4096]) else 1 for i in picks
+        )
+        probed += view.nbytes
+        changed += view.nbytes * diff / len(picks)
+    return None if not probed else changed / probed
+
+
+def _same_as_prefix(digest: str, piece: memoryview) -> bool:
+    try:
+        with open(_blob_path(digest), "rb", buffering=0) as f:
+            head = f.read(piece.nbytes)
+    except OSError:
+        return False
+    return bytearray(head) == piece
+
+
+def _write_parts(items: list[_Parts], threads: int) -> tuple[dict[str, dict[str, Any]], int]:
+    """Store every item's stream and buffers as chunks; (name -> entry, bytes written).
+    Chunks equal to the previous checkpoint's are not hashed; ``threads`` > 1 spreads the
+    chunks over threads (hashing, reading and writing release the GIL)."""
+    size = _config["chunk_bytes"]
+    jobs: list[tuple[memoryview, int, list[str] | None]] = []
+    layout: list[tuple[_Parts, list[tuple[int, int]]]] = []
+    for parts in items:
+        spans = []
+        views = [memoryview(parts.stream), *parts.views]
+        previous = None if parts.rewritten else _basis.get(parts.name)
+        same = previous is not None and previous.get("chunk_bytes") == size
+        stream = list(previous["stream"]) if previous is not None and same else None
+        bases = [stream, *_buffer_basis(parts, previous)]
+        for view, basis in zip(views, bases, strict=True):
+            n = -(-view.nbytes // size)
+            spans.append((len(jobs), n))
+            jobs.extend((view, i, basis) for i in range(n))
+        layout.append((parts, spans))
+    results: list[tuple[str, int, bool] | None] = [None] * len(jobs)
+
+    def work(start: int, step: int) -> None:
+        for k in range(start, len(jobs), step):
+            view, i, basis = jobs[k]
+            results[k] = _chunk(view, i, basis)
+
+    failures: list[BaseException] = []
+
+    def guarded(start: int, step: int) -> None:
+        try:
+            work(start, step)
+        except BaseException as exc:  # re-raised in the caller
+            failures.append(exc)
+
+    threads = max(1, min(threads, len(jobs)))
+    if threads == 1:
+        work(0, 1)
+    else:
+        pool = [threading.Thread(target=guarded, args=(t, threads)) for t in range(1, threads)]
+        for t in pool:
+            t.start()
+        guarded(0, threads)
+        for t in pool:
+            t.join()
+        if failures:
+            raise failures[0]
+    entries: dict[str, dict[str, Any]] = {}
+    written = 0
+    for parts, spans in layout:
+        digests = []
+        for first, n in spans:
+            done = [r for r in results[first : first + n] if r is not None]
+            digests.append([d for d, _, _ in done])
+            written += sum(w for _, w, _ in done)
+        entry: dict[str, Any] = {
+            "stream": digests[0],
+            "buffers": [
+                {"size": v.nbytes, "chunks": c, **({"readonly": True} if v.readonly else {})}
+                for v, c in zip(parts.views, digests[1:], strict=True)
+            ],
+            "chunk_bytes": size,
+            "serializer": parts.serializer,
+            "type": parts.type,
+            "size": parts.nbytes,
+        }
+        entries[parts.name] = entry
+        _basis[parts.name] = entry
+    return entries, written
+
+
+# ---------------------------------------------------------------- the policy
+
+
+def _carry(names: set[str], ids: set[int]) -> None:
+    _carry_names.update(names)
+    _carry_ids.update(ids)
+
+
+def _committed_s() -> float:
+    """Snapshot work so far, with the running writers at their estimates."""
+    return float(_run["spent_s"]) + sum(float(w["est_s"]) for w in _children.values())
+
+
+def _defer(manifest_path: str, why: str, names: set[str], ids: set[int], started: float) -> None:
+    """No namespace checkpoint for this cell: a marker, and its dirt carried to the next."""
+    with open(f"{manifest_path}.skipped", "wb") as f:
+        f.write(why.encode())
+    _carry(names, ids)
+    _run["gap"] += 1
+    _run["spent_s"] += time.perf_counter() - started
+
+
+def _learn(key: str, value: float) -> None:
+    _run[key] = value if _run[key] <= 0 else (_run[key] + value) / 2
+
+
+# ---------------------------------------------------------------- snapshot
+
+
+def snapshot(entry: dict[str, Any], raw: str, *, last: bool = False) -> None:
+    """Checkpoint the namespace after a cell into ``entry["manifest"]`` - or, if the policy
+    defers it, leave ``<manifest>.skipped``. ``last``: the plan's last cell (never deferred)."""
     started = time.perf_counter()
     _reap(block=False)
     ns = _ns()
     user = _user_vars(ns)
     names, ids = _touched(raw, ns)
+    names |= _carry_names
+    ids |= _carry_ids
     manifest_path: str = entry["manifest"]
     manifest_name = os.path.basename(manifest_path)
     modules: dict[str, str] = {}
     skipped: dict[str, str] = {}
     entries: dict[str, dict[str, Any]] = {}
+    small: list[tuple[str, Any]] = []
     large_dirty: dict[str, Any] = {}
+    big = 0
     for name, obj in user.items():
         if isinstance(obj, types.ModuleType):
             modules[name] = obj.__name__
@@ -379,9 +729,60 @@ def snapshot(entry: dict[str, Any], raw: str) -> None:
             if isinstance(obj, _IMMUTABLE) or (tracked and not dirty):
                 entries[name] = prev[1]
                 continue
-        if _size(obj) >= _config["large_bytes"]:
+        size = _size(obj)
+        if size >= _config["large_bytes"]:
             large_dirty[name] = obj
-            continue
+            big += size
+        else:
+            small.append((name, obj))
+
+    # the policy: take this checkpoint, or defer it to a later cell
+    est = big * _run["s_per_byte"] + _run["small_s"]
+    forced = last or _run["gap"] + 1 >= _config["max_interval"]
+    if (
+        not forced
+        and est * 1000 > _config["free_ms"]
+        and _committed_s() + est > _config["budget"] * _run["cells_s"]
+    ):
+        _defer(manifest_path, "deferred: over the time budget", names, ids, started)
+        return
+    if last and large_dirty and _children:
+        # the run waits for the writers anyway: first, so that this last snapshot compares
+        # with what they stored rather than hashing (and writing) it all again
+        _reap(block=True)
+    fork = bool(large_dirty) and big >= _config["fork_bytes"] and hasattr(os, "fork")
+    prepared: dict[str, _Parts] = {}
+    if fork:
+        # probe what changed since the last checkpoint (cheap: a few KB per object). Where
+        # most bytes changed, comparing with the stored chunks is wasted work, and a forked
+        # writer would make the next cells copy (copy-on-write) every page they write again
+        # while it runs: such an object is hashed and written inline, over threads
+        dense = 0
+        for name, obj in list(large_dirty.items()):
+            basis = _basis.get(name)
+            if basis and basis.get("buffers") and len(basis.get("stream", ())) <= 1:
+                parts = _pickle_large(name, obj, skipped)  # out-of-band: no copy, no cost
+                if parts is None:
+                    del large_dirty[name]
+                    _state.pop(name, None)
+                    continue
+                prepared[name] = parts
+                share = _changed_share(parts, basis)
+                if share is not None and share >= 0.5:
+                    parts.rewritten = True
+                    dense += parts.nbytes
+        fork = dense * 2 < big
+    if fork and not last and len(_children) >= _config["max_children"]:
+        if not forced:
+            _defer(manifest_path, "deferred: writers busy", names, ids, started)
+            return
+        _reap(block=True, one=True)
+    _carry_names.clear()
+    _carry_ids.clear()
+    _run["gap"] = 0
+
+    t_small = time.perf_counter()
+    for name, obj in small:
         t0 = time.perf_counter()
         try:
             serializer, data = _serialise(obj)
@@ -397,11 +798,13 @@ def snapshot(entry: dict[str, Any], raw: str) -> None:
         tracked = cost_ms >= _config["track_ms"] or len(data) >= _config["track_bytes"]
         _state[name] = (id(obj), blob, tracked)
         entries[name] = blob
+    _learn("small_s", time.perf_counter() - t_small)
     for name in list(_state):
         if name not in user:
             del _state[name]
-    manifest = {
-        "version": MANIFEST_VERSION,
+            _basis.pop(name, None)
+    manifest: dict[str, Any] = {
+        "version": 1,
         "cell_index": entry.get("index"),
         "cell_id": entry.get("id"),
         "source_sha256": entry["sha"],
@@ -409,79 +812,132 @@ def snapshot(entry: dict[str, Any], raw: str) -> None:
         "modules": modules,
         "skipped": skipped,
     }
-    big = sum(_size(o) for o in large_dirty.values())
-    if large_dirty and big >= _config["fork_bytes"] and hasattr(os, "fork"):
-        _reap(block=False)
-        if len(_children) >= _config["max_children"]:
-            # the writers are busy with earlier cells: never hold the kernel up for them; this
-            # cell gets no namespace checkpoint (a resume restores an earlier one and replays)
-            with open(f"{manifest_path}.skipped", "wb"):
-                pass
-            for name in large_dirty:
-                _state.pop(name, None)  # dirty still: the next checkpoint must write it
-            return
-        _fork_writer(manifest, manifest_path, large_dirty, started)
+    if fork and not last:
+        _fork_writer(manifest, manifest_path, large_dirty, prepared, started, est)
         for name, obj in large_dirty.items():
             _state[name] = (id(obj), {"ref": manifest_name}, True)
+        _run["spent_s"] += time.perf_counter() - started
         return
+    t_large = time.perf_counter()
+    threads = _config["threads"] if big >= _config["fork_bytes"] else 1
+    written = _write_large(manifest, large_dirty, prepared, threads)
+    if big:
+        _learn("s_per_byte", (time.perf_counter() - t_large) / big)
     for name, obj in large_dirty.items():
-        _large_entry(manifest, name, obj)
+        if name in manifest["vars"]:
+            _state[name] = (id(obj), manifest["vars"][name], True)
+        else:
+            _state.pop(name, None)
     manifest["snapshot_ms"] = round((time.perf_counter() - started) * 1000, 3)
     manifest["forked"] = False
+    manifest["written_bytes"] = written
     _write_atomic(manifest_path, json.dumps(manifest).encode())
+    _run["spent_s"] += time.perf_counter() - started
 
 
-def _large_entry(manifest: dict[str, Any], name: str, obj: Any) -> None:
-    try:
-        serializer, data = _dumps(obj)
-    except Exception as exc:
-        manifest["skipped"][name] = f"{_type_name(obj)}: {type(exc).__name__}: {exc}"[:300]
-        _state.pop(name, None)
-        return
-    if _holds_secret(data):
-        manifest["skipped"][name] = f"{_type_name(obj)}: holds a secret parameter"
-        return
-    blob = _store_blob(serializer, data, _type_name(obj))
-    _state[name] = (id(obj), blob, True)
-    manifest["vars"][name] = blob
+def _write_large(
+    manifest: dict[str, Any], large: dict[str, Any], prepared: dict[str, _Parts], threads: int
+) -> int:
+    """Pickle (unless ``prepared``) and store ``large`` into ``manifest``; bytes written."""
+    items = []
+    for name, obj in large.items():
+        parts = prepared.get(name) or _pickle_large(name, obj, manifest["skipped"])
+        if parts is not None:
+            items.append(parts)
+    entries, written = _write_parts(items, threads)
+    manifest["vars"].update(entries)
+    if entries:
+        manifest["version"] = MANIFEST_VERSION
+    return written
 
 
 def _fork_writer(
-    manifest: dict[str, Any], path: str, large: dict[str, Any], started: float
+    manifest: dict[str, Any],
+    path: str,
+    large: dict[str, Any],
+    prepared: dict[str, _Parts],
+    started: float,
+    est: float,
 ) -> None:
     """Fork; the child writes the blobs and the manifest, then removes ``<path>.pending``.
 
     The marker tells the engine the checkpoint is on its way, so it does not wait for it;
-    a resume reads manifests only, so it never sees a checkpoint that is not complete."""
+    a resume reads manifests only, so it never sees a checkpoint that is not complete.
+
+    Writers run one after the other: a child first waits for the writer forked before it
+    (end of file on a pipe that writer holds: it exited, however), then compares with the
+    chunks that writer stored instead of hashing them all and writing them twice."""
     pending = f"{path}.pending"
     with open(pending, "wb"):
         pass
+    before = [info["done"] for info in _children.values()]
+    done_r, done_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: write and leave without running any cleanup of the parent
         code = 0
         try:
-            for name, obj in large.items():
-                _large_entry(manifest, name, obj)
-            manifest["snapshot_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            os.close(done_r)
+            if before:
+                os.read(before[-1], 1)  # b"" once the previous writer has exited
+            t0 = time.perf_counter()
+            base = os.path.dirname(path)
+            for name in large:  # what the previous checkpoint of each object stored
+                held = _state.get(name)
+                if held is not None and held[1].get("ref") and name not in prepared:
+                    with contextlib.suppress(OSError, ValueError, LookupError):
+                        _basis[name] = _resolve(held[1], name, base)
+            manifest["written_bytes"] = _write_large(manifest, large, prepared, 1)
+            now = time.perf_counter()
+            manifest["snapshot_ms"] = round((now - started) * 1000, 3)
+            manifest["writer_ms"] = round((now - t0) * 1000, 3)
             manifest["forked"] = True
             _write_atomic(path, json.dumps(manifest).encode())
             os.unlink(pending)
         except BaseException:
             code = 1
         os._exit(code)
-    _children.append(pid)
+    os.close(done_w)
+    _children[pid] = {
+        "manifest": path,
+        "names": sorted(large),
+        "bytes": sum(_size(o) for o in large.values()),
+        "est_s": est,
+        "done": done_r,
+    }
 
 
-def _reap(*, block: bool) -> None:
-    for pid in list(_children):
+def _reap(*, block: bool, one: bool = False) -> None:
+    """Collect finished writers (all, waiting if ``block``; with ``one`` the oldest only):
+    their time counts against the budget, and what they wrote is the next basis."""
+    for pid in list(_children)[:1] if one else list(_children):
         try:
             done, status = os.waitpid(pid, 0 if block else os.WNOHANG)
         except ChildProcessError:
             done, status = pid, 0
-        if done:
-            _children.remove(pid)
-            if status != 0:
-                _errors.append(f"checkpoint writer {pid} exited with status {status}")
+        if not done:
+            continue
+        info = _children.pop(pid)
+        os.close(info["done"])
+        if status != 0:
+            _errors.append(f"checkpoint writer {pid} exited with status {status}")
+            _run["spent_s"] += info["est_s"]
+            continue
+        try:
+            with open(info["manifest"], encoding="utf-8") as f:
+                written = json.load(f)
+        except (OSError, ValueError):
+            _run["spent_s"] += info["est_s"]
+            continue
+        took = float(written.get("writer_ms", 0)) / 1000
+        _run["spent_s"] += took
+        if info["bytes"] and took > 0:
+            _learn("s_per_byte", took / info["bytes"])
+        for name in info["names"]:
+            entry = written.get("vars", {}).get(name)
+            held = _state.get(name)
+            ref = os.path.basename(info["manifest"])
+            if entry and "stream" in entry and held and held[1].get("ref") == ref:
+                _basis[name] = entry  # unless a later checkpoint wrote the name again
 
 
 # ---------------------------------------------------------------- restore helpers
@@ -492,15 +948,53 @@ def _resolve(entry: dict[str, Any], name: str, base: str) -> dict[str, Any]:
         return entry
     with open(os.path.join(base, entry["ref"]), encoding="utf-8") as f:
         target = json.load(f)["vars"].get(name)
-    if not target or "blob" not in target:
+    if not target or ("blob" not in target and "stream" not in target):
         raise LookupError(f"checkpoint {entry['ref']} does not hold {name}")
     return dict(target)
 
 
+def _read_verified(digest: str, into: memoryview) -> None:
+    """Read blob ``digest`` (exactly ``into.nbytes`` long) into ``into``; check its hash."""
+    with open(_blob_path(digest), "rb", buffering=0) as f:
+        got = f.readinto(into)
+        if got != into.nbytes or f.read(1):
+            raise ValueError(f"blob {digest[:12]} has the wrong size")
+    if hashlib.sha256(into).hexdigest() != digest:
+        raise ValueError(f"blob {digest[:12]} is corrupt")
+    _known_blobs.add(digest)
+
+
+def _read_chunks(chunks: list[str], size: int, chunk_bytes: int) -> bytearray:
+    buf = bytearray(size)
+    view = memoryview(buf)
+    if len(chunks) != -(-size // chunk_bytes):
+        raise ValueError(f"{len(chunks)} chunks cannot hold {size} bytes")
+    for i, digest in enumerate(chunks):
+        _read_verified(digest, view[i * chunk_bytes : (i + 1) * chunk_bytes])
+    return buf
+
+
+def _load_chunked(entry: dict[str, Any]) -> Any:
+    chunk_bytes = int(entry["chunk_bytes"])
+    stream_size = int(entry["size"]) - sum(int(b["size"]) for b in entry["buffers"])
+    stream = _read_chunks(entry["stream"], stream_size, chunk_bytes)
+    buffers: list[Any] = []
+    for spec in entry["buffers"]:
+        data = _read_chunks(spec["chunks"], int(spec["size"]), chunk_bytes)
+        buffers.append(bytes(data) if spec.get("readonly") else data)  # writable, no copy
+    if entry.get("serializer") == "cloudpickle":
+        cp = _cp()
+        if cp is None:
+            raise TypeError("needs cloudpickle, which this kernel does not have")
+        return cp.loads(stream, buffers=buffers)
+    return pickle.loads(stream, buffers=buffers)
+
+
 def _load_blob(entry: dict[str, Any]) -> Any:
+    if "stream" in entry:
+        return _load_chunked(entry)
     digest = entry["blob"]
-    path = os.path.join(_config["blob_dir"], digest[:2], digest[2:])
-    with open(path, "rb") as f:
+    with open(_blob_path(digest), "rb") as f:
         data = f.read()
     if hashlib.sha256(data).hexdigest() != digest:
         raise ValueError(f"blob {digest[:12]} is corrupt")

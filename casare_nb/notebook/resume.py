@@ -4,8 +4,10 @@ The previous attempt's output notebook says, per cell id, whether the cell ran `
 with which source (sha256); its checkpoints say what the namespace was after each cell. The
 resume point is the first executing cell that did not run ok with its current source: the
 failed cell, or an earlier cell the analyst edited, or one they inserted. The namespace is
-restored from the newest checkpoint before that point; cells between that checkpoint and
-the resume point, and cells that define what could not be saved, are replayed.
+restored from the newest complete checkpoint before that point (a manifest whose ``ref``
+targets exist too); cells between that checkpoint and the resume point - those whose
+checkpoint the policy deferred, or whose writer never finished - and cells that define what
+could not be saved, are replayed.
 
 :func:`prepare_resume` plans (:func:`plan_resume`), keeps the earlier outputs of the cells
 before the resume point (:func:`carry_outputs`) and carries the manifests the restore needs
@@ -24,7 +26,7 @@ from casare_nb.core.cells import replay_plan, source_sha256
 from casare_nb.core.errors import ResumeError, WorkflowError
 from casare_nb.core.models import ResumePlan
 from casare_nb.notebook.executor import executes
-from casare_nb.notebook.state import AttemptPaths, StateDir
+from casare_nb.notebook.state import AttemptPaths, StateDir, manifest_refs
 from casare_nb.notebook.workflow import INJECTED_ID, parse_workflow
 
 __all__ = ["carry_outputs", "plan_resume", "prepare_resume", "read_output", "replays"]
@@ -68,11 +70,16 @@ def plan_resume(
         start = from_cell
     before = [i for i in code if i < start]
     restore = None
-    for i in reversed(before):
+    for i in reversed(before):  # cells whose checkpoint was deferred have no manifest
         cid = nb.cells[i].id
         found = prev_paths.read_manifest(cid)
-        if found is not None and (
-            cid == INJECTED_ID or found.get("source_sha256") == source_sha256(nb.cells[i].source)
+        if (
+            found is not None
+            and (
+                cid == INJECTED_ID
+                or found.get("source_sha256") == source_sha256(nb.cells[i].source)
+            )
+            and all(prev_paths.manifest(ref).is_file() for ref in manifest_refs(found))
         ):
             restore = i
             break

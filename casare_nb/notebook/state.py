@@ -3,11 +3,13 @@
 Layout of the state directory (``./.casare`` or ``$CASARE_HOME``)::
 
     history.duckdb                      runs and cells (casare_nb.store.history)
-    blobs/ab/cdef...                    pickled variables, named by the sha256 of their bytes
+    blobs/ab/cdef...                    pickled variables, or chunks of a large one's pickle
+                                        stream and buffers, named by the sha256 of their bytes
     runs/<run>/<attempt>/output.ipynb   the output notebook, rewritten after every cell
     runs/<run>/<attempt>/checkpoints/<cell id>.json
-                                        the namespace after that cell: variable -> blob,
-                                        modules, names that could not be saved (and why)
+                                        the namespace after that cell: variable -> blob (or
+                                        chunks), modules, names that could not be saved (and
+                                        why); <cell id>.json.skipped when the cell got none
 
 The kernel writes blobs and manifests (``kernel_side``); this module names the paths, reads
 manifests and the names in them, writes notebooks atomically and carries a prefix of
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from casare_nb.core.errors import StateError
+from casare_nb.notebook.kernel_side import MANIFEST_VERSION
 
 HISTORY_FILE: Final = "history.duckdb"
 """The DuckDB file of a state directory (history, and an orchestrator's queue and tokens)."""
@@ -146,13 +149,32 @@ def check_cell_id(cell_id: str) -> str:
     return cell_id
 
 
+def _entry_blobs(entry: dict[str, Any]) -> list[Any]:
+    """The digests an entry names: its ``blob``, or a chunked entry's ``stream`` chunks and
+    every buffer's ``chunks`` (manifest version 2)."""
+    found: list[Any] = []
+    if "blob" in entry:
+        found.append(entry["blob"])
+    stream = entry.get("stream")
+    if isinstance(stream, list):
+        found.extend(stream)
+    buffers = entry.get("buffers")
+    if isinstance(buffers, list):
+        for spec in buffers:
+            chunks = spec.get("chunks") if isinstance(spec, dict) else None
+            if isinstance(chunks, list):
+                found.extend(chunks)
+    return found
+
+
 def blob_refs(manifest: dict[str, Any]) -> list[str]:
-    """The blob digests a manifest names directly (``ref`` entries name other manifests)."""
-    found: list[str] = []
+    """The blob digests a manifest names directly, chunks included (``ref`` entries name
+    other manifests). A robot offers these; a resume elsewhere fetches them."""
+    found: set[str] = set()
     for entry in (manifest.get("vars") or {}).values():
-        if isinstance(entry, dict) and isinstance(entry.get("blob"), str):
-            found.append(entry["blob"])
-    return sorted(set(found))
+        if isinstance(entry, dict):
+            found.update(d for d in _entry_blobs(entry) if isinstance(d, str))
+    return sorted(found)
 
 
 def manifest_refs(manifest: dict[str, Any]) -> list[str]:
@@ -165,9 +187,14 @@ def manifest_refs(manifest: dict[str, Any]) -> list[str]:
 
 
 def check_manifest(cell_id: str, manifest: dict[str, Any]) -> list[str]:
-    """Validate the names in a manifest (they become paths); its blob digests. Raises
-    CheckpointError."""
+    """Validate a manifest's version and the names in it (they become paths); its blob
+    digests, chunks included. Raises CheckpointError."""
     check_cell_id(cell_id)
+    version = manifest.get("version", 1)
+    if not isinstance(version, int) or not 1 <= version <= MANIFEST_VERSION:
+        raise CheckpointError(
+            f"manifest of cell {cell_id}: version {version!r} is not one of 1..{MANIFEST_VERSION}"
+        )
     entries = manifest.get("vars")
     if entries is not None and not isinstance(entries, dict):
         raise CheckpointError(f"manifest of cell {cell_id}: 'vars' is not an object")
@@ -177,10 +204,35 @@ def check_manifest(cell_id: str, manifest: dict[str, Any]) -> list[str]:
         ref = entry.get("ref")
         if ref is not None and (not isinstance(ref, str) or not _REF.match(ref)):
             raise CheckpointError(f"manifest of cell {cell_id}: bad ref {ref!r} for {name!r}")
-        blob = entry.get("blob")
-        if blob is not None and (not isinstance(blob, str) or not _SHA.match(blob)):
-            raise CheckpointError(f"manifest of cell {cell_id}: bad blob {blob!r} for {name!r}")
+        _check_chunked(cell_id, name, entry)
+        for blob in _entry_blobs(entry):
+            if not isinstance(blob, str) or not _SHA.match(blob):
+                raise CheckpointError(f"manifest of cell {cell_id}: bad blob {blob!r} for {name!r}")
     return blob_refs(manifest)
+
+
+def _check_chunked(cell_id: str, name: str, entry: dict[str, Any]) -> None:
+    """A chunked entry's shape: ``stream`` a list, ``buffers`` a list of {size, chunks}, and
+    as many chunks of ``chunk_bytes`` as its sizes need."""
+    if "stream" not in entry and "buffers" not in entry:
+        return
+    where = f"manifest of cell {cell_id}: chunked entry {name!r}"
+    stream, buffers, chunk = entry.get("stream"), entry.get("buffers"), entry.get("chunk_bytes")
+    size = entry.get("size")
+    if not isinstance(stream, list) or not isinstance(buffers, list):
+        raise CheckpointError(f"{where}: 'stream' and 'buffers' must be lists")
+    if not isinstance(chunk, int) or chunk <= 0 or not isinstance(size, int):
+        raise CheckpointError(f"{where}: bad 'chunk_bytes' or 'size'")
+    rest = size
+    for spec in buffers:
+        if not isinstance(spec, dict) or not isinstance(spec.get("chunks"), list):
+            raise CheckpointError(f"{where}: a buffer is not {{size, chunks}}")
+        length = spec.get("size")
+        if not isinstance(length, int) or length < 0 or len(spec["chunks"]) != -(-length // chunk):
+            raise CheckpointError(f"{where}: a buffer's chunks do not match its size")
+        rest -= length
+    if rest < 0 or len(stream) != -(-rest // chunk):
+        raise CheckpointError(f"{where}: the stream's chunks do not match its size")
 
 
 PRIVATE_DIR: Final = 0o700

@@ -88,13 +88,17 @@ class OrchestratorMetrics:
         for status in JobStatus:
             if status.finished:
                 self.outcomes.labels(status.value)
+        self._cell_children: dict[Any, Any] = {}  # status -> its histogram (labels() is slow)
 
     def observe(self, kind: EventKind, data: EventData) -> None:
         """Count one published event."""
         if kind is EventKind.JOB_FINISHED and isinstance(data, JobEvent):
             self.outcomes.labels(data.job.status.value).inc()
         elif kind is EventKind.CELL_FINISHED and isinstance(data, CellEvent):
-            self.cells.labels(data.status.value).observe(data.duration_s)
+            child = self._cell_children.get(data.status)
+            if child is None:
+                child = self._cell_children[data.status] = self.cells.labels(data.status.value)
+            child.observe(data.duration_s)
         elif kind is EventKind.ROBOT_OFFLINE and isinstance(data, RobotEvent):
             if data.reason == "missed_heartbeats":
                 self.heartbeat_misses.inc()

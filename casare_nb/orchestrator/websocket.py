@@ -307,7 +307,9 @@ class WebSocketService:
         except BadAuthorization as exc:
             return self._unauthorized(connection, str(exc))
         try:
-            name = await asyncio.to_thread(self.tokens.verify_token, token)
+            name = self.tokens.known_token(token) or await asyncio.to_thread(
+                self.tokens.verify_token, token
+            )
         except QueueError as exc:
             logger.error("cannot check a token: %s", exc)
             return connection.respond(
@@ -551,7 +553,7 @@ class WebSocketService:
         forgets what an ack covers, so an orchestrator SIGKILLed after the ack must not lose
         it."""
         jobs = self.job_manager
-        mark = jobs.durable_mark()
+        mark = jobs.durable_mark(peer.robot_id)
         if jobs.is_durable(mark):
             peer.send(ack)
             return

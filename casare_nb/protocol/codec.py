@@ -216,12 +216,32 @@ def _too_large(size: int, max_bytes: int) -> NoReturn:
     )
 
 
-def encode(msg: Envelope, *, max_bytes: int = MAX_FRAME_BYTES) -> str:
+_kept: tuple[Envelope, str] | None = None  # the last message encoded with keep=True, its frame
+
+
+def encode(msg: Envelope, *, max_bytes: int = MAX_FRAME_BYTES, keep: bool = False) -> str:
     """The JSON text frame for ``msg`` (secrets included: the peer needs them).
 
     Raises :class:`ProtocolError` ``frame_too_large`` when the frame would exceed
     ``max_bytes``, so the sender learns it before the receiver drops the connection.
+    ``keep``: remember the frame, so that encoding the same object again (the very object:
+    a message checked for size, then sent) reuses it; only the last one is kept.
     """
+    global _kept
+    kept = _kept
+    if kept is not None and kept[0] is msg:
+        text = kept[1]
+        size = _utf8_size(text, max_bytes)
+        if size > max_bytes:
+            _too_large(len(text.encode("utf-8", "surrogatepass")), max_bytes)
+        return text
+    text = _encode(msg, max_bytes)
+    if keep:
+        _kept = (msg, text)
+    return text
+
+
+def _encode(msg: Envelope, max_bytes: int) -> str:
     try:
         text = msg.model_dump_json(context={REVEAL_SECRETS: True})
     except PydanticSerializationError:
@@ -263,6 +283,42 @@ def _validation_summary(exc: ValidationError) -> str:
     return f"invalid message: {text}{more}"
 
 
+def _may_hold_surrogates(data: str | bytes) -> bool:
+    """Whether parsing ``data`` may give text that is not valid Unicode (a lone surrogate):
+    a text frame holding one, or the escape of one (``\\ud800`` to ``\\udfff``; any
+    ``\\ud`` counts). False lets :func:`decode` skip walking every string of the message,
+    which costs more than parsing it; bytes are always walked."""
+    if not isinstance(data, str):
+        return True
+    if "\\ud" in data or "\\uD" in data:
+        return True
+    try:
+        data.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _decode_fast(data: str | bytes, sender: Role | None) -> Message | None:
+    """The message in ``data`` parsed and validated in one pass (pydantic's own JSON
+    parser), or None when :func:`decode` must take the long way: bytes, a constant that
+    is not JSON (``NaN``, ``Infinity``: any mention of them), anything the one pass
+    refuses (a lone surrogate's escape, bad JSON, an invalid message), a message its
+    sender may not send, or a protocol version this side does not speak. The long way
+    says why, in the same words as ever; what this answers, it answers the same."""
+    if not isinstance(data, str) or "NaN" in data or "Infinity" in data:
+        return None
+    try:
+        msg = MESSAGE_ADAPTER.validate_json(data)
+    except (ValidationError, ValueError, RecursionError):
+        return None
+    if sender is not None and sender not in senders(type(msg)):
+        return None
+    if isinstance(msg, Register) and msg.protocol_version not in SUPPORTED_PROTOCOL_VERSIONS:
+        return None
+    return msg
+
+
 def decode(
     data: str | bytes,
     *,
@@ -277,6 +333,9 @@ def decode(
     size = len(data) if isinstance(data, bytes) else _utf8_size(data, max_bytes)
     if size > max_bytes:
         _too_large(size, max_bytes)
+    fast = _decode_fast(data, sender)
+    if fast is not None:
+        return fast
     try:
         obj = json.loads(data, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
@@ -292,7 +351,7 @@ def decode(
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE, "invalid message: JSON nested too deeply"
         ) from None
-    where = unicode_problem(obj)
+    where = unicode_problem(obj) if _may_hold_surrogates(data) else None
     if where is not None:
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE,

@@ -217,8 +217,9 @@ class JobProgress(JobScoped):
         return self
 
     def to_cell_record(self) -> CellRecord:
-        """The history row for this cell (idempotent key: job, attempt, cell_index)."""
-        return CellRecord(
+        """The history row for this cell (idempotent key: job, attempt, cell_index); built
+        without validating again: this message's fields are."""
+        return CellRecord.model_construct(
             run_id=self.job_id,
             attempt=self.attempt,
             cell_index=self.cell_index,
@@ -229,6 +230,20 @@ class JobProgress(JobScoped):
             error_name=self.error_name,
             error_message=self.error_message,
             replayed=self.replayed,
+            output_truncated=False,
+        )
+
+    def to_cell_event(self) -> CellEvent:
+        """What ``cell_finished`` publishes about this cell (not validated again)."""
+        return CellEvent.model_construct(
+            job_id=self.job_id,
+            attempt=self.attempt,
+            cell_index=self.cell_index,
+            cell_id=self.cell_id,
+            status=self.status,
+            duration_s=self.duration_s,
+            cells_done=self.cells_done,
+            cells_total=self.cells_total,
         )
 
 

@@ -40,6 +40,7 @@ from casare_nb.store import schema
 
 __all__ = [
     "Connection",
+    "ConstraintError",
     "Database",
     "DatabaseError",
     "HistoryError",
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 Connection: TypeAlias = duckdb.DuckDBPyConnection
 DatabaseError: TypeAlias = duckdb.Error
+ConstraintError: TypeAlias = duckdb.ConstraintException
 
 _MAX_LOCK_WAIT_S: Final[float] = 0.5  # cap of one backoff sleep while the file is locked
 

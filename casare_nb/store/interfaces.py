@@ -210,6 +210,11 @@ class TokenStore(Protocol):
         """The name of a live token, or None."""
         ...
 
+    def known_token(self, token: str) -> str | None:
+        """The name of a live token this store verified lately, from memory (never
+        blocking); None: ask :meth:`verify_token`."""
+        ...
+
     def revoke_token(self, name: str) -> None:
         """Revoke ``name``'s live token; an unknown name raises QueueError."""
         ...

@@ -38,6 +38,7 @@ from casare_nb.core.errors import JobExists, QueueError
 from casare_nb.core.models import Job, JobStatus, Priority
 from casare_nb.store.database import (
     Connection,
+    ConstraintError,
     Database,
     columns,
     from_db_time,
@@ -85,11 +86,13 @@ _JOB_TIMES: Final[tuple[str, ...]] = tuple(
 )
 # A staged row: the job's columns, then cancel_requested (not a field of Job).
 _STAGED_COLUMNS: Final[dict[str, str]] = {**_JOB_COLUMNS, "cancel_requested": "BOOLEAN"}
-_STAGED_INSERT: Final[str] = (
-    f"INSERT OR IGNORE INTO jobs ({', '.join(_STAGED_COLUMNS)}) SELECT "
-    + ", ".join(f"unnest(?::{sql_type}[])" for sql_type in _STAGED_COLUMNS.values())
-    + " RETURNING job_id"
+_STAGED_SELECT: Final[str] = f"INTO jobs ({', '.join(_STAGED_COLUMNS)}) SELECT " + ", ".join(
+    f"unnest(?::{sql_type}[])" for sql_type in _STAGED_COLUMNS.values()
 )
+# A plain insert first (DuckDB plans it in a third of the time of INSERT OR IGNORE); only a
+# batch with a taken id is written again with the insert that skips and names those.
+_STAGED_INSERT: Final[str] = f"INSERT {_STAGED_SELECT}"
+_STAGED_INSERT_OR_IGNORE: Final[str] = f"INSERT OR IGNORE {_STAGED_SELECT} RETURNING job_id"
 # What a state transition may change (the rest is written once, by the insert).
 _MUTABLE: Final[tuple[str, ...]] = (
     "parameters",
@@ -178,6 +181,10 @@ def _job_from_row(row: Sequence[Any]) -> Job:
 
 def _newest_key(job: Job) -> tuple[datetime | None, str]:
     return (to_db_time(job.created_at), job.job_id)
+
+
+class _IdTaken(Exception):
+    """A plain insert met a job id already stored (its transaction is rolled back)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,11 +414,27 @@ class DuckDBJobStore(WriteBehind[dict[str, _Staged]]):
             raise QueueError(gone)
         new = [(*_job_row(s.job), s.cancel_requested) for s in batch.values() if s.new]
         old = [(*_job_row(s.job), s.cancel_requested) for s in batch.values() if not s.new]
+        try:
+            return self._commit(new, old, skip_taken=False)
+        except _IdTaken:  # rolled back: again, skipping (and naming) the ids taken
+            return self._commit(new, old, skip_taken=True)
+
+    def _commit(
+        self, new: list[tuple[Any, ...]], old: list[tuple[Any, ...]], *, skip_taken: bool
+    ) -> set[str]:
+        """Insert ``new`` and update ``old`` in one transaction; the new ids already taken
+        (``skip_taken``; without it a taken id raises _IdTaken, the transaction rolled
+        back)."""
         refused: set[str] = set()
         with self.db.write() as con:
-            if new:
-                inserted = con.execute(_STAGED_INSERT, columns(new)).fetchall()
+            if new and skip_taken:
+                inserted = con.execute(_STAGED_INSERT_OR_IGNORE, columns(new)).fetchall()
                 refused = {row[0] for row in new} - {row[0] for row in inserted}
+            elif new:
+                try:
+                    con.execute(_STAGED_INSERT, columns(new))
+                except ConstraintError as exc:
+                    raise _IdTaken from exc
             if old:
                 cols = columns(old)
                 params = [cols[0], *(cols[at] for at in _MUTABLE_AT)]

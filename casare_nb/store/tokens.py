@@ -1,9 +1,17 @@
-"""Bearer tokens of an orchestrator, in its DuckDB file: only their SHA-256 is stored."""
+"""Bearer tokens of an orchestrator, in its DuckDB file: only their SHA-256 is stored.
+
+Tokens verified live are remembered (by hash, per database) until a token of that database
+is created or revoked, so a request's token costs no query after the first (the orchestrator
+holds its file alone: no other process changes its tokens meanwhile)."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import secrets
+import threading
+import weakref
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +22,19 @@ from casare_nb.store.database import Database, from_db_time, to_db_time
 __all__ = ["DuckDBTokenStore"]
 
 
+class _Known:
+    """The live tokens of one database verified since its tokens last changed, by hash;
+    ``generation`` counts the changes (a verify that began before one keeps nothing)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.generation = 0
+
+
+_KNOWN: weakref.WeakKeyDictionary[Database, _Known] = weakref.WeakKeyDictionary()
+_KNOWN_LOCK = threading.Lock()
+
+
 class DuckDBTokenStore:
     """Create, verify, revoke and list tokens, on the database's shared connection.
 
@@ -21,6 +42,23 @@ class DuckDBTokenStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        with _KNOWN_LOCK:
+            self._known = _KNOWN.setdefault(db, _Known())
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Around a change of the tokens: what was verified before it, or while it was
+        written, is forgotten."""
+        self._forget_known()
+        try:
+            yield
+        finally:
+            self._forget_known()
+
+    def _forget_known(self) -> None:
+        with _KNOWN_LOCK:
+            self._known.names.clear()
+            self._known.generation += 1
 
     def __repr__(self) -> str:
         return f"DuckDBTokenStore({str(self.db.path)!r})"
@@ -33,7 +71,7 @@ class DuckDBTokenStore:
         if not name:
             raise QueueError("a token needs a name")
         token = secrets.token_urlsafe(32)
-        with self.db.write() as con:
+        with self._changing(), self.db.write() as con:
             live = con.execute(
                 "SELECT 1 FROM tokens WHERE name = ? AND revoked_at IS NULL", [name]
             ).fetchone()
@@ -49,19 +87,36 @@ class DuckDBTokenStore:
         """The name of a live token, or None (unknown, revoked or empty token)."""
         if not token:
             return None
+        known = self.known_token(token)
+        if known is not None:
+            return known
         digest = token_hash(token)
+        with _KNOWN_LOCK:
+            generation = self._known.generation
         rows = self.db.select(
             "SELECT token_hash, name FROM tokens WHERE token_hash = ? AND revoked_at IS NULL",
             [digest],
         )
         for stored, name in rows:
             if hmac.compare_digest(str(stored), digest):
+                with _KNOWN_LOCK:
+                    if self._known.generation == generation:  # no change since the query
+                        self._known.names[digest] = str(name)
                 return str(name)
         return None
 
+    def known_token(self, token: str) -> str | None:
+        """The name of a live token verified since the tokens last changed, from memory;
+        None: not known (ask :meth:`verify_token`)."""
+        if not token:
+            return None
+        digest = token_hash(token)
+        with _KNOWN_LOCK:
+            return self._known.names.get(digest)
+
     def revoke_token(self, name: str) -> None:
         """Revoke the live token of ``name`` (no-op if already revoked); unknown name raises."""
-        with self.db.write() as con:
+        with self._changing(), self.db.write() as con:
             rows = con.execute(
                 "UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL"
                 " RETURNING name",

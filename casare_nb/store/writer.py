@@ -62,6 +62,7 @@ class WriteBehind(ABC, Generic[B]):
         self._marked = 0  # the mark of the last thing added
         self._done = 0  # everything added up to this mark is done
         self._hurry = False  # someone waits: write without waiting for the window
+        self._idle_wait = False  # the thread waits for work (only then does an add wake it)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._exited = False
@@ -73,13 +74,16 @@ class WriteBehind(ABC, Generic[B]):
     # -- for subclasses (with _cond held) ------------------------------------------------
 
     def _added(self) -> int:
-        """Something was added: a new mark; start or wake the thread."""
+        """Something was added: a new mark; start the thread, or wake it if it waits for
+        work (waiting for its window, it takes this too: waking it costs a thread switch
+        per add for nothing)."""
         self._marked += 1
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
             self._thread.start()
             _RUNNING.add(self)
-        self._cond.notify_all()
+        if self._idle_wait:
+            self._cond.notify_all()
         return self._marked
 
     @abstractmethod
@@ -208,9 +212,13 @@ class WriteBehind(ABC, Generic[B]):
             while True:
                 with self._cond:
                     if not self._has_work() and not self._stopping:
-                        self._cond.wait_for(
-                            lambda: self._has_work() or self._stopping, self._idle_after()
-                        )
+                        self._idle_wait = True
+                        try:
+                            self._cond.wait_for(
+                                lambda: self._has_work() or self._stopping, self._idle_after()
+                            )
+                        finally:
+                            self._idle_wait = False
                     if not self._has_work():
                         if self._stopping:
                             return

@@ -31,6 +31,7 @@ __all__ = [
     "AUTH_ERRORS",
     "Auth",
     "Orch",
+    "Workflow",
     "WorkflowPath",
     "Written",
     "add_changes",
@@ -57,7 +58,8 @@ def error(status: int, detail: str) -> HTTPException:
     return HTTPException(status_code=status, detail=detail, headers=headers)
 
 
-def _orchestrator(request: Request) -> Orchestrator:
+async def _orchestrator(request: Request) -> Orchestrator:
+    # async: FastAPI runs a plain def dependency in a worker thread (a hop per request)
     orch: Orchestrator = request.app.state.orchestrator
     return orch
 
@@ -111,8 +113,10 @@ async def _authenticated(
         token = bearer_token(request.headers.getlist("authorization"))
     except BadAuthorization as exc:
         raise refused(request, str(exc)) from None
+    tokens = orch.stores.tokens
     try:
-        name = await asyncio.to_thread(orch.stores.tokens.verify_token, token)
+        # a token verified lately is known from memory: no query, no thread
+        name = tokens.known_token(token) or await asyncio.to_thread(tokens.verify_token, token)
     except QueueError as exc:
         logger.error("cannot check a token: %s", exc)
         raise error(503, "the orchestrator cannot read its tokens") from None
@@ -170,16 +174,11 @@ def resolve_workflow(workflows_dir: Path, given: str) -> Path:
     return resolved
 
 
-def _workflows(request: Request) -> Path:
-    root: Path = request.app.state.workflows_dir
-    return root
-
-
 class WorkflowPath:
     """Resolves the workflow paths of a request (422 for one outside the workflows
     directory)."""
 
-    def __init__(self, root: Annotated[Path, Depends(_workflows)]) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
 
     def __call__(self, given: str) -> Path:
@@ -187,3 +186,12 @@ class WorkflowPath:
             return resolve_workflow(self.root, given)
         except WorkflowError as exc:
             raise error(422, one_line(exc)) from None
+
+
+async def _workflow_path(request: Request) -> WorkflowPath:
+    # async: FastAPI runs a class or a plain def dependency in a worker thread
+    return WorkflowPath(request.app.state.workflows_dir)
+
+
+Workflow = Annotated[WorkflowPath, Depends(_workflow_path)]
+"""The request's :class:`WorkflowPath` (resolving against the workflows directory)."""

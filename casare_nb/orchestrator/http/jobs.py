@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
 from casare_nb.api import DebugBundle, ErrorBody, RerunJob, SubmitJob
 from casare_nb.core.errors import (
@@ -24,7 +24,7 @@ from casare_nb.orchestrator.http.deps import (
     AUTH_ERRORS,
     Auth,
     Orch,
-    WorkflowPath,
+    Workflow,
     Written,
     error,
     with_errors,
@@ -57,9 +57,7 @@ async def _known_job(orch: Orchestrator, job_id: str) -> Job:
 
 
 @router.post("", status_code=201, response_model=Job, responses=_JOB_ERRORS)
-async def submit(
-    body: SubmitJob, _: Auth, orch: Orch, workflow: Annotated[WorkflowPath, Depends()]
-) -> Job:
+async def submit(body: SubmitJob, _: Auth, orch: Orch, workflow: Workflow) -> Job:
     """Validate the parameters against the workflow's schema and queue a run."""
     if orch.draining:
         raise error(503, _DRAINING)
@@ -180,6 +178,9 @@ def _read_notebook(path: Path) -> dict[str, Any] | None:
 
 async def _notebook(orch: Orchestrator, job: Job, attempt: int | None) -> dict[str, Any] | None:
     number = attempt or max(1, job.attempt)
+    running = orch.job_manager.notebook_so_far(job.job_id, number)  # kept in memory
+    if running is not None:
+        return running
     path = orch.stores.checkpoints.attempt(job.job_id, number).output
     return await asyncio.to_thread(_read_notebook, path)
 

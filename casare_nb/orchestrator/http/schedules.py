@@ -4,7 +4,7 @@ import asyncio
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 
 from casare_nb.api import FireInfo, NewSchedule, ScheduleInfo, UpcomingFire
 from casare_nb.core.errors import CasareError, QueueError, one_line
@@ -13,7 +13,7 @@ from casare_nb.orchestrator.http.deps import (
     AUTH_ERRORS,
     Auth,
     Orch,
-    WorkflowPath,
+    Workflow,
     add_changes,
     error,
     with_errors,
@@ -45,9 +45,7 @@ async def _known(orch: Orchestrator, schedule_id: str) -> Schedule:
     response_model=ScheduleInfo,
     responses=with_errors(422, "Bad timetable, parameter or workflow."),
 )
-async def add_schedule(
-    body: NewSchedule, _: Auth, orch: Orch, workflow: Annotated[WorkflowPath, Depends()]
-) -> ScheduleInfo:
+async def add_schedule(body: NewSchedule, _: Auth, orch: Orch, workflow: Workflow) -> ScheduleInfo:
     """Run a workflow on a cron timetable, every N, or once at a date."""
     path = workflow(body.workflow)
     try:

@@ -2,9 +2,8 @@
 webhook deliveries arrive."""
 
 import asyncio
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from casare_nb.api import ErrorBody, NewTrigger, TriggerInfo
@@ -15,7 +14,7 @@ from casare_nb.orchestrator.http.deps import (
     AUTH_ERRORS,
     Auth,
     Orch,
-    WorkflowPath,
+    Workflow,
     add_changes,
     error,
     refused,
@@ -47,7 +46,7 @@ async def add_trigger(
     request: Request,
     _: Auth,
     orch: Orch,
-    workflow: Annotated[WorkflowPath, Depends()],
+    workflow: Workflow,
 ) -> TriggerInfo:
     """A webhook, a file watch, or a chain (on_success / on_failure of ``workflow``)."""
     path = workflow(body.workflow)

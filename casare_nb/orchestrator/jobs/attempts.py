@@ -3,9 +3,9 @@
 - ``job_accept`` marks the attempt started; ``job_reject`` requeues the job (and skips that
   robot once).
 - ``job_progress`` records each cell once in the history and keeps it in the attempt's
-  notebook-so-far; messages about an attempt that is not the job's current one on that robot
-  are refused with ``stale_attempt``. A refused message has no effect at all (de-duplication
-  remembers only handled messages, keyed by their sender).
+  notebook-so-far (in memory, :mod:`.sofar`); messages about an attempt that is not the
+  job's current one on that robot are refused with ``stale_attempt``. A refused message has
+  no effect at all (de-duplication remembers only handled messages, keyed by their sender).
 - ``job_complete`` / ``job_failed`` / ``job_cancelled`` finish the attempt: the output
   notebook is written (in a file thread), then the run record goes to the history and, for a
   failure, :func:`~casare_nb.core.dispatch.after_attempt` decides retry or not. A
@@ -43,7 +43,6 @@ from casare_nb.orchestrator.jobs.book import JobBook, LostCell
 from casare_nb.orchestrator.jobs.durable import Durability
 from casare_nb.orchestrator.jobs.relay import CheckpointRelay, error_reply
 from casare_nb.protocol import (
-    CellEvent,
     CheckpointOffer,
     Deduplicator,
     Error,
@@ -316,10 +315,15 @@ class Attempts:
                 attempt.last_cell = msg.cell_index
         self.durability.put_history(cells=[msg.to_cell_record()])
         if msg.cell is not None:
+            key = (job.job_id, job.attempt)
             try:
-                self.relay.checkpoints.record_cell(
-                    job.job_id, job.attempt, msg.cell, base=attempt.notebook if attempt else None
-                )
+                if key not in book.completing:  # ended: its output notebook is being written
+                    book.sofar.record(
+                        key,
+                        msg.cell,
+                        robot_id=job.robot_id,
+                        base=attempt.notebook if attempt else None,
+                    )
             except (OSError, CheckpointError) as exc:
                 logger.warning("cannot keep cell %s of job %s: %s", msg.cell_id, job.job_id, exc)
             for listener in book.cell_listeners:
@@ -327,19 +331,7 @@ class Attempts:
                     listener(job, msg.cell_index, msg.cell)
                 except Exception:
                     logger.exception("a cell listener failed on job %s", job.job_id)
-        book.link.publish(
-            EventKind.CELL_FINISHED,
-            CellEvent(
-                job_id=msg.job_id,
-                attempt=msg.attempt,
-                cell_index=msg.cell_index,
-                cell_id=msg.cell_id,
-                status=msg.status,
-                duration_s=msg.duration_s,
-                cells_done=msg.cells_done,
-                cells_total=msg.cells_total,
-            ),
-        )
+        book.link.publish(EventKind.CELL_FINISHED, msg.to_cell_event())
 
     # -- the end of an attempt -----------------------------------------------------------
 
@@ -357,6 +349,7 @@ class Attempts:
             return
         book = self.book
         key = (job.job_id, job.attempt)
+        book.sofar.drop(key)  # its output notebook takes the place of the notebook so far
         book.completing.add(key)
         for jobs in book.assigned.values():
             jobs.discard(job.job_id)

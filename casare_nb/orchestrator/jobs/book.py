@@ -20,6 +20,7 @@ from casare_nb.core.errors import QueueError
 from casare_nb.core.jobs import LiveJobs
 from casare_nb.core.models import Job, ResumePlan, Robot, RunStatus
 from casare_nb.notebook.executor import SKIP_TAG
+from casare_nb.orchestrator.jobs.sofar import NotebooksSoFar
 from casare_nb.protocol import Envelope, EventData, EventKind, JobEvent
 
 __all__ = ["Attempt", "JobBook", "Link", "LostCell"]
@@ -109,10 +110,17 @@ def _first_line(source: str, width: int = 60) -> str:
 class JobBook:
     """The in-memory state the job manager's parts share; see the module docstring."""
 
-    def __init__(self, live: LiveJobs, link: Link, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        live: LiveJobs,
+        link: Link,
+        clock: Callable[[], datetime],
+        sofar: NotebooksSoFar,
+    ) -> None:
         self.live = live
         self.link = link
         self.clock = clock
+        self.sofar = sofar  # the running attempts' notebooks so far
         self.draining = False
         self.secrets: dict[str, dict[str, Any]] = {}  # job id -> its secret values (memory only)
         self.start_at: dict[str, datetime] = {}  # job id -> its first cell's time (memory only)
@@ -122,7 +130,8 @@ class JobBook:
         self.completing: set[tuple[str, int]] = set()  # attempts whose output is being written
         # job id -> the cell each attempt lost with its robot was running (memory only)
         self.lost_cells: dict[str, list[LostCell | None]] = {}
-        # called on the loop with every job that reaches a final status (chaining)
+        # called on the loop with every job that reaches a final status (chaining); the job
+        # is the finished snapshot itself (nothing changes it afterwards): do not mutate it
         self.finished_listeners: list[Callable[[Job], None]] = []
         # called on the loop with (job, cell index, executed cell) of each job_progress (outputs)
         self.cell_listeners: list[Callable[[Job, int, dict[str, Any]], None]] = []
@@ -152,9 +161,11 @@ class JobBook:
         self.timers.clear()
 
     def release(self, job_id: str, attempt: int) -> None:
-        """The attempt ended (or never started): free its robot's slot. Its pending
-        checkpoint offers stay: their blobs may still be on the way."""
+        """The attempt ended (or never started): free its robot's slot; its notebook so far
+        is written if it changed (unless dropped first: it ended with its own notebook) and
+        forgotten. Its pending checkpoint offers stay: their blobs may still be on the way."""
         record = self.attempts.pop((job_id, attempt), None)
+        self.sofar.finish((job_id, attempt))
         for robot_id, jobs in list(self.assigned.items()):
             jobs.discard(job_id)
             if not jobs:
@@ -171,7 +182,7 @@ class JobBook:
         logger.info("job %s %s", job.job_id, job.status.value)
         for listener in list(self.finished_listeners):
             try:
-                listener(job.model_copy(deep=True))
+                listener(job)
             except Exception:
                 logger.exception("a finished-job listener failed on job %s", job.job_id)
         self.link.publish(EventKind.JOB_FINISHED, JobEvent(job=job))

@@ -315,7 +315,7 @@ def check_frame(msg: JobAssign, max_bytes: int = MAX_FRAME_BYTES) -> None:
     """JobTooLarge (one line, naming the size and the limit) when ``msg`` cannot be sent
     in one frame of at most ``max_bytes``."""
     try:
-        encode(msg, max_bytes=max_bytes)
+        encode(msg, max_bytes=max_bytes, keep=True)  # sent next: encoded once
     except ProtocolError as exc:
         raise JobTooLarge(
             f"job {msg.job_id} is too large to send: {one_line(exc)} "

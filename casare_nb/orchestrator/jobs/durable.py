@@ -10,6 +10,8 @@ notebooks, each written behind the event loop.
   (:meth:`~Durability.write_output`), numbered as they come; the job's final state is applied
   on the loop once its file is written **and** the stores commit (a storage fault: the write
   is retried with backoff, the job staying in its previous state, until both hold).
+- **Notebooks so far** of running attempts (:attr:`Durability.sofar`, see :mod:`.sofar`)
+  stay in memory; a mark taken for a robot's heartbeat writes that robot's changed ones.
 
 A write that fails puts the durability *at fault* (:meth:`~Durability.fault`: the job store's,
 the history writer's or the output notebooks' reason, once per episode at ERROR) until writes
@@ -37,6 +39,7 @@ from typing import Any, Final, NamedTuple
 
 from casare_nb.core.models import CellRecord, Job, RunRecord
 from casare_nb.notebook.state import write_json_atomic
+from casare_nb.orchestrator.jobs.sofar import NotebooksSoFar
 from casare_nb.store.interfaces import HistoryWriter, JobStore
 from casare_nb.store.writer import WriteBehind
 
@@ -53,20 +56,23 @@ _OUTPUT_RETRY_MAX_S: Final = 2.0  # ...doubling up to this
 
 class DurableMark(NamedTuple):
     """A point in what the orchestrator makes durable (see :meth:`Durability.mark`): the
-    history writer's mark, the job store's mark, and the output notebooks being written
-    then (0: none; their jobs' states are staged once they are written)."""
+    history writer's mark, the job store's mark, the output notebooks being written then
+    (0: none; their jobs' states are staged once they are written) and the notebooks so far
+    handed to their file thread."""
 
     history: int
     queue: int
     outputs: int = 0
+    notebooks: int = 0
 
 
 class Durability:
     """The write-behind of one job manager; see the module docstring."""
 
-    def __init__(self, jobs: JobStore, writer: HistoryWriter) -> None:
+    def __init__(self, jobs: JobStore, writer: HistoryWriter, sofar: NotebooksSoFar) -> None:
         self.jobs = jobs
         self.writer = writer
+        self.sofar = sofar
         self._loop: asyncio.AbstractEventLoop | None = None
         # history records wait here a moment, so the history writer gets them in batches
         self._history_lock = threading.Lock()
@@ -116,6 +122,7 @@ class Durability:
             async with asyncio.timeout(DURABLE_TIMEOUT_S):
                 await self._outputs_done(self._outputs_started)
         await asyncio.to_thread(self._files.shutdown)
+        self.sofar.close()  # on the loop: the robots' messages change them there
         committed = True
         gone = self._gone()
         try:
@@ -311,15 +318,17 @@ class Durability:
 
     # -- marks ---------------------------------------------------------------------------
 
-    def mark(self) -> DurableMark:
+    def mark(self, robot_id: str | None = None) -> DurableMark:
         """A mark for every state change and history record made so far, the jobs whose
-        output notebooks are being written included."""
+        output notebooks are being written included; the notebooks so far of ``robot_id``'s
+        attempts (None: every robot's) that changed are handed to their file thread."""
         pending = self._outputs_started > self._outputs_applied
         self.push_history()
         return DurableMark(
             history=self.writer.mark(),
             queue=self.jobs.mark(),
             outputs=self._outputs_started if pending else 0,
+            notebooks=self.sofar.write(robot_id),
         )
 
     def is_durable(self, mark: DurableMark) -> bool:
@@ -329,6 +338,7 @@ class Durability:
             mark.outputs == 0
             and self.writer.reached(mark.history)
             and self.jobs.reached(mark.queue)
+            and self.sofar.reached(mark.notebooks)
         )
 
     async def durable(self, mark: DurableMark, timeout: float) -> bool:
@@ -340,8 +350,13 @@ class Durability:
                     await self._outputs_done(mark.outputs)
                     # their jobs' states were staged once written: mark again
                     self.push_history()
-                    mark = DurableMark(history=self.writer.mark(), queue=self.jobs.mark())
+                    mark = DurableMark(
+                        history=self.writer.mark(),
+                        queue=self.jobs.mark(),
+                        notebooks=mark.notebooks,
+                    )
                 await self.committed(mark.queue)
+                await self.sofar.written(mark.notebooks)
                 if not self.writer.reached(mark.history):
                     await asyncio.to_thread(self.writer.wait_mark, mark.history, timeout)
         except TimeoutError:
@@ -360,4 +375,6 @@ def _write_output(path: Path, notebook: dict[str, Any]) -> None:
         folder.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         os.mkdir(folder)
-    write_json_atomic(path, notebook)
+    # compact: json's C encoder (indented JSON takes its pure-Python one, several times the
+    # CPU, holding the GIL the event loop needs); the file is read by programs
+    write_json_atomic(path, notebook, compact=True)

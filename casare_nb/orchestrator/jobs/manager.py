@@ -57,6 +57,7 @@ from casare_nb.orchestrator.jobs.book import JobBook, Link
 from casare_nb.orchestrator.jobs.dispatch import Dispatcher, check_frame, check_inside
 from casare_nb.orchestrator.jobs.durable import DURABLE_TIMEOUT_S, Durability, DurableMark
 from casare_nb.orchestrator.jobs.relay import CheckpointRelay
+from casare_nb.orchestrator.jobs.sofar import NotebooksSoFar
 from casare_nb.protocol import (
     MAX_FRAME_BYTES,
     BlobGet,
@@ -108,8 +109,9 @@ class JobManager:
         self.workflows_dir = workflows_dir  # every workflow read must lie inside (None: any)
         self.max_frame_bytes = max_frame_bytes
         self.state_dir = state_dir
-        self.durability = Durability(stores.jobs, stores.history.writer())
-        self.book = JobBook(LiveJobs(self.durability.stage), link, clock)
+        sofar = NotebooksSoFar(stores.checkpoints.attempt)
+        self.durability = Durability(stores.jobs, stores.history.writer(), sofar)
+        self.book = JobBook(LiveJobs(self.durability.stage), link, clock, sofar)
         self.submissions_paused = False  # an operator's pause: submit and rerun refused
         self.relay = CheckpointRelay(self.book, stores.checkpoints)
         self.dispatcher = Dispatcher(
@@ -179,14 +181,21 @@ class JobManager:
     def robot_back(self, robot_id: str, holds: Sequence[JobRef]) -> list[JobRef]:
         return self.attempts.robot_back(robot_id, holds)
 
-    def durable_mark(self) -> DurableMark:
-        return self.durability.mark()
+    def durable_mark(self, robot_id: str | None = None) -> DurableMark:
+        """A mark over what was made so far (``robot_id``: its notebooks so far are
+        written; None: every robot's)."""
+        return self.durability.mark(robot_id)
 
     def is_durable(self, mark: DurableMark) -> bool:
         return self.durability.is_durable(mark)
 
     async def durable(self, mark: DurableMark, timeout: float) -> bool:
         return await self.durability.durable(mark, timeout)
+
+    def notebook_so_far(self, job_id: str, attempt: int) -> dict[str, Any] | None:
+        """The notebook so far of a running attempt, as kept in memory (its cells shared:
+        do not change them); None when it is not kept (ended, or no cell reported yet)."""
+        return self.book.sofar.get((job_id, attempt))
 
     def flush_history(self, timeout: float | None = 30.0) -> None:
         """Block until the history records and job states made so far are written."""

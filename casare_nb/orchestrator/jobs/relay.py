@@ -132,7 +132,7 @@ class CheckpointRelay:
                 from_attempt=prev,
                 attempt=job.attempt,
             )
-            self.checkpoints.start_output(job.job_id, job.attempt, nb)
+            self.book.sofar.start((job.job_id, job.attempt), job.robot_id, nb)
         except (CasareError, ValueError, OSError) as exc:
             logger.warning("job %s: cannot plan a resume, starting over: %s", job.job_id, exc)
             return None
