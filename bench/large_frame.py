@@ -1,27 +1,40 @@
-"""Benchmark 2: a large DataFrame, left alone or touched by every cell.
+"""Benchmark 2: a large object in the namespace, left alone, touched, or changed by every cell.
 
-Cell ``b-01`` builds a float64 DataFrame of ~200 MB (``nbytes``); cells ``b-02`` .. ``b-09``
-do small things. Variants, interleaved every repetition:
+Two notebooks with a ~200 MB DataFrame (``b-01`` builds it, ``b-02`` .. ``b-09`` do small
+things) and two with a ~200 MB numpy array (``a-01`` builds it, each of the 12 cells
+``a-02`` .. ``a-13`` changes it in place and sums it). Variants, interleaved every
+repetition:
 
-* ``untouched``: the small cells never name the frame, so its checkpoint is a reference to
-  the manifest that holds it; ``snapshot_ms`` of a small cell should be ~ms;
-* ``touched, fork``: every small cell does ``df.iloc[0, 0] = i``, so the frame is dirty and
-  (>= ``fork_bytes``, 16 MB) a forked child pickles and writes it;
-* ``touched, no fork``: the same with ``fork_bytes`` out of reach, the kernel pickles inline;
+* ``frame untouched``: the small cells never name the frame, so its checkpoint is a
+  reference to the manifest that holds it; ``snapshot_ms`` of a small cell should be ~ms;
+* ``frame touched``: every small cell does ``df.iloc[0, 0] = i``, so the frame is dirty;
+  with ``fork`` (>= ``fork_bytes``, 16 MB) a forked child writes it, with ``no fork`` the
+  kernel does, inline;
+* ``array, region mutated``: each cell rewrites a different 1 % of the array
+  (``np.sqrt``): only the chunks holding it change;
+* ``array, whole mutated``: each cell does ``arr *= 1.0001``: every chunk changes;
+* ``array, region mutated, one checkpoint``: ``CASARE_CHECKPOINT_MAX_INTERVAL=100``, so the
+  only namespace checkpoint holding the array is the last cell's: what writing it once costs;
 * each notebook also with ``checkpoint=False``, the baseline.
 
-Parent-side cost per small cell = median small-cell duration with checkpoints minus the
-same without. ``step`` = start of a cell to start of the next: it also holds what the
-engine does between cells (e.g. waiting in ``flush`` for a forked writer). A cell whose
-checkpoint the kernel skipped leaves ``<cell>.json.skipped`` instead of a manifest.
+The checkpoint policy decides which cells get a namespace checkpoint (the others leave
+``<cell>.json.skipped``): defaults, a budget of 10 % of the cell time, at least every 4 cells
+and at the last. Parent-side cost per later cell = median later-cell duration with
+checkpoints minus the same without. ``step`` = start of a cell to start of the next: it also
+holds what the engine does between cells. Wall clock = the whole run, kernel start included.
 
     .venv/bin/python -m bench.large_frame [--quick]
+    .venv/bin/python -m bench.large_frame --array [--quick]   # only the array notebooks
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +42,28 @@ from bench import common
 from bench import notebooks as nbs
 
 COMMAND = ".venv/bin/python -m bench.large_frame"
-CREATE = "b-01"
-SMALL = [f"b-{i:02d}" for i in range(2, 10)]
 NO_FORK = 1 << 62
 ARRAY_CELLS = 12
-ARRAY_CREATE = "a-01"
-ARRAY_MUTATE = [f"a-{i:02d}" for i in range(2, 2 + ARRAY_CELLS)]
 TARGET_OVERHEAD = 0.15
-TARGET_GAP = 4  # "a namespace checkpoint at least every few cells": at most 3 in a row without
+MAX_RUN = 3  # "a namespace checkpoint at least every few cells": at most 3 in a row without
+
+
+@dataclass
+class Case:
+    """A notebook: the cell that makes the large object, the cells after it."""
+
+    path: Path
+    create: str
+    later: list[str]
+
+
+@dataclass
+class Variant:
+    case: Case
+    checkpoint: bool
+    baseline: str = ""  # the variant with checkpoints off to compare with
+    options: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def array_notebook(folder: Path, nbytes: int, *, whole: bool) -> Path:
@@ -60,7 +87,53 @@ def array_notebook(folder: Path, nbytes: int, *, whole: bool) -> Path:
     return nbs.write_notebook(folder / name, sources, prefix="a")
 
 
-def _longest_gap(cells: list[str], have: set[str]) -> int:
+def frame_variants(work: Path, nbytes: int) -> dict[str, Variant]:
+    later = [f"b-{i:02d}" for i in range(2, 10)]
+    untouched = Case(nbs.large_frame(work, nbytes, touch=False), "b-01", later)
+    touched = Case(nbs.large_frame(work, nbytes, touch=True), "b-01", later)
+    return {
+        "frame untouched, checkpoint": Variant(untouched, True, "frame untouched, off"),
+        "frame untouched, off": Variant(untouched, False),
+        "frame touched, checkpoint (fork)": Variant(touched, True, "frame touched, off"),
+        "frame touched, checkpoint (no fork)": Variant(
+            touched, True, "frame touched, off", {"fork_bytes": NO_FORK}
+        ),
+        "frame touched, off": Variant(touched, False),
+    }
+
+
+def array_variants(work: Path, nbytes: int) -> dict[str, Variant]:
+    later = [f"a-{i:02d}" for i in range(2, 2 + ARRAY_CELLS)]
+    region = Case(array_notebook(work, nbytes, whole=False), "a-01", later)
+    whole = Case(array_notebook(work, nbytes, whole=True), "a-01", later)
+    once = {"CASARE_CHECKPOINT_MAX_INTERVAL": "100"}
+    return {
+        "array, region mutated, checkpoint": Variant(region, True, "array, region mutated, off"),
+        "array, region mutated, one checkpoint": Variant(
+            region, True, "array, region mutated, off", env=once
+        ),
+        "array, region mutated, off": Variant(region, False),
+        "array, whole mutated, checkpoint": Variant(whole, True, "array, whole mutated, off"),
+        "array, whole mutated, off": Variant(whole, False),
+    }
+
+
+@contextlib.contextmanager
+def environ(env: dict[str, str]) -> Iterator[None]:
+    """``env`` set for the kernels started inside (they inherit this process's variables)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _longest_run(cells: list[str], have: set[str]) -> int:
     """The most cells in a row (of ``cells``, in order) without a namespace checkpoint."""
     longest = run = 0
     for cell in cells:
@@ -69,127 +142,126 @@ def _longest_gap(cells: list[str], have: set[str]) -> int:
     return longest
 
 
-def _array_run(run: common.Timed) -> dict[str, Any]:
-    written = {c for c in [ARRAY_CREATE, *ARRAY_MUTATE] if c in run.manifests}
-    snaps = [float(run.manifests[c]["snapshot_ms"]) for c in sorted(written)]
+def _per_run(run: common.Timed, case: Case) -> dict[str, Any]:
+    durations = run.durations()
+    steps = run.step_walls_s()
+    manifests = run.manifests
+    written = [c for c in case.later if c in manifests]
+    create = manifests.get(case.create, {})
+    entry = create.get("vars", {}).get("df", {})
     return {
         "wall_s": run.wall_s,
-        "cell_sum_s": run.cell_sum_s,
         "state_bytes": run.state_bytes,
-        "create_written": ARRAY_CREATE in written,
-        "mutate_written": sum(1 for c in ARRAY_MUTATE if c in written),
-        "mutate_deferred": sum(1 for c in ARRAY_MUTATE if c in run.skipped),
-        "longest_gap": _longest_gap([ARRAY_CREATE, *ARRAY_MUTATE], written),
-        "last_written": ARRAY_MUTATE[-1] in written,
-        "snapshot_ms": nbs.median(snaps),
-        "written_bytes": sum(int(m.get("written_bytes", 0)) for m in run.manifests.values()),
+        "create_s": durations[case.create],
+        "create_step_s": steps[case.create],
+        "later_s": nbs.median([durations[c] for c in case.later]),
+        "later_step_s": nbs.median([steps[c] for c in case.later if c in steps]),
+        "create_snapshot_ms": create.get("snapshot_ms"),
+        "later_snapshot_ms": nbs.median([float(manifests[c]["snapshot_ms"]) for c in written])
+        if written
+        else None,
+        "create_written": case.create in manifests,
+        "create_forked": bool(create.get("forked")),
+        "later_forked": sum(1 for c in written if manifests[c].get("forked")),
+        "later_written": len(written),
+        "later_deferred": sum(1 for c in case.later if c in run.skipped),
+        "longest_run": _longest_run([case.create, *case.later], set(manifests)),
+        "last_written": case.later[-1] in manifests,
+        "written_bytes": sum(int(m.get("written_bytes", 0)) for m in manifests.values()),
         "pending_left": len(run.pending),
+        "frame_bytes": int(entry.get("size", 0)),
     }
 
 
-def _array_runs(work: Path, nbytes: int, reps: int) -> dict[str, list[dict[str, Any]]]:
-    """The array notebooks with checkpoints on and off, interleaved, after a warm-up."""
-    variants = {
-        "array, region mutated, checkpoint": (array_notebook(work, nbytes, whole=False), True),
-        "array, region mutated, off": (array_notebook(work, nbytes, whole=False), False),
-        "array, whole mutated, checkpoint": (array_notebook(work, nbytes, whole=True), True),
-        "array, whole mutated, off": (array_notebook(work, nbytes, whole=True), False),
-    }
+def _measure(
+    work: Path, variants: dict[str, Variant], reps: int, tag: str
+) -> dict[str, list[dict[str, Any]]]:
+    """Every variant ``reps`` times, interleaved (the order rotates), after one warm-up."""
     names = list(variants)
-    common.timed_run(variants[names[1]][0], None, work=work, checkpoint=False)  # warm-up
+    warm = next(v for v in variants.values() if not v.checkpoint)
+    common.timed_run(warm.case.path, None, work=work, checkpoint=False)
     runs: dict[str, list[dict[str, Any]]] = {}
     for rep in range(reps):
-        order = names[rep % len(names) :] + names[: rep % len(names)]
-        for name in order:
-            path, checkpoint = variants[name]
-            print(f"  [large] rep {rep + 1}/{reps}: {name}", file=sys.stderr, flush=True)
-            run = common.timed_run(path, None, work=work, checkpoint=checkpoint)
-            runs.setdefault(name, []).append(_array_run(run))
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            v = variants[name]
+            print(f"  [{tag}] rep {rep + 1}/{reps}: {name}", file=sys.stderr, flush=True)
+            with environ(v.env):
+                run = common.timed_run(
+                    v.case.path, None, work=work, checkpoint=v.checkpoint, **v.options
+                )
+            runs.setdefault(name, []).append(_per_run(run, v.case))
     return runs
 
 
-def _array_figures(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def _figures(
+    variants: dict[str, Variant], runs: dict[str, list[dict[str, Any]]]
+) -> dict[str, dict[str, Any]]:
     def med(name: str, key: str) -> float:
-        return nbs.median([float(r[key]) for r in runs[name]])
+        return nbs.median([float(r[key]) for r in runs[name] if r[key] is not None])
 
     figures: dict[str, dict[str, Any]] = {}
-    for kind in ("region", "whole"):
-        on, off = f"array, {kind} mutated, checkpoint", f"array, {kind} mutated, off"
-        fig = {
-            key: med(on, key)
+    for name, v in variants.items():
+        if not v.checkpoint:
+            continue
+        base = v.baseline
+        fig: dict[str, Any] = {
+            key: med(name, key)
             for key in (
+                "create_snapshot_ms",
+                "later_snapshot_ms",
+                "later_s",
+                "later_step_s",
+                "create_s",
+                "create_step_s",
                 "wall_s",
-                "cell_sum_s",
                 "state_bytes",
-                "mutate_written",
-                "mutate_deferred",
-                "snapshot_ms",
                 "written_bytes",
+                "frame_bytes",
+                "later_forked",
+                "later_written",
+                "later_deferred",
             )
         }
-        fig["wall_off_s"] = med(off, "wall_s")
-        fig["cell_sum_off_s"] = med(off, "cell_sum_s")
-        fig["overhead"] = fig["wall_s"] / fig["wall_off_s"] - 1
-        fig["paired_overhead"] = nbs.median(
-            [a["wall_s"] / b["wall_s"] - 1 for a, b in zip(runs[on], runs[off], strict=True)]
+        fig.update(
+            later_off_s=med(base, "later_s"),
+            later_step_off_s=med(base, "later_step_s"),
+            create_off_s=med(base, "create_s"),
+            wall_off_s=med(base, "wall_s"),
+            later_cells=len(v.case.later),
+            longest_run=max(r["longest_run"] for r in runs[name]),
+            last_written=all(r["last_written"] for r in runs[name]),
+            create_written=sum(1 for r in runs[name] if r["create_written"]),
+            create_forked=any(r["create_forked"] for r in runs[name]),
+            pending_left=max(r["pending_left"] for r in runs[name]),
+            paired_overhead=nbs.median(
+                [a["wall_s"] / b["wall_s"] - 1 for a, b in zip(runs[name], runs[base], strict=True)]
+            ),
         )
-        fig["longest_gap"] = max(r["longest_gap"] for r in runs[on])
-        fig["create_written"] = sum(1 for r in runs[on] if r["create_written"])
-        fig["last_written"] = all(r["last_written"] for r in runs[on])
-        fig["pending_left"] = max(r["pending_left"] for r in runs[on])
-        figures[kind] = fig
+        fig["overhead"] = fig["wall_s"] / fig["wall_off_s"] - 1
+        fig["parent_cost_later_s"] = fig["later_s"] - fig["later_off_s"]
+        fig["step_cost_later_s"] = fig["later_step_s"] - fig["later_step_off_s"]
+        figures[name] = fig
     return figures
 
 
-def array_main(quick: bool = False) -> dict[str, Any]:
-    """Only the array case (``--array``): its figures as JSON."""
-    reps = 3 if quick else 5
-    nbytes = (50 if quick else 200) << 20
-    with nbs.temp_dir("array") as work:
-        runs = _array_runs(work, nbytes, reps)
-    return {"nbytes": nbytes, "figures": _array_figures(runs), "runs": runs}
+def _row(name: str, fig: dict[str, Any]) -> list[str]:
+    def fmt_ms(value: float, digits: int = 0) -> str:
+        return "-" if value != value else f"{value:.{digits}f} ms"  # NaN: none written
 
-
-def _variants(folder: Path, nbytes: int) -> dict[str, tuple[Path, bool, dict[str, Any]]]:
-    untouched = nbs.large_frame(folder, nbytes, touch=False)
-    touched = nbs.large_frame(folder, nbytes, touch=True)
-    return {
-        "untouched, checkpoint": (untouched, True, {}),
-        "untouched, off": (untouched, False, {}),
-        "touched, checkpoint (fork)": (touched, True, {}),
-        "touched, checkpoint (no fork)": (touched, True, {"fork_bytes": NO_FORK}),
-        "touched, off": (touched, False, {}),
-    }
-
-
-def _per_run(run: common.Timed) -> dict[str, Any]:
-    durations = run.durations()
-    steps = run.step_walls_s()
-    snaps = {k: m.get("snapshot_ms") for k, m in run.manifests.items()}
-    forked = {k: m.get("forked") for k, m in run.manifests.items()}
-    return {
-        "wall_s": run.wall_s,
-        "state_bytes": run.state_bytes,
-        "create_s": durations[CREATE],
-        "create_step_s": steps[CREATE],
-        "small_s": nbs.median([durations[c] for c in SMALL]),
-        "small_step_s": nbs.median([steps[c] for c in SMALL if c in steps]),
-        "create_snapshot_ms": snaps.get(CREATE),
-        "small_snapshot_ms": nbs.median([float(s) for c in SMALL if (s := snaps.get(c))])
-        if any(snaps.get(c) for c in SMALL)
-        else None,
-        "create_forked": forked.get(CREATE),
-        "small_forked": sum(1 for c in SMALL if forked.get(c)),
-        "small_manifests": sum(1 for c in SMALL if c in run.manifests),
-        "small_skipped": sum(1 for c in SMALL if c in run.skipped),
-        "pending_left": len(run.pending),
-        "frame_bytes": _frame_blob_size(run.manifests),
-    }
-
-
-def _frame_blob_size(manifests: dict[str, dict[str, Any]]) -> int:
-    entry = manifests.get(CREATE, {}).get("vars", {}).get("df", {})
-    return int(entry.get("size", 0))
+    create = fmt_ms(fig["create_snapshot_ms"]) if fig["create_written"] else "deferred"
+    return [
+        name,
+        create + (" (forked)" if fig["create_forked"] else ""),
+        fmt_ms(fig["later_snapshot_ms"], 1)
+        + (f" ({fig['later_forked']:.0f} forked)" if fig["later_forked"] else ""),
+        f"{fig['later_written']:.0f} / {fig['later_deferred']:.0f} (of {fig['later_cells']})",
+        str(fig["longest_run"]),
+        f"{fig['parent_cost_later_s'] * 1000:+.1f} ms",
+        f"{fig['step_cost_later_s'] * 1000:+.1f} ms",
+        f"{common.sec(fig['wall_off_s'])} / {common.sec(fig['wall_s'])} "
+        f"({fig['overhead'] * 100:+.0f} %)",
+        common.mb(fig["state_bytes"]),
+    ]
 
 
 def _in_process_fork(nbytes: int, reps: int) -> dict[str, float]:
@@ -229,117 +301,119 @@ def _in_process_fork(nbytes: int, reps: int) -> dict[str, float]:
     return {"parent_ms": nbs.median(returned) * 1000, "flush_ms": nbs.median(waited) * 1000}
 
 
+def _array_targets(figures: dict[str, dict[str, Any]], nbytes: int) -> list[dict[str, Any]]:
+    targets = []
+    for kind, what in (("region", "a 1 % region"), ("whole", "every byte")):
+        fig = figures[f"array, {kind} mutated, checkpoint"]
+        targets.append(
+            common.target(
+                f"{nbytes >> 20} MB array, {what} changed in each of {ARRAY_CELLS} cells: <= 15 % "
+                "wall overhead with a namespace checkpoint at least every few cells",
+                f"{fig['overhead'] * 100:+.0f} % wall ({common.sec(fig['wall_off_s'])} -> "
+                f"{common.sec(fig['wall_s'])}; paired {fig['paired_overhead'] * 100:+.0f} %); "
+                f"{fig['later_written']:.0f} of {ARRAY_CELLS} cells with a checkpoint, at most "
+                f"{fig['longest_run']} in a row without, last cell "
+                f"{'always' if fig['last_written'] else 'not always'}",
+                fig["overhead"] <= TARGET_OVERHEAD
+                and fig["longest_run"] <= MAX_RUN
+                and fig["last_written"],
+            )
+        )
+    return targets
+
+
+def _array_findings(figures: dict[str, dict[str, Any]], nbytes: int) -> list[str]:
+    region = figures["array, region mutated, checkpoint"]
+    whole = figures["array, whole mutated, checkpoint"]
+    once = figures["array, region mutated, one checkpoint"]
+    findings = []
+    if region["overhead"] > TARGET_OVERHEAD:
+        findings.append(
+            f"Writing the {nbytes >> 20} MB array once is already more than the budget: with "
+            "its only namespace checkpoint at the last cell the run takes "
+            f"{once['overhead'] * 100:+.0f} % ({common.sec(once['wall_off_s'])} -> "
+            f"{common.sec(once['wall_s'])}), against {region['overhead'] * 100:+.0f} % with a "
+            "checkpoint at least every 4 cells; the 12 mutating cells take "
+            f"{region['later_off_s'] * ARRAY_CELLS:.2f} s in all, too little to hide the first "
+            "write of the array behind (benchmark 2)."
+        )
+    findings.append(
+        f"Chunks: a checkpoint of the array with a 1 % region changed writes "
+        f"{common.mb(region['written_bytes'])} per run in all (the first full write included) "
+        f"vs {common.mb(whole['written_bytes'])} when every byte changes; "
+        f"{region['later_written']:.0f} of {ARRAY_CELLS} cells get a namespace checkpoint "
+        "either way (benchmark 2)."
+    )
+    return findings
+
+
+def array_main(quick: bool = False) -> dict[str, Any]:
+    """Only the array notebooks (``--array``): their figures."""
+    reps = 3 if quick else 5
+    nbytes = (50 if quick else 200) << 20
+    with nbs.temp_dir("array") as work:
+        variants = array_variants(work, nbytes)
+        runs = _measure(work, variants, reps, "array")
+    figures = _figures(variants, runs)
+    return {
+        "nbytes": nbytes,
+        "rows": [_row(name, fig) for name, fig in figures.items()],
+        "targets": _array_targets(figures, nbytes),
+        "findings": _array_findings(figures, nbytes),
+        "figures": figures,
+        "runs": runs,
+    }
+
+
 def main(quick: bool = False) -> dict[str, Any]:
     reps = 3 if quick else 5
     nbytes = (50 if quick else 200) << 20
-    runs: dict[str, list[dict[str, Any]]] = {}
     with nbs.temp_dir("large") as work:
-        variants = _variants(work, nbytes)
-        names = list(variants)
-        # warm-up: imports of numpy/pandas into the page cache, kernel start
-        path, _, _ = variants["untouched, off"]
-        common.timed_run(path, None, work=work, checkpoint=False)
-        for rep in range(reps):
-            order = names[rep % len(names) :] + names[: rep % len(names)]
-            for name in order:
-                path, checkpoint, extra = variants[name]
-                print(f"  [large] rep {rep + 1}/{reps}: {name}", file=sys.stderr, flush=True)
-                run = common.timed_run(path, None, work=work, checkpoint=checkpoint, **extra)
-                runs.setdefault(name, []).append(_per_run(run))
+        frames = frame_variants(work, nbytes)
+        frame_runs = _measure(work, frames, reps, "large")
+        arrays = array_variants(work, nbytes)
+        array_runs = _measure(work, arrays, reps, "large")
 
     print("  [large] in-process fork timing", file=sys.stderr, flush=True)
     in_process = _in_process_fork(nbytes, reps)
+    figures = {**_figures(frames, frame_runs), **_figures(arrays, array_runs)}
+    runs = {**frame_runs, **array_runs}
+    rows = [_row(name, fig) for name, fig in figures.items()]
 
-    def med(name: str, key: str) -> float:
-        return nbs.median([float(r[key]) for r in runs[name] if r[key] is not None])
-
-    def fmt_ms(value: float, digits: int = 0) -> str:
-        return "-" if value != value else f"{value:.{digits}f} ms"  # NaN: none written
-
-    rows: list[list[str]] = []
-    raw: dict[str, Any] = {"nbytes": nbytes, "runs": runs, "figures": {}, "in_process": in_process}
-    for name in (
-        "untouched, checkpoint",
-        "touched, checkpoint (fork)",
-        "touched, checkpoint (no fork)",
-    ):
-        base = "untouched, off" if name.startswith("untouched") else "touched, off"
-        fig = {
-            "create_snapshot_ms": med(name, "create_snapshot_ms"),
-            "small_snapshot_ms": med(name, "small_snapshot_ms"),
-            "small_s": med(name, "small_s"),
-            "small_off_s": med(base, "small_s"),
-            "small_step_s": med(name, "small_step_s"),
-            "small_step_off_s": med(base, "small_step_s"),
-            "create_s": med(name, "create_s"),
-            "create_off_s": med(base, "create_s"),
-            "create_step_s": med(name, "create_step_s"),
-            "create_step_off_s": med(base, "create_step_s"),
-            "wall_s": med(name, "wall_s"),
-            "wall_off_s": med(base, "wall_s"),
-            "state_bytes": med(name, "state_bytes"),
-            "frame_blob_bytes": med(name, "frame_bytes"),
-            "small_forked": med(name, "small_forked"),
-            "small_manifests": med(name, "small_manifests"),
-            "small_skipped": med(name, "small_skipped"),
-            "pending_left": max(r["pending_left"] for r in runs[name]),
-            "create_forked": bool(runs[name][0]["create_forked"]),
-        }
-        fig["parent_cost_small_s"] = fig["small_s"] - fig["small_off_s"]
-        fig["step_cost_small_s"] = fig["small_step_s"] - fig["small_step_off_s"]
-        fig["parent_cost_create_s"] = fig["create_s"] - fig["create_off_s"]
-        fig["step_cost_create_s"] = fig["create_step_s"] - fig["create_step_off_s"]
-        raw["figures"][name] = fig
-        rows.append(
-            [
-                name,
-                fmt_ms(fig["create_snapshot_ms"]) + (" (forked)" if fig["create_forked"] else ""),
-                fmt_ms(fig["small_snapshot_ms"], 2)
-                + (f" ({fig['small_forked']:.0f} forked)" if fig["small_forked"] else ""),
-                f"{fig['small_manifests']:.0f} / {fig['small_skipped']:.0f}",
-                common.ratio(fig["small_snapshot_ms"] / fig["create_snapshot_ms"], 3),
-                f"{fig['parent_cost_small_s'] * 1000:+.1f} ms",
-                f"{fig['step_cost_small_s'] * 1000:+.1f} ms",
-                f"{common.sec(fig['wall_off_s'])} / {common.sec(fig['wall_s'])} "
-                f"({common.ratio(fig['wall_s'] / fig['wall_off_s'])})",
-                common.mb(fig["state_bytes"]),
-            ]
-        )
-    off_creates = [r["create_s"] for n in runs if n.endswith("off") for r in runs[n]]
+    off_creates = [r["create_s"] for n in frame_runs if n.endswith("off") for r in runs[n]]
     lo, hi = min(off_creates), max(off_creates)
-    create_note = ", ".join(f"{name}: {med(name, 'create_s'):.2f} s" for name in runs)
-    untouched = raw["figures"]["untouched, checkpoint"]
-    fork = raw["figures"]["touched, checkpoint (fork)"]
-    nofork = raw["figures"]["touched, checkpoint (no fork)"]
+    untouched = figures["frame untouched, checkpoint"]
+    fork = figures["frame touched, checkpoint (fork)"]
+    nofork = figures["frame touched, checkpoint (no fork)"]
     targets = [
         common.target(
             "untouched frame: small-cell snapshot ~ms (no re-serialisation)",
-            f"{untouched['small_snapshot_ms']:.2f} ms vs {untouched['create_snapshot_ms']:.0f}"
+            f"{untouched['later_snapshot_ms']:.2f} ms vs {untouched['create_snapshot_ms']:.0f}"
             f" ms for the creating cell",
-            untouched["small_snapshot_ms"] < 10,
+            untouched["later_snapshot_ms"] < 10,
         ),
         common.target(
             "touched frame, fork: parent-side cost per cell ~ fork time (cell duration)",
-            f"{fork['parent_cost_small_s'] * 1000:+.1f} ms per cell "
+            f"{fork['parent_cost_later_s'] * 1000:+.1f} ms per cell "
             f"(in-process: the hook returns after {in_process['parent_ms']:.1f} ms)",
-            fork["parent_cost_small_s"] < 0.05,
+            fork["parent_cost_later_s"] < 0.05,
         ),
         common.target(
             "touched frame, fork: the run does not wait for the writer (step wall clock)",
-            f"{fork['step_cost_small_s'] * 1000:+.0f} ms per cell between cells; run "
+            f"{fork['step_cost_later_s'] * 1000:+.0f} ms per cell between cells; run "
             f"{common.ratio(fork['wall_s'] / fork['wall_off_s'])} the run without checkpoints",
-            fork["step_cost_small_s"] < 0.05,
+            fork["step_cost_later_s"] < 0.05,
         ),
         common.target(
-            "touched frame, fork: every touched cell gets a checkpoint",
-            f"{fork['small_manifests']:.0f} of 8 written, {fork['small_skipped']:.0f} skipped "
-            "(median per run)",
-            fork["small_manifests"] >= 8,
+            "touched frame: a namespace checkpoint at least every 4 cells, and at the last",
+            f"{fork['later_written']:.0f} of 8 written, {fork['later_deferred']:.0f} deferred "
+            f"(median per run); at most {fork['longest_run']} in a row without",
+            fork["longest_run"] <= MAX_RUN and fork["last_written"],
         ),
+        *_array_targets(figures, nbytes),
     ]
     findings = []
-    step = fork["step_cost_small_s"]
-    cell = fork["parent_cost_small_s"]
+    step, cell = fork["step_cost_later_s"], fork["parent_cost_later_s"]
     if step > max(2 * cell, cell + 0.05):
         findings.append(
             f"Forked snapshots hold the run up between cells: with a {nbytes >> 20} MB frame "
@@ -348,74 +422,51 @@ def main(quick: bool = False) -> dict[str, Any]:
             f"run {common.sec(fork['wall_s'])} with fork vs {common.sec(nofork['wall_s'])} "
             f"inline vs {common.sec(fork['wall_off_s'])} without checkpoints (benchmark 2)."
         )
-    if cell > 0.05:
-        findings.append(
-            f"With fork, a touched cell still grows by {cell * 1000:+.0f} ms in its own "
-            f"duration ({fork['wall_s'] / fork['wall_off_s']:.1f}x the run without "
-            f"checkpoints; {nofork['parent_cost_small_s'] * 1000:+.0f} ms per cell inline), "
-            f"although the hook returns after {in_process['parent_ms']:.1f} ms in-process: "
-            "presumably the writers competing with kernel and engine for the 2 CPUs and the "
-            "disk, not isolated here (benchmark 2)."
-        )
-    if fork["small_skipped"] > 0:
-        findings.append(
-            f"With a {nbytes >> 20} MB frame touched by every cell, "
-            f"{fork['small_skipped']:.0f} of 8 cells get no namespace checkpoint "
-            "(`<cell>.json.skipped` markers: the kernel skips a snapshot while its forked "
-            f"writers for earlier cells are busy); {fork['small_manifests']:.0f} manifest(s) "
-            "written. A resume after such a cell has to fall back to an earlier checkpoint "
-            "and replay the cells since (benchmark 2)."
-        )
     if fork["wall_s"] > nofork["wall_s"]:
         findings.append(
-            f"Forking is slower end to end than pickling inline for a touched frame: "
+            f"Forking is slower end to end than writing inline for a touched frame: "
             f"{common.ratio(fork['wall_s'] / nofork['wall_s'])} the inline run's wall clock "
             "(benchmark 2)."
         )
-    if nofork["small_snapshot_ms"] > 0:
-        findings.append(
-            f"Every write into the frame (one value) makes a new full blob: "
-            f"{common.mb(nofork['frame_blob_bytes'])} per touched cell, "
-            f"{common.mb(nofork['state_bytes'])} of state for one run of 9 cells without "
-            "fork (content addressing has no delta), about "
-            f"{nofork['small_snapshot_ms']:.0f} ms per snapshot on this disk (benchmark 2)."
-        )
+    findings += _array_findings(figures, nbytes)
     return {
         "name": "large_frame",
-        "title": f"2. Large DataFrame ({nbytes >> 20} MB), unchanged vs touched by every cell",
+        "title": f"2. Large objects ({nbytes >> 20} MB): a DataFrame unchanged vs touched, "
+        f"an array changed by each of {ARRAY_CELLS} cells",
         "command": COMMAND,
         "runs": f"{reps} of each variant, interleaved, after 1 warm-up",
         "columns": [
             "variant (checkpoint on)",
             "snapshot_ms, creating cell",
-            "snapshot_ms, small cell (median of those written)",
-            "small cells: checkpoint written / skipped (of 8)",
-            "ratio small/creating",
-            "small cell: parent-side cost (cell duration vs off)",
-            "small cell: cost in step (start to next start, vs off)",
-            "run wall clock off / on",
+            "snapshot_ms, later cells (median of those written)",
+            "later cells: namespace checkpoint written / deferred",
+            "most cells in a row without one",
+            "later cell: parent-side cost (cell duration vs off)",
+            "later cell: cost in step (start to next start, vs off)",
+            "run wall clock off / on (overhead)",
             "state written per run",
         ],
         "rows": rows,
         "targets": targets,
         "notes": [
-            f"Frame: 8 float64 columns, {nbytes >> 20} MB by `memory_usage`; pickled blob "
-            f"{common.mb(untouched['frame_blob_bytes'])}.",
+            f"Frame: 8 float64 columns, {nbytes >> 20} MB by `memory_usage`; pickled "
+            f"{common.mb(untouched['frame_bytes'])} (protocol 5, buffers out of band, stored in "
+            "1 MiB chunks). Array: float64, `nbytes` "
+            f"{nbytes >> 20} MB; each later cell changes it and sums it (~15 ms).",
             "`snapshot_ms` of a forked snapshot is measured in the child, from the hook's start "
-            "to the manifest write: the whole pickle + sha256 + write.",
+            "to the manifest write; a forked writer first waits for the writer before it.",
             "Costs are medians with checkpoints minus medians of the same notebook with "
-            "`checkpoint=False`.",
+            "`checkpoint=False`; overhead = median wall on / median wall off - 1 (paired: the "
+            "median of the per-repetition ratios).",
             f"The creating cell's own duration varies from {lo:.1f} to {hi:.1f} s between "
-            "runs without checkpoints "
-            "(allocating and filling the frame), so its checkpoint cost is not given as a "
-            f"difference (medians: {create_note}); its `snapshot_ms` is.",
+            "runs without checkpoints (allocating and filling the frame).",
             "In-process check of the fork path (`kernel_side.snapshot` called in the bench "
             f"process on a new {nbytes >> 20} MB frame): returns after "
             f"{in_process['parent_ms']:.1f} ms (the parent side: sizes + `os.fork`); the "
             f"following `flush` waits {in_process['flush_ms']:.0f} ms for the writer.",
         ],
         "findings": findings,
-        "raw": raw,
+        "raw": {"nbytes": nbytes, "runs": runs, "figures": figures, "in_process": in_process},
     }
 
 

@@ -3,14 +3,54 @@ backends come as plugins. Helpers to import are in helpers.py."""
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import json
+import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from helpers import Workspace
 
 pytest_plugins = ["cluster", "stores"]  # an orchestrator with robots; the store backends
+
+
+# how long the test process may take to exit once the run is over
+EXIT_GRACE_S = float(os.environ.get("CASARE_TEST_EXIT_GRACE_S", "120"))
+_exit_status = [0]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _exit_status[0] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A test process still alive EXIT_GRACE_S after the run (a thread or child that will not
+    end) prints every thread's stack and its children, then exits with the run's status: CI
+    reports the culprit instead of waiting for its timeout."""
+    from casare_nb.notebook.zygote import close_shared_zygotes
+
+    close_shared_zygotes()
+
+    def guard() -> None:
+        threading.Event().wait(EXIT_GRACE_S)
+        err = sys.__stderr__ or sys.stderr
+        print(f"\nthe test process did not exit within {EXIT_GRACE_S:.0f} s:", file=err)
+        for thread in threading.enumerate():
+            print(f"  thread {thread.name} (daemon={thread.daemon})", file=err)
+        pid = os.getpid()
+        with contextlib.suppress(OSError):
+            for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+                print(f"  child {child}: {cmdline.decode(errors='replace')[:200]}", file=err)
+        faulthandler.dump_traceback(file=err, all_threads=True)
+        err.flush()
+        os._exit(_exit_status[0])  # the tests' verdict; the dump above names the leak
+
+    threading.Thread(target=guard, name="casare-exit-guard", daemon=True).start()
 
 
 @pytest.fixture

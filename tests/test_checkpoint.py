@@ -30,9 +30,10 @@ def blobs(ws: Workspace) -> list[Path]:
     return [p for p in (ws.state / "blobs").rglob("*") if p.is_file()]
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def every_cell(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The kernels started from here on checkpoint every cell (no deferral by the policy)."""
+    """The kernels of these tests checkpoint every cell: what they test is what a checkpoint
+    holds, not which cells the (timing-based) policy gives one; ``forced_only`` overrides."""
     monkeypatch.setenv("CASARE_CHECKPOINT_MAX_INTERVAL", "1")
 
 
@@ -110,9 +111,7 @@ async def test_object_changed_through_a_function_is_saved_again(ws: Workspace) -
     assert ws.manifest(result, "c2")["vars"]["big"] != ws.manifest(result, "c1")["vars"]["big"]
 
 
-async def test_large_dirty_data_is_written_by_a_forked_child(
-    ws: Workspace, every_cell: None
-) -> None:
+async def test_large_dirty_data_is_written_by_a_forked_child(ws: Workspace) -> None:
     """Past the fork threshold the snapshot is written by a forked child, completely, in
     1 MiB chunks of which only the changed one is written again."""
     nb = ws.notebook(["payload = bytearray(3_000_000)", "payload[0] = 7", "done = True"])
@@ -214,7 +213,7 @@ async def test_disk_full_while_checkpointing_fails_the_run_cleanly(ws: Workspace
 
 
 @pytest.mark.slow
-async def test_forked_snapshot_does_not_hold_up_the_cell(ws: Workspace, every_cell: None) -> None:
+async def test_forked_snapshot_does_not_hold_up_the_cell(ws: Workspace) -> None:
     """A cell changing 200 MB returns long before its forked checkpoint is written."""
     nb = ws.notebook(["payload = bytearray(200_000_000)", "payload[0] = 1", "done = 1"])
     result = await ws.run(nb)
@@ -251,9 +250,7 @@ async def test_slow_to_pickle_object_is_saved_only_when_dirty(ws: Workspace) -> 
     assert ws.manifest(result, "c2")["vars"]["slow"] == ws.manifest(result, "c0")["vars"]["slow"]
 
 
-async def test_small_change_to_a_large_array_writes_only_its_chunk(
-    ws: Workspace, every_cell: None
-) -> None:
+async def test_small_change_to_a_large_array_writes_only_its_chunk(ws: Workspace) -> None:
     """One value changed in a 24 MB array: its checkpoint writes the one 1 MiB chunk that
     holds it; every other chunk keeps its digest, and the array restores exactly."""
     nb = ws.notebook(

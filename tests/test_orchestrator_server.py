@@ -18,7 +18,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from casare_nb.core.models import RobotStatus
 from casare_nb.orchestrator.orchestrator import Orchestrator
-from casare_nb.orchestrator.registry import NotRegistered, RobotIdTaken, RobotRegistry
+from casare_nb.orchestrator.registry import (
+    STALE_HEARTBEATS,
+    NotRegistered,
+    RobotIdTaken,
+    RobotRegistry,
+)
 from casare_nb.protocol import (
     PROTOCOL_VERSION,
     Envelope,
@@ -561,6 +566,33 @@ def test_registry_heartbeat_updates_state_and_ignores_replays() -> None:
         replay = registry.heartbeat(heartbeat(seq=seq, cpu_percent=99.0), now=t2)
         assert replay == robot
     assert registry.heartbeat(heartbeat(seq=4), now=t2).status is RobotStatus.ONLINE
+
+
+def test_registry_holds_an_ordered_drain_against_heartbeats_sent_before_it() -> None:
+    """A drain the orchestrator set survives up to STALE_HEARTBEATS heartbeats still saying
+    online (sent before the robot got the order); one agreeing ends the hold; an undrain is
+    held the same way, and a robot insisting longer is believed."""
+    registry = RobotRegistry()
+    registry.register(register_msg(max_concurrent_jobs=1), now=T0)
+    assert registry.set_status("robot-1", RobotStatus.DRAINING) is not None
+    seq = 0
+    for seq in range(STALE_HEARTBEATS):
+        assert registry.heartbeat(heartbeat(seq=seq), now=T0).status is RobotStatus.DRAINING
+    seq += 1
+    agreed = registry.heartbeat(heartbeat(seq=seq, status="draining"), now=T0)
+    assert agreed.status is RobotStatus.DRAINING
+    seq += 1
+    assert registry.heartbeat(heartbeat(seq=seq), now=T0).status is RobotStatus.ONLINE
+
+    registry.set_status("robot-1", RobotStatus.ONLINE)  # undrain; the robot was busy
+    busy = [JobRef(job_id="j1", attempt=1)]
+    seq += 1
+    stale = registry.heartbeat(heartbeat(seq=seq, status="draining", running_jobs=busy), now=T0)
+    assert stale.status is RobotStatus.BUSY
+    for _ in range(STALE_HEARTBEATS):
+        seq += 1
+        last = registry.heartbeat(heartbeat(seq=seq, status="draining"), now=T0)
+    assert last.status is RobotStatus.DRAINING  # past the stale ones: the robot drains itself
 
 
 def test_registry_heartbeat_from_unknown_or_offline_robot_raises() -> None:

@@ -44,3 +44,20 @@ def test_revoked_tokens_stop_verifying_and_names_can_be_reused(stores: Stores) -
     assert [t["revoked_at"] is None for t in listed] == [False, True]
     with pytest.raises(QueueError, match="needs a name"):
         tokens.create_token("")
+
+
+def test_a_verified_token_is_known_from_memory_until_tokens_change(stores: Stores) -> None:
+    """known_token answers a token verified since the tokens last changed (no query), and
+    nothing once a token is revoked or created: a revoked token is refused at once."""
+    tokens = stores.tokens
+    first = tokens.create_token("robot-a")
+    assert tokens.known_token(first) is None  # not verified yet
+    assert tokens.verify_token(first) == "robot-a"
+    assert tokens.known_token(first) == "robot-a"
+    other = tokens.create_token("robot-b")
+    assert tokens.known_token(first) is None  # a change forgets what was known
+    assert tokens.verify_token(first) == "robot-a" and tokens.verify_token(other) == "robot-b"
+    tokens.revoke_token("robot-a")
+    assert tokens.known_token(first) is None and tokens.verify_token(first) is None
+    assert tokens.known_token(other) is None and tokens.verify_token(other) == "robot-b"
+    assert tokens.known_token("") is None and tokens.known_token(first + "x") is None

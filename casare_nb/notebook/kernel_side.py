@@ -126,7 +126,9 @@ def _reset_run() -> None:
             "spent_s": 0.0,  # snapshot work so far: hook time + forked writers' time
             "gap": 0,  # cells since the last namespace checkpoint (or restore)
             "s_per_byte": 1e-9,  # learned cost of a large object's byte (hash/compare/write)
-            "small_s": 0.0,  # learned cost of the small objects of a snapshot
+            # bytes the small objects pickled to at the last snapshot: estimates go by bytes,
+            # not by time, so a slow disk never makes a small namespace skip checkpoints
+            "small_bytes": 0,
         }
     )
 
@@ -737,7 +739,7 @@ def snapshot(entry: dict[str, Any], raw: str, *, last: bool = False) -> None:
             small.append((name, obj))
 
     # the policy: take this checkpoint, or defer it to a later cell
-    est = big * _run["s_per_byte"] + _run["small_s"]
+    est = (big + _run["small_bytes"]) * _run["s_per_byte"]
     forced = last or _run["gap"] + 1 >= _config["max_interval"]
     if (
         not forced
@@ -781,7 +783,7 @@ def snapshot(entry: dict[str, Any], raw: str, *, last: bool = False) -> None:
     _carry_ids.clear()
     _run["gap"] = 0
 
-    t_small = time.perf_counter()
+    small_bytes = 0
     for name, obj in small:
         t0 = time.perf_counter()
         try:
@@ -791,6 +793,7 @@ def snapshot(entry: dict[str, Any], raw: str, *, last: bool = False) -> None:
             _state.pop(name, None)
             continue
         cost_ms = (time.perf_counter() - t0) * 1000
+        small_bytes += len(data)
         if _holds_secret(data):
             skipped[name] = f"{_type_name(obj)}: holds a secret parameter"
             continue
@@ -798,7 +801,7 @@ def snapshot(entry: dict[str, Any], raw: str, *, last: bool = False) -> None:
         tracked = cost_ms >= _config["track_ms"] or len(data) >= _config["track_bytes"]
         _state[name] = (id(obj), blob, tracked)
         entries[name] = blob
-    _learn("small_s", time.perf_counter() - t_small)
+    _run["small_bytes"] = small_bytes
     for name in list(_state):
         if name not in user:
             del _state[name]

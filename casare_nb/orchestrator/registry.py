@@ -20,7 +20,10 @@ from casare_nb.core.errors import CasareError
 from casare_nb.core.models import Robot, RobotStatus
 from casare_nb.protocol import Heartbeat, Register
 
-__all__ = ["NotRegistered", "RegistryError", "RobotIdTaken", "RobotRegistry"]
+__all__ = ["STALE_HEARTBEATS", "NotRegistered", "RegistryError", "RobotIdTaken", "RobotRegistry"]
+
+
+STALE_HEARTBEATS = 2  # heartbeats that may cross an order to drain or undrain on the wire
 
 
 class RegistryError(CasareError):
@@ -51,6 +54,10 @@ class _Entry:
     robot: Robot
     session: Hashable | None
     last_seq: int | None = None
+    # a drain (or undrain) the orchestrator ordered, held against heartbeats the robot sent
+    # before the order reached it; ``stale_left`` more disagreeing heartbeats are overruled
+    ordered: bool | None = None
+    stale_left: int = 0
 
 
 class RobotRegistry:
@@ -86,11 +93,15 @@ class RobotRegistry:
         return None if entry is None else entry.robot.model_copy(deep=True)
 
     def set_status(self, robot_id: str, status: RobotStatus) -> Robot | None:
-        """Show ``status`` for a robot until its next heartbeat says otherwise (e.g. paused by
-        the orchestrator: draining at once); None for an unknown or offline robot."""
+        """Show ``status`` for a robot at once (e.g. paused by the orchestrator: draining)
+        until its heartbeats agree: up to :data:`STALE_HEARTBEATS` heartbeats the robot sent
+        before it got the order, and that still say otherwise, do not undo it. None for an
+        unknown or offline robot."""
         entry = self._entries.get(robot_id)
         if entry is None or entry.robot.status is RobotStatus.OFFLINE:
             return None
+        entry.ordered = status is RobotStatus.DRAINING
+        entry.stale_left = STALE_HEARTBEATS
         entry.robot = entry.robot.model_copy(update={"status": status})
         self._snapshot = None
         return entry.robot.model_copy(deep=True)
@@ -132,9 +143,21 @@ class RobotRegistry:
             return entry.robot.model_copy(deep=True)
         entry.last_seq = msg.seq
         self._snapshot = None
+        status = RobotStatus(msg.status)
+        if entry.ordered is not None:
+            if (status is RobotStatus.DRAINING) == entry.ordered or entry.stale_left <= 0:
+                entry.ordered = None  # the robot caught up (or insists: it knows best)
+            else:  # sent before the order reached the robot
+                entry.stale_left -= 1
+                full = len(msg.running_jobs) >= entry.robot.max_concurrent_jobs
+                status = (
+                    RobotStatus.DRAINING
+                    if entry.ordered
+                    else (RobotStatus.BUSY if full else RobotStatus.ONLINE)
+                )
         entry.robot = entry.robot.model_copy(
             update={
-                "status": RobotStatus(msg.status),
+                "status": status,
                 "running_jobs": len(msg.running_jobs),
                 "cpu_percent": msg.cpu_percent,
                 "memory_percent": msg.memory_percent,

@@ -4,7 +4,8 @@ robot can resume from it.
 Same layout as a robot's (and a local run's) state directory, under the orchestrator's
 ``state_dir`` (see :mod:`casare_nb.notebook.state`)::
 
-    blobs/ab/cdef...                          pickled variables, by sha256
+    blobs/ab/cdef...                          pickled variables, or 1 MB chunks of a large
+                                              one's pickle stream and buffers, by sha256
     runs/<job>/<attempt>/checkpoints/<cell>.json
                                               a manifest, written once all its blobs are here
     runs/<job>/<attempt>/output.ipynb         the attempt's notebook so far: the cells carried
@@ -13,7 +14,9 @@ Same layout as a robot's (and a local run's) state directory, under the orchestr
 
 The transfer (``checkpoint_offer`` -> ``checkpoint_want`` -> ``blob_put``... ->
 ``checkpoint_stored``) is content-addressed: only blobs the store lacks are asked for, so a
-variable that did not change is never sent twice, whichever attempt or job made it.
+variable that did not change is never sent twice, whichever attempt or job made it - nor
+a chunk of a large one that did not change. Manifests of a version this store does not
+know are refused (:func:`~casare_nb.notebook.state.check_manifest`).
 
 A manifest is only written once every blob it names is stored, so a resume never reads a
 checkpoint that is half here. Names in manifests (cell ids, ``ref`` file names, blob

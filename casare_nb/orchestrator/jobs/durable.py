@@ -48,7 +48,9 @@ __all__ = ["DURABLE_TIMEOUT_S", "Durability", "DurableMark"]
 logger = logging.getLogger("casare_nb.orchestrator.jobs")
 
 DURABLE_TIMEOUT_S: Final = 30.0  # how long submit, rerun and cancel wait for their commit
-HISTORY_WINDOW_S: Final = 0.05  # history records are handed to the history writer this often
+HISTORY_WINDOW_S: Final = 0.2  # history records are handed to the history writer this often
+# (each hand-over is a DuckDB transaction of a few ms whatever its size; a durable mark, a
+# heartbeat's, hands them over at once)
 _OUTPUT_THREADS: Final = 4  # output notebooks written at once (file creation waits on the disk)
 _OUTPUT_RETRY_FIRST_S: Final = 0.05  # backoff of an output notebook that cannot be stored...
 _OUTPUT_RETRY_MAX_S: Final = 2.0  # ...doubling up to this
