@@ -35,6 +35,7 @@ from typing import Any
 from bench import common
 from bench import notebooks as nbs
 from bench.cluster import RobotProcess
+from casare_nb.core.tokens import TokenRole
 from casare_nb.orchestrator.service import OrchestratorService
 
 COMMAND = ".venv/bin/python -m bench.cli_startup"
@@ -100,7 +101,7 @@ class Served:
     async def start(self) -> None:
         await self.service.start()
         orch = self.service.orchestrator
-        token = await asyncio.to_thread(orch.create_token, "bench-robot")
+        token = await asyncio.to_thread(orch.create_token, "bench-robot", TokenRole.ROBOT)
         setup = {
             "url": orch.url,
             "mode": "engine",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from casare_nb.core.models import Robot
+from casare_nb.core.tokens import TokenRole
 from casare_nb.orchestrator.jobs.book import Link
 from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.protocol import Envelope, EventData, EventKind, JobAssign, JobEvent
@@ -141,6 +142,6 @@ class RobotProcess:
 async def robot_tokens(orch: Orchestrator, robot_ids: list[str]) -> list[dict[str, str]]:
     """A token per robot id, as the robot process's setup wants them."""
     return [
-        {"robot_id": rid, "token": await asyncio.to_thread(orch.create_token, rid)}
+        {"robot_id": rid, "token": await asyncio.to_thread(orch.create_token, rid, TokenRole.ROBOT)}
         for rid in robot_ids
     ]

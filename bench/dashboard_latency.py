@@ -262,7 +262,7 @@ def _measure(work: Path, runs: int) -> dict[str, Any]:
         orchestrator = _orchestrator(work, workflows)
         client = Client.local(work / "state")
         tokens = [
-            {"robot_id": f"sim-{i:02d}", "token": client.create_token(f"sim-{i:02d}")}
+            {"robot_id": f"sim-{i:02d}", "token": client.create_token(f"sim-{i:02d}", "robot")}
             for i in range(ROBOTS)
         ]
         robots = subprocess.Popen(

@@ -32,6 +32,7 @@ from typing import Any
 
 from bench import common
 from bench import notebooks as nbs
+from casare_nb.core.tokens import TokenRole
 from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.protocol import CellEvent, EventData, EventKind, JobEvent
 
@@ -114,7 +115,7 @@ async def _one(
     """One kill: a job on robot A, robot B joins, A is SIGKILLed mid-cell; the timings."""
     path, started, go = _notebook(work)
     names = (f"robot-a{rep}", f"robot-b{rep}")
-    tokens = [await asyncio.to_thread(orch.create_token, n) for n in names]
+    tokens = [await asyncio.to_thread(orch.create_token, n, TokenRole.ROBOT) for n in names]
     victim = _robot(orch, work, names[0], tokens[0])
     procs.append(victim)
     await _online(orch, names[0])

@@ -37,6 +37,7 @@ from bench import common
 from bench import notebooks as nbs
 from bench.cluster import RobotProcess
 from bench.orchestrated_run import Floor, _floor_sources, _papermill
+from casare_nb.core.tokens import TokenRole
 from casare_nb.orchestrator.service import OrchestratorService
 from casare_nb.service_thread import ServiceThread
 
@@ -85,7 +86,9 @@ class Cluster:
         self.thread = ServiceThread(service)
         await asyncio.to_thread(self.thread.start)
         robot_id = f"robot-{self.name}"
-        token = await asyncio.to_thread(service.orchestrator.create_token, robot_id)
+        token = await asyncio.to_thread(
+            service.orchestrator.create_token, robot_id, TokenRole.ROBOT
+        )
         setup = {
             "url": service.ws_url,
             "mode": "engine",

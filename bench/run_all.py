@@ -47,6 +47,7 @@ MODULES = [
     "floor",
     "cli_startup",
     "orchestrator_load",
+    "backup_cleanup",
 ]
 DOC = ROOT / "docs" / "benchmarks.md"
 OUT = ROOT / "bench" / "out"

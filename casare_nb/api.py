@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from casare_nb.core.models import Priority, ResumePlan, RobotStatus, RunStatus
 from casare_nb.core.params import ParamSchema
 from casare_nb.core.text import unicode_problem
+from casare_nb.core.tokens import DEFAULT_ROLE, TokenRole
 from casare_nb.core.triggers import JobFields, Schedule, ScheduleFields, Trigger, TriggerFields
 
 __all__ = [
@@ -191,6 +192,11 @@ class CreateToken(_Request):
     """``POST /api/tokens``: a new bearer token (for a robot, a monitor or a user)."""
 
     name: str = Field(pattern=TOKEN_NAME_PATTERN, description="Letters, digits, '.', '_', '-'.")
+    role: TokenRole = Field(
+        default=DEFAULT_ROLE,
+        description="robot: connect as a robot only; user: submit, read, its own jobs; "
+        "admin: everything.",
+    )
 
 
 class TokenCreated(BaseModel):
@@ -198,12 +204,16 @@ class TokenCreated(BaseModel):
 
     name: str
     token: str
+    role: TokenRole = DEFAULT_ROLE
 
 
 class TokenInfo(BaseModel):
     """A token as ``GET /api/tokens`` lists it: never the token nor its hash."""
 
     name: str
+    role: TokenRole | None = Field(
+        default=None, description="None: created before roles; it acts as admin."
+    )
     created_at: datetime
     revoked_at: datetime | None = None
 

@@ -180,7 +180,19 @@ rules below are the design they follow.
   `Authorization: Bearer <token>` with the HTTP upgrade request, and the orchestrator
   answers 401 without upgrading when the token is wrong (tokens are stored hashed). No
   message carries a token. The orchestrator listens on `127.0.0.1:8765` unless told
-  otherwise; TLS (`wss://`) is one option away.
+  otherwise; TLS (`wss://`) is one option away. A robot or client trusts a certificate
+  signed by its own CA (a self-signed one) with `--ca-file` (robot config
+  `connection.ca_file`, `CASARE_CA_FILE`); a certificate that fails verification is not
+  retried: the robot stops with one line naming the cause.
+- **Token roles** decide what a connection may become: only a `robot` token (or one
+  created before roles existed, which acts as admin) may `register`; only a `user` or
+  `admin` token may `subscribe`. Another gets a fatal `unauthorized` error naming the
+  token, its role and the role needed (`token 'x' has role user; registering as a robot
+  needs robot`), and the connection is closed with 1008. The HTTP API answers the same
+  refusal with 403 and that one line as `detail`: a `user` submits, reads, and cancels or
+  re-runs the jobs it submitted; an `admin` also manages tokens, drains robots, pauses
+  submissions, changes schedules and triggers and acts on anyone's jobs; a `robot` token
+  has no HTTP API.
 - **Protocol version: {version}.** The robot states its version in `register`; a version the
   orchestrator does not speak is answered with an `unsupported_version` error (fatal) and
   the connection is closed.

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from playwright.sync_api import Browser, Locator, Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from casare_nb.nodes.browser import CHROMIUM_ARGS, DEBIAN_CHROMIUM
 
@@ -20,6 +21,7 @@ __all__ = [
     "graph_node",
     "graph_port",
     "open_notebook",
+    "open_palette",
     "run_cell",
     "screenshot",
 ]
@@ -52,6 +54,24 @@ def open_notebook(browser: Browser, url: str, token: str, path: str) -> Page:
     page.wait_for_selector(".jp-Notebook .jp-Cell")
     page.wait_for_function(KERNEL_IDLE)
     return page
+
+
+def open_palette(page: Page, query: str, *, tries: int = 5) -> Locator:
+    """Open the command palette with Ctrl+Shift+C and type ``query`` in it.
+
+    The shortcut is lost while JupyterLab still moves focus after a document opens (seen in
+    CI): the palette's input not shown within a few seconds, press it again."""
+    palette = page.locator(".lm-CommandPalette-input")
+    for attempt in range(tries):
+        page.keyboard.press("Control+Shift+C")
+        try:
+            palette.wait_for(state="visible", timeout=5_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
+    palette.fill(query)
+    return palette
 
 
 def run_cell(

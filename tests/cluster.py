@@ -15,6 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.models import Job, RobotStatus
+from casare_nb.core.tokens import TokenRole
 from casare_nb.notebook.pool import KernelPool
 from casare_nb.notebook.state import StateDir
 from casare_nb.orchestrator.orchestrator import Orchestrator
@@ -85,7 +86,7 @@ class Cluster(Orchestrated):
     async def robot(
         self, robot_id: str, *, tags: Sequence[str] = (), capacity: int = 1, pool_size: int = 1
     ) -> Bot:
-        token = await asyncio.to_thread(self.orch.create_token, robot_id)
+        token = await asyncio.to_thread(self.orch.create_token, robot_id, TokenRole.ROBOT)
         config = load_config(
             None,
             env={},
@@ -158,7 +159,7 @@ def waiting_cell(started: Path, go: Path) -> str:
 async def fake_robot(orch: Orchestrator, robot_id: str) -> AsyncIterator[ClientConnection]:
     """A WebSocket registered as robot ``robot_id`` (its own token), for tests that play the
     robot's side of the protocol by hand."""
-    token = await asyncio.to_thread(orch.create_token, robot_id)
+    token = await asyncio.to_thread(orch.create_token, robot_id, TokenRole.ROBOT)
     headers = {"Authorization": f"Bearer {token}"}
     async with connect(orch.url, additional_headers=headers) as ws:
         await ws.send(encode(Register(robot_id=robot_id, name=robot_id)))

@@ -156,7 +156,9 @@ class Fleet:
         token = self.base / f"{robot_id}.token"
         if not token.exists():
             with self.client() as client:
-                token.write_text(client.create_token(f"{robot_id}-{self.rng.randrange(1 << 30)}"))
+                token.write_text(
+                    client.create_token(f"{robot_id}-{self.rng.randrange(1 << 30)}", "robot")
+                )
             token.chmod(0o600)
         self.robots[robot_id] = self._spawn(
             robot_id,
@@ -327,7 +329,7 @@ def ws_garbage(f: Fleet, frames: list[str | bytes]) -> Counter[str]:
 
     info = f.info
     with f.client() as client:
-        token = client.create_token(f"fuzz-{f.rng.randrange(1 << 30)}")
+        token = client.create_token(f"fuzz-{f.rng.randrange(1 << 30)}", "robot")
     seen: Counter[str] = Counter()
     headers = {"Authorization": f"Bearer {token}"}
     pending = list(frames)

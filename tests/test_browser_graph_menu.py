@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import nbformat
 import pytest
-from browser import chromium
+from browser import chromium, open_palette
 from jupyter_harness import jupyter_server
 from playwright.sync_api import expect
 
@@ -146,8 +146,7 @@ def test_palette_opens_console_right_of_current_notebook(page: Any, lab: Lab) ->
     page.goto(lab.page_url("plain.ipynb"), wait_until="domcontentloaded")
     notebook = page.locator(".jp-NotebookPanel[data-casare-debug]:has(.jp-Notebook .jp-Cell)")
     expect(notebook).to_have_count(1)
-    page.keyboard.press("Control+Shift+C")
-    page.locator(".lm-CommandPalette-input").fill("graph editor")
+    open_palette(page, "graph editor")
     item = page.locator(f'.lm-CommandPalette-item[data-command="{COMMAND}"]')
     expect(item).to_contain_text("Open with graph editor")
     item.click()

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import nbformat
 import pytest
-from browser import chromium
+from browser import chromium, open_palette
 from jupyter_harness import jupyter_server
 from playwright.sync_api import expect
 
@@ -107,10 +107,7 @@ def test_palette_lists_casare_commands(page: Any, lab: Lab) -> None:
     """Ctrl+Shift+C's palette lists "Submit this notebook" and "Open casare dashboard"."""
     page.goto(lab.page_url(), wait_until="domcontentloaded")
     expect(page.locator(".jp-Launcher")).to_be_visible(timeout=60_000)
-    page.keyboard.press("Control+Shift+C")
-    palette_input = page.locator(".lm-CommandPalette-input")
-    expect(palette_input).to_be_visible()
-    palette_input.fill("casare")
+    open_palette(page, "casare")
     labels = page.locator(".lm-CommandPalette-item .lm-CommandPalette-itemLabel")
     expect(labels.filter(has_text="Submit this notebook")).to_have_count(1)
     expect(labels.filter(has_text="Open casare dashboard")).to_have_count(1)
@@ -322,8 +319,7 @@ def test_open_dashboard_from_palette_opens_returned_path(page: Any, lab: Lab) ->
     page.route(re.compile(r"/casare/dashboard(\?|$)"), dashboard)
     page.goto(lab.page_url(), wait_until="domcontentloaded")
     expect(page.locator(".jp-Launcher")).to_be_visible(timeout=60_000)
-    page.keyboard.press("Control+Shift+C")
-    page.locator(".lm-CommandPalette-input").fill("casare dashboard")
+    open_palette(page, "casare dashboard")
     page.locator('.lm-CommandPalette-item[data-command="casare:open-dashboard"]').click()
     expect(page.locator('.jp-NotebookPanel[data-casare-debug="false"]')).to_have_count(1)
     expect(page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current")).to_contain_text(

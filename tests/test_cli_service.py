@@ -143,7 +143,7 @@ def start_orchestrator(base: Path, *extra: str) -> Orchestrator:
 def start_robot(orch: Orchestrator, robot_id: str, *extra: str) -> Proc:
     """A ``casare-nb robot`` process, returned once the orchestrator has it online."""
     with orch.client() as client:
-        token = client.create_token(robot_id)
+        token = client.create_token(robot_id, "robot")
         with client.subscribe(("robots",)) as events:
             proc = Proc(
                 orch.base,

@@ -17,6 +17,7 @@ from helpers import KILL_ROBOT_CODE
 
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.models import RunStatus
+from casare_nb.core.tokens import TokenRole
 from casare_nb.notebook.state import HISTORY_FILE
 from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.store.history import HistoryStore
@@ -33,7 +34,7 @@ class Fleet(Orchestrated):
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     async def robot(self, robot_id: str, *, wait: bool = True) -> subprocess.Popen[bytes]:
-        token = await asyncio.to_thread(self.orch.create_token, robot_id)
+        token = await asyncio.to_thread(self.orch.create_token, robot_id, TokenRole.ROBOT)
         work = self.root / robot_id
         work.mkdir(parents=True, exist_ok=True)
         log = (self.root / f"{robot_id}.log").open("wb")

@@ -18,6 +18,7 @@ from stores import opened
 from websockets.asyncio.client import ClientConnection, connect
 
 from casare_nb.core.models import Job, RunStatus
+from casare_nb.core.tokens import TokenRole
 from casare_nb.notebook.state import HISTORY_FILE
 from casare_nb.orchestrator.jobs.manager import OPEN_MARKER
 from casare_nb.orchestrator.orchestrator import Orchestrator
@@ -85,7 +86,7 @@ class FakeRobot:
 async def fake_robot(
     orch: Orchestrator, robot_id: str, *, capacity: int = 1, holds: list[JobRef] | None = None
 ) -> FakeRobot:
-    token = await asyncio.to_thread(orch.create_token, robot_id)
+    token = await asyncio.to_thread(orch.create_token, robot_id, TokenRole.ROBOT)
     ws = await connect(orch.url, additional_headers={"Authorization": f"Bearer {token}"})
     register = Register(
         robot_id=robot_id, name=robot_id, max_concurrent_jobs=capacity, holding=holds or []

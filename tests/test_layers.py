@@ -23,10 +23,11 @@ ALLOWED: dict[str, set[str]] = {
     "outputs": {"core"},
     "notebook": {"core"},
     "store": {"core", "notebook"},
+    "ops": {"core", "notebook", "store"},  # operators' procedures: backup, retention
     "local": {"core", "notebook", "store"},
     "papermill_engine": {"core", "notebook", "local"},
     "robot": {"core", "protocol", "notebook"},
-    "orchestrator": {"core", "protocol", "api", "notebook", "store"},
+    "orchestrator": {"core", "protocol", "api", "notebook", "store", "ops"},
     "client": {"core", "protocol", "api"},
     "nodes": {"core", "notebook", "local", "outputs"},  # what node cells call at run time
     "site": set(),
@@ -40,6 +41,7 @@ ALLOWED: dict[str, set[str]] = {
         "api",
         "notebook",
         "store",
+        "ops",
         "local",
         "robot",
         "orchestrator",
@@ -56,11 +58,12 @@ ORCHESTRATOR: dict[str, set[str]] = {
     "jobs": set(),
     "registry": set(),
     "metrics": set(),
-    "brake": set(),
+    "audit": set(),
+    "brake": {"audit"},
     "triggers": set(),
-    "websocket": {"jobs", "registry", "metrics", "brake"},
+    "websocket": {"jobs", "registry", "metrics", "brake", "audit"},
     "orchestrator": {"jobs", "registry", "metrics", "triggers", "websocket"},
-    "http": {"orchestrator", "triggers", "metrics", "brake"},
+    "http": {"orchestrator", "triggers", "metrics", "brake", "audit"},
     "service": {"orchestrator", "http"},
 }
 """Inside the orchestrator: the front door (orchestrator.py) over its parts; HTTP over it."""

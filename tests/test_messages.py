@@ -12,6 +12,7 @@ from cluster import notebook
 from websockets.asyncio.client import ClientConnection, connect
 
 from casare_nb.core.models import CellStatus, RunStatus
+from casare_nb.core.tokens import TokenRole
 from casare_nb.notebook.state import HISTORY_FILE
 from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.protocol import (
@@ -39,7 +40,7 @@ async def orch(tmp_path: Path) -> AsyncIterator[Orchestrator]:
 
 
 async def fake_robot(orch: Orchestrator) -> ClientConnection:
-    token = await asyncio.to_thread(orch.create_token, "fake-robot")
+    token = await asyncio.to_thread(orch.create_token, "fake-robot", TokenRole.ROBOT)
     ws = await connect(orch.url, additional_headers={"Authorization": f"Bearer {token}"})
     await ws.send(encode(Register(robot_id="fake-robot", name="fake")))
     assert isinstance(decode(await ws.recv()), RegisterAck)

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from casare_nb.core.models import Priority, RunStatus
+from casare_nb.core.tokens import TokenRole
 from casare_nb.orchestrator.service import OrchestratorService
 from casare_nb.protocol import Register, RegisterAck, decode, encode
 
@@ -61,7 +62,7 @@ async def test_metrics_count_jobs_cells_robots_queue_and_heartbeat_misses(
         failed = await cluster.finished((await orch.submit(bad)).job_id)
         assert (done.status, failed.status) == (RunStatus.COMPLETED, RunStatus.FAILED)
         await orch.submit(ok, priority=Priority.HIGH, tags=["nowhere"])
-        token = await asyncio.to_thread(orch.create_token, "silent")
+        token = await asyncio.to_thread(orch.create_token, "silent", TokenRole.ROBOT)
         async with connect(orch.url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
             await ws.send(encode(Register(robot_id="silent", name="silent")))
             assert isinstance(decode(await ws.recv()), RegisterAck)

@@ -16,6 +16,7 @@ from cluster import notebook
 from websockets.asyncio.client import ClientConnection, connect
 
 from casare_nb.core.models import CellStatus, RunStatus
+from casare_nb.core.tokens import TokenRole
 from casare_nb.notebook.state import StateDir
 from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.protocol import (
@@ -90,7 +91,7 @@ class Robot:
 
 
 async def robot(orch: Orchestrator, robot_id: str) -> Robot:
-    token = await asyncio.to_thread(orch.create_token, robot_id)
+    token = await asyncio.to_thread(orch.create_token, robot_id, TokenRole.ROBOT)
     ws = await connect(orch.url, additional_headers={"Authorization": f"Bearer {token}"})
     await ws.send(encode(Register(robot_id=robot_id, name=robot_id)))
     ack = decode(await asyncio.wait_for(ws.recv(), TIMEOUT))

@@ -17,6 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from casare_nb.core.models import RobotStatus
+from casare_nb.core.tokens import TokenRole
 from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.orchestrator.registry import (
     STALE_HEARTBEATS,
@@ -160,7 +161,14 @@ async def orch(make_orchestrator: MakeOrchestrator) -> Orchestrator:
 
 @pytest.fixture
 async def token(orch: Orchestrator) -> str:
-    return await asyncio.to_thread(orch.create_token, "robot-token")
+    """A robot's token."""
+    return await asyncio.to_thread(orch.create_token, "robot-token", TokenRole.ROBOT)
+
+
+@pytest.fixture
+async def monitor_token(orch: Orchestrator) -> str:
+    """A user's token (monitors subscribe with it)."""
+    return await asyncio.to_thread(orch.create_token, "dashboard", TokenRole.USER)
 
 
 # --------------------------------------------------------------------------- authentication
@@ -296,9 +304,10 @@ async def test_silent_robot_goes_offline_and_its_connection_is_closed(
     """A robot silent too long goes offline (close 1011); one that heartbeats stays online."""
     clock = FakeClock()
     orch = await make_orchestrator(heartbeat_interval_s=0.05, missed_heartbeats=3, clock=clock)
-    token = await asyncio.to_thread(orch.create_token, "robots")
+    token = await asyncio.to_thread(orch.create_token, "robots", TokenRole.ROBOT)
+    monitor_token = await asyncio.to_thread(orch.create_token, "dashboard")
     async with (
-        connected(orch, token) as monitor,
+        connected(orch, monitor_token) as monitor,
         connected(orch, token) as silent,
         connected(orch, token) as alive,
     ):
@@ -322,7 +331,7 @@ async def test_disconnect_marks_the_robot_offline_at_once(
 ) -> None:
     """A robot whose connection closes is offline without waiting for missed heartbeats."""
     orch = await make_orchestrator(clock=FakeClock())  # frozen time: no sweep can fire
-    token = await asyncio.to_thread(orch.create_token, "robots")
+    token = await asyncio.to_thread(orch.create_token, "robots", TokenRole.ROBOT)
     async with connected(orch, token) as ws:
         await register(ws)
         assert status(orch) is RobotStatus.ONLINE
@@ -411,7 +420,7 @@ async def test_oversized_frame_closes_the_connection_with_1009(
 ) -> None:
     """A frame over max_frame_bytes closes the connection with 1009 and the robot goes offline."""
     orch = await make_orchestrator(max_frame_bytes=4096)
-    token = await asyncio.to_thread(orch.create_token, "robots")
+    token = await asyncio.to_thread(orch.create_token, "robots", TokenRole.ROBOT)
     async with connected(orch, token) as ws:
         await register(ws)
         big = heartbeat(seq=0).model_dump_json()[:-1] + ', "pad": "' + "x" * 8192 + '"}'
@@ -441,12 +450,12 @@ async def test_unsupported_protocol_version_is_refused_and_closed(
 
 
 async def test_monitor_gets_a_snapshot_then_robot_online_status_and_offline_events(
-    orch: Orchestrator, token: str
+    orch: Orchestrator, token: str, monitor_token: str
 ) -> None:
     """A robots monitor gets a snapshot, then robot_online, robot_status and robot_offline."""
     async with connected(orch, token) as early:
         await register(early, "early")
-        async with connected(orch, token) as monitor:
+        async with connected(orch, monitor_token) as monitor:
             snapshot = await subscribe(monitor, Topic.ROBOTS)
             assert snapshot.kind is EventKind.ROBOT_STATUS
             assert [r.robot_id for r in snapshot.data.robots] == ["early"]
@@ -467,9 +476,11 @@ async def test_monitor_gets_a_snapshot_then_robot_online_status_and_offline_even
             assert offline.data.reason == "disconnected"
 
 
-async def test_unsubscribed_monitor_gets_no_more_events(orch: Orchestrator, token: str) -> None:
+async def test_unsubscribed_monitor_gets_no_more_events(
+    orch: Orchestrator, token: str, monitor_token: str
+) -> None:
     """After unsubscribe a monitor gets no robot events; subscribing again resumes them."""
-    async with connected(orch, token) as monitor:
+    async with connected(orch, monitor_token) as monitor:
         await subscribe(monitor)
         await send(monitor, Unsubscribe(topics=frozenset({Topic.ROBOTS})))
         await orch.wait_for(lambda: orch.monitors(Topic.ROBOTS) == 0, TIMEOUT)
@@ -481,9 +492,9 @@ async def test_unsubscribed_monitor_gets_no_more_events(orch: Orchestrator, toke
         assert offline.kind is EventKind.ROBOT_OFFLINE
 
 
-async def test_monitor_may_not_send_robot_messages(orch: Orchestrator, token: str) -> None:
+async def test_monitor_may_not_send_robot_messages(orch: Orchestrator, monitor_token: str) -> None:
     """A monitor sending register gets invalid_message and stays subscribed."""
-    async with connected(orch, token) as monitor:
+    async with connected(orch, monitor_token) as monitor:
         await subscribe(monitor)
         await send(monitor, register_msg())
         error = await expect(monitor, Error)
@@ -500,7 +511,7 @@ async def test_orchestrator_binds_loopback_and_stops_cleanly(tmp_path: Path) -> 
     """It listens on 127.0.0.1; stop closes robots (1001) and releases the port and database."""
     async with Orchestrator(tmp_path / "state", port=0) as orch:
         assert orch.url == f"ws://127.0.0.1:{orch.port}" and orch.port != 0
-        token = await asyncio.to_thread(orch.create_token, "robots")
+        token = await asyncio.to_thread(orch.create_token, "robots", TokenRole.ROBOT)
         ws = await connect(orch.url, additional_headers=bearer(token), open_timeout=TIMEOUT)
         await register(ws)
     code, _ = await closed_with(ws)
@@ -509,7 +520,8 @@ async def test_orchestrator_binds_loopback_and_stops_cleanly(tmp_path: Path) -> 
     with pytest.raises(OSError):
         await connect(orch.url, additional_headers=bearer(token), open_timeout=TIMEOUT)
     with opened(tmp_path / "state") as stores:
-        assert stores.tokens.verify_token(token) == "robots"
+        holder = stores.tokens.verify_token(token)
+        assert holder is not None and holder.name == "robots"
 
 
 # --------------------------------------------------------------------------- registry (pure)

@@ -17,6 +17,7 @@ from cluster import RUN_TIMEOUT, Cluster, fake_robot, notebook
 from helpers import KILL_ROBOT_CODE
 
 from casare_nb.core.models import Job, Priority, ResumePlan, RunStatus
+from casare_nb.core.tokens import TokenRole
 from casare_nb.orchestrator.jobs.attempts import poison_message
 from casare_nb.orchestrator.jobs.book import Attempt, LostCell
 from casare_nb.orchestrator.orchestrator import Orchestrator
@@ -78,7 +79,7 @@ async def test_job_that_kills_its_robot_is_dead_and_the_queue_moves_on(
         poison, priority=Priority.HIGH, max_retries=2, max_robot_losses=2
     )
     behind = [await cluster.orch.submit(quick, priority=Priority.LOW) for _ in range(3)]
-    token = await asyncio.to_thread(cluster.orch.create_token, "robot-p")
+    token = await asyncio.to_thread(cluster.orch.create_token, "robot-p", TokenRole.ROBOT)
     kills = 0
     while not cluster.job(job.job_id).status.finished:
         assert kills <= 3, "the poison job outlived its bound"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from casare_nb.core.models import RobotStatus
+from casare_nb.core.tokens import TokenRole
 from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.robot.agent import AgentError, RobotAgent
 from casare_nb.robot.config import load_config
@@ -34,7 +35,7 @@ async def test_robot_registers_heartbeats_and_goes_offline_on_stop(tmp_path: Pat
     """The agent registers with its configured identity, its heartbeats reach the
     orchestrator, and stopping it marks the robot offline."""
     async with Orchestrator(tmp_path / "state", port=0, heartbeat_interval_s=0.05) as orch:
-        token = await asyncio.to_thread(orch.create_token, "robot-eu-1")
+        token = await asyncio.to_thread(orch.create_token, "robot-eu-1", TokenRole.ROBOT)
         agent = agent_for(orch, token)
         running = asyncio.ensure_future(agent.run())
         await orch.wait_for(
@@ -56,7 +57,7 @@ async def test_robot_registers_heartbeats_and_goes_offline_on_stop(tmp_path: Pat
 async def test_revoked_token_disconnects_the_robot_for_good(tmp_path: Path) -> None:
     """Revoking a robot's token closes its connection and the agent stops with an error."""
     async with Orchestrator(tmp_path / "state", port=0, heartbeat_interval_s=0.05) as orch:
-        token = await asyncio.to_thread(orch.create_token, "robot-eu-1")
+        token = await asyncio.to_thread(orch.create_token, "robot-eu-1", TokenRole.ROBOT)
         agent = agent_for(orch, token)
         running = asyncio.ensure_future(agent.run())
         await orch.wait_for(lambda: bool(orch.robots()))

@@ -84,6 +84,9 @@ COMMAND_MODULES = {
     "robot": "service",
     "demo": "service",
     "token": "tokens",
+    "backup": "data",
+    "restore": "data",
+    "cleanup": "data",
 }
 """Command -> the module of ``casare_nb.cli`` that defines it (``@app.command``)."""
 
@@ -151,7 +154,37 @@ def _cli_pairs(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
     return out
 
 
+_CA_FILE = "casare_nb.ca_file"  # where --ca-file is kept in the click context's meta
+
+
+def _keep_ca_file(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[_CA_FILE] = value
+
+
+ca_file_option = click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="CASARE_CA_FILE",
+    expose_value=False,
+    callback=_keep_ca_file,
+    help="PEM CA certificate an https orchestrator's certificate is verified against (a "
+    "self-signed one's). Default: $CASARE_CA_FILE, else the runtime file's certificate, else "
+    "the system's CAs.",
+)
+"""``--ca-file`` / ``CASARE_CA_FILE``: kept in the context (no parameter of the command), read
+by :func:`client_for` and :func:`submit_client_for` through :func:`ca_file`."""
+
+
+def ca_file() -> str | None:
+    """The CA file of this command (``--ca-file``, else ``CASARE_CA_FILE``), or None."""
+    ctx = click.get_current_context(silent=True)
+    given = ctx.meta.get(_CA_FILE) if ctx is not None else None
+    return given or os.environ.get("CASARE_CA_FILE") or None
+
+
 def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = ca_file_option(f)
     f = state_option(f)
     f = click.option(
         "--token", envvar="CASARE_TOKEN", help="Bearer token (default: the runtime file's)."
@@ -168,11 +201,16 @@ def client_for(url: str | None, token: str | None, state_dir: str | None) -> tup
     """A Client, and whether it talks to an orchestrator of this machine (runtime file)."""
     from casare_nb.client import Client
 
+    ca = ca_file()
     if url:
         if not token:
             fail("--url needs a token: give --token or set CASARE_TOKEN")
-        return Client(url, token or ""), False
-    return Client.local(state_dir, token=token), True
+        if ca is None:
+            return Client(url, token or ""), False
+        from casare_nb.client.tls import ca_context
+
+        return Client(url, token or "", ssl_context=ca_context(ca)), False
+    return Client.local(state_dir, token=token, ca_file=ca), True
 
 
 def submit_client_for(
@@ -185,11 +223,16 @@ def submit_client_for(
 
     if proxy_configured():
         return client_for(url, token, state_dir)
+    ca = ca_file()
     if url:
         if not token:
             fail("--url needs a token: give --token or set CASARE_TOKEN")
-        return LightClient(url, token or ""), False
-    return LightClient.local(state_dir, token=token), True
+        if ca is None:
+            return LightClient(url, token or ""), False
+        from casare_nb.client.tls import ca_context
+
+        return LightClient(url, token or "", ssl_context=ca_context(ca)), False
+    return LightClient.local(state_dir, token=token, ca_file=ca), True
 
 
 def running_client(url: str | None, token: str | None, state_dir: str | None) -> Client | None:

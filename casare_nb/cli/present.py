@@ -47,7 +47,17 @@ def cell_row(c: Any) -> dict[str, Any]:
     }
 
 
-JOB_COLUMNS = ["job_id", "status", "priority", "workflow", "attempt", "robot", "created", "error"]
+JOB_COLUMNS = [
+    "job_id",
+    "status",
+    "priority",
+    "workflow",
+    "attempt",
+    "robot",
+    "created",
+    "by",
+    "error",
+]
 
 
 def job_row(job: Any) -> dict[str, Any]:
@@ -60,8 +70,18 @@ def job_row(job: Any) -> dict[str, Any]:
         "attempt": job.attempt,
         "robot": job.robot_id or "",
         "created": f"{job.created_at:%Y-%m-%d %H:%M:%S}",
+        "by": _submitter(job),
         "error": error[:60],
     }
+
+
+def _submitter(job: Any) -> str:
+    """Who submitted a job: its token's name, else what triggered it (``schedule:ID``)."""
+    by = getattr(job, "submitted_by", None)
+    if by:
+        return str(by)
+    trigger = getattr(job, "trigger", None)
+    return "" if trigger is None else f"{trigger.kind.value}:{trigger.id}"
 
 
 def jobs_table(jobs: Sequence[Any]) -> str:

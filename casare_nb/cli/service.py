@@ -138,6 +138,12 @@ def orchestrator(
 @click.option("--token", help="Bearer token (default: the config or CASARE_TOKEN).")
 @click.option("--token-file", type=click.Path(dir_okay=False), help="File holding the token.")
 @click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False),
+    help="PEM CA certificate a wss:// orchestrator's certificate is verified against (a "
+    "self-signed one's); default: the config, CASARE_CA_FILE, the system's CAs.",
+)
+@click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
@@ -159,6 +165,7 @@ def robot(
     orchestrator_url: str | None,
     token: str | None,
     token_file: str | None,
+    ca_file: str | None,
     config_path: str | None,
     robot_id: str | None,
     robot_name: str | None,
@@ -182,6 +189,7 @@ def robot(
             "orchestrator_url": orchestrator_url,
             "token": token,
             "token_file": token_file,
+            "ca_file": ca_file,
             "robot_id": robot_id,
             "robot_name": robot_name,
             "tags": tags,
@@ -196,6 +204,7 @@ def robot(
             "no orchestrator token: give --token or --token-file, set CASARE_TOKEN, or "
             "connection.token in the robot config (casare-nb token create NAME makes one)"
         )
+    config.ssl_context()  # a CA file that cannot be used: one line now, nothing started
     for notice in config.notices:
         click.echo(f"casare-nb: warning: {notice}", err=True)
     setup_logging(log_level)

@@ -1,5 +1,10 @@
 """``casare-nb token create|revoke|list``: through the orchestrator when one runs on the
-state directory, else on its database directly (the one writer being this command)."""
+state directory, else on its database directly (the one writer being this command).
+
+Each token has a role (``--role``): ``robot`` connects as a robot only; ``user`` (the
+default) submits, reads, and cancels or re-runs its own jobs; ``admin`` does everything
+(tokens, draining, schedules and triggers, anyone's jobs). Through the orchestrator, these
+commands need an admin token (the runtime file's is one)."""
 
 from __future__ import annotations
 
@@ -13,10 +18,12 @@ import click
 from casare_nb.cli.app import app, client_options, fail, running_client
 from casare_nb.cli.present import table
 
+_ROLES = ("robot", "user", "admin")  # casare_nb.core.tokens.TokenRole (a test keeps them equal)
+
 
 @app.group()
 def token() -> None:
-    """Bearer tokens for robots, monitors and clients (stored hashed)."""
+    """Bearer tokens for robots, users and admins (stored hashed)."""
 
 
 class _TokenStore:
@@ -54,22 +61,33 @@ def _queue_call(call: Callable[[], Any]) -> Any:
 
 @token.command("create")
 @click.argument("name")
+@click.option(
+    "--role",
+    type=click.Choice(_ROLES),
+    default="user",
+    show_default=True,
+    help="robot: connect as a robot only; user: submit, read, cancel and re-run its own "
+    "jobs; admin: everything (tokens, draining, schedules, triggers, anyone's jobs).",
+)
 @client_options
-def token_create(name: str, url: str | None, token: str | None, state_dir: str | None) -> None:
-    """Create the token NAME and print it (shown only this once)."""
+def token_create(
+    name: str, role: str, url: str | None, token: str | None, state_dir: str | None
+) -> None:
+    """Create the token NAME with its role and print it (shown only this once)."""
     from casare_nb.api import TOKEN_NAME_PATTERN
+    from casare_nb.core.tokens import TokenRole
 
     if not re.fullmatch(TOKEN_NAME_PATTERN, name):
         fail(f"token name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
     client = running_client(url, token, state_dir)
     if client is not None:
         with client:
-            value = client.create_token(name)
+            value = client.create_token(name, TokenRole(role))
     else:
         with _TokenStore(state_dir) as store:
-            value = _queue_call(lambda: store.create_token(name))
+            value = _queue_call(lambda: store.create_token(name, TokenRole(role)))
     click.echo(value)
-    click.echo(f"token {name} created; it is shown only this once", err=True)
+    click.echo(f"token {name} ({role}) created; it is shown only this once", err=True)
 
 
 @token.command("revoke")
@@ -91,7 +109,8 @@ def token_revoke(name: str, url: str | None, token: str | None, state_dir: str |
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @client_options
 def token_list(as_json: bool, url: str | None, token: str | None, state_dir: str | None) -> None:
-    """Every token: name, created, revoked (never the token)."""
+    """Every token: name, role, created, revoked (never the token). A token without a role
+    was created before roles: it acts as admin (recreate it with --role)."""
     client = running_client(url, token, state_dir)
     if client is not None:
         with client:
@@ -113,9 +132,10 @@ def token_list(as_json: bool, url: str | None, token: str | None, state_dir: str
     shown = [
         {
             "name": r["name"],
+            "role": r.get("role") or "none (admin)",
             "created": f"{r['created_at']:%Y-%m-%d %H:%M:%S}",
             "revoked": f"{r['revoked_at']:%Y-%m-%d %H:%M:%S}" if r["revoked_at"] else "",
         }
         for r in rows
     ]
-    click.echo(table(shown, ["name", "created", "revoked"]))
+    click.echo(table(shown, ["name", "role", "created", "revoked"]))

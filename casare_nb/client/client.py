@@ -51,6 +51,7 @@ from casare_nb.client.events import (
     wait_topics,
 )
 from casare_nb.client.history import History
+from casare_nb.client.tls import ca_context, certificate_error
 from casare_nb.core.errors import one_line
 from casare_nb.core.failure import Failure
 from casare_nb.core.models import (
@@ -62,6 +63,7 @@ from casare_nb.core.models import (
     RunRecord,
     RunStatus,
 )
+from casare_nb.core.tokens import DEFAULT_ROLE, TokenRole
 
 if TYPE_CHECKING:  # the event stream's modules load on first use: `casare-nb jobs` stays quick
     from casare_nb.protocol import Event
@@ -114,9 +116,12 @@ class Client:
         *,
         token: str | None = None,
         timeout: float = 30.0,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> Client:
         """A client of the orchestrator running on ``state_dir`` (``$CASARE_HOME`` or
-        ``./.casare``), from the runtime file it wrote; ``token`` instead of its admin token."""
+        ``./.casare``), from the runtime file it wrote; ``token`` instead of its admin token.
+        An https orchestrator's certificate is verified against ``ca_file`` when given, else
+        against the certificate the runtime file names (a self-signed one)."""
         path = runtime_file_path(state_dir)
         info = read_runtime_file(path)
         if info is None:
@@ -129,7 +134,9 @@ class Client:
                 f"no orchestrator running: {path} is stale (process {info.pid} is gone)"
             )
         context = None
-        if info.tls_cert:
+        if ca_file is not None:
+            context = ca_context(ca_file)
+        elif info.tls_cert:
             context = ssl.create_default_context(cafile=info.tls_cert)
         return cls(info.http_url, token or info.token, timeout=timeout, ssl_context=context)
 
@@ -167,6 +174,9 @@ class Client:
         except httpx.TimeoutException:
             raise ClientError(f"the orchestrator at {self.url} did not answer in time") from None
         except httpx.HTTPError as exc:
+            unverified = certificate_error(exc, self.url)
+            if unverified is not None:
+                raise unverified from None
             why = one_line(exc)
             raise ClientError(f"cannot reach the orchestrator at {self.url}: {why}") from None
         if response.status_code >= 400:
@@ -282,9 +292,11 @@ class Client:
         )
         return DrainResult.model_validate(response.json())
 
-    def create_token(self, name: str) -> str:
-        """A new bearer token ``name``, returned this once."""
-        response = self._request("POST", "/api/tokens", json={"name": name})
+    def create_token(self, name: str, role: TokenRole | str = DEFAULT_ROLE) -> str:
+        """A new bearer token ``name`` with ``role`` (``robot``, ``user``, ``admin``; see
+        :mod:`casare_nb.core.tokens`), returned this once. Needs an admin token."""
+        body = {"name": name, "role": TokenRole(role).value}
+        response = self._request("POST", "/api/tokens", json=body)
         return TokenCreated.model_validate(response.json()).token
 
     def revoke_token(self, name: str) -> None:
@@ -292,7 +304,7 @@ class Client:
         self._request("DELETE", f"/api/tokens/{name}")
 
     def tokens(self) -> list[TokenInfo]:
-        """Every token: name, created, revoked (never the token)."""
+        """Every token: name, role, created, revoked (never the token)."""
         return [TokenInfo.model_validate(t) for t in self._request("GET", "/api/tokens").json()]
 
     def outputs(self, job_id: str) -> dict[str, Any]:

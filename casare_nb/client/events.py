@@ -193,6 +193,11 @@ def stream_error(exc: Exception, url: str) -> ClientError:
             return ClientError(body, status)
         why = f"the orchestrator refused the event stream (HTTP {status})"
         return ClientError(f"{why}: {body}" if body else why, status)
+    from casare_nb.client.tls import certificate_error
+
+    unverified = certificate_error(exc, url)
+    if unverified is not None:
+        return unverified
     return ClientError(f"cannot open the event stream at {url}: {one_line(exc)}")
 
 

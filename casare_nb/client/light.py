@@ -238,6 +238,7 @@ class LightClient:
         *,
         token: str | None = None,
         timeout: float = 30.0,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> LightClient:
         """A client of the orchestrator running on ``state_dir``, as ``Client.local``."""
         path = runtime_file_path(state_dir)
@@ -252,7 +253,11 @@ class LightClient:
                 f"no orchestrator running: {path} is stale (process {info['pid']} is gone)"
             )
         context = None
-        if info["tls_cert"]:
+        if ca_file is not None:
+            from casare_nb.client.tls import ca_context
+
+            context = ca_context(ca_file)
+        elif info["tls_cert"]:
             import ssl
 
             context = ssl.create_default_context(cafile=info["tls_cert"])
@@ -307,6 +312,11 @@ class LightClient:
         except TimeoutError:
             raise ClientError(f"the orchestrator at {self.url} did not answer in time") from None
         except (OSError, http.client.HTTPException) as exc:
+            from casare_nb.client.tls import certificate_error
+
+            unverified = certificate_error(exc, self.url)
+            if unverified is not None:
+                raise unverified from None
             why = one_line(exc)
             raise ClientError(f"cannot reach the orchestrator at {self.url}: {why}") from None
         finally:

@@ -221,6 +221,9 @@ class Job(BaseModel):
     max_robot_losses: int = 3
     robot_losses: int = 0  # attempts lost with their robot (not counted in failures)
     timeouts: JobTimeouts = Field(default_factory=JobTimeouts)  # execution limits
+    # the name of the token that submitted it (None: a trigger, or submitted before tokens
+    # had roles): a user token may cancel and re-run the jobs it submitted
+    submitted_by: str | None = None
 
 
 class SubmitOptions(TypedDict, total=False):
@@ -239,6 +242,7 @@ class SubmitOptions(TypedDict, total=False):
     trigger: TriggerRef | None
     job_id: str | None
     start_at: datetime | None
+    submitted_by: str | None
 
 
 class Robot(BaseModel):

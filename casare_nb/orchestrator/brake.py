@@ -1,7 +1,10 @@
 """A brake on failed authentication: a client (by address) that fails more than ``limit``
 times within ``window_s`` is answered 429 with ``Retry-After`` until its window ends, and
 the failures are logged once per client per window with a count, not once each (2,000
-bad tokens are one warning, not 2,000 lines). Bearer tokens and webhook signatures alike."""
+bad tokens are one warning, not 2,000 lines). Bearer tokens and webhook signatures alike.
+
+Every failure is also one record of the audit log (:mod:`casare_nb.orchestrator.audit`,
+action ``authenticate``), braked or not."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
+
+from casare_nb.orchestrator import audit
 
 __all__ = ["DEFAULT_LIMIT", "DEFAULT_WINDOW_S", "AuthBrake"]
 
@@ -52,9 +57,10 @@ class AuthBrake:
                 return None
             return max(1, math.ceil(window.started + self.window_s - self._clock()))
 
-    def failed(self, client: str, why: str) -> None:
-        """Count a failed authentication of ``client``; log the first of its window, and
-        how many more there were when the next window begins."""
+    def failed(self, client: str, why: str, target: str | None = None) -> None:
+        """Count a failed authentication of ``client`` (asking for ``target``: a path, the
+        WebSocket); log the first of its window, and how many more there were when the next
+        window begins; record each in the audit log."""
         with self._lock:
             window = self._current(client)
             if window is None:
@@ -64,6 +70,16 @@ class AuthBrake:
                 window = self._windows[client] = _Window(self._clock())
             window.failures += 1
             first = window.failures == 1
+            throttled = window.failures > self.limit
+        audit.record(
+            "authenticate",
+            actor=None,
+            role=None,
+            target=target,
+            outcome="throttled" if throttled else "failed",
+            address=client,
+            detail=why,
+        )
         if first:
             logger.warning("failed authentication from %s: %s", client, why)
 

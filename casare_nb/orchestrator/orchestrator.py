@@ -33,6 +33,7 @@ from casare_nb.api import DebugBundle, DrainResult
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.errors import JobExists, QueueError, SubmissionsClosed
 from casare_nb.core.models import Job, Robot, RobotStatus, RunStatus, SubmitOptions
+from casare_nb.core.tokens import DEFAULT_ROLE, TokenRole, legacy_notice
 from casare_nb.orchestrator.jobs.durable import DURABLE_TIMEOUT_S
 from casare_nb.orchestrator.jobs.manager import JobManager
 from casare_nb.orchestrator.metrics import OrchestratorMetrics
@@ -172,6 +173,9 @@ class Orchestrator:
         if self._started:
             raise RuntimeError("the orchestrator is already started")
         await asyncio.to_thread(self.stores.open)  # fail now on a locked or unwritable file
+        for row in await asyncio.to_thread(self.stores.tokens.list_tokens):
+            if row.get("role") is None and row["revoked_at"] is None:  # from before roles
+                logger.warning("%s", legacy_notice(row["name"]))
         self._loop = asyncio.get_running_loop()
         port = await self.websocket.start()
         self._started = True
@@ -454,18 +458,19 @@ class Orchestrator:
 
     # -- tokens --------------------------------------------------------------------------
 
-    def create_token(self, name: str) -> str:
-        """A new token named ``name`` (shown once; stored hashed). Blocking: in the event
-        loop, call it through ``asyncio.to_thread``."""
-        return self.stores.tokens.create_token(name)
+    def create_token(self, name: str, role: TokenRole = DEFAULT_ROLE) -> str:
+        """A new token named ``name`` with ``role`` (``user`` by default; see
+        :mod:`casare_nb.core.tokens`), shown once, stored hashed. Blocking: in the event loop,
+        call it through ``asyncio.to_thread``."""
+        return self.stores.tokens.create_token(name, role)
 
-    def fresh_token(self, name: str) -> str:
-        """A new token ``name``; a live one of that name (an earlier run's) is revoked
-        first. Blocking."""
+    def fresh_token(self, name: str, role: TokenRole = TokenRole.ROBOT) -> str:
+        """A new token ``name`` (a robot's by default); a live one of that name (an earlier
+        run's) is revoked first. Blocking."""
         tokens = self.stores.tokens
         if any(t["name"] == name and t["revoked_at"] is None for t in tokens.list_tokens()):
             self.revoke_token(name)
-        return self.create_token(name)
+        return self.create_token(name, role)
 
     def revoke_token(self, name: str) -> None:
         """Revoke the token ``name`` and close the live connections that used it (1008).

@@ -39,6 +39,7 @@ from casare_nb.api import (
     runtime_file_path,
 )
 from casare_nb.core.errors import CasareError
+from casare_nb.core.tokens import TokenRole
 from casare_nb.notebook.state import private_dir
 from casare_nb.orchestrator.http.limits import DEFAULT_MAX_BODY_BYTES
 from casare_nb.orchestrator.http.server import HttpServer
@@ -223,7 +224,7 @@ class OrchestratorService:
             if row["name"].startswith(ADMIN_TOKEN_PREFIX) and row["revoked_at"] is None:
                 orch.revoke_token(row["name"])
         name = f"{ADMIN_TOKEN_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
-        self.admin_token = orch.create_token(name)
+        self.admin_token = orch.create_token(name, TokenRole.ADMIN)
         self.admin_token_name = name
 
     def _write_runtime_file(self) -> None:

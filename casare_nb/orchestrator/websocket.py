@@ -10,8 +10,12 @@ A connection's life:
 1. **Upgrade.** ``Authorization: Bearer <token>`` is checked against the orchestrator's
    tokens *before* the upgrade: missing, malformed, unknown or revoked gives HTTP 401 with a
    one-line body. The token's name stays with the connection (revoking the token closes it).
+   Every failure is a record of the audit log (:mod:`casare_nb.orchestrator.audit`).
 2. **Role.** The first message decides it: ``register`` makes a robot, ``subscribe`` a
-   monitor; anything else gets a fatal ``error`` (``invalid_message``) and close 1008.
+   monitor; anything else gets a fatal ``error`` (``invalid_message``) and close 1008. Only
+   a ``robot`` token (or one from before token roles) may register; only a ``user`` or
+   ``admin`` token may subscribe: another gets a fatal ``error`` (``unauthorized``, one line:
+   ``token 'x' has role user; registering as a robot needs robot``) and close 1008, audited.
 3. **Messages.** Every frame is decoded for the peer's role. A frame that cannot be
    accepted gets an ``error`` reply naming it; non-fatal errors keep the connection,
    fatal ones (e.g. ``unsupported_version``) close it with 1008. Frames over
@@ -41,6 +45,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
@@ -55,7 +60,8 @@ from websockets.http11 import Request, Response
 
 from casare_nb.core.errors import QueueError
 from casare_nb.core.models import Robot
-from casare_nb.core.tokens import BadAuthorization, bearer_token
+from casare_nb.core.tokens import BadAuthorization, Holder, TokenRole, bearer_token, refusal
+from casare_nb.orchestrator import audit
 from casare_nb.orchestrator.brake import AuthBrake
 from casare_nb.orchestrator.jobs.attempts import JOB_MESSAGES
 from casare_nb.orchestrator.jobs.manager import JobManager
@@ -98,6 +104,12 @@ _FIRST_MESSAGE: Final = "the first message must be register (robot) or subscribe
 logger = logging.getLogger("casare_nb.orchestrator")
 
 
+def _address_of(connection: ServerConnection) -> str:
+    """The address a connection comes from (for the brake and the audit log)."""
+    address = connection.remote_address
+    return str(address[0]) if isinstance(address, tuple) and address else "unknown"
+
+
 def _close_reason(text: str) -> str:
     """``text`` cut to what a close frame holds (123 bytes of UTF-8)."""
     data = text.encode()
@@ -116,10 +128,11 @@ class _Peer:
     _sessions = itertools.count(1)
 
     def __init__(
-        self, connection: ServerConnection, *, token_name: str, max_frame_bytes: int
+        self, connection: ServerConnection, *, holder: Holder, max_frame_bytes: int
     ) -> None:
         self.connection = connection
-        self.token_name = token_name
+        self.holder = holder
+        self.token_name = holder.name
         self.session = next(self._sessions)
         self.role: Role | None = None
         self.robot_id: str | None = None
@@ -223,6 +236,10 @@ class WebSocketService:
         self._robot_peers: dict[str, _Peer] = {}
         self._log_ids = Deduplicator()
         self._tasks: set[asyncio.Task[None]] = set()
+        # who holds the token of each connection, from its upgrade until it is handled
+        self._holders: weakref.WeakKeyDictionary[ServerConnection, Holder] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def url(self) -> str:
@@ -307,7 +324,7 @@ class WebSocketService:
         except BadAuthorization as exc:
             return self._unauthorized(connection, str(exc))
         try:
-            name = self.tokens.known_token(token) or await asyncio.to_thread(
+            holder = self.tokens.known_token(token) or await asyncio.to_thread(
                 self.tokens.verify_token, token
             )
         except QueueError as exc:
@@ -315,18 +332,18 @@ class WebSocketService:
             return connection.respond(
                 HTTPStatus.SERVICE_UNAVAILABLE, "the orchestrator cannot read its tokens\n"
             )
-        if name is None:
+        if holder is None:
             return self._unauthorized(connection, "invalid or revoked token")
-        connection.username = name
+        connection.username = holder.name
+        self._holders[connection] = Holder(holder.name, holder.role, _address_of(connection))
         return None
 
     def _unauthorized(self, connection: ServerConnection, why: str) -> Response:
         """401, counted by the authentication brake (logged once per address and window);
         429 with Retry-After once the address failed too often lately."""
-        address = connection.remote_address
-        client = str(address[0]) if isinstance(address, tuple) and address else "unknown"
+        client = _address_of(connection)
         wait = self.brake.wait_s(client)
-        self.brake.failed(client, f"WebSocket: {why}")
+        self.brake.failed(client, f"WebSocket: {why}", "websocket")
         if wait is not None:
             response = connection.respond(
                 HTTPStatus.TOO_MANY_REQUESTS,
@@ -339,11 +356,10 @@ class WebSocketService:
         return response
 
     async def _handle(self, connection: ServerConnection) -> None:
-        peer = _Peer(
-            connection,
-            token_name=getattr(connection, "username", ""),
-            max_frame_bytes=self.max_frame_bytes,
-        )
+        holder = self._holders.pop(connection, None)
+        if holder is None:  # not through _authenticate (cannot happen when served)
+            holder = Holder(connection.username or "", TokenRole.ROBOT, _address_of(connection))
+        peer = _Peer(connection, holder=holder, max_frame_bytes=self.max_frame_bytes)
         writer = asyncio.create_task(peer.write(), name=f"orchestrator-writer-{peer.session}")
         self._peers.add(peer)
         self._changed()
@@ -418,8 +434,12 @@ class WebSocketService:
         if peer.role is None:
             match msg:
                 case Register():
+                    if not self._may(peer, msg, TokenRole.ROBOT, "registering as a robot"):
+                        return False
                     return self._on_register(peer, msg)
                 case Subscribe():
+                    if not self._may(peer, msg, TokenRole.USER, "subscribing to events"):
+                        return False
                     return self._on_subscribe(peer, msg)
                 case _:
                     return self._refuse(
@@ -437,6 +457,16 @@ class WebSocketService:
         if peer.role is Role.ROBOT:
             return self._on_robot_message(peer, msg)
         return self._on_monitor_message(peer, msg)
+
+    def _may(self, peer: _Peer, msg: Message, role: TokenRole, action: str) -> bool:
+        """Whether the peer's token may take the role ``msg`` asks for; if not, a fatal
+        ``unauthorized`` error (close 1008), audited."""
+        why = refusal(peer.holder, role, action)
+        if why is None:
+            return True
+        audit.denied(peer.holder, action, "websocket", why)
+        self._refuse(peer, ProtocolError(ErrorCode.UNAUTHORIZED, why, True, msg.id))
+        return False
 
     def _on_robot_message(self, peer: _Peer, msg: Message) -> bool:
         match msg:

@@ -51,7 +51,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import psutil
 from websockets.asyncio.client import ClientConnection, connect
@@ -60,6 +60,7 @@ from websockets.frames import CloseCode
 
 from casare_nb import __version__
 from casare_nb.core.errors import CasareError, one_line
+from casare_nb.core.tls import unverified_certificate
 from casare_nb.protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -148,6 +149,16 @@ class AgentError(CasareError):
 
 class Unauthorized(AgentError):
     """The orchestrator refused the robot's token (HTTP 401 or 403)."""
+
+
+class CertificateUnverified(AgentError):
+    """The orchestrator's TLS certificate failed verification (unknown CA, wrong host name):
+    not transient, so the robot stops instead of retrying."""
+
+
+_CA_HINT = (
+    "give the CA certificate that signed it with --ca-file, connection.ca_file or CASARE_CA_FILE"
+)
 
 
 class RegistrationRefused(AgentError):
@@ -318,6 +329,7 @@ class RobotAgent:
         self._draining = False
         self._stop = asyncio.Event()
         self._ws: ClientConnection | None = None
+        self._ssl_options: dict[str, Any] = {}  # connect's ssl= (connection.ca_file)
         self._last_ack_at = 0.0
         self.outbox = Outbox(buffer_max_bytes)
         """Job reports on their way to the orchestrator (kept while the link is down)."""
@@ -363,6 +375,9 @@ class RobotAgent:
         if self._running:
             raise RuntimeError(f"robot agent {self.robot_id} is already running")
         token = self._token()
+        self._ssl_options = (
+            {} if (context := self.config.ssl_context()) is None else {"ssl": context}
+        )
         self._running = True
         self._draining = False
         self.shutdown_reason = None
@@ -456,6 +471,7 @@ class RobotAgent:
                 open_timeout=OPEN_TIMEOUT_S,
                 close_timeout=CLOSE_TIMEOUT_S,
                 user_agent_header=f"casare-nb-robot/{__version__}",
+                **self._ssl_options,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -468,6 +484,9 @@ class RobotAgent:
         except InvalidURI as exc:
             raise AgentError(f"connection.orchestrator_url is not usable: {exc}") from None
         except (OSError, WebSocketException) as exc:  # refused, DNS, timeout, bad handshake
+            unverified = unverified_certificate(exc, url, _CA_HINT)
+            if unverified is not None:  # not transient: stop, do not retry forever
+                raise CertificateUnverified(unverified) from None
             raise _Retry(f"cannot reach the orchestrator at {url}: {one_line(exc)}") from None
 
     def _register_message(self) -> Register:

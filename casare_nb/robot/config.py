@@ -13,8 +13,12 @@ Environment variables are flat and friendly (``CASARE_ROBOT_ID``, ``CASARE_TAGS=
 :data:`FLAT_ENV_VARS`); the nested pydantic-settings form (``CASARE_ROBOT__TAGS``) works too,
 and the flat name wins when both are set. Empty variables count as unset.
 
-Relative ``token_file``/``work_dir`` paths in the file are relative to the file's directory;
-from the environment or flags they are relative to the working directory.
+Relative ``token_file``/``ca_file``/``work_dir`` paths in the file are relative to the file's
+directory; from the environment or flags they are relative to the working directory.
+
+``connection.ca_file`` (``CASARE_CA_FILE``, ``--ca-file``): the PEM certificate(s) a ``wss://``
+orchestrator's certificate is verified against, e.g. the CA of a self-signed certificate;
+without it, the system's trusted CAs. See :meth:`RobotConfig.ssl_context`.
 
 Every problem is a :class:`ConfigError` with a one-line message naming the key and where its
 value came from. The token never appears in ``repr``/``str``/JSON dumps or error messages.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import ssl
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -81,6 +86,7 @@ FLAT_ENV_VARS: dict[str, tuple[str, str]] = {
     "CASARE_ORCHESTRATOR_URL": ("connection", "orchestrator_url"),
     "CASARE_TOKEN": ("connection", "token"),
     "CASARE_TOKEN_FILE": ("connection", "token_file"),
+    "CASARE_CA_FILE": ("connection", "ca_file"),
     "CASARE_HEARTBEAT_INTERVAL": ("connection", "heartbeat_interval_s"),
     "CASARE_RECONNECT_MAX_BACKOFF": ("connection", "reconnect_max_backoff_s"),
     "CASARE_CHECKPOINT_ENABLED": ("job_execution", "checkpoint_enabled"),
@@ -187,6 +193,9 @@ class ConnectionSection(BaseModel):
     orchestrator_url: str = "ws://127.0.0.1:8765"
     token: SecretStr | None = None
     token_file: Path | None = None
+    ca_file: Path | None = None
+    """PEM file of the CA certificate(s) that a wss:// orchestrator's certificate is verified
+    against (a self-signed one's); None: the system's trusted CAs."""
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
     reconnect_max_backoff_s: float = Field(default=30.0, gt=0)
 
@@ -414,7 +423,11 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def _resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    for section, key in (("connection", "token_file"), ("job_execution", "work_dir")):
+    for section, key in (
+        ("connection", "token_file"),
+        ("connection", "ca_file"),
+        ("job_execution", "work_dir"),
+    ):
         body = data.get(section)
         if isinstance(body, dict) and isinstance(body.get(key), str) and body[key].strip():
             path = Path(body[key]).expanduser()
@@ -491,6 +504,31 @@ class RobotConfig(BaseSettings):
         if not token:
             raise ConfigError(f"token file {path} is empty")
         return token
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """How a ``wss://`` orchestrator's certificate is verified: against
+        ``connection.ca_file`` when given, else the system's trusted CAs (None: websockets'
+        default); None for ``ws://``. ConfigError (one line) if the CA file cannot be used."""
+        connection = self.connection
+        if urlsplit(connection.orchestrator_url).scheme.lower() != "wss":
+            return None
+        if connection.ca_file is None:
+            return None
+        path = connection.ca_file
+        try:
+            return ssl.create_default_context(cafile=os.fspath(path))
+        except FileNotFoundError:
+            raise ConfigError(f"CA file {path} (connection.ca_file) does not exist") from None
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"CA file {path} (connection.ca_file) holds no usable PEM certificate: "
+                f"{exc.reason or exc}"
+            ) from None
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise ConfigError(
+                f"CA file {path} (connection.ca_file) cannot be read: {why}"
+            ) from None
 
 
 # --------------------------------------------------------------------------- loading

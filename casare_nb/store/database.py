@@ -189,6 +189,19 @@ class Database:
             with contextlib.suppress(duckdb.Error):
                 con.close()
 
+    @contextlib.contextmanager
+    def unmigrated(self) -> Iterator[Connection]:
+        """A short-lived connection to the file as it is, no migration applied (to load an
+        export into a new file); DuckDB errors come out as :class:`HistoryError`."""
+        con = self._open()
+        try:
+            yield con
+        except duckdb.Error as exc:
+            raise HistoryError(f"history database {self.path}: {one_line(exc)}") from exc
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                con.close()
+
     def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """Rows of one query on a short-lived connection; none if the file does not exist
         (a read never creates it)."""

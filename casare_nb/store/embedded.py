@@ -18,6 +18,7 @@ from casare_nb.store.jobs import COMMIT_INTERVAL_S, DuckDBJobStore
 from casare_nb.store.outputs import DuckDBOutputStore
 from casare_nb.store.tokens import DuckDBTokenStore
 from casare_nb.store.triggers import DuckDBTriggerStore
+from casare_nb.store.upkeep import DuckDBUpkeep
 
 __all__ = ["open_embedded"]
 
@@ -50,6 +51,7 @@ def open_embedded(
         triggers=DuckDBTriggerStore(db),
         outputs=DuckDBOutputStore(db),
         checkpoints=FileCheckpointStore(state.root),
+        upkeep=DuckDBUpkeep(db, jobs),
         where=state.history_path,
         opener=open_,
         closer=close,

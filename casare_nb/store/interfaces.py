@@ -28,20 +28,24 @@ from typing import Any, NamedTuple, Protocol
 
 from casare_nb.core.history import CellDurations, DailyRuns, RunGroup
 from casare_nb.core.models import CellRecord, Job, JobStatus, Priority, RunRecord, RunStatus
+from casare_nb.core.tokens import DEFAULT_ROLE, Holder, TokenRole
 from casare_nb.core.triggers import Schedule, Trigger, TriggerKind
 from casare_nb.notebook.state import AttemptPaths, StateDir
 
 __all__ = [
+    "BlobSweep",
     "CheckpointStore",
     "Claim",
     "Fire",
     "HistoryWriter",
     "JobStore",
     "OutputStore",
+    "Pruned",
     "RunHistory",
     "Stores",
     "TokenStore",
     "TriggerStore",
+    "Upkeep",
 ]
 
 
@@ -202,16 +206,18 @@ class RunHistory(Protocol):
 class TokenStore(Protocol):
     """Bearer tokens, kept as their hash."""
 
-    def create_token(self, name: str) -> str:
-        """A new token for ``name``, answered this once; a live name raises QueueError."""
+    def create_token(self, name: str, role: TokenRole = DEFAULT_ROLE) -> str:
+        """A new token for ``name`` with ``role``, answered this once; a live name (or an
+        unknown role) raises QueueError."""
         ...
 
-    def verify_token(self, token: str) -> str | None:
-        """The name of a live token, or None."""
+    def verify_token(self, token: str) -> Holder | None:
+        """Who holds a live token (name and role; role None: created before roles, acts as
+        admin), or None."""
         ...
 
-    def known_token(self, token: str) -> str | None:
-        """The name of a live token this store verified lately, from memory (never
+    def known_token(self, token: str) -> Holder | None:
+        """Who holds a live token this store verified lately, from memory (never
         blocking); None: ask :meth:`verify_token`."""
         ...
 
@@ -220,7 +226,8 @@ class TokenStore(Protocol):
         ...
 
     def list_tokens(self) -> list[dict[str, Any]]:
-        """Every token: name, created_at, revoked_at (never the hash)."""
+        """Every token: name, role (None: from before roles), created_at, revoked_at (never
+        the hash)."""
         ...
 
 
@@ -360,6 +367,75 @@ class CheckpointStore(Protocol):
 
     def stored_cells(self, job_id: str, attempt: int) -> list[str]: ...
 
+    def run_folders(self) -> list[str]:
+        """The ids of the runs (or jobs) that have files here."""
+        ...
+
+    def changed_at(self, run_id: str) -> float:
+        """When a file of ``run_id`` last changed (epoch seconds; 0 without any)."""
+        ...
+
+    def remove_run(self, run_id: str) -> None:
+        """Delete the files of every attempt of ``run_id`` (its blobs stay: see sweep)."""
+        ...
+
+    def sweep(self, *, ignoring: Collection[str] = ()) -> BlobSweep:
+        """A mark-and-sweep of the blobs no manifest names (the manifests of the runs in
+        ``ignoring`` left out: a dry run of their removal). It begins now: blobs written
+        from now on, and blobs that manifests written or offered from now on name, are
+        kept."""
+        ...
+
+
+class BlobSweep(Protocol):
+    """One garbage collection of blobs (:meth:`CheckpointStore.sweep`): :meth:`mark`, then
+    :meth:`delete` (or only count what it would delete)."""
+
+    def mark(self) -> None:
+        """Read every manifest and find the blobs none names (the candidates)."""
+        ...
+
+    def delete(self, *, dry_run: bool = False) -> tuple[int, int, int]:
+        """Delete the candidates still unnamed (``dry_run``: count them only); (blobs
+        deleted, their bytes, blobs kept). Ends the sweep."""
+        ...
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What a retention pass removed from the records (or would remove: a dry run)."""
+
+    run_ids: list[str]
+    """The runs and jobs removed (their files go too)."""
+    runs: int
+    """Attempts (rows of runs)."""
+    cells: int
+    jobs: int
+    outputs: int
+    fires: int
+
+
+class Upkeep(Protocol):
+    """The records as a whole, for the operator: a consistent copy of them all (a backup)
+    and the retention of old ones."""
+
+    def export(self, folder: Path) -> dict[str, int]:
+        """Write a consistent snapshot of every table into the new folder ``folder``, by the
+        backend's own export (what its :func:`import` counterpart reads); the rows of each
+        table."""
+        ...
+
+    def prune(self, before: datetime, *, dry_run: bool = False) -> Pruned:
+        """Remove every run (all its attempts, cells and outputs) and job that finished
+        before ``before``: never one with an attempt or a job still queued or running, nor
+        one that ended since. Schedule fires before ``before`` go too, except each
+        schedule's last. ``dry_run``: count only."""
+        ...
+
+    def record_ids(self) -> set[str]:
+        """Every run and job id recorded (a run folder of another id is an orphan)."""
+        ...
+
 
 @dataclass
 class Stores:
@@ -372,6 +448,7 @@ class Stores:
     triggers: TriggerStore
     outputs: OutputStore
     checkpoints: CheckpointStore
+    upkeep: Upkeep
     where: Path
     opener: Callable[[], None] = field(repr=False)
     closer: Callable[[], None] = field(repr=False)

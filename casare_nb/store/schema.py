@@ -183,6 +183,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         # robot with every attempt; NULL: none.
         "ALTER TABLE jobs ADD COLUMN timeouts VARCHAR;",
     ),
+    (
+        8,
+        # Token roles (casare_nb.core.tokens.TokenRole): NULL for a token created before
+        # roles (it acts as admin); and the token that submitted a job (NULL: a trigger, or
+        # submitted before this), so a user may cancel and re-run its own jobs.
+        "ALTER TABLE tokens ADD COLUMN role VARCHAR;"
+        "ALTER TABLE jobs ADD COLUMN submitted_by VARCHAR;",
+    ),
 ]
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]

@@ -1,4 +1,5 @@
-"""Bearer tokens of an orchestrator, in its DuckDB file: only their SHA-256 is stored.
+"""Bearer tokens of an orchestrator, in its DuckDB file: only their SHA-256 is stored, with
+the token's role (``NULL`` for a token created before roles: it acts as admin).
 
 Tokens verified live are remembered (by hash, per database) until a token of that database
 is created or revoked, so a request's token costs no query after the first (the orchestrator
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from casare_nb.core.errors import QueueError
-from casare_nb.core.tokens import token_hash
+from casare_nb.core.tokens import DEFAULT_ROLE, Holder, TokenRole, token_hash
 from casare_nb.store.database import Database, from_db_time, to_db_time
 
 __all__ = ["DuckDBTokenStore"]
@@ -27,7 +28,7 @@ class _Known:
     ``generation`` counts the changes (a verify that began before one keeps nothing)."""
 
     def __init__(self) -> None:
-        self.names: dict[str, str] = {}
+        self.names: dict[str, Holder] = {}
         self.generation = 0
 
 
@@ -63,13 +64,19 @@ class DuckDBTokenStore:
     def __repr__(self) -> str:
         return f"DuckDBTokenStore({str(self.db.path)!r})"
 
-    def create_token(self, name: str) -> str:
-        """A new bearer token for ``name``, returned once; only its SHA-256 is stored.
+    def create_token(self, name: str, role: TokenRole = DEFAULT_ROLE) -> str:
+        """A new bearer token for ``name`` with ``role``, returned once; only its SHA-256 is
+        stored.
 
         A name with a live (not revoked) token raises QueueError.
         """
         if not name:
             raise QueueError("a token needs a name")
+        try:
+            role = TokenRole(role)
+        except ValueError:
+            roles = ", ".join(r.value for r in TokenRole)
+            raise QueueError(f"unknown role {role!r}: one of {roles}") from None
         token = secrets.token_urlsafe(32)
         with self._changing(), self.db.write() as con:
             live = con.execute(
@@ -78,13 +85,14 @@ class DuckDBTokenStore:
             if live:
                 raise QueueError(f"token {name} already exists")
             con.execute(
-                "INSERT INTO tokens (token_hash, name, created_at) VALUES (?, ?, ?)",
-                [token_hash(token), name, to_db_time(datetime.now(UTC))],
+                "INSERT INTO tokens (token_hash, name, created_at, role) VALUES (?, ?, ?, ?)",
+                [token_hash(token), name, to_db_time(datetime.now(UTC)), role.value],
             )
         return token
 
-    def verify_token(self, token: str) -> str | None:
-        """The name of a live token, or None (unknown, revoked or empty token)."""
+    def verify_token(self, token: str) -> Holder | None:
+        """Who holds a live token (its name and role), or None (unknown, revoked or empty
+        token)."""
         if not token:
             return None
         known = self.known_token(token)
@@ -94,19 +102,20 @@ class DuckDBTokenStore:
         with _KNOWN_LOCK:
             generation = self._known.generation
         rows = self.db.select(
-            "SELECT token_hash, name FROM tokens WHERE token_hash = ? AND revoked_at IS NULL",
+            "SELECT token_hash, name, role FROM tokens WHERE token_hash = ? AND revoked_at IS NULL",
             [digest],
         )
-        for stored, name in rows:
+        for stored, name, role in rows:
             if hmac.compare_digest(str(stored), digest):
+                holder = Holder(str(name), None if role is None else TokenRole(role))
                 with _KNOWN_LOCK:
                     if self._known.generation == generation:  # no change since the query
-                        self._known.names[digest] = str(name)
-                return str(name)
+                        self._known.names[digest] = holder
+                return holder
         return None
 
-    def known_token(self, token: str) -> str | None:
-        """The name of a live token verified since the tokens last changed, from memory;
+    def known_token(self, token: str) -> Holder | None:
+        """Who holds a live token verified since the tokens last changed, from memory;
         None: not known (ask :meth:`verify_token`)."""
         if not token:
             return None
@@ -129,15 +138,17 @@ class DuckDBTokenStore:
                 raise QueueError(f"unknown token {name}")
 
     def list_tokens(self) -> list[dict[str, Any]]:
-        """Every token ever created: name, created_at, revoked_at (never the hash)."""
+        """Every token ever created: name, role (None: created before roles), created_at,
+        revoked_at (never the hash)."""
         rows = self.db.select(
-            "SELECT name, created_at, revoked_at FROM tokens ORDER BY created_at, name"
+            "SELECT name, role, created_at, revoked_at FROM tokens ORDER BY created_at, name"
         )
         return [
             {
                 "name": name,
+                "role": role,
                 "created_at": from_db_time(created_at),
                 "revoked_at": from_db_time(revoked_at),
             }
-            for name, created_at, revoked_at in rows
+            for name, role, created_at, revoked_at in rows
         ]

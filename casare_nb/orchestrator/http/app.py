@@ -10,6 +10,7 @@ from casare_nb import __version__
 from casare_nb.core.errors import CasareError, SubmissionsClosed, one_line
 from casare_nb.orchestrator.brake import AuthBrake
 from casare_nb.orchestrator.http import (
+    admin,
     blobs,
     history,
     jobs,
@@ -70,6 +71,7 @@ def create_app(
         triggers.hooks,
         tokens.router,
         workflows.router,
+        admin.router,
     ):
         app.include_router(router)
 

@@ -5,7 +5,7 @@ import asyncio
 
 from fastapi import APIRouter, Path, Response
 
-from casare_nb.orchestrator.http.deps import AUTH_ERRORS, Auth, Orch, error, with_errors
+from casare_nb.orchestrator.http.deps import AUTH_ERRORS, Orch, UserAuth, error, with_errors
 
 __all__ = ["router"]
 
@@ -22,7 +22,7 @@ _SHA256 = Path(pattern="^[0-9a-f]{64}$", description="The blob's sha256, hex.")
         200: {"content": {"application/octet-stream": {}}, "description": "The blob's bytes."},
     },
 )
-async def blob(sha256: str = _SHA256, *, _: Auth, orch: Orch) -> Response:
+async def blob(sha256: str = _SHA256, *, _: UserAuth, orch: Orch) -> Response:
     """The blob's bytes."""
     data = await asyncio.to_thread(orch.blob, sha256)
     if data is None:

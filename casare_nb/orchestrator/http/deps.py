@@ -5,6 +5,14 @@ and one-line errors.
   orchestrator's tokens (hashed): 401 otherwise. ``/health``, ``/metrics`` and ``/hooks``
   (signed instead) need none. Every error is ``{"detail": "<one line>"}``; a body that is not
   JSON is 400, a body or query that does not fit its model 422.
+- Roles (:mod:`casare_nb.core.tokens`): a route takes :data:`UserAuth` (a user or admin
+  token: submit, read, its own jobs), :data:`AdminAuth` (an admin token: tokens, robots,
+  submissions, schedules, triggers, maintenance) or, for one message, ``Annotated[Holder,
+  Depends(Needs(TokenRole.ADMIN, "draining a robot"))]``; a token whose role may not is
+  answered 403 with one line (``token 'x' has role user; draining a robot needs admin``) and
+  the refusal is audited. A robot token may not use the HTTP API at all (its place is the
+  WebSocket), except a route that takes :data:`RobotAuth`. :data:`Auth` is any live token
+  (its name), kept for routes that do not care about roles.
 - Workflow paths: a relative path is resolved against the workflows directory; an absolute
   path, or one that resolves (symlinks included) outside that directory, is refused with
   422, so a token cannot make the robots run any notebook on the orchestrator's disk.
@@ -23,14 +31,20 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from casare_nb.api import ErrorBody
 from casare_nb.core.errors import QueueError, WorkflowError, one_line
-from casare_nb.core.tokens import BadAuthorization, bearer_token
+from casare_nb.core.tokens import BadAuthorization, Holder, TokenRole, bearer_token, refusal
+from casare_nb.orchestrator import audit
 from casare_nb.orchestrator.brake import AuthBrake
 from casare_nb.orchestrator.orchestrator import Orchestrator
 
 __all__ = [
     "AUTH_ERRORS",
+    "AdminAuth",
     "Auth",
+    "Caller",
+    "Needs",
     "Orch",
+    "RobotAuth",
+    "UserAuth",
     "Workflow",
     "WorkflowPath",
     "Written",
@@ -44,11 +58,12 @@ logger = logging.getLogger("casare_nb.orchestrator.http")
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing, unknown or revoked token."},
+    403: {"model": ErrorBody, "description": "The token's role may not do this."},
 }
 
 
 def with_errors(status: int, description: str) -> dict[int | str, dict[str, Any]]:
-    """The documented error answers of a route: 401 and ``status``."""
+    """The documented error answers of a route: 401, 403 and ``status``."""
     return {**AUTH_ERRORS, status: {"model": ErrorBody, "description": description}}
 
 
@@ -88,27 +103,27 @@ def client_of(request: Request) -> str:
 def refused(request: Request, why: str) -> HTTPException:
     """The answer to a failed authentication: 401 with ``why``, counted against the client;
     429 with ``Retry-After`` once the client failed too often lately (a valid token or
-    signature is never braked: only failures are)."""
+    signature is never braked: only failures are). Each is a record of the audit log."""
     brake: AuthBrake = request.app.state.brake
     client = client_of(request)
     wait = brake.wait_s(client)
+    brake.failed(client, why, f"{request.method} {request.url.path}")
     if wait is not None:
-        brake.failed(client, why)
         return HTTPException(
             status_code=429,
             detail=f"too many failed authentications from {client}; retry in {wait} s",
             headers={"Retry-After": str(wait)},
         )
-    brake.failed(client, why)
     return error(401, why)
 
 
-async def _authenticated(
+async def _caller(
     request: Request,
     orch: Orch,
     _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-) -> str:
-    """The name of the request's live token; 401 otherwise (429 after too many)."""
+) -> Holder:
+    """Who holds the request's live token, and from where; 401 otherwise (429 after too
+    many)."""
     try:
         token = bearer_token(request.headers.getlist("authorization"))
     except BadAuthorization as exc:
@@ -116,17 +131,59 @@ async def _authenticated(
     tokens = orch.stores.tokens
     try:
         # a token verified lately is known from memory: no query, no thread
-        name = tokens.known_token(token) or await asyncio.to_thread(tokens.verify_token, token)
+        holder = tokens.known_token(token) or await asyncio.to_thread(tokens.verify_token, token)
     except QueueError as exc:
         logger.error("cannot check a token: %s", exc)
         raise error(503, "the orchestrator cannot read its tokens") from None
-    if name is None:
+    if holder is None:
         raise refused(request, "invalid or revoked token")
-    return name
+    return Holder(holder.name, holder.role, client_of(request))
+
+
+Caller = Annotated[Holder, Depends(_caller)]
+"""Who holds the request's live token, whatever its role (401 without one)."""
+
+
+async def _authenticated(caller: Caller) -> str:
+    return caller.name
 
 
 Auth = Annotated[str, Depends(_authenticated)]
-"""The name of the request's live token (401 without one)."""
+"""The name of the request's live token, whatever its role (401 without one)."""
+
+
+def route_action(request: Request) -> str:
+    """What a request asks for, in words a refusal can name: ``POST /api/backup``."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", None) or request.url.path
+    return f"{request.method} {path}"
+
+
+class Needs:
+    """A dependency: the request's :class:`Holder` if its role may do ``action`` (the route,
+    ``POST /api/...``, when not given), which needs ``role``; 403 with one line otherwise,
+    recorded in the audit log. Use it as ``Annotated[Holder, Depends(Needs(role,
+    action))]``."""
+
+    def __init__(self, role: TokenRole, action: str | None = None) -> None:
+        self.role = role
+        self.action = action
+
+    async def __call__(self, request: Request, caller: Caller) -> Holder:
+        action = self.action or route_action(request)
+        why = refusal(caller, self.role, action)
+        if why is not None:
+            audit.denied(caller, action, request.url.path, why)
+            raise error(403, why)
+        return caller
+
+
+RobotAuth = Annotated[Holder, Depends(Needs(TokenRole.ROBOT))]
+"""A robot token (or one from before roles); 403 for a user or admin token."""
+UserAuth = Annotated[Holder, Depends(Needs(TokenRole.USER))]
+"""A user or admin token (one from before roles acts as admin); 403 for a robot token."""
+AdminAuth = Annotated[Holder, Depends(Needs(TokenRole.ADMIN))]
+"""An admin token (or one from before roles); 403 for a user or robot token."""
 
 
 Change = Callable[[str, str, Orchestrator, Request], Awaitable[Any]]
@@ -143,10 +200,10 @@ def add_changes(
     responses: dict[int | str, dict[str, Any]],
 ) -> None:
     """Add a route per ``(action, HTTP verb, doc)``: ``/{item_id}/<action>``, or
-    ``/{item_id}`` for ``remove``; each calls ``change``."""
+    ``/{item_id}`` for ``remove``; each calls ``change``, for an admin token only."""
 
     def route_of(action: str, doc: str) -> Callable[..., Awaitable[Any]]:
-        async def route(item_id: str, request: Request, _: Auth, orch: Orch) -> Any:
+        async def route(item_id: str, request: Request, _: AdminAuth, orch: Orch) -> Any:
             return await change(item_id, action, orch, request)
 
         route.__doc__ = doc

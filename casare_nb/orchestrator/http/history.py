@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from casare_nb.core.history import CellDurations, DailyRuns, RunGroup
 from casare_nb.core.models import RunRecord, RunStatus
-from casare_nb.orchestrator.http.deps import AUTH_ERRORS, Auth, Written
+from casare_nb.orchestrator.http.deps import AUTH_ERRORS, UserAuth, Written
 
 __all__ = ["router"]
 
@@ -20,7 +20,7 @@ Workflow = Annotated[str | None, Query(description="Only this workflow (its path
 
 @router.get("/runs", response_model=list[RunRecord])
 async def runs(
-    _: Auth,
+    _: UserAuth,
     orch: Written,
     workflow: Workflow = None,
     trigger: Annotated[
@@ -43,7 +43,7 @@ async def runs(
 
 @router.get("/daily", response_model=list[DailyRuns])
 async def daily(
-    _: Auth,
+    _: UserAuth,
     orch: Written,
     workflow: Workflow = None,
     days: Annotated[int, Query(ge=1, le=366)] = 14,
@@ -56,7 +56,7 @@ async def daily(
 
 @router.get("/groups", response_model=list[RunGroup])
 async def groups(
-    _: Auth,
+    _: UserAuth,
     orch: Written,
     workflow: Workflow = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -66,6 +66,6 @@ async def groups(
 
 
 @router.get("/cells", response_model=list[CellDurations])
-async def cells(_: Auth, orch: Written, workflow: Workflow = None) -> list[CellDurations]:
+async def cells(_: UserAuth, orch: Written, workflow: Workflow = None) -> list[CellDurations]:
     """Per workflow: median, p95 and longest duration of its cells."""
     return await asyncio.to_thread(orch.stores.history.cell_durations, workflow=workflow)

@@ -11,8 +11,9 @@ from casare_nb.core.errors import CasareError, QueueError, one_line
 from casare_nb.core.triggers import Schedule
 from casare_nb.orchestrator.http.deps import (
     AUTH_ERRORS,
-    Auth,
+    AdminAuth,
     Orch,
+    UserAuth,
     Workflow,
     add_changes,
     error,
@@ -45,7 +46,9 @@ async def _known(orch: Orchestrator, schedule_id: str) -> Schedule:
     response_model=ScheduleInfo,
     responses=with_errors(422, "Bad timetable, parameter or workflow."),
 )
-async def add_schedule(body: NewSchedule, _: Auth, orch: Orch, workflow: Workflow) -> ScheduleInfo:
+async def add_schedule(
+    body: NewSchedule, _: AdminAuth, orch: Orch, workflow: Workflow
+) -> ScheduleInfo:
     """Run a workflow on a cron timetable, every N, or once at a date."""
     path = workflow(body.workflow)
     try:
@@ -56,7 +59,7 @@ async def add_schedule(body: NewSchedule, _: Auth, orch: Orch, workflow: Workflo
 
 
 @router.get("", response_model=list[ScheduleInfo], responses=AUTH_ERRORS)
-async def list_schedules(_: Auth, orch: Orch) -> list[ScheduleInfo]:
+async def list_schedules(_: UserAuth, orch: Orch) -> list[ScheduleInfo]:
     """Every schedule with its next 3 due times and its last fired one."""
     schedules = await asyncio.to_thread(orch.stores.triggers.schedules)
     last = await asyncio.to_thread(orch.stores.triggers.last_dues)
@@ -65,7 +68,7 @@ async def list_schedules(_: Auth, orch: Orch) -> list[ScheduleInfo]:
 
 @router.get("/upcoming", response_model=list[UpcomingFire], responses=AUTH_ERRORS)
 async def upcoming(
-    _: Auth, orch: Orch, limit: Annotated[int, Query(ge=1, le=1000)] = 10
+    _: UserAuth, orch: Orch, limit: Annotated[int, Query(ge=1, le=1000)] = 10
 ) -> list[UpcomingFire]:
     """The next ``limit`` due times across every schedule that is not paused."""
     return [
@@ -80,7 +83,7 @@ async def upcoming(
 
 
 @router.get("/{schedule_id}", response_model=ScheduleInfo, responses=_ONE)
-async def get_schedule(schedule_id: str, _: Auth, orch: Orch) -> ScheduleInfo:
+async def get_schedule(schedule_id: str, _: UserAuth, orch: Orch) -> ScheduleInfo:
     """One schedule."""
     schedule = await _known(orch, schedule_id)
     last = await asyncio.to_thread(orch.stores.triggers.last_due, schedule_id)
@@ -89,7 +92,7 @@ async def get_schedule(schedule_id: str, _: Auth, orch: Orch) -> ScheduleInfo:
 
 @router.get("/{schedule_id}/fires", response_model=list[FireInfo], responses=_ONE)
 async def schedule_fires(
-    schedule_id: str, _: Auth, orch: Orch, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
+    schedule_id: str, _: UserAuth, orch: Orch, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
 ) -> list[FireInfo]:
     """The due times that fired, newest first, and what came of each."""
     await _known(orch, schedule_id)

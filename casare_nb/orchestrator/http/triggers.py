@@ -12,8 +12,9 @@ from casare_nb.core.models import TriggerKind
 from casare_nb.core.triggers import Trigger
 from casare_nb.orchestrator.http.deps import (
     AUTH_ERRORS,
-    Auth,
+    AdminAuth,
     Orch,
+    UserAuth,
     Workflow,
     add_changes,
     error,
@@ -44,7 +45,7 @@ def _info(trigger: Trigger, request: Request) -> TriggerInfo:
 async def add_trigger(
     body: NewTrigger,
     request: Request,
-    _: Auth,
+    _: AdminAuth,
     orch: Orch,
     workflow: Workflow,
 ) -> TriggerInfo:
@@ -59,14 +60,14 @@ async def add_trigger(
 
 
 @router.get("", response_model=list[TriggerInfo], responses=AUTH_ERRORS)
-async def list_triggers(request: Request, _: Auth, orch: Orch) -> list[TriggerInfo]:
+async def list_triggers(request: Request, _: UserAuth, orch: Orch) -> list[TriggerInfo]:
     """Every trigger, oldest first."""
     triggers = await asyncio.to_thread(orch.triggers.triggers)
     return [_info(t, request) for t in triggers]
 
 
 @router.get("/{trigger_id}", response_model=TriggerInfo, responses=_ONE)
-async def get_trigger(trigger_id: str, request: Request, _: Auth, orch: Orch) -> TriggerInfo:
+async def get_trigger(trigger_id: str, request: Request, _: UserAuth, orch: Orch) -> TriggerInfo:
     """One trigger."""
     trigger = await asyncio.to_thread(orch.stores.triggers.trigger, trigger_id)
     if trigger is None:

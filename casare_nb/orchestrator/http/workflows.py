@@ -10,7 +10,7 @@ from casare_nb.api import WorkflowInfo
 from casare_nb.core.errors import WorkflowError, one_line
 from casare_nb.core.params import read_schema
 from casare_nb.notebook.workflow import parse_workflow
-from casare_nb.orchestrator.http.deps import AUTH_ERRORS, Auth, Workflow, error, with_errors
+from casare_nb.orchestrator.http.deps import AUTH_ERRORS, UserAuth, Workflow, error, with_errors
 
 __all__ = ["MAX_LISTED", "router"]
 
@@ -35,7 +35,7 @@ def _listed(root: Path) -> list[WorkflowInfo]:
 
 
 @router.get("", response_model=list[WorkflowInfo])
-async def workflows(_: Auth, resolve: Workflow) -> list[WorkflowInfo]:
+async def workflows(_: UserAuth, resolve: Workflow) -> list[WorkflowInfo]:
     """The notebooks under the workflows directory (hidden folders left out), by path."""
     return await asyncio.to_thread(_listed, resolve.root.resolve())
 
@@ -49,7 +49,7 @@ def _read(path: Path, rel: str) -> WorkflowInfo:
     response_model=WorkflowInfo,
     responses={**with_errors(404, "No such workflow."), 422: {"description": "Not a notebook."}},
 )
-async def workflow(path: str, _: Auth, resolve: Workflow) -> WorkflowInfo:
+async def workflow(path: str, _: UserAuth, resolve: Workflow) -> WorkflowInfo:
     """One workflow with the parameters its ``parameters`` cell declares."""
     found = resolve(path)
     if not found.is_file():

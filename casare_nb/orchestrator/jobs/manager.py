@@ -293,6 +293,7 @@ class JobManager:
         trigger: TriggerRef | None = None,
         job_id: str | None = None,
         start_at: datetime | None = None,
+        submitted_by: str | None = None,
     ) -> Job:
         """Validate and queue a run of ``workflow_path``; the queued job, once committed.
 
@@ -305,7 +306,7 @@ class JobManager:
         dispatched at once and its robot runs the first cell at that instant; dispatched once
         it has passed (no free robot before), the job runs at once. Kept in memory only.
         ``timeouts``: the job's execution limits (per cell, whole run), sent with every
-        attempt.
+        attempt. ``submitted_by``: the name of the token that submitted it.
 
         Raises :class:`~casare_nb.core.params.ParameterError` (bad parameters) or
         :class:`~casare_nb.core.errors.WorkflowError` (no such or broken notebook) before
@@ -344,6 +345,7 @@ class JobManager:
             eligible_at=now,
             source=source,
             trigger=trigger,
+            submitted_by=submitted_by,
         )
         self._keep_secrets(job_id, values, secret_names)
         if start_at is not None:
