@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from casare_nb.core.models import Priority, ResumePlan, RobotStatus, RunStatus
 from casare_nb.core.params import ParamSchema
 from casare_nb.core.text import unicode_problem
+from casare_nb.core.thresholds import Level, Thresholds
 from casare_nb.core.tokens import DEFAULT_ROLE, TokenRole
 from casare_nb.core.triggers import JobFields, Schedule, ScheduleFields, Trigger, TriggerFields
 
@@ -29,18 +30,25 @@ __all__ = [
     "DEFAULT_HTTP_PORT",
     "RUNTIME_FILE",
     "TOKEN_NAME_PATTERN",
+    "ConnectionStatus",
     "CreateToken",
     "DrainRequest",
     "DrainResult",
     "ErrorBody",
+    "FailureStatus",
     "FireInfo",
     "Health",
+    "Maintenance",
     "NewSchedule",
     "NewTrigger",
+    "OrchestratorStatus",
+    "QueueStatus",
     "RerunJob",
+    "RobotStatusLine",
     "RuntimeInfo",
     "ScheduleInfo",
     "ServerInfo",
+    "Status",
     "SubmitJob",
     "TokenCreated",
     "TokenInfo",
@@ -186,6 +194,9 @@ class DrainResult(BaseModel):
     finished_jobs: list[str] = Field(default_factory=list)
     unfinished_jobs: list[str] = Field(default_factory=list)
     robots_shut_down: list[str] = Field(default_factory=list)
+    cancelled: bool = Field(
+        default=False, description="Undone while it waited (casare-nb drain --cancel)."
+    )
 
 
 class CreateToken(_Request):
@@ -237,6 +248,18 @@ class ServerInfo(BaseModel):
     submissions_paused: bool = Field(
         default=False, description="An operator paused submissions (503 until unpaused)."
     )
+    maintenance: bool = Field(
+        default=False, description="Schedules and triggers are held for maintenance."
+    )
+
+
+class Maintenance(BaseModel):
+    """``GET /api/maintenance``: whether schedules and triggers are held for maintenance."""
+
+    on: bool
+    since: datetime | None = Field(default=None, description="When maintenance began.")
+    schedules_held: int = Field(default=0, description="Schedules not paused of their own.")
+    triggers_held: int = Field(default=0, description="Triggers enabled of their own.")
 
 
 class Health(BaseModel):
@@ -251,6 +274,83 @@ class Health(BaseModel):
     )
     jobs: dict[RunStatus, int] = Field(description="Number of jobs in every status.")
     queue: dict[Priority, int] = Field(default_factory=dict, description="Queued jobs by priority.")
+
+
+class OrchestratorStatus(BaseModel):
+    """The orchestrator itself, in ``GET /status``."""
+
+    version: str
+    uptime_s: float = Field(description="Seconds since it started.")
+    draining: bool
+    submissions_paused: bool
+    maintenance: bool = Field(description="Schedules and triggers held for maintenance.")
+    storage_fault: str | None = Field(
+        default=None, description="Why it cannot store what it acknowledges now (critical)."
+    )
+    heartbeat_interval_s: float
+    level: Level
+
+
+class RobotStatusLine(BaseModel):
+    """One robot in ``GET /status``: its load and figures, each with its level."""
+
+    robot_id: str
+    name: str
+    status: RobotStatus
+    running_jobs: int
+    max_concurrent_jobs: int
+    cpu_percent: float | None
+    cpu_level: Level
+    memory_percent: float | None
+    memory_level: Level
+    heartbeat_age_s: float | None = Field(description="Seconds since its last heartbeat.")
+    heartbeats_missed: int | None = Field(
+        description="Heartbeat intervals it has been silent for (None: left, not lost)."
+    )
+    heartbeat_level: Level
+    level: Level
+
+
+class QueueStatus(BaseModel):
+    """Queued jobs, in ``GET /status``."""
+
+    depth: int
+    by_priority: dict[Priority, int]
+    oldest_queued_age_s: float | None = Field(description="Seconds the oldest has waited.")
+    level: Level
+
+
+class FailureStatus(BaseModel):
+    """Jobs that ended in the last hour (since the start, if later), in ``GET /status``."""
+
+    finished_last_hour: int = Field(description="Ended, cancelled ones not counted.")
+    failed_last_hour: int = Field(description="Failed, timed out or dead.")
+    failure_rate_percent: float | None = Field(description="None when none ended.")
+    level: Level
+
+
+class ConnectionStatus(BaseModel):
+    """Connection failures in the last hour (since the start, if later), in ``GET /status``."""
+
+    refused_last_hour: int = Field(description="Failed authentications, HTTP and WebSocket.")
+    lost_last_hour: int = Field(description="Robot connections dropped or gone silent.")
+    failures_last_hour: int
+    level: Level
+
+
+class Status(BaseModel):
+    """``GET /status`` (any valid token): the operator's one screen. ``level`` is the worst
+    figure's; ``breaches`` says, one line each, which figures passed their thresholds."""
+
+    at: datetime
+    level: Level
+    orchestrator: OrchestratorStatus
+    robots: list[RobotStatusLine]
+    queue: QueueStatus
+    failures: FailureStatus
+    connections: ConnectionStatus
+    thresholds: Thresholds
+    breaches: list[str] = Field(default_factory=list)
 
 
 class ErrorBody(BaseModel):

@@ -22,17 +22,16 @@ EXIT_GRACE_S = float(os.environ.get("CASARE_TEST_EXIT_GRACE_S", "120"))
 _exit_status = [0]
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    _exit_status[0] = int(exitstatus)
-
-
 @pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config: pytest.Config) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """A test process still alive EXIT_GRACE_S after the run (a thread or child that will not
-    end) prints every thread's stack and its children, then exits with the run's status: CI
-    reports the culprit instead of waiting for its timeout."""
+    end, or pytest's own unconfigure blocked: a leaked kernel's ZeroMQ context collected by
+    the unraisable-exception plugin's gc once hung there) prints every thread's stack and its
+    children, then exits with the run's status: CI reports the culprit instead of waiting for
+    its timeout. The guard starts here, before any plugin's unconfigure."""
     from casare_nb.notebook.zygote import close_shared_zygotes
 
+    _exit_status[0] = int(exitstatus)
     close_shared_zygotes()
 
     def guard() -> None:

@@ -339,11 +339,13 @@ def test_submit_wait_exits_0_and_jobs_and_robots_show_the_run(
 def test_failed_job_exits_1_then_rerun_with_a_parameter_exits_0(
     live: Orchestrator, incli: Cli
 ) -> None:
-    """A failing submit --wait exits 1 naming the rerun; rerun -p ok true --wait exits 0."""
+    """A failing submit --wait exits 1 naming the rerun; jobs -q lists its id; rerun exits 0."""
     failed = incli(live.base, "submit", "checked.ipynb", "--wait")
     assert failed.returncode == EXIT_FAILED, describe(failed)
     assert "AssertionError" in failed.stderr and "casare-nb rerun" in failed.stderr
     job_id = failed.stderr.split("casare-nb rerun ")[1].split()[0]
+    quiet = incli(live.base, "jobs", "--status", "failed", "-q")
+    assert quiet.stdout.splitlines() == [job_id], describe(quiet)  # ids only, for scripts
     fixed = incli(live.base, "rerun", job_id, "-p", "ok", "true", "--wait")
     assert fixed.returncode == EXIT_OK, describe(fixed)
     with live.client() as client:

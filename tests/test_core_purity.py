@@ -117,6 +117,7 @@ def test_importing_the_package_is_lazy() -> None:
 OWNERS = {
     "apscheduler": {"orchestrator/triggers/schedules.py"},
     "watchdog": {"orchestrator/triggers/watch.py"},
+    "pythonjsonlogger": {"logs.py"},
     "prometheus_client": {"orchestrator/metrics.py"},
     "fastapi": {"orchestrator/http/"},
     "uvicorn": {"orchestrator/http/"},

@@ -209,7 +209,13 @@ async def test_drain_refuses_new_jobs_with_503_and_health_says_draining(api: Api
     queued = (await api.submit(tags=["nowhere"])).json()
     report = await api.http.post("/api/drain", json={"timeout_s": 0})
     assert report.status_code == 200, report.text
-    assert set(report.json()) == {"finished_jobs", "unfinished_jobs", "robots_shut_down"}
+    assert set(report.json()) == {
+        "finished_jobs",
+        "unfinished_jobs",
+        "robots_shut_down",
+        "cancelled",
+    }
+    assert report.json()["cancelled"] is False
     assert "draining" in one_line(await api.submit(), 503)
     assert (await api.http.get("/health")).json()["status"] == "draining"
     not_ready = await api.http.get("/health/ready")

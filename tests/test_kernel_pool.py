@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
 
+import psutil
 import pytest
 from helpers import Workspace, outputs_text, replace_cell
 
 from casare_nb.core.models import RunStatus
+from casare_nb.notebook.kernels import KernelSession
 from casare_nb.notebook.pool import KernelPool
 
 
@@ -103,6 +106,28 @@ async def test_close_stops_every_kernel() -> None:
     assert not any(alive(pid) for pid in pids)
     with pytest.raises(RuntimeError, match="closed"):
         await pool.acquire()
+
+
+def _kernels() -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.Process().children()
+        if "ipykernel_launcher" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE
+    ]
+
+
+async def test_a_start_cancelled_once_the_process_runs_leaves_no_kernel() -> None:
+    """Cancelling KernelSession.start after its kernel process exists kills that process."""
+    before = {p.pid for p in _kernels()}
+    start = asyncio.ensure_future(KernelSession.start())
+    while not {p.pid for p in _kernels()} - before and not start.done():
+        await asyncio.sleep(0.005)  # polling for the child: no event tells its spawn
+    (new,) = [p for p in _kernels() if p.pid not in before]
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    _, alive = await asyncio.to_thread(psutil.wait_procs, [new], 10)
+    assert not alive
 
 
 def test_pool_size_must_be_positive() -> None:

@@ -27,10 +27,11 @@ ALLOWED: dict[str, set[str]] = {
     "local": {"core", "notebook", "store"},
     "papermill_engine": {"core", "notebook", "local"},
     "robot": {"core", "protocol", "notebook"},
-    "orchestrator": {"core", "protocol", "api", "notebook", "store", "ops"},
+    "orchestrator": {"core", "protocol", "api", "notebook", "store", "ops", "logs"},
     "client": {"core", "protocol", "api"},
     "nodes": {"core", "notebook", "local", "outputs"},  # what node cells call at run time
     "site": set(),
+    "logs": set(),  # the services' log files and formats
     "widgets": {"core", "protocol", "api", "client", "local", "notebook", "nodes"},
     "service_thread": {"orchestrator", "robot", "client"},
     "debugging": {"core", "api", "client", "notebook"},
@@ -49,6 +50,7 @@ ALLOWED: dict[str, set[str]] = {
         "service_thread",
         "debugging",
         "jupyter",
+        "logs",
     },
     "": {"core", "outputs", "notebook", "local", "client"},  # casare_nb/__init__: the lazy API
 }
@@ -59,6 +61,7 @@ ORCHESTRATOR: dict[str, set[str]] = {
     "registry": set(),
     "metrics": set(),
     "audit": set(),
+    "config": set(),
     "brake": {"audit"},
     "triggers": set(),
     "websocket": {"jobs", "registry", "metrics", "brake", "audit"},

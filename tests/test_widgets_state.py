@@ -19,6 +19,7 @@ from casare_nb.core.failure import Failure
 from casare_nb.core.history import DailyRuns
 from casare_nb.core.models import Job, Priority, Robot, RobotStatus, RunRecord, RunStatus
 from casare_nb.core.params import ParamSchema, ParamSpec
+from casare_nb.core.thresholds import Limit, Thresholds
 from casare_nb.protocol import (
     CellEvent,
     Event,
@@ -173,6 +174,22 @@ def test_the_queue_view_level_follows_the_queued_events(
         state.apply(queued(job(f"j{i}")))
     view = state.queue()
     assert (view.depth, view.level) == (depth, level)
+
+
+def test_the_views_colour_by_the_orchestrators_thresholds(state: DashboardState) -> None:
+    """Once given the orchestrator's thresholds, CPU 15 % is a warning (warn 10) and three
+    queued jobs critical (critical above 2), where the runbook's defaults say ok."""
+    state.apply(robot_event(EventKind.ROBOT_ONLINE, robot(cpu_percent=15.0, memory_percent=1.0)))
+    for i in range(3):
+        state.apply(queued(job(f"j{i}")))
+    assert (state.robots()[0].cpu_level, state.queue().level) == (Level.OK, Level.OK)
+    state.set_thresholds(
+        Thresholds(
+            queue_depth=Limit(warn=1, critical=2, strict=True),
+            robot_cpu_percent=Limit(warn=10, critical=20),
+        )
+    )
+    assert (state.robots()[0].cpu_level, state.queue().level) == (Level.WARN, Level.CRITICAL)
 
 
 # -- robots ----------------------------------------------------------------------------------

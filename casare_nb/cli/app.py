@@ -72,6 +72,8 @@ COMMAND_MODULES = {
     "robots": "jobs",
     "cancel": "jobs",
     "drain": "jobs",
+    "pause-submissions": "jobs",
+    "resume-submissions": "jobs",
     "outputs": "jobs",
     "lab": "lab",
     "run": "local",
@@ -80,6 +82,7 @@ COMMAND_MODULES = {
     "params": "local",
     "schedule": "schedules",
     "trigger": "schedules",
+    "maintenance": "schedules",
     "orchestrator": "service",
     "robot": "service",
     "demo": "service",
@@ -87,6 +90,10 @@ COMMAND_MODULES = {
     "backup": "data",
     "restore": "data",
     "cleanup": "data",
+    "status": "ops",
+    "doctor": "ops",
+    "autoscale": "ops",
+    "fires": "ops",
 }
 """Command -> the module of ``casare_nb.cli`` that defines it (``@app.command``)."""
 
@@ -104,8 +111,29 @@ class Commands(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+LOG_LEVEL_KEY = "casare_nb.log_level"  # the group's --log-level, in the click context's meta
+
+
+def _group_log_level(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    """``casare-nb --log-level LEVEL COMMAND``: log to stderr at LEVEL (any command); the
+    services take it as their default level (see :mod:`casare_nb.logs`)."""
+    if value:
+        ctx.meta[LOG_LEVEL_KEY] = value
+        from casare_nb.logs import LogSettings, setup_logging
+
+        setup_logging(LogSettings(level=value))  # type: ignore[arg-type]  # a click.Choice
+
+
 @click.group(cls=Commands)
 @click.version_option(package_name="casare_nb")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    expose_value=False,
+    is_eager=True,
+    callback=_group_log_level,
+    help="Log messages at this level and above on stderr, for any command.",
+)
 def app() -> None:
     """casare_nb: parameterised notebooks, run cell by cell, resumed from the failed cell."""
 

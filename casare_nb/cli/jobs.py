@@ -16,6 +16,7 @@ from casare_nb.cli.app import (
     app,
     client_for,
     client_options,
+    fail,
     job_fields,
     job_options,
     parameter_options,
@@ -154,11 +155,13 @@ def _show(job: Job | JobView, wait: bool, as_json: bool, queued: str) -> None:
 )
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@click.option("-q", "--quiet", is_flag=True, help="Only the job ids, one a line (for scripts).")
 @client_options
 def jobs(
     status: str | None,
     limit: int,
     as_json: bool,
+    quiet: bool,
     url: str | None,
     token: str | None,
     state_dir: str | None,
@@ -167,6 +170,10 @@ def jobs(
     client, _ = client_for(url, token, state_dir)
     with client:
         found = client.jobs(status, limit)
+    if quiet:
+        for job in found:
+            click.echo(job.job_id)
+        return
     if as_json:
         click.echo(json.dumps([j.model_dump(mode="json") for j in found], indent=1))
         return
@@ -211,16 +218,63 @@ def cancel(job_id: str, url: str | None, token: str | None, state_dir: str | Non
     show_default=True,
     help="Seconds the running jobs get to finish.",
 )
+@click.option(
+    "--cancel",
+    is_flag=True,
+    help="Undo a drain (or a pause of submissions): take and dispatch jobs again.",
+)
 @client_options
-def drain(timeout: float, url: str | None, token: str | None, state_dir: str | None) -> None:
-    """Stop taking jobs, let running ones finish (up to --timeout), shut the robots down."""
+def drain(
+    timeout: float, cancel: bool, url: str | None, token: str | None, state_dir: str | None
+) -> None:
+    """Stop taking jobs, let running ones finish (up to --timeout), shut the robots down.
+
+    --cancel undoes it: a drain under way stops waiting and shuts no robot down; after a
+    finished one, start the robots again (casare-nb robot ...) and they get the queue.
+    """
     client, _ = client_for(url, token, state_dir)
+    if cancel:
+        with client:
+            info = client.cancel_drain()
+        _taking(info.draining, info.submissions_paused)
+        return
     with client:
         report = client.drain(timeout)
-    click.echo("draining: the orchestrator takes no new jobs")
+    if report.cancelled:
+        click.echo("drain cancelled while waiting: the orchestrator takes jobs again")
+    else:
+        click.echo("draining: the orchestrator takes no new jobs")
     click.echo(f"  finished while waiting  {', '.join(report.finished_jobs) or '-'}")
     click.echo(f"  still unfinished        {', '.join(report.unfinished_jobs) or '-'}")
     click.echo(f"  robots shut down        {', '.join(report.robots_shut_down) or '-'}")
+
+
+def _taking(draining: bool, paused: bool) -> None:
+    if draining or paused:  # an orchestrator that did not undo it
+        fail("the orchestrator still refuses submissions", EXIT_FAILED)
+    click.echo("submissions resumed: the orchestrator takes and dispatches jobs")
+
+
+@app.command("pause-submissions")
+@client_options
+def pause_submissions(url: str | None, token: str | None, state_dir: str | None) -> None:
+    """Refuse new submissions, re-runs and trigger fires (503) until resume-submissions;
+    queued and running jobs go on, robots stay."""
+    client, _ = client_for(url, token, state_dir)
+    with client:
+        client.pause_submissions(True)
+    click.echo("submissions paused: queued and running jobs go on")
+    click.echo("  undo with  casare-nb resume-submissions")
+
+
+@app.command("resume-submissions")
+@client_options
+def resume_submissions(url: str | None, token: str | None, state_dir: str | None) -> None:
+    """Take submissions again after pause-submissions or a drain (same as drain --cancel)."""
+    client, _ = client_for(url, token, state_dir)
+    with client:
+        info = client.cancel_drain()
+    _taking(info.draining, info.submissions_paused)
 
 
 @app.command()

@@ -1,52 +1,74 @@
-"""``casare-nb orchestrator``, ``robot`` and ``demo``: the long-running processes."""
+"""``casare-nb orchestrator``, ``robot`` and ``demo``: the long-running processes.
+
+Both services log to stderr and to rotating files under their state directory
+(``logs/orchestrator.log`` and ``logs/audit.log``; ``logs/robot-<id>.log``): see
+:mod:`casare_nb.logs`. The orchestrator's options also come from its settings file, ``.env``
+and ``CASARE_ORCH_*`` variables (:mod:`casare_nb.orchestrator.config`); a flag wins.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from casare_nb.cli.app import app, state_option
+from casare_nb.cli.app import LOG_LEVEL_KEY, app, fail, state_option
+
+LEVELS = ["debug", "info", "warning", "error"]
 
 LOG_LEVEL = click.option(
     "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="Log level of the messages on stderr.",
+    type=click.Choice(LEVELS),
+    help="Log level of stderr and the log files (default: the settings', else info).",
+)
+LOG_FORMAT = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log lines as text or JSON objects, one a line (default: the settings', else text).",
+)
+LOG_MAX_BYTES = click.option(
+    "--log-max-bytes",
+    type=click.IntRange(min=1024),
+    help="Rotate a log file past this size (default: the settings', else 10 MiB).",
+)
+LOG_BACKUPS = click.option(
+    "--log-backups",
+    "log_backup_count",
+    type=click.IntRange(1, 1000),
+    help="Rotated log files kept (default: the settings', else 5).",
 )
 
 
 def setup_logging(level: str) -> None:
-    import logging
+    """stderr only, at ``level`` (the demo's, and what runs in one process)."""
+    from casare_nb.logs import LogSettings
+    from casare_nb.logs import setup_logging as setup
 
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if level != "debug":  # one line per connection is noise; casare_nb logs what matters
-        logging.getLogger("websockets").setLevel(logging.WARNING)
+    setup(LogSettings(level=level))  # type: ignore[arg-type]  # a click.Choice of LEVELS
 
 
 @app.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Settings file (YAML; default: ./orchestrator.yaml if it exists). Precedence: "
+    "flags > CASARE_ORCH_* environment > ./.env > this file > defaults.",
+)
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
-    default=8765,
-    show_default=True,
-    help="WebSocket port for robots and monitors (0: any free port).",
+    help="WebSocket port for robots and monitors (0: any free port; default 8765).",
 )
 @click.option(
     "--http-port",
     type=click.IntRange(0, 65535),
-    default=8766,
-    show_default=True,
-    help="HTTP API port (0: any free port).",
+    help="HTTP API port (0: any free port; default 8766).",
 )
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), help="Serve wss/https.")
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), help="Key of --tls-cert.")
@@ -55,54 +77,72 @@ def setup_logging(level: str) -> None:
     "--workflows",
     "workflows_dir",
     type=click.Path(file_okay=False, exists=True),
-    default=".",
-    show_default=True,
-    help="Workflows directory: submitted paths resolve here; paths outside are refused.",
+    help="Workflows directory: submitted paths resolve here; paths outside are refused "
+    "(default: the working directory).",
 )
 @click.option(
     "--drain-timeout",
+    "drain_timeout_s",
     type=click.FloatRange(min=0),
-    default=60.0,
-    show_default=True,
-    help="Seconds running jobs get to finish on SIGTERM/Ctrl-C.",
+    help="Seconds running jobs get to finish on SIGTERM/Ctrl-C (default 60).",
 )
 @click.option(
     "--max-body-bytes",
     type=click.IntRange(min=1024),
-    default=1 << 20,
-    show_default=True,
-    help="Largest HTTP request body (API and webhooks); larger ones answer 413.",
+    help="Largest HTTP request body (API and webhooks); larger ones answer 413 (default 1 MiB).",
 )
 @LOG_LEVEL
+@LOG_FORMAT
+@LOG_MAX_BYTES
+@LOG_BACKUPS
 def orchestrator(
-    host: str,
-    port: int,
-    http_port: int,
-    tls_cert: str | None,
-    tls_key: str | None,
-    state_dir: str | None,
-    workflows_dir: str,
-    drain_timeout: float,
-    max_body_bytes: int,
-    log_level: str,
+    config_path: str | None,
+    log_level: str | None,
+    log_format: str | None,
+    log_max_bytes: int | None,
+    log_backup_count: int | None,
+    **flags: Any,
 ) -> None:
     """Run the orchestrator: robots connect over WebSocket, clients use the HTTP API.
 
     SIGTERM or Ctrl-C drains (no new jobs, running jobs get --drain-timeout, robots are shut
-    down), then stops; a second signal stops at once.
+    down), then stops; a second signal stops at once. Logs go to stderr and to
+    STATE_DIR/logs/orchestrator.log (rotated), the audit records to STATE_DIR/logs/audit.log.
     """
-    setup_logging(log_level)
+    from casare_nb.logs import log_dir
+    from casare_nb.logs import setup_logging as setup
+    from casare_nb.orchestrator.config import load_orchestrator_config
+
+    config = load_orchestrator_config(config_path, overrides=flags)
+    given = {
+        "level": log_level or click.get_current_context().meta.get(LOG_LEVEL_KEY),
+        "format": log_format,
+        "max_bytes": log_max_bytes,
+        "backup_count": log_backup_count,
+    }
+    logging_settings = config.logging.model_validate(
+        {**config.logging.model_dump(), **{k: v for k, v in given.items() if v is not None}}
+    )
+    from casare_nb.api import runtime_file_path
+
+    state_dir = runtime_file_path(config.state_dir).parent
+    try:
+        setup(logging_settings, folder=log_dir(state_dir), file_name="orchestrator.log", audit=True)
+    except OSError as exc:
+        fail(f"cannot write the log files in {state_dir / 'logs'}: {exc.strerror or exc}")
     from casare_nb.orchestrator.service import OrchestratorService, run_orchestrator
 
     service = OrchestratorService(
         state_dir,
-        host=host,
-        port=port,
-        http_port=http_port,
-        workflows_dir=workflows_dir,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        max_body_bytes=max_body_bytes,
+        host=config.host,
+        port=config.port,
+        http_port=config.http_port,
+        workflows_dir=config.workflows_dir,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        max_body_bytes=config.max_body_bytes,
+        thresholds=config.thresholds,
+        **config.orchestrator_options(),
     )
 
     def ready(s: Any) -> None:
@@ -112,15 +152,16 @@ def orchestrator(
         click.echo(f"  workflows         {s.workflows_dir}")
         click.echo(f"  state             {s.state_dir}")
         click.echo(f"  runtime file      {s.runtime_file}")
+        click.echo(f"  logs              {s.state_dir / 'logs'}")
         click.echo(
-            "add a robot:  casare-nb token create robot-1  then  "
+            "add a robot:  casare-nb token create robot-1 --role robot  then  "
             f"casare-nb robot --orchestrator {s.ws_url} --token-file FILE --robot-id robot-1"
         )
 
     code = asyncio.run(
         run_orchestrator(
             service,
-            drain_timeout_s=drain_timeout,
+            drain_timeout_s=config.drain_timeout_s,
             on_ready=ready,
             say=lambda line: click.echo(line),
         )
@@ -161,6 +202,9 @@ def orchestrator(
     help="Kernels' working directory (default: $CASARE_HOME/robots/ROBOT_ID).",
 )
 @LOG_LEVEL
+@LOG_FORMAT
+@LOG_MAX_BYTES
+@LOG_BACKUPS
 def robot(
     orchestrator_url: str | None,
     token: str | None,
@@ -174,12 +218,16 @@ def robot(
     max_jobs: int | None,
     pool_size: int | None,
     work_dir: str | None,
-    log_level: str,
+    log_level: str | None,
+    log_format: str | None,
+    log_max_bytes: int | None,
+    log_backup_count: int | None,
 ) -> None:
     """Run a robot: warm kernels that run the jobs the orchestrator sends.
 
     SIGTERM or Ctrl-C: take no new jobs, let the running ones finish, exit; a second signal
-    cancels them (the orchestrator requeues them) and exits at once.
+    cancels them (the orchestrator requeues them) and exits at once. Logs go to stderr and to
+    $CASARE_HOME/logs/robot-ROBOT_ID.log (rotated; observability.log_dir in the config).
     """
     from casare_nb.robot.config import ConfigError, load_config
 
@@ -197,6 +245,10 @@ def robot(
             "max_concurrent_jobs": max_jobs,
             "kernel_pool_size": pool_size,
             "work_dir": work_dir,
+            "log_level": log_level or click.get_current_context().meta.get(LOG_LEVEL_KEY),
+            "log_format": log_format,
+            "log_max_bytes": log_max_bytes,
+            "log_backup_count": log_backup_count,
         },
     )
     if not config.token_value():
@@ -207,10 +259,31 @@ def robot(
     config.ssl_context()  # a CA file that cannot be used: one line now, nothing started
     for notice in config.notices:
         click.echo(f"casare-nb: warning: {notice}", err=True)
-    setup_logging(log_level)
+    _robot_logging(config)
     from casare_nb.robot.main import LocalRobot, run_robot
 
     sys.exit(asyncio.run(run_robot(LocalRobot(config), say=lambda line: click.echo(line))))
+
+
+def _robot_logging(config: Any) -> None:
+    """stderr and ``robot-<id>.log`` as the robot's config (and flags) say."""
+    from casare_nb.logs import LogSettings, log_dir
+    from casare_nb.logs import setup_logging as setup
+
+    seen = config.observability
+    settings = LogSettings(
+        level=seen.log_level,
+        format=seen.log_format,
+        max_bytes=seen.log_max_bytes,
+        backup_count=seen.log_backup_count,
+        files=seen.log_files,
+    )
+    home = Path(os.environ.get("CASARE_HOME") or ".casare")
+    folder = seen.log_dir if seen.log_dir is not None else log_dir(home)
+    try:
+        setup(settings, folder=folder, file_name=f"robot-{config.robot.robot_id}.log")
+    except OSError as exc:
+        fail(f"cannot write the log file in {folder}: {exc.strerror or exc}")
 
 
 @app.command()
@@ -221,12 +294,15 @@ def robot(
     default="workflows",
     show_default=True,
 )
-def demo(state_dir: str | None, workflows: str) -> None:
+@LOG_LEVEL
+def demo(state_dir: str | None, workflows: str, log_level: str | None) -> None:
     """The example workflows through a local orchestrator and robot; two fail and are re-run.
 
     Starts an orchestrator (free ports) and one robot in this process, submits the examples
     with the Python Client, re-runs the failing ones from their failed cell, prints the jobs.
     """
+    if log_level:
+        setup_logging(log_level)
     from casare_nb.cli.demo import run_demo
 
     sys.exit(run_demo(Path(workflows), state_dir))

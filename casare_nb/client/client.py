@@ -24,10 +24,12 @@ from casare_nb.api import (
     DrainResult,
     FireInfo,
     Health,
+    Maintenance,
     NewSchedule,
     NewTrigger,
     ScheduleInfo,
     ServerInfo,
+    Status,
     TokenCreated,
     TokenInfo,
     TriggerInfo,
@@ -200,6 +202,11 @@ class Client:
         """``/health``: status, robots online, jobs by status."""
         return Health.model_validate(self._request("GET", "/health").json())
 
+    def status(self) -> Status:
+        """``/status``: every figure of the runbook's table judged against the orchestrator's
+        thresholds (robots, queue, failures, connection failures), and the overall level."""
+        return Status.model_validate(self._request("GET", "/status").json())
+
     def submit(
         self,
         workflow: str | os.PathLike[str],
@@ -326,6 +333,24 @@ class Client:
         running jobs go on); ``paused=False`` takes them again."""
         action = "pause" if paused else "unpause"
         return ServerInfo.model_validate(self._request("POST", f"/api/submissions/{action}").json())
+
+    def cancel_drain(self) -> ServerInfo:
+        """Undo a drain (one under way stops waiting, no robot is shut down) and a pause of
+        submissions: new jobs are taken and queued ones dispatched again. Needs an admin
+        token."""
+        return ServerInfo.model_validate(self._request("POST", "/api/drain/cancel").json())
+
+    def maintenance(self) -> Maintenance:
+        """Whether schedules and triggers are held for maintenance."""
+        return Maintenance.model_validate(self._request("GET", "/api/maintenance").json())
+
+    def set_maintenance(self, on: bool) -> Maintenance:
+        """Hold every schedule and trigger (``on``) or let them fire again; each one's own
+        paused/disabled state is kept. Needs an admin token."""
+        action = "on" if on else "off"
+        return Maintenance.model_validate(
+            self._request("POST", f"/api/maintenance/{action}").json()
+        )
 
     def workflows(self) -> list[WorkflowInfo]:
         """The notebooks the orchestrator serves (paths relative to its workflows dir)."""

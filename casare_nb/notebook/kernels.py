@@ -110,15 +110,15 @@ class KernelSession:
             )
             adopted.adopt = early.process
             km.provisioner = adopted
-            await km.start_kernel()
             try:
+                await km.start_kernel()
                 await _sockets_bound(km, startup_timeout)
                 session = await cls.attach(km, cwd=early.cwd, startup_timeout=startup_timeout)
                 if cwd is not None:
                     await session.chdir(cwd)
                 return session
             except BaseException:
-                await km.shutdown_kernel(now=True)
+                await _abandon(km)
                 raise
         sockdir = tempfile.mkdtemp(prefix="casare-k-")
         km = AsyncKernelManager(kernel_name=kernel_name, transport="ipc", ip=f"{sockdir}/k")
@@ -130,12 +130,12 @@ class KernelSession:
             provisioner.zygote = zygote
             provisioner.wait_ready_s = startup_timeout
             km.provisioner = provisioner
-        await km.start_kernel(cwd=str(cwd) if cwd else None)
         try:
+            await km.start_kernel(cwd=str(cwd) if cwd else None)
             await _sockets_bound(km, startup_timeout)
             return await cls.attach(km, cwd=cwd, startup_timeout=startup_timeout)
         except BaseException:
-            await km.shutdown_kernel(now=True)
+            await _abandon(km)
             raise
 
     @classmethod
@@ -307,6 +307,15 @@ def casare_code(function: str, *args: Any) -> str:
     """The code calling a function of the kernel-side module with literal arguments."""
     arglist = ", ".join(repr(a) for a in args)
     return f"__import__('sys').modules['__casare__'].{function}({arglist})"
+
+
+async def _abandon(km: AsyncKernelManager) -> None:
+    """Kill a kernel whose start failed or was cancelled, even half-way through
+    ``start_kernel`` (a pool closing cancels its refills there: the process may already run,
+    and a kernel left behind keeps a ZeroMQ context whose collection blocks the process's
+    exit)."""
+    with contextlib.suppress(Exception):
+        await km.shutdown_kernel(now=True)  # its connection file and sockets too
 
 
 async def _sockets_bound(km: AsyncKernelManager, timeout: float) -> None:

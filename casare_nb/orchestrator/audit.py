@@ -9,7 +9,9 @@ failed; ``throttled``: it failed while braked; ``error``: refused for another re
 ``address`` (the client's); ``detail`` (one line) is added where there is one.
 
 Actions: ``submit``, ``cancel``, ``rerun``, ``drain_robot``, ``undrain_robot``, ``drain``,
-``pause_submissions``, ``resume_submissions``, ``create_token``, ``revoke_token``,
+``undrain`` (``drain --cancel``), ``pause_submissions``, ``resume_submissions``,
+``maintenance_on``, ``maintenance_off``, ``backup``, ``cleanup``, ``create_token``,
+``revoke_token``,
 ``authenticate`` (every failed authentication: HTTP, WebSocket and webhook signatures), and
 the action a refused request asked for (outcome ``denied``).
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -33,6 +34,7 @@ from casare_nb.api import DebugBundle, DrainResult
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.errors import JobExists, QueueError, SubmissionsClosed
 from casare_nb.core.models import Job, Robot, RobotStatus, RunStatus, SubmitOptions
+from casare_nb.core.thresholds import Thresholds
 from casare_nb.core.tokens import DEFAULT_ROLE, TokenRole, legacy_notice
 from casare_nb.orchestrator.jobs.durable import DURABLE_TIMEOUT_S
 from casare_nb.orchestrator.jobs.manager import JobManager
@@ -59,6 +61,8 @@ __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Orchestrator"]
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8765
+MAINTENANCE_FILE: Final = "maintenance.json"
+"""In the state directory while schedules and triggers are held for maintenance."""
 
 logger = logging.getLogger("casare_nb.orchestrator")
 
@@ -76,7 +80,8 @@ class Orchestrator:
     ``async with`` does both. Pass an ``ssl_context`` to serve ``wss://``.
 
     Robots that send nothing for ``heartbeat_interval_s * missed_heartbeats`` seconds are
-    marked offline; ``clock`` is the time source of every decision.
+    marked offline; ``clock`` is the time source of every decision. ``thresholds`` are the
+    health limits ``GET /status`` (and ``casare-nb status``) judges the figures by.
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class Orchestrator:
         workflows_dir: str | os.PathLike[str] | None = None,
         environ: Mapping[str, str] | None = None,
         stores: Stores | None = None,
+        thresholds: Thresholds | None = None,
     ) -> None:
         if heartbeat_interval_s <= 0:
             raise ValueError(f"heartbeat_interval_s must be > 0, not {heartbeat_interval_s}")
@@ -105,9 +111,12 @@ class Orchestrator:
             raise ValueError(f"max_frame_bytes must be >= 1, not {max_frame_bytes}")
         self.state_dir = Path(state_dir)
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.missed_heartbeats = missed_heartbeats
+        self.thresholds = thresholds or Thresholds()
+        self.started_at = clock()
         self.stores = stores or open_embedded(self.state_dir)
         self.registry = RobotRegistry()
-        self.metrics = OrchestratorMetrics()
+        self.metrics = OrchestratorMetrics(clock)
         self._clock = clock
         self._changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -115,6 +124,7 @@ class Orchestrator:
         self._stopped = False
         self._drain_report: DrainResult | None = None
         self._drain_lock = asyncio.Lock()
+        self._final_drain = False
         self._fault: str | None = None  # the storage fault last seen (logged once)
         self.job_manager = JobManager(
             self.stores,
@@ -180,7 +190,10 @@ class Orchestrator:
         port = await self.websocket.start()
         self._started = True
         self.job_manager.start()
-        await self.triggers.start()
+        held = await asyncio.to_thread(self._kept_maintenance)
+        if held is not None:
+            logger.warning("maintenance is on since %s: schedules and triggers held", held)
+        await self.triggers.start(held_since=held)
         logger.info("orchestrator listening on %s", self.url)
         return port
 
@@ -409,15 +422,18 @@ class Orchestrator:
         """True once :meth:`drain` began: no submissions, no new dispatch."""
         return self.job_manager.draining
 
-    async def drain(self, timeout_s: float = 60.0) -> DrainResult:
+    async def drain(self, timeout_s: float = 60.0, *, final: bool = False) -> DrainResult:
         """The runbook's graceful shutdown: stop taking submissions and dispatching, wait up
         to ``timeout_s`` for the running jobs to end, then tell every connected robot to shut
         down (jobs still running are stopped and requeued to resume from their checkpoint)
         and wait briefly for them to go. Idempotent: a second call answers the first's report.
+        :meth:`undrain` while it waits ends it early (``cancelled``, no robot shut down);
+        ``final`` (the service stopping) cannot be undone.
         """
         self._check_started()
         if timeout_s < 0:
             raise ValueError(f"timeout_s must be >= 0, not {timeout_s}")
+        self._final_drain = self._final_drain or final
         async with self._drain_lock:
             if self._drain_report is not None:
                 return self._drain_report
@@ -429,9 +445,19 @@ class Orchestrator:
             def still_running() -> set[str]:
                 return {job.job_id for job in self.job_manager.running_jobs()}
 
+            def undrained() -> bool:
+                return not self.job_manager.draining
+
             with contextlib.suppress(TimeoutError):
-                await self.wait_for(lambda: not still_running(), timeout=timeout_s)
+                await self.wait_for(lambda: undrained() or not still_running(), timeout=timeout_s)
             left = still_running()
+            if undrained():
+                logger.info("drain cancelled: jobs are taken and dispatched again")
+                return DrainResult(
+                    finished_jobs=sorted(running - left),
+                    unfinished_jobs=sorted(left),
+                    cancelled=True,
+                )
             robots = self.websocket.connected_robots()
             for robot_id in robots:
                 self.send_to_robot(
@@ -455,6 +481,62 @@ class Orchestrator:
                 len(robots),
             )
             return report
+
+    def undrain(self) -> None:
+        """Undo :meth:`drain` (one under way stops waiting and shuts no robot down; robots a
+        finished one shut down must be started again) and :meth:`pause_submissions`: new
+        submissions are taken and queued jobs dispatched again. QueueError while the service
+        is stopping (its drain is final)."""
+        self._check_started()
+        if self._final_drain:
+            raise QueueError("the orchestrator is shutting down: its drain cannot be undone")
+        was = self.job_manager.draining
+        self.job_manager.draining = False
+        self._drain_report = None
+        self.job_manager.submissions_paused = False
+        if was:
+            logger.info("drain undone: submissions are taken and jobs dispatched again")
+        self.job_manager.wake()
+        self._notify()
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    @property
+    def maintenance(self) -> datetime | None:
+        """Since when schedules and triggers are held for maintenance (None: they are not)."""
+        return self.triggers.held_since
+
+    async def set_maintenance(self, on: bool) -> datetime | None:
+        """Hold every schedule and trigger (``on``) or let them fire again; kept in the state
+        directory (``maintenance.json``), so a restart stays in maintenance. Each schedule's
+        and trigger's own paused/disabled state is left as it is. Since when (None: off)."""
+        since = self._clock() if on else None
+        if on and self.triggers.held_since is not None:
+            return self.triggers.held_since
+        await asyncio.to_thread(self._keep_maintenance, since)
+        await self.triggers.hold(since)
+        logger.info("maintenance %s", "on: schedules and triggers held" if on else "off")
+        self._notify()
+        return since
+
+    def _keep_maintenance(self, since: datetime | None) -> None:
+        path = self.state_dir / MAINTENANCE_FILE
+        if since is None:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"since": since.isoformat()}) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+    def _kept_maintenance(self) -> datetime | None:
+        try:
+            text = (self.state_dir / MAINTENANCE_FILE).read_text(encoding="utf-8")
+            return datetime.fromisoformat(json.loads(text)["since"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.error("%s unreadable (%s): maintenance stays on", MAINTENANCE_FILE, exc)
+            return self._clock()
 
     # -- tokens --------------------------------------------------------------------------
 

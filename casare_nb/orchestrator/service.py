@@ -39,6 +39,7 @@ from casare_nb.api import (
     runtime_file_path,
 )
 from casare_nb.core.errors import CasareError
+from casare_nb.core.thresholds import Thresholds
 from casare_nb.core.tokens import TokenRole
 from casare_nb.notebook.state import private_dir
 from casare_nb.orchestrator.http.limits import DEFAULT_MAX_BODY_BYTES
@@ -98,7 +99,8 @@ class OrchestratorService:
     ``await start()`` / ``await stop()``, or ``async with``. ``port``/``http_port`` 0 pick
     free ports. ``workflows_dir`` (default: the working directory) is where relative
     workflow paths of the API resolve, and the only place workflows are taken from.
-    ``tls_cert``/``tls_key`` serve ``wss://`` and ``https://``. Other keyword arguments go to
+    ``tls_cert``/``tls_key`` serve ``wss://`` and ``https://``. ``thresholds`` (default: the
+    runbook's table) are the health limits of ``GET /status``. Other keyword arguments go to
     :class:`~casare_nb.orchestrator.orchestrator.Orchestrator` (heartbeat interval ...).
     """
 
@@ -114,6 +116,7 @@ class OrchestratorService:
         tls_key: str | os.PathLike[str] | None = None,
         write_runtime_file: bool = True,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        thresholds: Thresholds | None = None,
         **orchestrator_options: Any,
     ) -> None:
         if (tls_cert is None) != (tls_key is None):
@@ -128,6 +131,7 @@ class OrchestratorService:
         self.write_runtime_file = write_runtime_file
         self.max_body_bytes = max_body_bytes
         self.runtime_file = self.state_dir / RUNTIME_FILE
+        self.thresholds = thresholds or Thresholds()
         self._options = orchestrator_options
         self._orchestrator: Orchestrator | None = None
         self._http: HttpServer | None = None
@@ -177,6 +181,7 @@ class OrchestratorService:
             port=self.port,
             ssl_context=ssl_context,
             workflows_dir=self.workflows_dir,
+            thresholds=self.thresholds,
             **self._options,
         )
         self._orchestrator = orch
@@ -251,7 +256,7 @@ class OrchestratorService:
 
     async def drain(self, timeout_s: float = 60.0) -> DrainResult:
         """No new jobs; wait up to ``timeout_s`` for running ones; shut the robots down."""
-        report = await self.orchestrator.drain(timeout_s)
+        report = await self.orchestrator.drain(timeout_s, final=True)
         return report
 
     async def stop(self) -> None:

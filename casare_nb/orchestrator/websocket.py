@@ -344,6 +344,7 @@ class WebSocketService:
         client = _address_of(connection)
         wait = self.brake.wait_s(client)
         self.brake.failed(client, f"WebSocket: {why}", "websocket")
+        self.metrics.connection_failed("refused")
         if wait is not None:
             response = connection.respond(
                 HTTPStatus.TOO_MANY_REQUESTS,
@@ -389,6 +390,8 @@ class WebSocketService:
             if robot is not None:
                 self._robot_offline(robot, "disconnected")
                 self.job_manager.robot_gone(robot.robot_id, grace=not lost)
+                if lost:
+                    self.metrics.connection_failed("lost")
         self._changed()
 
     # -- messages ------------------------------------------------------------------------
@@ -662,6 +665,7 @@ class WebSocketService:
         )
         for robot in gone:
             self._robot_offline(robot, "missed_heartbeats")
+            self.metrics.connection_failed("lost")
             self.job_manager.robot_gone(robot.robot_id, grace=False)
             peer = self._robot_peers.pop(robot.robot_id, None)
             if peer is not None:

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -92,6 +92,9 @@ FLAT_ENV_VARS: dict[str, tuple[str, str]] = {
     "CASARE_CHECKPOINT_ENABLED": ("job_execution", "checkpoint_enabled"),
     "CASARE_WORK_DIR": ("job_execution", "work_dir"),
     "CASARE_RESOURCE_MONITORING_ENABLED": ("observability", "resource_monitoring_enabled"),
+    "CASARE_LOG_LEVEL": ("observability", "log_level"),
+    "CASARE_LOG_FORMAT": ("observability", "log_format"),
+    "CASARE_LOG_DIR": ("observability", "log_dir"),
 }
 """Flat environment variable -> (section, key)."""
 
@@ -253,6 +256,18 @@ class ObservabilitySection(_Section):
     }
 
     resource_monitoring_enabled: bool = True
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Level of stderr and the log file (``--log-level``)."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as text or JSON objects, one a line (``--log-format``)."""
+    log_dir: Path | None = None
+    """Folder of ``robot-<robot_id>.log`` (default: ``$CASARE_HOME/logs`` or ``.casare/logs``)."""
+    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    """The log file is rotated past this size."""
+    log_backup_count: int = Field(default=5, ge=1, le=1000)
+    """Rotated log files kept."""
+    log_files: bool = True
+    """Write the log file (false: stderr only)."""
 
 
 _SECTIONS: dict[str, type[BaseModel]] = {
@@ -427,6 +442,7 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         ("connection", "token_file"),
         ("connection", "ca_file"),
         ("job_execution", "work_dir"),
+        ("observability", "log_dir"),
     ):
         body = data.get(section)
         if isinstance(body, dict) and isinstance(body.get(key), str) and body[key].strip():

@@ -225,7 +225,7 @@ class Feed:
 
     def snapshot(self, client: Client) -> None:
         """Read what the events do not tell: unfinished jobs, queue counts, submissions
-        paused, the served workflows' names."""
+        paused, the served workflows' names, the orchestrator's thresholds."""
         jobs = client.jobs(RunStatus.RUNNING, limit=RUNNING_SNAPSHOT_LIMIT)
         jobs += client.jobs(RunStatus.QUEUED, limit=QUEUE_TRACK_LIMIT)
         self.state.load_jobs(jobs)
@@ -233,3 +233,5 @@ class Feed:
         self.state.load_info(client.info())
         with contextlib.suppress(ClientError):  # names only: not worth a reconnect
             self.state.set_workflows(w.path for w in client.workflows())
+        with contextlib.suppress(ClientError):  # colours only: the defaults meanwhile
+            self.state.set_thresholds(client.status().thresholds)

@@ -15,11 +15,11 @@ from casare_nb.api import UpcomingFire
 from casare_nb.core.failure import Failure, plain
 from casare_nb.core.history import RunGroup
 from casare_nb.core.models import RobotStatus, RunStatus
+from casare_nb.core.thresholds import Level
 from casare_nb.widgets.state import (
     ConnectionState,
     ConnectionView,
     FinishedView,
-    Level,
     QueueView,
     RobotView,
     format_age,

@@ -30,6 +30,7 @@ from typing import Any, Final
 from casare_nb.api import Health, ServerInfo
 from casare_nb.core.history import DailyRuns
 from casare_nb.core.models import Job, Priority, Robot, RobotStatus, RunStatus
+from casare_nb.core.thresholds import Level, Limit, Thresholds
 from casare_nb.protocol import CellEvent, Event, EventKind, JobEvent, RobotEvent, RobotSnapshot
 
 __all__ = [
@@ -64,15 +65,18 @@ __all__ = [
 ]
 
 # -- thresholds ------------------------------------------------------------------------------
+# The dashboard colours by the orchestrator's thresholds (``GET /status``, read with each
+# snapshot; :meth:`DashboardState.set_thresholds`); until it has them, by the runbook's.
 
-RESOURCE_WARN_PERCENT: Final = 80.0
-"""A robot's CPU or memory use at or above this is a warning."""
-RESOURCE_CRITICAL_PERCENT: Final = 95.0
-"""A robot's CPU or memory use at or above this is critical."""
-QUEUE_WARN_DEPTH: Final = 50
-"""More queued jobs than this is a warning."""
-QUEUE_CRITICAL_DEPTH: Final = 100
-"""More queued jobs than this is critical."""
+_DEFAULTS: Final = Thresholds()
+RESOURCE_WARN_PERCENT: Final = _DEFAULTS.robot_cpu_percent.warn
+"""A robot's CPU or memory use at or above this is a warning (the runbook's default)."""
+RESOURCE_CRITICAL_PERCENT: Final = _DEFAULTS.robot_cpu_percent.critical
+"""A robot's CPU or memory use at or above this is critical (the runbook's default)."""
+QUEUE_WARN_DEPTH: Final = int(_DEFAULTS.queue_depth.warn)
+"""More queued jobs than this is a warning (the runbook's default)."""
+QUEUE_CRITICAL_DEPTH: Final = int(_DEFAULTS.queue_depth.critical)
+"""More queued jobs than this is critical (the runbook's default)."""
 
 # -- bounds ----------------------------------------------------------------------------------
 
@@ -98,34 +102,16 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Level(StrEnum):
-    """How worrying a figure is; the views colour by it."""
-
-    OK = "ok"
-    WARN = "warn"
-    CRITICAL = "critical"
+def percent_level(value: float | None, limit: Limit | None = None) -> Level:
+    """A CPU or memory percentage against ``limit`` (default: the runbook's, warn at 80 and
+    critical at 95, both inclusive); unknown is ok."""
+    return (limit or _DEFAULTS.robot_cpu_percent).level(value)
 
 
-def percent_level(value: float | None) -> Level:
-    """A CPU or memory percentage against :data:`RESOURCE_WARN_PERCENT` (80) and
-    :data:`RESOURCE_CRITICAL_PERCENT` (95), both inclusive; unknown is ok."""
-    if value is None:
-        return Level.OK
-    if value >= RESOURCE_CRITICAL_PERCENT:
-        return Level.CRITICAL
-    if value >= RESOURCE_WARN_PERCENT:
-        return Level.WARN
-    return Level.OK
-
-
-def queue_level(depth: int) -> Level:
-    """A queue depth: warn above :data:`QUEUE_WARN_DEPTH` (50), critical above
-    :data:`QUEUE_CRITICAL_DEPTH` (100)."""
-    if depth > QUEUE_CRITICAL_DEPTH:
-        return Level.CRITICAL
-    if depth > QUEUE_WARN_DEPTH:
-        return Level.WARN
-    return Level.OK
+def queue_level(depth: int, limit: Limit | None = None) -> Level:
+    """A queue depth against ``limit`` (default: the runbook's, warn above 50, critical
+    above 100)."""
+    return (limit or _DEFAULTS.queue_depth).level(depth)
 
 
 def format_age(seconds: float | None) -> str:
@@ -429,6 +415,8 @@ class DashboardState:
         self._submissions_paused = False
         self._draining = False
         self._workflows: tuple[str, ...] = ()
+        self.thresholds = _DEFAULTS
+        """What the views' levels are judged by: the orchestrator's, once read."""
         self.seq = 0
         """Counts changes; a snapshot read started at ``seq`` loses to events after it."""
         self.events = 0
@@ -596,6 +584,13 @@ class DashboardState:
             )
         self._notify(Change(frozenset({"queue"})))
 
+    def set_thresholds(self, thresholds: Thresholds) -> None:
+        """Judge the figures by ``thresholds`` (the orchestrator's, from ``GET /status``)."""
+        with self._lock:
+            self.seq += 1
+            self.thresholds = thresholds
+        self._notify(Change(frozenset({"queue", "robots"})))
+
     def load_info(self, info: ServerInfo) -> None:
         """``/api/info``: whether submissions are paused, whether it drains."""
         with self._lock:
@@ -688,6 +683,7 @@ class DashboardState:
         now = self.clock()
         with self._lock:
             entries = [e.robot for e in self._robots.values()]
+            limits = self.thresholds
         views = []
         for r in sorted(entries, key=lambda r: r.robot_id):
             age = (now - r.last_heartbeat).total_seconds() if r.last_heartbeat else None
@@ -701,9 +697,9 @@ class DashboardState:
                     running=r.running_jobs,
                     capacity=r.max_concurrent_jobs,
                     cpu_percent=r.cpu_percent,
-                    cpu_level=percent_level(r.cpu_percent),
+                    cpu_level=percent_level(r.cpu_percent, limits.robot_cpu_percent),
                     memory_percent=r.memory_percent,
-                    memory_level=percent_level(r.memory_percent),
+                    memory_level=percent_level(r.memory_percent, limits.robot_memory_percent),
                     heartbeat_age_s=age,
                 )
             )
@@ -724,7 +720,7 @@ class DashboardState:
             by_priority=tuple((p, counts[p]) for p in PRIORITY_ORDER),
             oldest_age_s=(now - oldest[1][1]).total_seconds() if oldest else None,
             oldest_job_id=oldest[0] if oldest else None,
-            level=queue_level(depth),
+            level=queue_level(depth, self.thresholds.queue_depth),
             submissions_paused=paused,
             draining=draining,
             approximate=approximate,

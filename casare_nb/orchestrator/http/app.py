@@ -14,9 +14,11 @@ from casare_nb.orchestrator.http import (
     blobs,
     history,
     jobs,
+    maintenance,
     probes,
     robots,
     schedules,
+    status,
     tokens,
     triggers,
     workflows,
@@ -62,6 +64,7 @@ def create_app(
     app.state.workflows_dir = Path(workflows_dir).absolute()
     for router in (
         probes.router,
+        status.router,
         robots.router,
         jobs.router,
         blobs.router,
@@ -72,6 +75,7 @@ def create_app(
         tokens.router,
         workflows.router,
         admin.router,
+        maintenance.router,
     ):
         app.include_router(router)
 

@@ -108,6 +108,8 @@ def refused(request: Request, why: str) -> HTTPException:
     client = client_of(request)
     wait = brake.wait_s(client)
     brake.failed(client, why, f"{request.method} {request.url.path}")
+    orch: Orchestrator = request.app.state.orchestrator
+    orch.metrics.connection_failed("refused")
     if wait is not None:
         return HTTPException(
             status_code=429,

@@ -67,7 +67,9 @@ async def ready(orch: Orch) -> Health | JSONResponse:
 async def metrics(orch: Orch) -> Response:
     """Prometheus text exposition, without a token (the listener is local by default):
     queue depth by priority, jobs by status, running jobs, robots by status, job
-    outcomes, cell durations, heartbeat misses, dispatch latency."""
+    outcomes, cell durations, heartbeat misses, dispatch latency, each robot's CPU, memory
+    and heartbeats missed, connection failures, the last hour's failure rate, and the
+    process's own figures (``process_*``)."""
     try:
         depth = await asyncio.to_thread(orch.stores.jobs.queue_depth_by_priority)
         counts = await asyncio.to_thread(orch.stores.jobs.count_by_status)
@@ -75,6 +77,11 @@ async def metrics(orch: Orch) -> Response:
         logger.error("metrics: %s", exc)
         return JSONResponse({"detail": _UNREADABLE}, 503)
     body = orch.metrics.render(
-        depth=depth, counts=counts, robots=orch.robots(), draining=orch.draining
+        depth=depth,
+        counts=counts,
+        robots=orch.robots(),
+        draining=orch.draining,
+        heartbeat_interval_s=orch.heartbeat_interval_s,
+        missed_heartbeats=orch.missed_heartbeats,
     )
     return Response(body, media_type=METRICS_CONTENT_TYPE)

@@ -28,20 +28,22 @@ __all__ = ["router"]
 router = APIRouter(prefix="/api", responses=AUTH_ERRORS)
 
 
-def _info(orch: Orchestrator) -> ServerInfo:
+def server_info(orch: Orchestrator) -> ServerInfo:
+    """``GET /api/info``'s answer."""
     return ServerInfo(
         version=__version__,
         ws_url=orch.url,
         draining=orch.draining,
         protocol_version=PROTOCOL_VERSION,
         submissions_paused=orch.submissions_paused,
+        maintenance=orch.maintenance is not None,
     )
 
 
 @router.get("/info", response_model=ServerInfo, tags=["info"])
 async def info(_: UserAuth, orch: Orch) -> ServerInfo:
     """Version, the WebSocket URL for monitors and robots, whether it drains."""
-    return _info(orch)
+    return server_info(orch)
 
 
 @router.get("/robots", response_model=list[Robot], tags=["robots"])
@@ -109,7 +111,7 @@ async def pause_submissions(
     running jobs go on."""
     orch.pause_submissions(True)
     audit.succeeded(holder, "pause_submissions", "submissions")
-    return _info(orch)
+    return server_info(orch)
 
 
 @router.post("/submissions/unpause", response_model=ServerInfo, tags=["orchestrator"])
@@ -120,4 +122,4 @@ async def unpause_submissions(
     """Take submissions again."""
     orch.pause_submissions(False)
     audit.succeeded(holder, "resume_submissions", "submissions")
-    return _info(orch)
+    return server_info(orch)

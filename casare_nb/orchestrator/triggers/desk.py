@@ -11,9 +11,14 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol, Unpack
 
+from casare_nb.core.errors import SubmissionsClosed
 from casare_nb.core.models import Job, SubmitOptions
 
-__all__ = ["JobDesk"]
+__all__ = ["JobDesk", "TriggersHeld"]
+
+
+class TriggersHeld(SubmissionsClosed):
+    """Schedules and triggers are held for maintenance: what they would submit is not."""
 
 
 class JobDesk(Protocol):

@@ -24,14 +24,15 @@ import os
 import re
 import secrets
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Unpack
 
 from pydantic import ValidationError
 
 from casare_nb.core.errors import CasareError, WorkflowError
-from casare_nb.core.models import TriggerKind
+from casare_nb.core.models import Job, SubmitOptions, TriggerKind
 from casare_nb.core.params import ParameterError, read_schema
 from casare_nb.core.triggers import (
     Declarations,
@@ -45,6 +46,7 @@ from casare_nb.core.triggers import (
 )
 from casare_nb.notebook.workflow import load_workflow
 from casare_nb.orchestrator.triggers.chaining import Chainer
+from casare_nb.orchestrator.triggers.desk import TriggersHeld
 from casare_nb.orchestrator.triggers.schedules import Scheduler
 from casare_nb.orchestrator.triggers.watch import FileWatcher, check
 from casare_nb.orchestrator.triggers.webhooks import WebhookReceiver
@@ -82,8 +84,51 @@ def read_declarations(nb: Mapping[str, Any], source: str) -> Declarations:
         ) from None
 
 
+class _HeldDesk:
+    """The job desk the triggers see: the orchestrator's, refusing (:class:`TriggersHeld`)
+    while the triggers are held for maintenance."""
+
+    def __init__(self, jobs: JobDesk, triggers: Triggers) -> None:
+        self._jobs = jobs
+        self._triggers = triggers
+
+    def now(self) -> datetime:
+        return self._jobs.now()
+
+    async def submit(
+        self,
+        workflow_path: str | os.PathLike[str],
+        parameters: Mapping[str, Any] | None = None,
+        **options: Unpack[SubmitOptions],
+    ) -> Job:
+        if self._triggers.held_since is not None:
+            raise TriggersHeld(
+                "schedules and triggers are held for maintenance (casare-nb maintenance off)"
+            )
+        return await self._jobs.submit(workflow_path, parameters, **options)
+
+    def job(self, job_id: str) -> Job | None:
+        return self._jobs.job(job_id)
+
+    def unfinished_jobs(self) -> list[Job]:
+        return self._jobs.unfinished_jobs()
+
+    @property
+    def finished_listeners(self) -> list[Callable[[Job], None]]:
+        return self._jobs.finished_listeners
+
+    @property
+    def cell_listeners(self) -> list[Callable[[Job, int, dict[str, Any]], None]]:
+        return self._jobs.cell_listeners
+
+
 class Triggers:
-    """The orchestrator's schedules and triggers (see the module docstring)."""
+    """The orchestrator's schedules and triggers (see the module docstring).
+
+    :meth:`hold` holds them all for maintenance: due times pass unfired (each recorded
+    ``skipped: maintenance``), webhooks answer 503, file watch stops (the files that arrive
+    meanwhile are submitted when the hold ends), chaining submits nothing; each schedule's
+    paused and each trigger's enabled state is left as it is."""
 
     def __init__(
         self,
@@ -94,19 +139,25 @@ class Triggers:
         environ: Mapping[str, str] | None = None,
         workflows_dir: Path | None = None,
     ) -> None:
-        self.jobs = jobs
+        self.held_since: datetime | None = None
+        desk = _HeldDesk(jobs, self)
+        self.jobs = desk
         self.workflows_dir = workflows_dir
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.store = store
         self.outputs = outputs
-        self.scheduler = Scheduler(jobs, store)
-        self.hooks = WebhookReceiver(jobs, store, environ=self.environ)
-        self.watcher = FileWatcher(jobs, store)
-        self.chainer = Chainer(jobs, store, outputs)
+        self.scheduler = Scheduler(desk, store)
+        self.hooks = WebhookReceiver(desk, store, environ=self.environ)
+        self.watcher = FileWatcher(desk, store)
+        self.chainer = Chainer(desk, store, outputs)
         self._started = False
+        self._watching = False
 
-    async def start(self) -> None:
-        """Read the workflows' declarations, then start chaining, schedules and file watch."""
+    async def start(self, *, held_since: datetime | None = None) -> None:
+        """Read the workflows' declarations, then start chaining, schedules and file watch
+        (held for maintenance since ``held_since``, if given)."""
+        self.held_since = held_since
+        self.scheduler.held = held_since is not None
         if self.workflows_dir is not None:
             try:
                 await asyncio.to_thread(self.sync_declarations, self.workflows_dir)
@@ -114,8 +165,37 @@ class Triggers:
                 logger.error("workflow declarations: %s", exc)
         self.chainer.start()
         await self.scheduler.start()
-        await self.watcher.start()
+        if held_since is None:
+            await self.watcher.start()
+            self._watching = True
         self._started = True
+
+    async def hold(self, since: datetime | None) -> None:
+        """Hold every schedule and trigger for maintenance (since ``since``) or, None, let
+        them fire again: schedules from their next due time, file watch from the files that
+        arrived meanwhile."""
+        was = self.held_since
+        self.held_since = since
+        self.scheduler.held = since is not None
+        if not self._started or (was is None) == (since is None):
+            return
+        if since is not None:
+            for trigger in await asyncio.to_thread(self.store.triggers, TriggerKind.FILE_WATCH):
+                await self.watcher.remove(trigger.trigger_id)
+        elif not self._watching:
+            await self.watcher.start()
+            self._watching = True
+        else:
+            for trigger in await asyncio.to_thread(self.store.triggers, TriggerKind.FILE_WATCH):
+                if trigger.enabled:
+                    await self.watcher.add(trigger)
+
+    def held_counts(self) -> tuple[int, int]:
+        """(schedules not paused, triggers enabled): what a maintenance hold holds
+        (blocking: reads the database)."""
+        schedules = sum(1 for s in self.store.schedules() if not s.paused)
+        triggers = sum(1 for t in self.store.triggers() if t.enabled)
+        return schedules, triggers
 
     async def stop(self) -> None:
         """Stop firing (idempotent)."""
@@ -228,15 +308,16 @@ class Triggers:
         """Validate, store and start a trigger."""
         trigger = await asyncio.to_thread(self.make_trigger, fields, workflow, run)
         await asyncio.to_thread(self.store.add_trigger, trigger)
-        if trigger.kind is TriggerKind.FILE_WATCH:
+        if trigger.kind is TriggerKind.FILE_WATCH and self.held_since is None:
             await self.watcher.add(trigger)
         logger.info("trigger %s (%s) added", trigger.trigger_id, trigger.kind.value)
         return trigger
 
     async def set_enabled(self, trigger_id: str, enabled: bool) -> Trigger:
-        """Enable or disable a trigger (QueueError if unknown)."""
+        """Enable or disable a trigger (QueueError if unknown); a file watch enabled during
+        maintenance starts watching when the hold ends."""
         trigger = await asyncio.to_thread(self.store.set_enabled, trigger_id, enabled)
-        if trigger.kind is TriggerKind.FILE_WATCH:
+        if trigger.kind is TriggerKind.FILE_WATCH and (self.held_since is None or not enabled):
             if enabled:
                 await self.watcher.add(trigger)
             else:

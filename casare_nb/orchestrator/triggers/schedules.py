@@ -55,6 +55,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from casare_nb.core.ids import new_run_id
 from casare_nb.core.models import Job, TriggerKind, TriggerRef
 from casare_nb.core.triggers import JobTemplate, Schedule, ScheduleKind, TriggerError
+from casare_nb.orchestrator.triggers.desk import TriggersHeld
 from casare_nb.store.interfaces import TriggerStore
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CATCH_UP_CAP",
     "DISPATCH_LEAD_S",
+    "SKIPPED_MAINTENANCE",
     "SKIPPED_MAX_INSTANCES",
     "EarlyTrigger",
     "Scheduler",
@@ -74,6 +76,7 @@ logger = logging.getLogger(__name__)
 CATCH_UP_CAP: Final = 1000
 """At most this many missed due times of one schedule are looked at, the latest ones."""
 SKIPPED_MAX_INSTANCES: Final = "skipped: max_instances"
+SKIPPED_MAINTENANCE: Final = "skipped: maintenance"
 DISPATCH_LEAD_S: Final = 0.5
 """How long before its due time a schedule's job is submitted and sent to a robot."""
 _STOP_WAIT_S: Final = 10.0
@@ -271,6 +274,9 @@ class Scheduler:
         self._planned: dict[str, str] = {}  # schedule id -> its APScheduler job's id
         self._stopped = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.held = False
+        """Held for maintenance: every due time passes unfired, recorded
+        ``skipped: maintenance`` (set by :class:`~.hub.Triggers`)."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -437,6 +443,13 @@ class Scheduler:
             logger.info("schedule %s is gone: due time %s not fired", schedule_id, due_at)
             return None
         due = due_at.astimezone(UTC)
+        if self.held:
+            claim = await asyncio.to_thread(
+                self.store.claim_fire, schedule_id, due, None, SKIPPED_MAINTENANCE
+            )
+            if claim.new:
+                logger.info("schedule %s due %s skipped: maintenance", schedule_id, due)
+            return None
         live = self._unfinished.setdefault(schedule_id, set())
         if len(live) >= schedule.max_instances:
             self._forget_finished(live)
@@ -470,8 +483,11 @@ class Scheduler:
                 )
             except Exception as exc:  # the scheduler goes on; the fire records why
                 why = _named_line(exc)
-                logger.error("schedule %s due %s: %s", schedule_id, due, why)
-                outcome = f"failed: {why}"
+                if isinstance(exc, TriggersHeld):  # maintenance began during the claim
+                    outcome = SKIPPED_MAINTENANCE
+                else:
+                    logger.error("schedule %s due %s: %s", schedule_id, due, why)
+                    outcome = f"failed: {why}"
                 await asyncio.to_thread(self.store.set_fire_outcome, schedule_id, due, outcome)
                 return None
             submitted = True
