@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test install lint bench browser labextension
+.PHONY: demo test install lint bench browser postgres labextension
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,examples,lab,nodes]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,examples,lab,nodes,postgres]'
 	@# what a wheel's data-files install, for this editable install: the server extension
 	@# enabled, the prebuilt lab extension linked
 	mkdir -p $(VENV)/etc/jupyter/jupyter_server_config.d $(VENV)/share/jupyter/labextensions
@@ -26,8 +26,12 @@ demo: install
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-## install, then lint, type-check and pass the whole test suite (the notebooks, the browser tests too)
-test: install browser lint
+## Debian's PostgreSQL server binaries: the PostgreSQL tests start a throwaway cluster of their own
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
+## install, then lint, type-check and pass the whole test suite (the notebooks, the browser and PostgreSQL tests too)
+test: install browser postgres lint
 	$(BIN)/pytest -q -p no:cacheprovider tests
 	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax notebooks
 

@@ -51,7 +51,7 @@ from bench.cluster import JobWatch, robot_tokens
 from casare_nb.core.models import Job
 from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.orchestrator.service import OrchestratorService
-from casare_nb.store.jobs import DuckDBJobStore
+from casare_nb.store.jobs import SqlJobStore
 
 COMMAND = ".venv/bin/python -m bench.orchestrator_load"
 ROOT = Path(__file__).resolve().parent.parent
@@ -392,7 +392,7 @@ async def _cells_run(
         await asyncio.wait_for(proc.wait(), 30)
         proc = None
         jobs_store = orch.stores.jobs
-        assert isinstance(jobs_store, DuckDBJobStore)
+        assert isinstance(jobs_store, SqlJobStore)
         rows = await asyncio.to_thread(
             jobs_store.db.select,
             "SELECT (SELECT count(*) FROM cells), "

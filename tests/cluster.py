@@ -11,21 +11,22 @@ from typing import Any
 
 import pytest
 from helpers import write_notebook
+from stores import BACKENDS
 from websockets.asyncio.client import ClientConnection, connect
 
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.models import Job, RobotStatus
 from casare_nb.core.tokens import TokenRole
 from casare_nb.notebook.pool import KernelPool
-from casare_nb.notebook.state import StateDir
 from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.protocol import Register, RegisterAck, decode, encode
 from casare_nb.robot.agent import RobotAgent
 from casare_nb.robot.config import load_config
 from casare_nb.robot.runner import EngineRunner
-from casare_nb.store.history import HistoryStore
+from casare_nb.store.interfaces import RunHistory
 
 __all__ = [
+    "ON_EVERY_BACKEND",
     "RUN_TIMEOUT",
     "Bot",
     "Cluster",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 RUN_TIMEOUT = 60.0
+
+ON_EVERY_BACKEND = pytest.mark.parametrize("cluster", sorted(BACKENDS), indirect=True)
+"""A test's ``cluster`` once on each store backend (embedded, PostgreSQL)."""
 
 
 @dataclass
@@ -70,9 +74,9 @@ class Orchestrated:
         await self.until(lambda: self.job(job_id).status.finished)
         return self.job(job_id)
 
-    async def history(self) -> HistoryStore:
+    async def history(self) -> RunHistory:
         await asyncio.to_thread(self.orch.job_manager.flush_history, 30)
-        return HistoryStore(StateDir(self.orch.state_dir).history_path)
+        return self.orch.stores.history
 
 
 @dataclass
@@ -121,9 +125,14 @@ class Cluster(Orchestrated):
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+async def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cluster]:
+    """An orchestrator on the embedded stores, or on those the indirect parameter names
+    (a backend of tests/stores.py: ``pytest.mark.parametrize("cluster", [...],
+    indirect=True)``)."""
+    backend = getattr(request, "param", "embedded")
     orch = Orchestrator(
         tmp_path / "state",
+        stores=BACKENDS[backend](request, tmp_path)(),
         port=0,
         heartbeat_interval_s=0.2,
         missed_heartbeats=10,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import Workspace
 
-pytest_plugins = ["cluster", "stores"]  # an orchestrator with robots; the store backends
+pytest_plugins = ["stores", "postgres", "cluster"]  # orchestrator + robots; store backends
 
 
 # how long the test process may take to exit once the run is over

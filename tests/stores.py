@@ -10,6 +10,7 @@ joins every suite by being added to :data:`BACKENDS`. :func:`make_job`, :func:`r
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from casare_nb.core.models import CellRecord, CellStatus, Job, JobStatus, RunRecord
 from casare_nb.store.embedded import open_embedded
 from casare_nb.store.interfaces import Stores
+from casare_nb.store.postgres import open_postgres
 
 __all__ = [
     "BACKENDS",
@@ -79,7 +81,7 @@ class Backend:
 
     def open(self, **options: Any) -> Stores:
         """The stores, opened (``commit_interval_s`` is the job store's group-commit window)."""
-        stores = self._opener(self.root, **options)
+        stores = self._opener(**options)
         stores.open()
         self._opened.append(stores)
         return stores
@@ -89,16 +91,28 @@ class Backend:
             stores.close()
 
 
-BACKENDS: dict[str, Callable[..., Stores]] = {
-    "embedded": lambda root, **options: open_embedded(root / "state", **options),
+def _embedded(request: pytest.FixtureRequest, root: Path) -> Callable[..., Stores]:
+    return functools.partial(open_embedded, root / "state")
+
+
+def _postgres(request: pytest.FixtureRequest, root: Path) -> Callable[..., Stores]:
+    """A new database of the session's PostgreSQL server (tests/postgres.py), checkpoint
+    files in ``root``."""
+    return functools.partial(open_postgres, request.getfixturevalue("pg_url"), root / "state")
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Callable[..., Stores]]] = {
+    "embedded": _embedded,
+    "postgres": _postgres,
 }
-"""Backend name -> opener(root, **options)."""
+"""Backend name -> (the test's request, a fresh folder) -> opener(**options)."""
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each backend in turn, in a fresh place."""
-    found = Backend(request.param, tmp_path, BACKENDS[request.param])
+    opener = BACKENDS[request.param](request, tmp_path)
+    found = Backend(request.param, tmp_path, opener)
     try:
         yield found
     finally:

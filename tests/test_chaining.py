@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from cluster import Cluster, notebook
+from cluster import ON_EVERY_BACKEND, Cluster, notebook
 
 from casare_nb.core.models import Job, RunStatus, TriggerKind, TriggerRef
 from casare_nb.core.triggers import Trigger
@@ -50,6 +50,7 @@ def chained_after(cluster: Cluster, job_id: str) -> list[Job]:
     ]
 
 
+@ON_EVERY_BACKEND
 async def test_on_success_passes_previous_run_id_and_outputs(
     cluster: Cluster, chainer: Chainer, tmp_path: Path
 ) -> None:
@@ -136,6 +137,7 @@ async def test_chain_of_chains_and_a_cycle_stops_at_the_depth_limit(
     assert f"job {third.job_id} ends a chain of 3 jobs" in caplog.text
 
 
+@ON_EVERY_BACKEND
 async def test_two_chainers_submit_once_and_a_failed_submit_is_released(
     cluster: Cluster, chainer: Chainer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -122,6 +122,8 @@ OWNERS = {
     "fastapi": {"orchestrator/http/"},
     "uvicorn": {"orchestrator/http/"},
     "duckdb": {"store/database.py", "nodes/data.py"},  # the history; the SQL node in a kernel
+    "psycopg": {"store/postgres.py"},
+    "psycopg_pool": {"store/postgres.py"},
     "playwright": {"nodes/browser.py"},
     "anywidget": {"widgets/graph_view.py"},
     "papermill": {"papermill_engine.py"},
@@ -142,7 +144,7 @@ OWNERS = {
 
 def test_each_heavy_dependency_is_imported_by_its_one_module() -> None:
     """apscheduler, watchdog, prometheus_client, FastAPI/uvicorn (the HTTP package), duckdb,
-    papermill, jupyter_server/tornado (the server extension), websockets, playwright and
+    psycopg, papermill, jupyter_server/tornado (the server extension), websockets, playwright and
     anywidget are each imported only by the module(s) that own them."""
     package = CORE.parent
     seen: dict[str, set[str]] = {name: set() for name in OWNERS}

@@ -19,7 +19,7 @@ from casare_nb.store.database import Database
 from casare_nb.store.embedded import open_embedded
 from casare_nb.store.history import HistoryStore
 from casare_nb.store.interfaces import Stores
-from casare_nb.store.jobs import DuckDBJobStore
+from casare_nb.store.jobs import SqlJobStore
 
 WAIT = 30.0  # seconds a mark may take on a slow machine; never slept
 
@@ -114,7 +114,7 @@ def test_staged_states_within_the_window_go_in_one_batch(embedded: Stores, state
     """States staged within the group-commit window go in one transaction, only the last
     state of each job written; waiting for a mark commits them without waiting the window."""
     store = embedded.jobs
-    assert isinstance(store, DuckDBJobStore)
+    assert isinstance(store, SqlJobStore)
     first = store.stage(make_job("j0"), new=True)
     assert store.wait_mark(first, WAIT)
     assert store.write_stats() == (1, 1)
@@ -136,7 +136,7 @@ def test_staged_states_within_the_window_go_in_one_batch(embedded: Stores, state
 def test_a_mark_waits_while_the_connection_is_held_elsewhere(embedded: Stores, state: Path) -> None:
     """While the shared connection is held the writer cannot commit: the mark waits."""
     store = embedded.jobs
-    assert isinstance(store, DuckDBJobStore)
+    assert isinstance(store, SqlJobStore)
     with store.connection():
         mark = store.stage(make_job(), new=True)
         store.hurry()
@@ -150,7 +150,7 @@ def test_raw_sql_sees_the_staged_states_committed(embedded: Stores) -> None:
     """The connection of ``connection()`` is handed out once every staged state is
     committed: raw SQL never races the writer."""
     store = embedded.jobs
-    assert isinstance(store, DuckDBJobStore)
+    assert isinstance(store, SqlJobStore)
     store.add_jobs([make_job()])
     store.stage(running(make_job()))
     with store.connection() as con:
@@ -163,16 +163,16 @@ def test_a_failed_batch_is_retried_until_it_commits(
 ) -> None:
     """A batch whose transaction fails goes back and is written by a later attempt; its mark
     is reached only then."""
-    write = DuckDBJobStore._write
+    write = SqlJobStore._write
     calls: list[int] = []
 
-    def flaky(self: DuckDBJobStore, batch: Any) -> object:
+    def flaky(self: SqlJobStore, batch: Any) -> object:
         calls.append(len(batch))
         if len(calls) == 1:
             raise QueueError("disk full (simulated)")
         return write(self, batch)
 
-    monkeypatch.setattr(DuckDBJobStore, "_write", flaky)
+    monkeypatch.setattr(SqlJobStore, "_write", flaky)
     mark = embedded.jobs.stage(make_job(), new=True)
     embedded.jobs.stage(running(make_job()))
     assert embedded.jobs.wait_mark(mark, WAIT)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cluster import Cluster, counted, notebook, waiting_cell
+from cluster import ON_EVERY_BACKEND, Cluster, counted, notebook, waiting_cell
 
 from casare_nb.core.errors import OrchestratorDraining, QueueError
 from casare_nb.core.models import RunStatus
@@ -26,6 +26,7 @@ def cell_outputs(path: Path, cell_id: str) -> str:
     return json.dumps(cell.get("outputs", []))
 
 
+@ON_EVERY_BACKEND
 async def test_checkpoints_reach_the_orchestrator_once_per_blob(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -46,6 +47,7 @@ async def test_checkpoints_reach_the_orchestrator_once_per_blob(
     assert blob_count(cluster.orch.state_dir) == blobs
 
 
+@ON_EVERY_BACKEND
 async def test_rerun_from_failed_cell_resumes_on_another_robot(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -82,6 +84,7 @@ async def test_rerun_from_failed_cell_resumes_on_another_robot(
     assert not [c for c in cells if c.attempt == 2 and c.cell_id == "c0"]
 
 
+@ON_EVERY_BACKEND
 async def test_job_of_a_lost_robot_resumes_from_its_last_checkpoint(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -146,6 +149,7 @@ async def test_rerun_of_a_secret_job_needs_the_secret_again(
     assert done.status is RunStatus.COMPLETED and done.parameters["api_key"] == "***"
 
 
+@ON_EVERY_BACKEND
 async def test_drain_waits_for_running_jobs_then_shuts_robots_down(
     cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -8,7 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
-from cluster import RUN_TIMEOUT, Cluster, fake_robot, impatient_with_fake_robot, notebook
+from cluster import (
+    ON_EVERY_BACKEND,
+    RUN_TIMEOUT,
+    Cluster,
+    fake_robot,
+    impatient_with_fake_robot,
+    notebook,
+)
 from websockets.asyncio.client import connect
 
 from casare_nb.core.models import CellStatus, Priority, RunStatus
@@ -53,6 +60,7 @@ async def test_submitted_job_completes_with_cells_recorded_once(
     assert "y is 6" in out.read_text()
 
 
+@ON_EVERY_BACKEND
 async def test_jobs_run_in_priority_order(cluster: Cluster, tmp_path: Path) -> None:
     """With one single-slot robot, queued jobs run critical first, then normal, then low."""
     nb = notebook(tmp_path, "quick.ipynb", ["x = 1"])
@@ -78,6 +86,7 @@ async def test_job_needing_a_tag_runs_on_the_robot_that_has_it(
     assert (done.status, done.robot_id) == (RunStatus.COMPLETED, "robot-b")
 
 
+@ON_EVERY_BACKEND
 async def test_failing_job_is_retried_then_dead(cluster: Cluster, tmp_path: Path) -> None:
     """A failing notebook with max_retries=1 runs twice and ends dead; both attempts kept."""
     nb = notebook(tmp_path, "fails.ipynb", ["x = 1", "raise ValueError('boom')"])
@@ -132,6 +141,7 @@ async def test_secret_parameters_reach_the_robot_but_not_the_queue(
     assert run is not None and "s3cr3t-value" not in json.dumps(run.parameters)
 
 
+@ON_EVERY_BACKEND
 async def test_cancel_a_running_job_interrupts_the_robot(cluster: Cluster, tmp_path: Path) -> None:
     """Cancelling a running job interrupts its 60 s cell on the robot; the job is cancelled."""
     cell = "import pathlib, time\npathlib.Path('started').touch()\ntime.sleep(60)"
@@ -156,6 +166,7 @@ async def test_queued_job_is_cancelled_at_once(cluster: Cluster, tmp_path: Path)
 
 
 @pytest.mark.slow
+@ON_EVERY_BACKEND
 async def test_job_of_a_dead_robot_completes_on_another(cluster: Cluster, tmp_path: Path) -> None:
     """A robot that disconnects mid-job: the job is requeued and completes on the other."""
     nb = notebook(tmp_path, "long.ipynb", ["import time\ntime.sleep(2)", "x = 1"])
@@ -176,6 +187,7 @@ async def test_job_of_a_dead_robot_completes_on_another(cluster: Cluster, tmp_pa
     assert runs[0].error_name == "RobotLost"
 
 
+@ON_EVERY_BACKEND
 async def test_stale_attempt_progress_is_refused(cluster: Cluster, tmp_path: Path) -> None:
     """job_progress for an attempt that is not the job's current one gets stale_attempt."""
     nb = notebook(tmp_path, "waiting.ipynb", ["x = 1"])
@@ -226,6 +238,7 @@ async def test_unaccepted_and_rejected_assignments_are_requeued(tmp_path: Path) 
         )
 
 
+@ON_EVERY_BACKEND
 async def test_monitors_get_job_and_cell_events(cluster: Cluster, tmp_path: Path) -> None:
     """A monitor subscribed to jobs and cells sees queued, started, each cell, finished."""
     nb = notebook(tmp_path, "watched.ipynb", ["x = 1", "y = 2"])

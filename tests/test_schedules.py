@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from cluster import Cluster, notebook, waiting_cell
+from cluster import ON_EVERY_BACKEND, Cluster, notebook, waiting_cell
 from pydantic import ValidationError
 
 from casare_nb.core.errors import QueueError
@@ -197,6 +197,7 @@ async def test_an_interval_of_zero_is_refused_everywhere(sched: Scheduler) -> No
 # -- fires -------------------------------------------------------------------------------------
 
 
+@ON_EVERY_BACKEND
 async def test_a_fire_submits_like_submit_once_per_due_time(
     cluster: Cluster, sched: Scheduler, flow: Path
 ) -> None:
@@ -401,6 +402,7 @@ async def test_an_interval_schedule_fires_live_with_its_trigger(
     assert [fires[d] for d in dues] == [j.job_id for j in jobs]
 
 
+@ON_EVERY_BACKEND
 async def test_a_date_schedule_fires_once(cluster: Cluster, sched: Scheduler, flow: Path) -> None:
     """A date schedule 0.3 s ahead fires once, at its date, and has no due time left."""
     at = datetime.now(BERLIN).replace(tzinfo=None) + timedelta(seconds=0.3)

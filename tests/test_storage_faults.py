@@ -25,7 +25,7 @@ from casare_nb.core.models import RunStatus
 from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.service_thread import ServiceThread
 from casare_nb.store.history import HistoryStore
-from casare_nb.store.jobs import DuckDBJobStore
+from casare_nb.store.jobs import SqlJobStore
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -53,11 +53,11 @@ class StorageFault:
 @pytest.fixture
 def fault(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StorageFault]:
     injected = StorageFault(tmp_path / "state")
-    job_write = DuckDBJobStore._write
+    job_write = SqlJobStore._write
     history_write = HistoryStore.write_with
     replace = os.replace
 
-    def failing_job_write(self: DuckDBJobStore, batch: Any) -> object:
+    def failing_job_write(self: SqlJobStore, batch: Any) -> object:
         injected.check()
         return job_write(self, batch)
 
@@ -72,7 +72,7 @@ def fault(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StorageFa
             injected.check()
         replace(src, dst, **kwargs)
 
-    monkeypatch.setattr(DuckDBJobStore, "_write", failing_job_write)
+    monkeypatch.setattr(SqlJobStore, "_write", failing_job_write)
     monkeypatch.setattr(HistoryStore, "write_with", failing_history_write)
     monkeypatch.setattr(os, "replace", failing_replace)
     yield injected

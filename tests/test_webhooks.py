@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import Cluster, notebook
+from cluster import ON_EVERY_BACKEND, Cluster, notebook
 
 from casare_nb.core.models import RunStatus, TriggerKind
 from casare_nb.core.signing import sign, signed_headers
@@ -97,6 +97,7 @@ async def test_a_signed_delivery_queues_a_job_with_the_body_as_its_parameters(
     assert len(jobs(receiver)) == 1
 
 
+@ON_EVERY_BACKEND
 async def test_a_delivery_with_a_signed_timestamp_runs_on_a_robot(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -211,6 +212,7 @@ async def test_without_a_delivery_id_the_signature_names_the_delivery(
     assert len(jobs(receiver)) == 1
 
 
+@ON_EVERY_BACKEND
 async def test_racing_copies_of_a_delivery_submit_once(cluster: Cluster, tmp_path: Path) -> None:
     """Identical deliveries at once: one job; copies under new delivery ids are replays."""
     receiver = make_receiver(cluster, tmp_path)
@@ -375,6 +377,7 @@ async def test_a_run_id_taken_by_another_submitter_is_replaced(
     assert cluster.job(taken.job_id).trigger is None and len(jobs(receiver)) == 2
 
 
+@ON_EVERY_BACKEND
 async def test_claims_made_together_decide_duplicates_and_replays_in_order(
     cluster: Cluster,
 ) -> None:

@@ -94,6 +94,8 @@ COMMAND_MODULES = {
     "doctor": "ops",
     "autoscale": "ops",
     "fires": "ops",
+    "migrate": "store",
+    "export": "store",
 }
 """Command -> the module of ``casare_nb.cli`` that defines it (``@app.command``)."""
 
@@ -143,6 +145,14 @@ state_option = click.option(
     type=click.Path(file_okay=False),
     envvar="CASARE_HOME",
     help="State directory (history, checkpoints). Default: $CASARE_HOME or ./.casare",
+)
+
+store_option = click.option(
+    "--store",
+    envvar="CASARE_ORCH_STORE",
+    metavar="URL",
+    help="Where the records are when no orchestrator runs here: postgresql://USER@HOST:PORT/DB"
+    ", or duckdb (default: $CASARE_ORCH_STORE, else the state directory's own database).",
 )
 
 

@@ -74,6 +74,13 @@ def setup_logging(level: str) -> None:
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), help="Key of --tls-cert.")
 @state_option
 @click.option(
+    "--store",
+    metavar="URL",
+    help="Where jobs, history, tokens, schedules and triggers are kept: postgresql://USER@HOST"
+    ":PORT/DB (several orchestrators may share it), or duckdb (default: the state directory's "
+    "own database). Checkpoint files stay in the state directory.",
+)
+@click.option(
     "--workflows",
     "workflows_dir",
     type=click.Path(file_okay=False, exists=True),
@@ -151,6 +158,7 @@ def orchestrator(
         click.echo(f"  HTTP API          {s.http_url}  (/health, /docs)")
         click.echo(f"  workflows         {s.workflows_dir}")
         click.echo(f"  state             {s.state_dir}")
+        click.echo(f"  store             {s.orchestrator.stores.where}")
         click.echo(f"  runtime file      {s.runtime_file}")
         click.echo(f"  logs              {s.state_dir / 'logs'}")
         click.echo(

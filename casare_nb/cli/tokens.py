@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from casare_nb.cli.app import app, client_options, fail, running_client
+from casare_nb.cli.app import app, client_options, fail, running_client, store_option
 from casare_nb.cli.present import table
 
 _ROLES = ("robot", "user", "admin")  # casare_nb.core.tokens.TokenRole (a test keeps them equal)
@@ -27,22 +27,28 @@ def token() -> None:
 
 
 class _TokenStore:
-    """The state dir's tokens, opened directly when no orchestrator runs."""
+    """The tokens of ``store`` (None: the state dir's own database), opened directly when no
+    orchestrator runs on the state dir."""
 
-    def __init__(self, state_dir: str | None) -> None:
+    def __init__(self, state_dir: str | None, store: str | None) -> None:
         from casare_nb.notebook.state import StateDir
 
         self.state = StateDir(state_dir)
+        self.store = store
         self._stores: Any = None
 
+    def exists(self) -> bool:
+        """Whether there are tokens to read (a state dir's database is not created by it)."""
+        return self.store not in (None, "duckdb") or self.state.history_path.exists()
+
     def __enter__(self) -> Any:
-        from casare_nb.store.embedded import open_embedded
+        from casare_nb.store.backends import open_stores
 
         try:
             self.state.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             fail(f"cannot create state directory {self.state.root}: {exc.strerror}")
-        self._stores = open_embedded(self.state.root)
+        self._stores = _queue_call(lambda: open_stores(self.store, self.state.root))
         return self._stores.tokens
 
     def __exit__(self, *exc: object) -> None:
@@ -70,8 +76,14 @@ def _queue_call(call: Callable[[], Any]) -> Any:
     "jobs; admin: everything (tokens, draining, schedules, triggers, anyone's jobs).",
 )
 @client_options
+@store_option
 def token_create(
-    name: str, role: str, url: str | None, token: str | None, state_dir: str | None
+    name: str,
+    role: str,
+    url: str | None,
+    token: str | None,
+    state_dir: str | None,
+    store: str | None,
 ) -> None:
     """Create the token NAME with its role and print it (shown only this once)."""
     from casare_nb.api import TOKEN_NAME_PATTERN
@@ -84,8 +96,8 @@ def token_create(
         with client:
             value = client.create_token(name, TokenRole(role))
     else:
-        with _TokenStore(state_dir) as store:
-            value = _queue_call(lambda: store.create_token(name, TokenRole(role)))
+        with _TokenStore(state_dir, store) as tokens:
+            value = _queue_call(lambda: tokens.create_token(name, TokenRole(role)))
     click.echo(value)
     click.echo(f"token {name} ({role}) created; it is shown only this once", err=True)
 
@@ -93,22 +105,28 @@ def token_create(
 @token.command("revoke")
 @click.argument("name")
 @client_options
-def token_revoke(name: str, url: str | None, token: str | None, state_dir: str | None) -> None:
+@store_option
+def token_revoke(
+    name: str, url: str | None, token: str | None, state_dir: str | None, store: str | None
+) -> None:
     """Revoke the token NAME (its connections are closed)."""
     client = running_client(url, token, state_dir)
     if client is not None:
         with client:
             client.revoke_token(name)
     else:
-        with _TokenStore(state_dir) as store:
-            _queue_call(lambda: store.revoke_token(name))
+        with _TokenStore(state_dir, store) as tokens:
+            _queue_call(lambda: tokens.revoke_token(name))
     click.echo(f"token {name} revoked")
 
 
 @token.command("list")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @client_options
-def token_list(as_json: bool, url: str | None, token: str | None, state_dir: str | None) -> None:
+@store_option
+def token_list(
+    as_json: bool, url: str | None, token: str | None, state_dir: str | None, store: str | None
+) -> None:
     """Every token: name, role, created, revoked (never the token). A token without a role
     was created before roles: it acts as admin (recreate it with --role)."""
     client = running_client(url, token, state_dir)
@@ -116,13 +134,12 @@ def token_list(as_json: bool, url: str | None, token: str | None, state_dir: str
         with client:
             rows = [t.model_dump() for t in client.tokens()]
     else:
-        from casare_nb.notebook.state import StateDir
-
-        if not StateDir(state_dir).history_path.exists():
+        direct = _TokenStore(state_dir, store)
+        if not direct.exists():
             rows = []
         else:
-            with _TokenStore(state_dir) as store:
-                rows = _queue_call(store.list_tokens)
+            with direct as tokens:
+                rows = _queue_call(tokens.list_tokens)
     if as_json:
         click.echo(json.dumps(rows, indent=1, default=str))
         return

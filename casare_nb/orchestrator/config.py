@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -44,8 +44,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from casare_nb.core.errors import QueueError
 from casare_nb.core.thresholds import Thresholds
 from casare_nb.logs import LogSettings
+from casare_nb.store.backends import check_store_url
 
 __all__ = [
     "DEFAULT_CONFIG_FILE",
@@ -233,6 +235,9 @@ class OrchestratorConfig(BaseSettings):
     """HTTP API port (0: any free port)."""
     state_dir: Path | None = None
     """State directory (None: ``$CASARE_HOME`` or ``./.casare``)."""
+    store: str | None = None
+    """Where the records are: a ``postgresql://`` URL, or None/``duckdb`` (the state
+    directory's own database)."""
     workflows_dir: Path = Path(".")
     """Where submitted workflow paths resolve; paths outside are refused."""
     tls_cert: Path | None = None
@@ -252,6 +257,14 @@ class OrchestratorConfig(BaseSettings):
     """Seconds a lost robot's jobs wait for it to come back before they are requeued."""
     logging: LogSettings = Field(default_factory=LogSettings)
     thresholds: Thresholds = Field(default_factory=Thresholds)
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: str | None) -> str | None:
+        try:
+            return check_store_url(value)
+        except QueueError as exc:
+            raise ValueError(str(exc)) from None
 
     @classmethod
     def settings_customise_sources(
@@ -279,6 +292,7 @@ class OrchestratorConfig(BaseSettings):
                 "missed_heartbeats",
                 "assign_timeout_s",
                 "reconnect_grace_s",
+                "store",
             }
         )
 

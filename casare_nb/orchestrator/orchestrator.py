@@ -36,6 +36,7 @@ from casare_nb.core.errors import JobExists, QueueError, SubmissionsClosed
 from casare_nb.core.models import Job, Robot, RobotStatus, RunStatus, SubmitOptions
 from casare_nb.core.thresholds import Thresholds
 from casare_nb.core.tokens import DEFAULT_ROLE, TokenRole, legacy_notice
+from casare_nb.notebook.state import private_dir
 from casare_nb.orchestrator.jobs.durable import DURABLE_TIMEOUT_S
 from casare_nb.orchestrator.jobs.manager import JobManager
 from casare_nb.orchestrator.metrics import OrchestratorMetrics
@@ -54,7 +55,7 @@ from casare_nb.protocol import (
     Topic,
     Unpause,
 )
-from casare_nb.store.embedded import open_embedded
+from casare_nb.store.backends import open_stores
 from casare_nb.store.interfaces import Stores
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Orchestrator"]
@@ -74,7 +75,8 @@ def _utcnow() -> datetime:
 class Orchestrator:
     """The orchestrator of one state directory; see the module docstring.
 
-    Keeps its state in ``stores`` (default: the embedded DuckDB stores of ``state_dir``).
+    Keeps its state in ``stores`` (default: those ``store`` names, a PostgreSQL URL, else the
+    embedded DuckDB stores of ``state_dir``).
     ``await start()`` opens them and binds ``host:port`` (127.0.0.1:8765 by default; port 0
     picks a free one); ``await stop()`` closes every connection and releases the storage;
     ``async with`` does both. Pass an ``ssl_context`` to serve ``wss://``.
@@ -101,6 +103,7 @@ class Orchestrator:
         workflows_dir: str | os.PathLike[str] | None = None,
         environ: Mapping[str, str] | None = None,
         stores: Stores | None = None,
+        store: str | None = None,
         thresholds: Thresholds | None = None,
     ) -> None:
         if heartbeat_interval_s <= 0:
@@ -114,7 +117,7 @@ class Orchestrator:
         self.missed_heartbeats = missed_heartbeats
         self.thresholds = thresholds or Thresholds()
         self.started_at = clock()
-        self.stores = stores or open_embedded(self.state_dir)
+        self.stores = stores or open_stores(store, self.state_dir)
         self.registry = RobotRegistry()
         self.metrics = OrchestratorMetrics(clock)
         self._clock = clock
@@ -182,6 +185,8 @@ class Orchestrator:
             raise RuntimeError("this orchestrator was stopped; create a new one")
         if self._started:
             raise RuntimeError("the orchestrator is already started")
+        # the state directory holds checkpoint files whatever keeps the records
+        await asyncio.to_thread(private_dir, self.state_dir)
         await asyncio.to_thread(self.stores.open)  # fail now on a locked or unwritable file
         for row in await asyncio.to_thread(self.stores.tokens.list_tokens):
             if row.get("role") is None and row["revoked_at"] is None:  # from before roles
@@ -208,7 +213,8 @@ class Orchestrator:
         self.websocket.cancel_tasks()
         await asyncio.to_thread(self.stores.close)
         self._notify()
-        logger.info("orchestrator on %s stopped", self.url)
+        if self._started:  # a start that failed said why; "stopped" would be noise
+            logger.info("orchestrator on %s stopped", self.url)
 
     async def __aenter__(self) -> Orchestrator:
         try:

@@ -10,11 +10,8 @@ hold a file read-write (see "One writer" in the design), so:
   :meth:`Database.close`, used by one thread at a time (a lock): the orchestrator's stores
   (jobs, tokens, schedules and triggers) share it.
 
-Storage conventions: timestamps are ``TIMESTAMP`` columns holding naive UTC (aware values are
-converted; naive values are taken as UTC) and come back as aware UTC datetimes
-(:func:`to_db_time`, :func:`from_db_time`); lists, dicts and models are JSON text
-(:func:`to_json`); enums are stored as their values. Many rows go in one statement, one list
-parameter per column zipped by ``unnest`` (:func:`columns`): far faster than ``executemany``.
+The storage conventions and the SQL the stores write are those of :mod:`casare_nb.store.sql`
+(its helpers are re-exported here).
 """
 
 from __future__ import annotations
@@ -24,19 +21,27 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, TypeAlias, overload
+from typing import Any, Final, TypeAlias
 
 import duckdb
-import pydantic_core
 import tenacity
 
-from casare_nb.core.errors import QueueError, StateError, one_line
-from casare_nb.core.text import storable, unicode_problem
+from casare_nb.core.errors import QueueError, one_line
 from casare_nb.notebook.state import private_dir
 from casare_nb.store import schema
+from casare_nb.store.sql import (
+    DUCKDB,
+    HistoryError,
+    bulk_upsert,
+    columns,
+    from_db_time,
+    to_db_time,
+    to_json,
+    transaction,
+)
 
 __all__ = [
     "Connection",
@@ -65,51 +70,8 @@ _MIGRATED: set[tuple[str, int, int]] = set()
 _MIGRATE_LOCK = threading.Lock()
 
 
-class HistoryError(StateError, RuntimeError):
-    """The database could not be opened, migrated, read or written (a one-line user error
-    of the state directory, e.g. held by another process)."""
-
-
 def _is_lock_conflict(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
-
-
-def to_db_time(value: datetime | None) -> datetime | None:
-    """Aware -> naive UTC; naive is taken to be UTC already."""
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
-
-
-@overload
-def from_db_time(value: datetime) -> datetime: ...
-@overload
-def from_db_time(value: None) -> None: ...
-def from_db_time(value: datetime | None) -> datetime | None:
-    """A stored (naive UTC) timestamp as an aware UTC datetime."""
-    return None if value is None else value.replace(tzinfo=UTC)
-
-
-def to_json(value: object) -> str:
-    """JSON text of ``value``: pydantic's encoder handles datetimes, paths, sets, enums,
-    models...; anything else becomes ``str(value)`` rather than failing a background write;
-    a lone surrogate in a string becomes its escape (:func:`~casare_nb.core.text.storable`)."""
-    try:
-        return pydantic_core.to_json(value, serialize_unknown=True).decode()
-    except pydantic_core.PydanticSerializationError:
-        if unicode_problem(value) is None:
-            raise
-        return pydantic_core.to_json(_storable(value), serialize_unknown=True).decode()
-
-
-def _storable(value: Any) -> Any:
-    if isinstance(value, str):
-        return storable(value)
-    if isinstance(value, dict):
-        return {_storable(k): _storable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_storable(v) for v in value]
-    return value
 
 
 def _owner_only(path: Path) -> None:
@@ -121,45 +83,19 @@ def _owner_only(path: Path) -> None:
                 file.chmod(0o600)
 
 
-def columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-    """Rows -> one list per column (the parameters of an ``unnest`` statement); text that
-    is not valid Unicode is stored escaped, so one row can never poison a batch."""
-    return [
-        [storable(v) if isinstance(v, str) else v for v in column]
-        for column in zip(*rows, strict=True)
-    ]
-
-
-def bulk_upsert(
-    con: Connection, table: str, types: Mapping[str, str], rows: Sequence[tuple[Any, ...]]
-) -> None:
-    """Upsert ``rows`` (one per primary key at most) into ``table`` with one statement;
-    ``types`` maps each column, in row order, to its DuckDB type."""
-    if not rows:
-        return
-    selects = ", ".join(f"unnest(?::{sql_type}[])" for sql_type in types.values())
-    sql = f"INSERT OR REPLACE INTO {table} ({', '.join(types)}) SELECT {selects}"
-    con.execute(sql, columns(rows))
-
-
-@contextlib.contextmanager
-def transaction(con: Connection) -> Iterator[Connection]:
-    """``con`` inside one transaction: committed when the block ends, rolled back if it raises."""
-    con.begin()
-    try:
-        yield con
-    except BaseException:
-        with contextlib.suppress(duckdb.Error):
-            con.rollback()
-        raise
-    con.commit()
-
-
 class Database:
-    """One DuckDB file; see the module docstring for its two kinds of connection."""
+    """One DuckDB file; see the module docstring for its two kinds of connection. A
+    :class:`~casare_nb.store.sql.SqlDatabase`."""
+
+    dialect = DUCKDB
+    error: type[Exception] = duckdb.Error
+    constraint_error: type[Exception] = duckdb.ConstraintException
 
     def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 30.0) -> None:
         self.path = Path(path)
+        self.where = str(self.path)
+        self.label = self.path.name
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
         self.lock_timeout = lock_timeout
         self._lock = threading.RLock()
         self._owner: int | None = None  # the thread holding the shared connection
@@ -363,7 +299,27 @@ class Database:
             except duckdb.Error as exc:
                 raise QueueError(f"history database {self.path}: {one_line(exc)}") from exc
             self._shared = con
+            if self._identity is None:
+                with contextlib.suppress(OSError):
+                    stat = os.stat(self.path)
+                    self._identity = (stat.st_dev, stat.st_ino)
         return self._shared
+
+    def gone(self) -> str | None:
+        """Why the file the shared connection opened is no longer where it was (the state
+        directory deleted or replaced), else None: writes would go into nothing. Cheap (a
+        ``stat``); None before the shared connection first opened."""
+        if self._identity is None:
+            return None
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return f"state directory gone: {self.path} no longer exists"
+        except OSError as exc:
+            return f"state directory unusable: {self.path}: {exc.strerror or exc}"
+        if (stat.st_dev, stat.st_ino) != self._identity:
+            return f"state directory gone: {self.path} was replaced"
+        return None
 
     def _drop_shared(self) -> None:
         con, self._shared = self._shared, None

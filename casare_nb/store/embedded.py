@@ -14,10 +14,10 @@ from casare_nb.store.checkpoints import FileCheckpointStore
 from casare_nb.store.database import Database
 from casare_nb.store.history import HistoryStore
 from casare_nb.store.interfaces import Stores
-from casare_nb.store.jobs import COMMIT_INTERVAL_S, DuckDBJobStore
-from casare_nb.store.outputs import DuckDBOutputStore
-from casare_nb.store.tokens import DuckDBTokenStore
-from casare_nb.store.triggers import DuckDBTriggerStore
+from casare_nb.store.jobs import COMMIT_INTERVAL_S, SqlJobStore
+from casare_nb.store.outputs import SqlOutputStore
+from casare_nb.store.tokens import SqlTokenStore
+from casare_nb.store.triggers import SqlTriggerStore
 from casare_nb.store.upkeep import DuckDBUpkeep
 
 __all__ = ["open_embedded"]
@@ -34,7 +34,7 @@ def open_embedded(
     state = StateDir(state_dir)
     # a lock held by another process is another orchestrator or a local run: said at once
     db = Database(state.history_path, lock_timeout=ORCHESTRATOR_LOCK_WAIT_S)
-    jobs = DuckDBJobStore(db, commit_interval_s=commit_interval_s)
+    jobs = SqlJobStore(db, commit_interval_s=commit_interval_s)
 
     def open_() -> None:
         with jobs.connection():
@@ -47,9 +47,9 @@ def open_embedded(
     return Stores(
         jobs=jobs,
         history=HistoryStore(db),
-        tokens=DuckDBTokenStore(db),
-        triggers=DuckDBTriggerStore(db),
-        outputs=DuckDBOutputStore(db),
+        tokens=SqlTokenStore(db),
+        triggers=SqlTriggerStore(db),
+        outputs=SqlOutputStore(db),
         checkpoints=FileCheckpointStore(state.root),
         upkeep=DuckDBUpkeep(db, jobs),
         where=state.history_path,

@@ -449,7 +449,7 @@ class Stores:
     outputs: OutputStore
     checkpoints: CheckpointStore
     upkeep: Upkeep
-    where: Path
+    where: Path | str
     opener: Callable[[], None] = field(repr=False)
     closer: Callable[[], None] = field(repr=False)
 

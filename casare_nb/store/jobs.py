@@ -1,7 +1,7 @@
-"""The orchestrator's jobs, in its DuckDB file: persisted, not decided, here.
+"""The orchestrator's jobs, in its database (DuckDB or PostgreSQL): persisted, not decided, here.
 
 The job state machine is :class:`~casare_nb.core.jobs.LiveJobs`, in memory: every state it
-makes is handed to :meth:`DuckDBJobStore.stage`, which returns at once. A writer thread (a
+makes is handed to :meth:`SqlJobStore.stage`, which returns at once. A writer thread (a
 :class:`~casare_nb.store.writer.WriteBehind`) commits what was staged in batches: one
 transaction per batch, one ``INSERT`` and one ``UPDATE ... FROM unnest(...)`` whatever the
 number of jobs, only the last state of each job (group commit). A batch starts at most once
@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -36,10 +35,9 @@ from typing import Any, Final
 
 from casare_nb.core.errors import JobExists, QueueError
 from casare_nb.core.models import Job, JobStatus, Priority
-from casare_nb.store.database import (
+from casare_nb.store.sql import (
     Connection,
-    ConstraintError,
-    Database,
+    SqlDatabase,
     columns,
     from_db_time,
     to_db_time,
@@ -48,11 +46,11 @@ from casare_nb.store.database import (
 )
 from casare_nb.store.writer import WriteBehind
 
-__all__ = ["COMMIT_INTERVAL_S", "DuckDBJobStore"]
+__all__ = ["COMMIT_INTERVAL_S", "SqlJobStore"]
 
 log = logging.getLogger(__name__)
 
-# Column name -> DuckDB type, in insert/select order; exactly the fields of Job.
+# Column name -> SQL type, in insert/select order; exactly the fields of Job.
 _JOB_COLUMNS: Final[dict[str, str]] = {
     "job_id": "VARCHAR",
     "workflow_path": "VARCHAR",
@@ -90,10 +88,12 @@ _STAGED_COLUMNS: Final[dict[str, str]] = {**_JOB_COLUMNS, "cancel_requested": "B
 _STAGED_SELECT: Final[str] = f"INTO jobs ({', '.join(_STAGED_COLUMNS)}) SELECT " + ", ".join(
     f"unnest(?::{sql_type}[])" for sql_type in _STAGED_COLUMNS.values()
 )
-# A plain insert first (DuckDB plans it in a third of the time of INSERT OR IGNORE); only a
-# batch with a taken id is written again with the insert that skips and names those.
+# A plain insert first (DuckDB plans it in a third of the time of one that skips taken ids);
+# only a batch with a taken id is written again with the insert that skips and names those.
 _STAGED_INSERT: Final[str] = f"INSERT {_STAGED_SELECT}"
-_STAGED_INSERT_OR_IGNORE: Final[str] = f"INSERT OR IGNORE {_STAGED_SELECT} RETURNING job_id"
+_STAGED_INSERT_OR_IGNORE: Final[str] = (
+    f"INSERT {_STAGED_SELECT} ON CONFLICT DO NOTHING RETURNING job_id"
+)
 # What a state transition may change (the rest is written once, by the insert).
 _MUTABLE: Final[tuple[str, ...]] = (
     "parameters",
@@ -198,16 +198,16 @@ class _Staged:
     new: bool
 
 
-class DuckDBJobStore(WriteBehind[dict[str, _Staged]]):
-    """The jobs of an orchestrator, in its DuckDB file; see the module docstring.
+class SqlJobStore(WriteBehind[dict[str, _Staged]]):
+    """The jobs of an orchestrator, in its database; see the module docstring.
 
     Safe to share between threads. Database failures raise
     :class:`~casare_nb.core.errors.QueueError`."""
 
-    def __init__(self, db: Database, *, commit_interval_s: float = COMMIT_INTERVAL_S) -> None:
+    def __init__(self, db: SqlDatabase, *, commit_interval_s: float = COMMIT_INTERVAL_S) -> None:
         if commit_interval_s < 0:
             raise ValueError(f"commit_interval_s must be >= 0, not {commit_interval_s}")
-        super().__init__(f"casare-queue-{db.path.name}", window_s=commit_interval_s, retry=True)
+        super().__init__(f"casare-queue-{db.label}", window_s=commit_interval_s, retry=True)
         self.db = db
         # guarded by _cond, never held during I/O
         self._pending: dict[str, _Staged] = {}  # staged, not taken by the writer yet
@@ -215,10 +215,9 @@ class DuckDBJobStore(WriteBehind[dict[str, _Staged]]):
         self._refused: set[str] = set()  # new jobs whose insert found the id taken
         self._on_added: list[Callable[[list[Job]], None]] = []
         self._on_written: list[Callable[[int], None]] = []
-        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file written
 
     def __repr__(self) -> str:
-        return f"DuckDBJobStore({str(self.db.path)!r})"
+        return f"SqlJobStore({self.db.where!r})"
 
     @property
     def commit_interval_s(self) -> float:
@@ -240,10 +239,6 @@ class DuckDBJobStore(WriteBehind[dict[str, _Staged]]):
         store inside the block."""
         self._settle()
         with self.db.shared() as con:
-            if self._identity is None:
-                with contextlib.suppress(OSError):
-                    stat = os.stat(self.db.path)
-                    self._identity = (stat.st_dev, stat.st_ino)
             yield con
 
     def close(self, timeout: float | None = _WAIT_S) -> None:
@@ -256,7 +251,7 @@ class DuckDBJobStore(WriteBehind[dict[str, _Staged]]):
         if lost:
             log.error("%r: %d staged job states could not be written", self, lost)
 
-    def __enter__(self) -> DuckDBJobStore:
+    def __enter__(self) -> SqlJobStore:
         with self.connection():  # fail fast, and hold the file from now on
             pass
         return self
@@ -311,7 +306,7 @@ class DuckDBJobStore(WriteBehind[dict[str, _Staged]]):
         """
         with self._cond:
             if self._stopping:
-                raise QueueError(f"queue store for {self.db.path} is closed")
+                raise QueueError(f"queue store for {self.db.where} is closed")
             earlier = self._pending.get(job.job_id)
             new = new or (earlier is not None and earlier.new)
             self._pending[job.job_id] = _Staged(job, cancel_requested, new)
@@ -324,7 +319,9 @@ class DuckDBJobStore(WriteBehind[dict[str, _Staged]]):
         if in_time and done:
             return
         why = f": {error}" if error else ""
-        raise QueueError(f"queue writes to {self.db.path} did not commit within {timeout:g} s{why}")
+        raise QueueError(
+            f"queue writes to {self.db.where} did not commit within {timeout:g} s{why}"
+        )
 
     def insert_refused(self, job_id: str) -> bool:
         """Whether a new job staged as ``job_id`` was not inserted, its id being taken (asked
@@ -395,18 +392,8 @@ class DuckDBJobStore(WriteBehind[dict[str, _Staged]]):
     def gone(self) -> str | None:
         """Why the database file written so far is no longer where it was (the state
         directory deleted or replaced), else None: writes would go into nothing. Cheap (a
-        ``stat``); None before the first commit."""
-        if self._identity is None:
-            return None
-        try:
-            stat = os.stat(self.db.path)
-        except FileNotFoundError:
-            return f"state directory gone: {self.db.path} no longer exists"
-        except OSError as exc:
-            return f"state directory unusable: {self.db.path}: {exc.strerror or exc}"
-        if (stat.st_dev, stat.st_ino) != self._identity:
-            return f"state directory gone: {self.db.path} was replaced"
-        return None
+        ``stat``); None before the database was first used."""
+        return self.db.gone()
 
     def _write(self, batch: dict[str, _Staged]) -> object:
         """Write a batch in one transaction; the ids of new jobs that were already there.
@@ -435,7 +422,7 @@ class DuckDBJobStore(WriteBehind[dict[str, _Staged]]):
             elif new:
                 try:
                     con.execute(_STAGED_INSERT, columns(new))
-                except ConstraintError as exc:
+                except self.db.constraint_error as exc:
                     raise _IdTaken from exc
             if old:
                 cols = columns(old)
@@ -446,10 +433,6 @@ class DuckDBJobStore(WriteBehind[dict[str, _Staged]]):
                     # old job): written back whole
                     back = con.execute(_STAGED_INSERT_OR_IGNORE, columns(old)).fetchall()
                     log.warning("%r: %d staged jobs were missing: written back", self, len(back))
-        if self._identity is None:
-            with contextlib.suppress(OSError):
-                stat = os.stat(self.db.path)
-                self._identity = (stat.st_dev, stat.st_ino)
         return refused
 
     # -- bulk insert ---------------------------------------------------------------------

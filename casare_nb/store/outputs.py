@@ -1,5 +1,5 @@
-"""What runs recorded with ``casare_nb.output(name, value)``, in the orchestrator's DuckDB
-file (table ``outputs``): the values a chained workflow gets as parameters."""
+"""What runs recorded with ``casare_nb.output(name, value)``, in the orchestrator's
+database (table ``outputs``): the values a chained workflow gets as parameters."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from casare_nb.store.database import Database, to_db_time, to_json
+from casare_nb.store.sql import SqlDatabase, to_db_time, to_json
 
-__all__ = ["DuckDBOutputStore"]
+__all__ = ["SqlOutputStore"]
 
 
-class DuckDBOutputStore:
+class SqlOutputStore:
     """The outputs of every run, by name; a later value of a name replaces the earlier one."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self.db = db
 
     def __repr__(self) -> str:
-        return f"DuckDBOutputStore({str(self.db.path)!r})"
+        return f"SqlOutputStore({self.db.where!r})"
 
     def record_outputs(
         self,
@@ -36,9 +36,10 @@ class DuckDBOutputStore:
         with self.db.write() as con:
             for name, (value, cell) in values.items():
                 con.execute(
-                    "INSERT OR REPLACE INTO outputs"
-                    " (run_id, name, value, attempt, cell_index, recorded_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO outputs (run_id, name, value, attempt, cell_index, recorded_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, name) DO UPDATE SET"
+                    " value = excluded.value, attempt = excluded.attempt,"
+                    " cell_index = excluded.cell_index, recorded_at = excluded.recorded_at",
                     [run_id, name, to_json(value), attempt, cell, now],
                 )
 

@@ -14,7 +14,8 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
 
 # Ordered (version, SQL script) pairs. Each missing one is applied, in order, inside one
 # transaction together with its row in ``schema_migrations``. Never edit a released entry:
-# append a new version instead.
+# append a new version instead. The SQL is what DuckDB and PostgreSQL both read (the store
+# backends share it): DOUBLE PRECISION, not DuckDB's DOUBLE (the same type to DuckDB).
 #
 # No secondary index on runs(status, started_at): DuckDB's ART indexes only speed up point
 # lookups / highly selective equality filters, not range scans or ORDER BY, so listing by a
@@ -35,7 +36,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             language VARCHAR NOT NULL,
             started_at TIMESTAMP NOT NULL,
             finished_at TIMESTAMP,
-            duration_s DOUBLE,
+            duration_s DOUBLE PRECISION,
             cells_total INTEGER NOT NULL DEFAULT 0,
             error_name VARCHAR,
             error_message VARCHAR,
@@ -56,7 +57,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             cell_id VARCHAR,
             status VARCHAR NOT NULL,
             started_at TIMESTAMP NOT NULL,
-            duration_s DOUBLE NOT NULL,
+            duration_s DOUBLE PRECISION NOT NULL,
             error_name VARCHAR,
             error_message VARCHAR,
             replayed BOOLEAN NOT NULL DEFAULT FALSE,

@@ -1,4 +1,4 @@
-"""Bearer tokens of an orchestrator, in its DuckDB file: only their SHA-256 is stored, with
+"""Bearer tokens of an orchestrator, in its database: only their SHA-256 is stored, with
 the token's role (``NULL`` for a token created before roles: it acts as admin).
 
 Tokens verified live are remembered (by hash, per database) until a token of that database
@@ -18,9 +18,9 @@ from typing import Any
 
 from casare_nb.core.errors import QueueError
 from casare_nb.core.tokens import DEFAULT_ROLE, Holder, TokenRole, token_hash
-from casare_nb.store.database import Database, from_db_time, to_db_time
+from casare_nb.store.sql import SqlDatabase, from_db_time, to_db_time
 
-__all__ = ["DuckDBTokenStore"]
+__all__ = ["SqlTokenStore"]
 
 
 class _Known:
@@ -32,16 +32,16 @@ class _Known:
         self.generation = 0
 
 
-_KNOWN: weakref.WeakKeyDictionary[Database, _Known] = weakref.WeakKeyDictionary()
+_KNOWN: weakref.WeakKeyDictionary[SqlDatabase, _Known] = weakref.WeakKeyDictionary()
 _KNOWN_LOCK = threading.Lock()
 
 
-class DuckDBTokenStore:
+class SqlTokenStore:
     """Create, verify, revoke and list tokens, on the database's shared connection.
 
     A token name may be used again once its token is revoked, so the hash is the key."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self.db = db
         with _KNOWN_LOCK:
             self._known = _KNOWN.setdefault(db, _Known())
@@ -62,7 +62,7 @@ class DuckDBTokenStore:
             self._known.generation += 1
 
     def __repr__(self) -> str:
-        return f"DuckDBTokenStore({str(self.db.path)!r})"
+        return f"SqlTokenStore({self.db.where!r})"
 
     def create_token(self, name: str, role: TokenRole = DEFAULT_ROLE) -> str:
         """A new bearer token for ``name`` with ``role``, returned once; only its SHA-256 is

@@ -1,13 +1,13 @@
-"""Schedules, triggers and what they did, in the orchestrator's DuckDB file.
+"""Schedules, triggers and what they did, in the orchestrator's database.
 
 Rows of the tables of migration 4 (see :mod:`casare_nb.store.schema`), written on the
 database's shared connection (:meth:`~casare_nb.store.database.Database.shared`), each call
 one transaction. A schedule or trigger is stored as its pydantic model's JSON (``spec``): data,
 never a pickle, so any version of the code can read and list it.
 
-The claims are what make triggers fire once: :meth:`DuckDBTriggerStore.claim_fire` (one row per
-schedule and due time), :meth:`~DuckDBTriggerStore.claim_delivery` (one per webhook delivery id)
-and :meth:`~DuckDBTriggerStore.claim_file` (one per watched file) insert a row naming the job id
+The claims are what make triggers fire once: :meth:`SqlTriggerStore.claim_fire` (one row per
+schedule and due time), :meth:`~SqlTriggerStore.claim_delivery` (one per webhook delivery id)
+and :meth:`~SqlTriggerStore.claim_file` (one per watched file) insert a row naming the job id
 the caller is about to submit, or report the row that was there first.
 """
 
@@ -18,10 +18,10 @@ from typing import NamedTuple
 
 from casare_nb.core.errors import QueueError
 from casare_nb.core.triggers import Schedule, Trigger, TriggerKind
-from casare_nb.store.database import Database, from_db_time, to_db_time
 from casare_nb.store.interfaces import Claim, Fire
+from casare_nb.store.sql import SqlDatabase, from_db_time, to_db_time
 
-__all__ = ["DuckDBTriggerStore"]
+__all__ = ["SqlTriggerStore"]
 
 
 class _Table(NamedTuple):
@@ -39,10 +39,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class DuckDBTriggerStore:
-    """CRUD of schedules and triggers, and their claims, in a :class:`Database`."""
+class SqlTriggerStore:
+    """CRUD of schedules and triggers, and their claims, in a
+    :class:`~casare_nb.store.sql.SqlDatabase`."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self.db = db
 
     # -- schedules -----------------------------------------------------------------------
@@ -139,8 +140,8 @@ class DuckDBTriggerStore:
         (then ``new`` is False and ``job_id`` is the first fire's)."""
         with self.db.write() as con:
             rows = con.execute(
-                "INSERT OR IGNORE INTO fires (schedule_id, due_at, fired_at, job_id, outcome)"
-                " VALUES (?, ?, ?, ?, ?) RETURNING job_id",
+                "INSERT INTO fires (schedule_id, due_at, fired_at, job_id, outcome)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING job_id",
                 [schedule_id, to_db_time(due_at), to_db_time(_now()), job_id, outcome],
             ).fetchall()
             if rows:
@@ -213,9 +214,8 @@ class DuckDBTriggerStore:
         seen already for this trigger (then ``new`` is False, with the first one's job)."""
         with self.db.write() as con:
             rows = con.execute(
-                "INSERT OR IGNORE INTO deliveries"
-                " (trigger_id, delivery_id, signature, received_at, job_id)"
-                " VALUES (?, ?, ?, ?, ?) RETURNING job_id",
+                "INSERT INTO deliveries (trigger_id, delivery_id, signature, received_at, job_id)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING job_id",
                 [trigger_id, delivery_id, signature, to_db_time(_now()), job_id],
             ).fetchall()
             if rows:
@@ -302,8 +302,8 @@ class DuckDBTriggerStore:
         """Record that a file-watch trigger handles ``path`` (as ``job_id``), unless it did."""
         with self.db.write() as con:
             rows = con.execute(
-                "INSERT OR IGNORE INTO watched_files (trigger_id, path, seen_at, job_id)"
-                " VALUES (?, ?, ?, ?) RETURNING job_id",
+                "INSERT INTO watched_files (trigger_id, path, seen_at, job_id)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING job_id",
                 [trigger_id, path, to_db_time(_now()), job_id],
             ).fetchall()
             if rows:

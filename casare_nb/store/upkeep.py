@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Final
 
 from casare_nb.core.errors import StateError
-from casare_nb.store.database import Connection, Database, to_db_time, transaction
+from casare_nb.store.database import Connection, Database
 from casare_nb.store.interfaces import JobStore, Pruned
+from casare_nb.store.sql import SqlDatabase, to_db_time, transaction
 
-__all__ = ["DuckDBUpkeep", "import_export", "table_counts"]
+__all__ = ["DuckDBUpkeep", "SqlUpkeep", "import_export", "table_counts"]
 
 _UNFINISHED: Final = "('queued', 'running')"
 _EXPIRED: Final = f"""
@@ -82,31 +83,21 @@ def import_export(folder: Path, path: Path) -> dict[str, int]:
     return counts
 
 
-class DuckDBUpkeep:
-    """The :class:`~casare_nb.store.interfaces.Upkeep` of one DuckDB file; ``jobs``, its job
-    store, is flushed before each export or prune (its states are written behind)."""
+class SqlUpkeep:
+    """Retention and the record ids of the SQL stores' database; ``jobs``, its job store, is
+    flushed before each pass (its states are written behind). The export is the engine's
+    own (:class:`DuckDBUpkeep`, :class:`~casare_nb.store.postgres.PgUpkeep`)."""
 
-    def __init__(self, db: Database, jobs: JobStore | None = None) -> None:
+    def __init__(self, db: SqlDatabase, jobs: JobStore | None = None) -> None:
         self.db = db
         self.jobs = jobs
 
     def __repr__(self) -> str:
-        return f"DuckDBUpkeep({str(self.db.path)!r})"
+        return f"{type(self).__name__}({self.db.where!r})"
 
     def _settle(self) -> None:
         if self.jobs is not None:
             self.jobs.flush()
-
-    def export(self, folder: Path) -> dict[str, int]:
-        """``EXPORT DATABASE`` into ``folder`` (new; zstd-compressed Parquet), with the row
-        counts, in one transaction: one snapshot."""
-        if folder.exists() and any(os.scandir(folder)):
-            raise StateError(f"cannot export into {folder}: it is not empty")
-        self._settle()
-        with self.db.connect() as con, transaction(con):
-            counts = table_counts(con)
-            con.execute(f"EXPORT DATABASE {_quoted(folder)} (FORMAT parquet, COMPRESSION zstd)")
-        return counts
 
     def prune(self, before: datetime, *, dry_run: bool = False) -> Pruned:
         """Remove the runs and jobs that ended before ``before`` (see the module docstring)
@@ -115,7 +106,8 @@ class DuckDBUpkeep:
         self._settle()
         cutoff = {"cutoff": to_db_time(before)}
         with self.db.connect() as con, transaction(con):
-            con.execute(f"CREATE OR REPLACE TEMP TABLE expired AS {_EXPIRED}", cutoff)
+            con.execute("DROP TABLE IF EXISTS expired")
+            con.execute(f"CREATE TEMP TABLE expired AS {_EXPIRED}", cutoff)
             rows = con.execute("SELECT id FROM expired ORDER BY id").fetchall()
             ids = [str(row[0]) for row in rows]
             within = "IN (SELECT id FROM expired)"
@@ -151,3 +143,23 @@ class DuckDBUpkeep:
         self._settle()
         rows = self.db.query("SELECT run_id FROM runs UNION SELECT job_id FROM jobs")
         return {str(row[0]) for row in rows}
+
+
+class DuckDBUpkeep(SqlUpkeep):
+    """The :class:`~casare_nb.store.interfaces.Upkeep` of one DuckDB file."""
+
+    db: Database
+
+    def __init__(self, db: Database, jobs: JobStore | None = None) -> None:
+        super().__init__(db, jobs)
+
+    def export(self, folder: Path) -> dict[str, int]:
+        """``EXPORT DATABASE`` into ``folder`` (new; zstd-compressed Parquet), with the row
+        counts, in one transaction: one snapshot."""
+        if folder.exists() and any(os.scandir(folder)):
+            raise StateError(f"cannot export into {folder}: it is not empty")
+        self._settle()
+        with self.db.connect() as con, transaction(con):
+            counts = table_counts(con)
+            con.execute(f"EXPORT DATABASE {_quoted(folder)} (FORMAT parquet, COMPRESSION zstd)")
+        return counts

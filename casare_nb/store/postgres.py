@@ -1,0 +1,392 @@
+"""PostgreSQL: the orchestrator's records in a database several orchestrators can share.
+
+The one module of casare_nb that imports :mod:`psycopg` (the ``postgres`` extra). The stores
+are the same classes as the embedded default's (:mod:`casare_nb.store.sql` says the SQL they
+write); :class:`PgDatabase` gives them PostgreSQL connections:
+
+- a pool (:mod:`psycopg_pool`) of autocommit connections, each lent to one thread for a block
+  (``shared``, ``connect``); transactions are begun by hand (``transaction``), so a
+  connection is never left idle in one;
+- statements are translated once each (cached): ``?`` -> ``%s``, ``$name`` -> ``%(name)s``;
+- a connection broken under a block (the server restarted, the network blipped) raises a
+  one-line QueueError for that call and is dropped by the pool, which connects again: the
+  orchestrator's writers retry until the server is back, nothing is lost;
+- migrations are those of the embedded file (:mod:`casare_nb.store.schema`, its SQL is
+  portable), applied under an advisory lock so orchestrators starting together apply each
+  once.
+
+Checkpoint files (manifests, blobs, notebooks so far) are not in PostgreSQL: they stay files
+behind :class:`~casare_nb.store.checkpoints.FileCheckpointStore`, in a state directory every
+orchestrator mounts (docs/scale-out.md says why).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import psycopg.errors
+import psycopg.sql
+import psycopg_pool
+
+from casare_nb.core.errors import QueueError, StateError, one_line
+from casare_nb.notebook.state import StateDir
+from casare_nb.store import schema
+from casare_nb.store.checkpoints import FileCheckpointStore
+from casare_nb.store.history import HistoryStore
+from casare_nb.store.interfaces import JobStore, Stores
+from casare_nb.store.jobs import COMMIT_INTERVAL_S, SqlJobStore
+from casare_nb.store.outputs import SqlOutputStore
+from casare_nb.store.sql import POSTGRES, HistoryError, to_db_time, transaction
+from casare_nb.store.tokens import SqlTokenStore
+from casare_nb.store.triggers import SqlTriggerStore
+from casare_nb.store.upkeep import SqlUpkeep
+
+__all__ = ["PgDatabase", "PgUpkeep", "open_postgres", "redacted"]
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S: Final[float] = 5.0
+"""How long a start waits for the server before it says it cannot reach it."""
+POOL_SIZE: Final[int] = 8
+_MIGRATION_LOCK: Final[int] = 0x6361_7361_7265  # pg_advisory_xact_lock key: "casare"
+_TOKEN = re.compile(r"'(?:[^']|'')*'|\?|\$([A-Za-z_][A-Za-z0-9_]*)|%")
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=f"{user}{host}"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _pg_sql(sql: str) -> str:
+    """The stores' SQL with psycopg's placeholders: ``?`` -> ``%s``, ``$name`` ->
+    ``%(name)s``, a literal ``%`` doubled; quoted literals left as they are."""
+
+    def swap(match: re.Match[str]) -> str:
+        text = match.group(0)
+        if text == "?":
+            return "%s"
+        if text == "%":
+            return "%%"
+        if match.group(1):
+            return f"%({match.group(1)})s"
+        return text
+
+    return _TOKEN.sub(swap, sql)
+
+
+class _Result:
+    """A statement's rows; a statement without rows answers ``fetchone()`` with its row
+    count, as DuckDB does."""
+
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        self._cursor = cursor
+
+    def fetchone(self) -> Any:
+        if self._cursor.description is None:
+            return (self._cursor.rowcount,)
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        if self._cursor.description is None:
+            return []
+        return self._cursor.fetchall()
+
+
+class PgConnection:
+    """A pooled connection, as the stores use it (:class:`~casare_nb.store.sql.Connection`)."""
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, parameters: object = None) -> _Result:
+        params: Any = parameters
+        return _Result(self.raw.execute(_pg_sql(sql), params))  # type: ignore[call-overload]
+
+    def begin(self) -> None:
+        self.raw.execute("BEGIN")
+
+    def commit(self) -> None:
+        self.raw.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.raw.execute("ROLLBACK")
+
+
+def _reach(url: str, timeout: float) -> None:
+    """Connect once, now: a one-line QueueError if the server cannot be reached."""
+    try:
+        with psycopg.connect(url, connect_timeout=max(1, round(timeout))):
+            pass
+    except psycopg.Error as exc:
+        raise QueueError(f"cannot reach PostgreSQL at {redacted(url)}: {one_line(exc)}") from exc
+
+
+class PgDatabase:
+    """One PostgreSQL database (a :class:`~casare_nb.store.sql.SqlDatabase`); nothing is
+    connected until first used."""
+
+    dialect = POSTGRES
+    error: type[Exception] = psycopg.Error
+    constraint_error: type[Exception] = psycopg.errors.UniqueViolation
+
+    def __init__(
+        self, url: str, *, pool_size: int = POOL_SIZE, connect_timeout: float = CONNECT_TIMEOUT_S
+    ) -> None:
+        self.url = url
+        self.where = redacted(url)
+        self.label = "pg-" + (urlsplit(url).path.lstrip("/") or "postgres")
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self._migrated = False
+        self._closed = False
+        self._holders: dict[int, int] = {}  # thread id -> depth inside shared()
+
+    def __repr__(self) -> str:
+        return f"PgDatabase({self.where!r})"
+
+    # -- the pool ------------------------------------------------------------------------
+
+    def _ready_pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        with self._lock:
+            if self._closed:
+                raise QueueError(f"queue store for {self.where} is closed")
+            if self._pool is not None:
+                return self._pool
+            _reach(self.url, self.connect_timeout)
+            pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=self.pool_size,
+                kwargs={"autocommit": True, "connect_timeout": round(self.connect_timeout)},
+                timeout=self.connect_timeout,
+                name=self.label,
+                open=False,
+            )
+            try:
+                pool.open(wait=True, timeout=self.connect_timeout)
+                with pool.connection() as raw:
+                    self._migrate(PgConnection(raw))
+            except BaseException:
+                pool.close()
+                raise
+            self._pool = pool
+            return pool
+
+    @contextlib.contextmanager
+    def _lent(self, error: type[Exception]) -> Iterator[PgConnection]:
+        try:
+            pool = self._ready_pool()
+            with pool.connection() as raw:
+                yield PgConnection(raw)
+        except psycopg_pool.PoolTimeout as exc:
+            raise error(f"database {self.where}: no connection within {exc}") from exc
+        except psycopg.Error as exc:
+            raise error(f"database {self.where}: {one_line(exc)}") from exc
+
+    def _migrate(self, con: PgConnection) -> None:
+        migrations = list(schema.MIGRATIONS)
+        known = migrations[-1][0] if migrations else 0
+        try:
+            with transaction(con):
+                con.execute("SELECT pg_advisory_xact_lock(?)", [_MIGRATION_LOCK])
+                con.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(version INTEGER PRIMARY KEY, applied_at TIMESTAMP)"
+                )
+                rows = con.execute("SELECT version FROM schema_migrations").fetchall()
+                applied = {int(row[0]) for row in rows}
+                newest = max(applied, default=0)
+                if newest > known:
+                    raise QueueError(
+                        f"database {self.where} has schema version {newest}, newer than this "
+                        f"casare_nb ({known})"
+                    )
+                for version, script in migrations:
+                    if version in applied:
+                        continue
+                    con.raw.execute(script.encode())  # several statements, no parameters
+                    con.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?)",
+                        [version, to_db_time(datetime.now(UTC))],
+                    )
+                    log.info("%s: applied schema migration %d", self.where, version)
+        except psycopg.Error as exc:
+            raise QueueError(
+                f"database {self.where}: cannot apply migrations: {one_line(exc)}"
+            ) from exc
+
+    # -- SqlDatabase ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[PgConnection]:
+        """A pooled connection for the block; errors come out as HistoryError."""
+        try:
+            with self._lent(HistoryError) as con:
+                yield con
+        except QueueError as exc:
+            raise HistoryError(str(exc)) from exc
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self.connect() as con:
+            return list(con.execute(sql, list(params)).fetchall())
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[PgConnection]:
+        """A pooled connection for the block; errors come out as QueueError."""
+        me = threading.get_ident()
+        with self._lent(QueueError) as con:
+            self._holders[me] = self._holders.get(me, 0) + 1
+            try:
+                yield con
+            finally:
+                depth = self._holders.pop(me) - 1
+                if depth:
+                    self._holders[me] = depth
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[PgConnection]:
+        with self.shared() as con, transaction(con):
+            yield con
+
+    def select(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self.shared() as con:
+            return list(con.execute(sql, list(params)).fetchall())
+
+    def holds_shared(self) -> bool:
+        return threading.get_ident() in self._holders
+
+    def gone(self) -> str | None:
+        return None  # the server keeps the rows; a lost connection is retried, not gone
+
+    def schema_version(self) -> int:
+        rows = self.select("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        return int(rows[0][0]) if rows else 0
+
+    def load(self, tables: Iterable[tuple[str, Sequence[str], Iterable[Sequence[Any]]]]) -> int:
+        """Copy rows into empty tables (``COPY ... FROM STDIN``), all in one transaction:
+        ``(table, columns, rows)`` each; the rows copied. A table that already has rows
+        raises QueueError and nothing is kept."""
+        total = 0
+        with self.write() as con:
+            for table, names, rows in tables:
+                if con.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():
+                    raise QueueError(
+                        f"database {self.where}: table {table} already has rows; export into "
+                        "a new database"
+                    )
+                query = psycopg.sql.SQL("COPY {} ({}) FROM STDIN").format(
+                    psycopg.sql.Identifier(table),
+                    psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, names)),
+                )
+                with con.raw.cursor().copy(query) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                        total += 1
+        return total
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+
+class PgUpkeep(SqlUpkeep):
+    """Retention as the embedded default's; the export is every table as CSV (``COPY``)
+    from one snapshot (a repeatable-read transaction)."""
+
+    db: PgDatabase
+
+    def __init__(self, db: PgDatabase, jobs: JobStore | None = None) -> None:
+        super().__init__(db, jobs)
+
+    def export(self, folder: Path) -> dict[str, int]:
+        """Every table of the schema into ``folder`` (new) as ``TABLE.csv`` with a header,
+        from one snapshot; the rows of each."""
+        if folder.exists() and any(os.scandir(folder)):
+            raise StateError(f"cannot export into {folder}: it is not empty")
+        self._settle()
+        folder.mkdir(parents=True, exist_ok=True)
+        counts: dict[str, int] = {}
+        with self.db.shared() as con:
+            con.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                tables = con.execute(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' "
+                    "ORDER BY table_name"
+                ).fetchall()
+                for (name,) in tables:
+                    counts[name] = _copy_out(con.raw, name, folder / f"{name}.csv")
+            finally:
+                con.raw.execute("ROLLBACK")
+        return counts
+
+
+def _copy_out(raw: psycopg.Connection[Any], table: str, path: Path) -> int:
+    """``COPY table TO STDOUT`` as CSV into ``path``; the rows written."""
+    quoted = psycopg.sql.Identifier(table)
+    query = psycopg.sql.SQL("COPY {} TO STDOUT (FORMAT csv, HEADER)").format(quoted)
+    with path.open("wb") as out, raw.cursor().copy(query) as copy:
+        for data in copy:
+            out.write(data)
+    with path.open(newline="", encoding="utf-8") as back:
+        return max(0, sum(1 for _ in csv.reader(back)) - 1)
+
+
+def open_postgres(
+    url: str,
+    state_dir: str | os.PathLike[str],
+    *,
+    commit_interval_s: float = COMMIT_INTERVAL_S,
+    pool_size: int = POOL_SIZE,
+) -> Stores:
+    """The stores of the database ``url``, checkpoint files in ``state_dir`` (the directory
+    every orchestrator of the database mounts); nothing is connected until first used."""
+    state = StateDir(state_dir)
+    db = PgDatabase(url, pool_size=pool_size)
+    jobs = SqlJobStore(db, commit_interval_s=commit_interval_s)
+
+    def open_() -> None:
+        with jobs.connection():
+            pass
+
+    def close() -> None:
+        jobs.close()
+        db.close()
+
+    return Stores(
+        jobs=jobs,
+        history=HistoryStore(db),
+        tokens=SqlTokenStore(db),
+        triggers=SqlTriggerStore(db),
+        outputs=SqlOutputStore(db),
+        checkpoints=FileCheckpointStore(state.root),
+        upkeep=PgUpkeep(db, jobs),
+        where=db.where,
+        opener=open_,
+        closer=close,
+    )
