@@ -37,6 +37,7 @@ from casare_nb.protocol import (
 )
 
 
+@ON_EVERY_BACKEND
 async def test_submitted_job_completes_with_cells_recorded_once(
     cluster: Cluster, tmp_path: Path
 ) -> None:

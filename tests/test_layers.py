@@ -64,8 +64,9 @@ ORCHESTRATOR: dict[str, set[str]] = {
     "config": set(),
     "brake": {"audit"},
     "triggers": set(),
+    "leader": set(),
     "websocket": {"jobs", "registry", "metrics", "brake", "audit"},
-    "orchestrator": {"jobs", "registry", "metrics", "triggers", "websocket"},
+    "orchestrator": {"jobs", "registry", "metrics", "triggers", "websocket", "leader"},
     "http": {"orchestrator", "triggers", "metrics", "brake", "audit"},
     "service": {"orchestrator", "http"},
 }

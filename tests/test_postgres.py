@@ -9,21 +9,23 @@ test_checkpoint_store and test_upkeep_store.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 from pathlib import Path
 
 import psycopg
 import pytest
+from cluster import Cluster, notebook
 from helpers import EXIT_OK, describe, write_notebook
 from postgres import PgServer, throwaway_server
 from stores import make_cell, make_job, make_run, opened, running
 from test_cli_service import cli, error_line, start_orchestrator, start_robot
 
 from casare_nb.core.errors import QueueError
-from casare_nb.core.models import JobStatus
+from casare_nb.core.models import JobStatus, RunStatus
 from casare_nb.core.tokens import TokenRole
-from casare_nb.store.postgres import PgDatabase, _pg_sql, open_postgres, redacted
+from casare_nb.store.postgres import PgDatabase, PgLeadership, _pg_sql, open_postgres, redacted
 from casare_nb.store.schema import SCHEMA_VERSION
 
 
@@ -218,3 +220,87 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_leadership_goes_to_one_holder_and_survives_a_server_restart(tmp_path: Path) -> None:
+    """Of two contenders one is active (epoch 1) and the other waits, told who is active;
+    a server restart loses the lock's connection: check says unreachable while it is down
+    and takes the lock back once it is up (nobody took over); when the holder lets go the
+    other becomes active (epoch 2) knowing the previous one stopped cleanly."""
+    with throwaway_server() as server:
+        url = server.new_database()
+        PgDatabase(url).schema_version()  # migrated: the leaders table exists
+        first, second = PgLeadership(url, poll_s=0.05), PgLeadership(url, poll_s=0.05)
+        assert first.acquire("a", lambda: False, lambda who: None) == 1
+        told: list[str] = []
+        waiting = threading.Event()
+        stop = threading.Event()
+        result: list[object] = []
+
+        def contend() -> None:
+            try:
+                result.append(
+                    second.acquire("b", stop.is_set, lambda who: (told.append(who), waiting.set()))
+                )
+            except QueueError as exc:
+                result.append(exc)
+
+        thread = threading.Thread(target=contend)
+        thread.start()
+        assert waiting.wait(10) and told[0].startswith("node a on ")
+        assert first.check() is None
+        server.stop("immediate")
+        assert (first.check() or "").startswith("unreachable: ")
+        server.start()
+        assert first.check() is None  # taken back: still epoch 1, nobody else took over
+        assert thread.is_alive()
+        first.release()
+        thread.join(10)
+        assert result == [2] and second.previous_stopped()
+        assert (first.check() or "").startswith("node b on ")  # it let go: b is active
+        second.release()
+
+
+def test_a_holder_that_lost_its_lock_to_another_is_told_so(tmp_path: Path) -> None:
+    """When another process took the lock while the holder's connection was gone, check
+    names who took over (the holder must stand down) and the new one knows the previous
+    one did not stop cleanly."""
+    with throwaway_server() as server:
+        url = server.new_database()
+        PgDatabase(url).schema_version()
+        first, second = PgLeadership(url), PgLeadership(url)
+        assert first.acquire("a", lambda: False, lambda who: None) == 1
+        assert first._con is not None
+        with psycopg.connect(url, autocommit=True) as admin:  # the holder's session dies
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
+            )
+        assert second.acquire("b", lambda: False, lambda who: None) == 2
+        assert not second.previous_stopped()
+        reason = first.check() or ""
+        assert reason.startswith("node b on ") and "took over" in reason
+        second.release()
+
+
+@pytest.mark.parametrize("cluster", ["postgres"], indirect=True)
+async def test_an_orchestrator_rides_out_a_server_restart(
+    cluster: Cluster, pg_server: PgServer, tmp_path: Path
+) -> None:
+    """PostgreSQL restarted under a running orchestrator: once it is back the orchestrator
+    stores and runs jobs again by itself, stays the active one (it takes its lock back),
+    and every job and cell is in the database once."""
+    nb = notebook(tmp_path, "quick.ipynb", ["x = 1", "y = x + 1"])
+    await cluster.robot("robot-a")
+    before = await cluster.orch.submit(nb)
+    assert (await cluster.finished(before.job_id)).status is RunStatus.COMPLETED
+    await asyncio.to_thread(pg_server.restart)
+    await cluster.until(lambda: cluster.orch.storage_fault() is None)
+    during = await cluster.orch.submit(nb)
+    assert (await cluster.finished(during.job_id)).status is RunStatus.COMPLETED
+    assert not cluster.orch.role.lost.is_set()
+    assert cluster.orch.role.leadership is not None
+    assert await asyncio.to_thread(cluster.orch.role.leadership.check) is None
+    history = await cluster.history()
+    for job in (before, during):
+        assert sorted(c.cell_id or "" for c in history.list_cells(job.job_id)) == ["c0", "c1"]

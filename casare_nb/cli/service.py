@@ -81,6 +81,11 @@ def setup_logging(level: str) -> None:
     "own database). Checkpoint files stay in the state directory.",
 )
 @click.option(
+    "--node-id",
+    help="This orchestrator among several on one --store (default HOST-PID); its log file is "
+    "STATE_DIR/logs/orchestrator-NODE.log. One is active, the others stand by.",
+)
+@click.option(
     "--workflows",
     "workflows_dir",
     type=click.Path(file_okay=False, exists=True),
@@ -134,7 +139,8 @@ def orchestrator(
 
     state_dir = runtime_file_path(config.state_dir).parent
     try:
-        setup(logging_settings, folder=log_dir(state_dir), file_name="orchestrator.log", audit=True)
+        log_name = f"orchestrator-{config.node_id}.log" if config.node_id else "orchestrator.log"
+        setup(logging_settings, folder=log_dir(state_dir), file_name=log_name, audit=True)
     except OSError as exc:
         fail(f"cannot write the log files in {state_dir / 'logs'}: {exc.strerror or exc}")
     from casare_nb.orchestrator.service import OrchestratorService, run_orchestrator
@@ -159,6 +165,9 @@ def orchestrator(
         click.echo(f"  workflows         {s.workflows_dir}")
         click.echo(f"  state             {s.state_dir}")
         click.echo(f"  store             {s.orchestrator.stores.where}")
+        role = s.orchestrator.role
+        if role.shared:
+            click.echo(f"  node              {role.node_id} (active, epoch {role.epoch})")
         click.echo(f"  runtime file      {s.runtime_file}")
         click.echo(f"  logs              {s.state_dir / 'logs'}")
         click.echo(
@@ -166,6 +175,9 @@ def orchestrator(
             f"casare-nb robot --orchestrator {s.ws_url} --token-file FILE --robot-id robot-1"
         )
 
+    service.on_standby = lambda who: click.echo(
+        f"standby: {who} is active; this orchestrator takes over when it goes"
+    )
     code = asyncio.run(
         run_orchestrator(
             service,

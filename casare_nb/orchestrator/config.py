@@ -238,6 +238,8 @@ class OrchestratorConfig(BaseSettings):
     store: str | None = None
     """Where the records are: a ``postgresql://`` URL, or None/``duckdb`` (the state
     directory's own database)."""
+    node_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    """This orchestrator among those sharing a store (None: HOST-PID); names its log file."""
     workflows_dir: Path = Path(".")
     """Where submitted workflow paths resolve; paths outside are refused."""
     tls_cert: Path | None = None
@@ -293,6 +295,7 @@ class OrchestratorConfig(BaseSettings):
                 "assign_timeout_s",
                 "reconnect_grace_s",
                 "store",
+                "node_id",
             }
         )
 

@@ -39,6 +39,7 @@ from casare_nb.core.tokens import DEFAULT_ROLE, TokenRole, legacy_notice
 from casare_nb.notebook.state import private_dir
 from casare_nb.orchestrator.jobs.durable import DURABLE_TIMEOUT_S
 from casare_nb.orchestrator.jobs.manager import JobManager
+from casare_nb.orchestrator.leader import ActiveRole, default_node_id
 from casare_nb.orchestrator.metrics import OrchestratorMetrics
 from casare_nb.orchestrator.registry import RobotRegistry
 from casare_nb.orchestrator.triggers.hub import Triggers
@@ -76,7 +77,9 @@ class Orchestrator:
     """The orchestrator of one state directory; see the module docstring.
 
     Keeps its state in ``stores`` (default: those ``store`` names, a PostgreSQL URL, else the
-    embedded DuckDB stores of ``state_dir``).
+    embedded DuckDB stores of ``state_dir``). On a store several orchestrators may share,
+    ``start()`` first waits to be the active one (:mod:`.leader`; ``node_id`` names this one)
+    and ``role.lost`` is set if it stops being it.
     ``await start()`` opens them and binds ``host:port`` (127.0.0.1:8765 by default; port 0
     picks a free one); ``await stop()`` closes every connection and releases the storage;
     ``async with`` does both. Pass an ``ssl_context`` to serve ``wss://``.
@@ -104,6 +107,7 @@ class Orchestrator:
         environ: Mapping[str, str] | None = None,
         stores: Stores | None = None,
         store: str | None = None,
+        node_id: str | None = None,
         thresholds: Thresholds | None = None,
     ) -> None:
         if heartbeat_interval_s <= 0:
@@ -118,6 +122,9 @@ class Orchestrator:
         self.thresholds = thresholds or Thresholds()
         self.started_at = clock()
         self.stores = stores or open_stores(store, self.state_dir)
+        self.role = ActiveRole(
+            self.stores.leadership, node_id or default_node_id(), str(self.stores.where)
+        )
         self.registry = RobotRegistry()
         self.metrics = OrchestratorMetrics(clock)
         self._clock = clock
@@ -188,6 +195,7 @@ class Orchestrator:
         # the state directory holds checkpoint files whatever keeps the records
         await asyncio.to_thread(private_dir, self.state_dir)
         await asyncio.to_thread(self.stores.open)  # fail now on a locked or unwritable file
+        await self.role.become()  # a standby of a shared database waits here
         for row in await asyncio.to_thread(self.stores.tokens.list_tokens):
             if row.get("role") is None and row["revoked_at"] is None:  # from before roles
                 logger.warning("%s", legacy_notice(row["name"]))
@@ -199,6 +207,7 @@ class Orchestrator:
         if held is not None:
             logger.warning("maintenance is on since %s: schedules and triggers held", held)
         await self.triggers.start(held_since=held)
+        self.role.watch()
         logger.info("orchestrator listening on %s", self.url)
         return port
 
@@ -212,6 +221,7 @@ class Orchestrator:
         await self.job_manager.stop()
         self.websocket.cancel_tasks()
         await asyncio.to_thread(self.stores.close)
+        await self.role.release()  # after the last write: a standby takes over from here
         self._notify()
         if self._started:  # a start that failed said why; "stopped" would be noise
             logger.info("orchestrator on %s stopped", self.url)

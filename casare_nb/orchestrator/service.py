@@ -38,7 +38,7 @@ from casare_nb.api import (
     read_runtime_file,
     runtime_file_path,
 )
-from casare_nb.core.errors import CasareError
+from casare_nb.core.errors import CasareError, QueueError
 from casare_nb.core.thresholds import Thresholds
 from casare_nb.core.tokens import TokenRole
 from casare_nb.notebook.state import private_dir
@@ -135,6 +135,8 @@ class OrchestratorService:
         self._options = orchestrator_options
         self._orchestrator: Orchestrator | None = None
         self._http: HttpServer | None = None
+        self.on_standby: Callable[[str], None] | None = None
+        """Told who is active when this orchestrator has to stand by (a shared store)."""
         self.admin_token: str | None = None
         self.admin_token_name: str | None = None
 
@@ -164,8 +166,27 @@ class OrchestratorService:
             raise RuntimeError("the service is already started")
         if not self.workflows_dir.is_dir():
             raise ServiceError(f"workflows directory {self.workflows_dir} does not exist")
+        orch = Orchestrator(
+            self.state_dir,
+            host=self.host,
+            port=self.port,
+            ssl_context=self._ssl_context(),
+            workflows_dir=self.workflows_dir,
+            thresholds=self.thresholds,
+            **self._options,
+        )
+        self._orchestrator = orch
+        if orch.role.shared:  # a standby waits here, serving nothing, until it is active
+            try:
+                await asyncio.to_thread(orch.stores.open)
+                await orch.role.become(self.on_standby)
+            except BaseException:
+                await self.stop()
+                raise
         running = read_runtime_file(self.runtime_file)
         if running is not None and running.pid != os.getpid() and _answers(running):
+            self._orchestrator = None
+            await orch.stop()
             raise ServiceError(
                 f"an orchestrator already runs on {self.state_dir} (pid {running.pid}, "
                 f"{running.http_url}); stop it or use another --state-dir"
@@ -173,18 +194,9 @@ class OrchestratorService:
         try:
             private_dir(self.state_dir)
         except OSError as exc:
+            self._orchestrator = None
+            await orch.stop()
             raise ServiceError(f"cannot create state directory {self.state_dir}: {exc}") from None
-        ssl_context = self._ssl_context()
-        orch = Orchestrator(
-            self.state_dir,
-            host=self.host,
-            port=self.port,
-            ssl_context=ssl_context,
-            workflows_dir=self.workflows_dir,
-            thresholds=self.thresholds,
-            **self._options,
-        )
-        self._orchestrator = orch
         try:
             try:
                 await orch.start()
@@ -254,6 +266,11 @@ class OrchestratorService:
             with contextlib.suppress(OSError):
                 self.runtime_file.unlink()
 
+    def give_up(self) -> None:
+        """Stop standing by: :meth:`start` then raises (any thread)."""
+        if self._orchestrator is not None:
+            self._orchestrator.role.give_up()
+
     async def drain(self, timeout_s: float = 60.0) -> DrainResult:
         """No new jobs; wait up to ``timeout_s`` for running ones; shut the robots down."""
         report = await self.orchestrator.drain(timeout_s, final=True)
@@ -294,8 +311,9 @@ async def run_orchestrator(
     """Run ``service`` until SIGTERM/SIGINT; then drain (up to ``drain_timeout_s``) and stop.
 
     A second signal while draining stops at once. ``on_ready`` is called once both servers
-    listen and the runtime file is written; ``say`` gets one line per shutdown step.
-    Answers the exit code (0).
+    listen and the runtime file is written; ``say`` gets one line per shutdown step. A signal
+    while standing by (a shared store, another orchestrator active) stops the wait. Answers
+    the exit code: 0, or 1 when the orchestrator stood down (another took over its store).
     """
     tell = say or (lambda line: logger.info("%s", line))
     loop = asyncio.get_running_loop()
@@ -303,34 +321,64 @@ async def run_orchestrator(
     handled = (signal.SIGTERM, signal.SIGINT)
     for sig in handled:
         loop.add_signal_handler(sig, signals.put_nowait, int(sig))
+    code = 0
     try:
-        await service.start()
+        starting = asyncio.create_task(service.start())
+        signalled = asyncio.create_task(signals.get())
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # a signal while standing by
+            tell("signal while standing by: stopping")
+            service.give_up()
+            with contextlib.suppress(CasareError, QueueError):
+                await starting
+            tell("orchestrator stopped")
+            return 0
+        signalled.cancel()
+        starting.result()
         if on_ready is not None:
             on_ready(service)
-        first = await signals.get()
-        tell(
-            f"{signal.Signals(first).name}: draining for up to {drain_timeout_s:g} s "
-            "(again to stop at once)"
-        )
-        drain = asyncio.create_task(service.drain(drain_timeout_s))
-        second = asyncio.create_task(signals.get())
-        await asyncio.wait({drain, second}, return_when=asyncio.FIRST_COMPLETED)
-        second.cancel()
-        if drain.done():
-            report = drain.result()
-            tell(
-                f"drained: {len(report.finished_jobs)} jobs finished, "
-                f"{len(report.unfinished_jobs)} unfinished, "
-                f"{len(report.robots_shut_down)} robots shut down"
-            )
+        lost = asyncio.create_task(service.orchestrator.role.lost.wait())
+        first_signal = asyncio.create_task(signals.get())
+        await asyncio.wait({lost, first_signal}, return_when=asyncio.FIRST_COMPLETED)
+        if not first_signal.done():
+            first_signal.cancel()
+            tell(f"standing down: {service.orchestrator.role.lost_reason}")
+            code = 1
         else:
-            drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await drain
-            tell("second signal: stopping now")
+            lost.cancel()
+            await _drain(service, first_signal.result(), drain_timeout_s, signals, tell)
     finally:
         await service.stop()
         for sig in handled:
             loop.remove_signal_handler(sig)
     tell("orchestrator stopped")
-    return 0
+    return code
+
+
+async def _drain(
+    service: OrchestratorService,
+    first: int,
+    timeout_s: float,
+    signals: asyncio.Queue[int],
+    tell: Callable[[str], None],
+) -> None:
+    """Drain for up to ``timeout_s`` after the signal ``first``; a second signal cuts it."""
+    tell(
+        f"{signal.Signals(first).name}: draining for up to {timeout_s:g} s (again to stop at once)"
+    )
+    drain = asyncio.create_task(service.drain(timeout_s))
+    second = asyncio.create_task(signals.get())
+    await asyncio.wait({drain, second}, return_when=asyncio.FIRST_COMPLETED)
+    second.cancel()
+    if drain.done():
+        report = drain.result()
+        tell(
+            f"drained: {len(report.finished_jobs)} jobs finished, "
+            f"{len(report.unfinished_jobs)} unfinished, "
+            f"{len(report.robots_shut_down)} robots shut down"
+        )
+    else:
+        drain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drain
+        tell("second signal: stopping now")

@@ -207,14 +207,19 @@ class ConnectionSection(BaseModel):
     @field_validator("orchestrator_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        value = value.strip()
-        parts = urlsplit(value)
-        if parts.scheme.lower() not in ("ws", "wss"):
-            got = f"{parts.scheme}://" if parts.scheme else "no scheme"
-            raise ValueError(f"must be a ws:// or wss:// URL (got {got})")
-        if not parts.netloc:
-            raise ValueError("must name a host, e.g. ws://127.0.0.1:8765")
-        return value
+        urls = [url.strip() for url in value.split(",")]
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme.lower() not in ("ws", "wss"):
+                got = f"{parts.scheme}://" if parts.scheme else "no scheme"
+                raise ValueError(f"must be ws:// or wss:// URLs, comma-separated (got {got})")
+            if not parts.netloc:
+                raise ValueError("must name a host, e.g. ws://127.0.0.1:8765")
+        return ",".join(urls)
+
+    def orchestrator_urls(self) -> list[str]:
+        """The orchestrators to try, in order (several share one store: one is active)."""
+        return self.orchestrator_url.split(",")
 
     @field_validator("token", mode="before")
     @classmethod
@@ -526,7 +531,7 @@ class RobotConfig(BaseSettings):
         ``connection.ca_file`` when given, else the system's trusted CAs (None: websockets'
         default); None for ``ws://``. ConfigError (one line) if the CA file cannot be used."""
         connection = self.connection
-        if urlsplit(connection.orchestrator_url).scheme.lower() != "wss":
+        if all(urlsplit(u).scheme.lower() != "wss" for u in connection.orchestrator_urls()):
             return None
         if connection.ca_file is None:
             return None

@@ -39,6 +39,7 @@ __all__ = [
     "Fire",
     "HistoryWriter",
     "JobStore",
+    "Leadership",
     "OutputStore",
     "Pruned",
     "RunHistory",
@@ -437,6 +438,36 @@ class Upkeep(Protocol):
         ...
 
 
+class Leadership(Protocol):
+    """Which one of the orchestrators sharing a database is active (dispatches, fires
+    schedules, watches files): the holder of a lock the database keeps for as long as its
+    holder's connection lives. The embedded default needs none (one process holds the
+    file)."""
+
+    def acquire(
+        self, node_id: str, stop: Callable[[], bool], waiting: Callable[[str], None]
+    ) -> int:
+        """Block until this process is the active one (its epoch: 1 for the first, one more
+        at each change of hands) or ``stop()`` says to give up (QueueError). ``waiting(who)``
+        is told once, with who is active, if it has to wait."""
+        ...
+
+    def check(self) -> str | None:
+        """Why this process may no longer be the active one (its lock's connection is lost
+        and another took over, or it cannot tell yet), else None; blocks briefly. A lock lost
+        with its connection is taken again at once if nobody took over meanwhile."""
+        ...
+
+    def previous_stopped(self) -> bool:
+        """Whether the active one before this one let go cleanly (False: it died, and its
+        robots may come back here holding attempts)."""
+        ...
+
+    def release(self) -> None:
+        """Let go (recorded as a clean stop); idempotent."""
+        ...
+
+
 @dataclass
 class Stores:
     """Everything an orchestrator keeps, opened together (``where`` says where, for the
@@ -452,6 +483,8 @@ class Stores:
     where: Path | str
     opener: Callable[[], None] = field(repr=False)
     closer: Callable[[], None] = field(repr=False)
+    leadership: Leadership | None = field(default=None, repr=False)
+    """Who of several orchestrators sharing the records is active (None: only one can)."""
 
     def open(self) -> None:
         """Reach the storage now (blocking): fail at once on a locked or unwritable file

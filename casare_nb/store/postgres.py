@@ -28,8 +28,10 @@ import functools
 import logging
 import os
 import re
+import socket
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -53,7 +55,7 @@ from casare_nb.store.tokens import SqlTokenStore
 from casare_nb.store.triggers import SqlTriggerStore
 from casare_nb.store.upkeep import SqlUpkeep
 
-__all__ = ["PgDatabase", "PgUpkeep", "open_postgres", "redacted"]
+__all__ = ["PgDatabase", "PgLeadership", "PgUpkeep", "open_postgres", "redacted"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,12 @@ CONNECT_TIMEOUT_S: Final[float] = 5.0
 """How long a start waits for the server before it says it cannot reach it."""
 POOL_SIZE: Final[int] = 8
 _MIGRATION_LOCK: Final[int] = 0x6361_7361_7265  # pg_advisory_xact_lock key: "casare"
+_LEADER_LOCK: Final[int] = 0x6361_7361_7266  # pg_advisory_lock key of the active orchestrator
+LEADER_POLL_S: Final[float] = 0.25
+"""How often a standby orchestrator asks for the lock (its takeover latency)."""
+OUTAGE_GRACE_S: Final[float] = 2.0
+"""How long a standby leaves the lock to the active orchestrator after the server was out of
+its reach (a server restart drops every connection: the active one takes its lock back)."""
 _TOKEN = re.compile(r"'(?:[^']|'')*'|\?|\$([A-Za-z_][A-Za-z0-9_]*)|%")
 
 
@@ -183,6 +191,9 @@ class PgDatabase:
                 timeout=self.connect_timeout,
                 name=self.label,
                 open=False,
+                # a connection the server dropped (a restart) is replaced when lent, not
+                # found broken by the statement: one empty round trip
+                check=psycopg_pool.ConnectionPool.check_connection,
             )
             try:
                 pool.open(wait=True, timeout=self.connect_timeout)
@@ -314,6 +325,158 @@ class PgDatabase:
             pool.close()
 
 
+class PgLeadership:
+    """The active orchestrator of the database (a
+    :class:`~casare_nb.store.interfaces.Leadership`): the holder of a session advisory lock,
+    on a connection of its own (not pooled: the lock lives as long as that connection). Each
+    change of hands is a row of ``leaders`` (its epoch), written under the lock."""
+
+    def __init__(self, url: str, *, poll_s: float = LEADER_POLL_S) -> None:
+        self.url = url
+        self.where = redacted(url)
+        self.poll_s = poll_s
+        self.epoch: int | None = None
+        self._con: psycopg.Connection[Any] | None = None
+        self._previous_stopped = True
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"PgLeadership({self.where!r}, epoch={self.epoch})"
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=round(CONNECT_TIMEOUT_S))
+
+    def _try(self, con: psycopg.Connection[Any]) -> bool:
+        row = con.execute("SELECT pg_try_advisory_lock(%s)", [_LEADER_LOCK]).fetchone()
+        return bool(row and row[0])
+
+    def _holder(self, con: psycopg.Connection[Any]) -> str:
+        row = con.execute(
+            "SELECT node_id, host, pid, started_at FROM leaders "
+            "WHERE stopped_at IS NULL ORDER BY epoch DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return "another orchestrator"
+        node, host, pid, since = row
+        return f"node {node} on {host} (pid {pid}, active since {since:%Y-%m-%d %H:%M:%S} UTC)"
+
+    def acquire(
+        self, node_id: str, stop: Callable[[], bool], waiting: Callable[[str], None]
+    ) -> int:
+        """See :meth:`~casare_nb.store.interfaces.Leadership.acquire`. A server that cannot be
+        reached at the first try is a QueueError; later (a standby waiting through a server
+        restart) it is waited for."""
+        told = reached = out = False
+        hold_until = 0.0
+        while True:
+            if stop():
+                raise QueueError(f"gave up waiting to be the active orchestrator of {self.where}")
+            try:
+                con = self._connect()
+            except psycopg.Error as exc:
+                if not reached:
+                    raise QueueError(
+                        f"cannot reach PostgreSQL at {self.where}: {one_line(exc)}"
+                    ) from exc
+                if not out:
+                    log.warning("%s: cannot reach it (waiting): %s", self.where, one_line(exc))
+                out = True
+            else:
+                reached = True
+                if out:  # the server is back: its active orchestrator retakes the lock first
+                    hold_until, out = time.monotonic() + OUTAGE_GRACE_S, False
+                try:
+                    if time.monotonic() >= hold_until and self._try(con):
+                        epoch = self._take(con, node_id)
+                        with self._lock:
+                            self._con, self.epoch = con, epoch
+                        return epoch
+                    if not told:
+                        waiting(self._holder(con))
+                        told = True
+                except psycopg.Error as exc:
+                    log.warning("%s: %s (waiting)", self.where, one_line(exc))
+                con.close()
+            deadline = time.monotonic() + self.poll_s
+            while time.monotonic() < deadline and not stop():
+                time.sleep(min(0.05, self.poll_s))
+
+    def _take(self, con: psycopg.Connection[Any], node_id: str) -> int:
+        """Record this process as the active one (under the lock); its epoch."""
+        with con.transaction():
+            last = con.execute(
+                "SELECT epoch, stopped_at FROM leaders ORDER BY epoch DESC LIMIT 1"
+            ).fetchone()
+            self._previous_stopped = last is None or last[1] is not None
+            epoch = 1 if last is None else int(last[0]) + 1
+            con.execute(
+                "INSERT INTO leaders (epoch, node_id, host, pid, started_at) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                [epoch, node_id, socket.gethostname(), os.getpid(), _utc_now()],
+            )
+        return epoch
+
+    def check(self) -> str | None:
+        """None while this process holds the lock; ``"unreachable: ..."`` while the server
+        cannot be reached (nobody can take over through it meanwhile; the lock is taken
+        again once it answers); any other text: another orchestrator took over."""
+        with self._lock:
+            con, epoch = self._con, self.epoch
+        if epoch is None:
+            return "not the active orchestrator"
+        if con is not None:
+            try:
+                con.execute("SELECT 1")
+                return None
+            except psycopg.Error as exc:
+                log.warning("%s: lost the leader's connection (%s)", self.where, one_line(exc))
+                with contextlib.suppress(psycopg.Error):
+                    con.close()
+                with self._lock:
+                    self._con = None
+        again: psycopg.Connection[Any] | None
+        try:  # the lock went with the connection: take it again unless another did
+            again = self._connect()
+        except psycopg.Error as exc:
+            return f"unreachable: {one_line(exc)}"
+        try:
+            assert again is not None
+            if self._try(again):
+                row = again.execute("SELECT max(epoch) FROM leaders").fetchone()
+                newest = None if row is None else row[0]
+                if newest == epoch:
+                    with self._lock:
+                        self._con, again = again, None
+                    log.warning("%s: reconnected, still the active orchestrator", self.where)
+                    return None
+                return f"another orchestrator took over {self.where} (epoch {newest})"
+            return f"{self._holder(again)} took over {self.where}"
+        except psycopg.Error as exc:
+            return f"unreachable: {one_line(exc)}"
+        finally:
+            if again is not None:
+                again.close()
+
+    def previous_stopped(self) -> bool:
+        return self._previous_stopped
+
+    def release(self) -> None:
+        with self._lock:
+            con, epoch, self._con = self._con, self.epoch, None
+        if con is None:
+            return
+        try:
+            con.execute("UPDATE leaders SET stopped_at = %s WHERE epoch = %s", [_utc_now(), epoch])
+        except psycopg.Error as exc:
+            log.warning("%s: cannot record the clean stop: %s", self.where, one_line(exc))
+        finally:
+            con.close()  # the lock goes with the connection
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
 class PgUpkeep(SqlUpkeep):
     """Retention as the embedded default's; the export is every table as CSV (``COPY``)
     from one snapshot (a repeatable-read transaction)."""
@@ -389,4 +552,5 @@ def open_postgres(
         where=db.where,
         opener=open_,
         closer=close,
+        leadership=PgLeadership(url),
     )

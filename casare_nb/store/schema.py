@@ -192,6 +192,21 @@ MIGRATIONS: list[tuple[int, str]] = [
         "ALTER TABLE tokens ADD COLUMN role VARCHAR;"
         "ALTER TABLE jobs ADD COLUMN submitted_by VARCHAR;",
     ),
+    (
+        9,
+        # The active orchestrator of a shared database, one row per change of hands
+        # (casare_nb.store.postgres.PgLeadership); stopped_at NULL: it is active, or died.
+        """
+        CREATE TABLE leaders (
+            epoch INTEGER NOT NULL PRIMARY KEY,
+            node_id VARCHAR NOT NULL,
+            host VARCHAR NOT NULL,
+            pid INTEGER NOT NULL,
+            started_at TIMESTAMP NOT NULL,
+            stopped_at TIMESTAMP
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]
