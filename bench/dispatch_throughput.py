@@ -42,7 +42,6 @@ from bench import common
 from bench import notebooks as nbs
 from bench.cluster import JobWatch, RobotProcess, robot_tokens
 from casare_nb.core.models import Job, RunStatus
-from casare_nb.notebook.state import StateDir
 from casare_nb.orchestrator.orchestrator import Orchestrator
 from casare_nb.store.history import HistoryStore
 
@@ -90,16 +89,24 @@ def _window_rates(times: list[float], windows: int = 10) -> list[float]:
 
 async def _history_runs(orch: Orchestrator) -> dict[str, int]:
     await asyncio.to_thread(orch.job_manager.flush_history, 60)
-    history = HistoryStore(StateDir(orch.state_dir).history_path)
+    history = orch.stores.history
+    assert isinstance(history, HistoryStore)
     rows = history.db.query("SELECT status, count(*) FROM runs GROUP BY status")
     return {str(status): int(n) for status, n in rows}
 
 
 async def _measure(
-    work: Path, total: int, submits: int, budget_s: float, profile: cProfile.Profile | None
+    work: Path,
+    total: int,
+    submits: int,
+    budget_s: float,
+    profile: cProfile.Profile | None,
+    store: str | None = None,
 ) -> dict[str, Any]:
+    """One drain (see the module docstring); ``store``: the orchestrator's (None: its state
+    directory's DuckDB file)."""
     path = nbs.write_notebook(work / "noop.ipynb", ["x = 1"])
-    orch = Orchestrator(work / "state", port=0)
+    orch = Orchestrator(work / "state", port=0, store=store)
     watch = JobWatch(orch)
     robots: RobotProcess | None = None
     try:

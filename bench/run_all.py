@@ -48,6 +48,7 @@ MODULES = [
     "cli_startup",
     "orchestrator_load",
     "backup_cleanup",
+    "scale_out",
 ]
 DOC = ROOT / "docs" / "benchmarks.md"
 OUT = ROOT / "bench" / "out"
