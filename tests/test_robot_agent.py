@@ -355,6 +355,25 @@ async def test_retries_with_growing_delays_until_the_server_starts(
     assert agent.backoff.attempts == 0  # reset by the registration
 
 
+async def test_of_several_orchestrators_the_next_is_tried_at_once_and_backoff_once_all_failed(
+    tmp_path: Path, orch: FakeOrchestrator
+) -> None:
+    """Given a dead address then a live one, the robot registers with the live one without a
+    backoff wait; when that one drops the link it tries the dead one at once, and waits a
+    backoff only once every address failed in a row."""
+    dead = f"ws://127.0.0.1:{free_port()}"
+    sleep = FakeSleep()
+    agent = make_agent(make_config(tmp_path, f"{dead}, {orch.url}"), sleep)
+    async with running(agent):
+        await asyncio.wait_for(agent.connected.wait(), WAIT_S)
+        assert agent.url == orch.url and sleep.backoff == []
+        await orch.drop()
+        await orch.until(lambda: len(orch.of(Register)) == 2)
+        assert agent.url == orch.url
+    assert sleep.backoff == [0.5]  # after the drop: the dead one at once, then one wait
+    assert agent.config.connection.orchestrator_urls() == [dead, orch.url]
+
+
 async def test_status_request_gets_status_response(tmp_path: Path, orch: FakeOrchestrator) -> None:
     """status_request is answered with the robot's state, reply_to naming the request."""
     agent = make_agent(make_config(tmp_path, orch.url), FakeSleep())

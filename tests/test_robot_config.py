@@ -265,3 +265,16 @@ def test_docs_example_file_loads() -> None:
     assert cfg.notices == []
     overridden = load(EXAMPLE_FILE, overrides={"robot_id": "robot-doc"})
     assert overridden.robot.robot_id == "robot-doc"
+
+
+def test_several_orchestrator_urls_are_each_checked(tmp_path: Path) -> None:
+    """A comma-separated list of ws:// URLs is kept in order, spaces dropped; one that is not
+    a ws:// URL is one line naming the key."""
+    cfg = load_config(
+        None, env={}, overrides={"orchestrator_url": "ws://a:8765, wss://b:9765", "robot_id": "r"}
+    )
+    assert cfg.connection.orchestrator_urls() == ["ws://a:8765", "wss://b:9765"]
+    with pytest.raises(ConfigError, match=r"orchestrator_url.*ws:// or wss:// URLs.*http://"):
+        load_config(
+            None, env={}, overrides={"orchestrator_url": "ws://a:1,http://b:2", "robot_id": "r"}
+        )

@@ -22,7 +22,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
@@ -35,6 +34,7 @@ from casare_nb.store import schema
 from casare_nb.store.sql import (
     DUCKDB,
     HistoryError,
+    apply_migrations,
     bulk_upsert,
     columns,
     from_db_time,
@@ -204,44 +204,11 @@ class Database:
                 _MIGRATED.add(key)
 
     def _apply_migrations(self, con: Connection) -> None:
-        migrations = list(schema.MIGRATIONS)  # read at call time so tests can extend it
-        versions = [version for version, _ in migrations]
-        if versions != sorted(set(versions)):
-            raise HistoryError("MIGRATIONS must have strictly increasing versions")
-        known = versions[-1] if versions else 0
-        try:
-            with transaction(con):
-                con.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations "
-                    "(version INTEGER PRIMARY KEY, applied_at TIMESTAMP)"
-                )
-                rows = con.execute("SELECT version FROM schema_migrations").fetchall()
-                applied = {int(row[0]) for row in rows}
-                newest = max(applied, default=0)
-                if newest > known:
-                    raise HistoryError(
-                        f"history database {self.path} has schema version {newest}, "
-                        f"newer than this casare_nb ({known})"
-                    )
-                for version, script in migrations:
-                    if version in applied:
-                        continue
-                    try:
-                        con.execute(script)
-                    except duckdb.Error as exc:
-                        raise HistoryError(
-                            f"history database {self.path}: migration to schema version "
-                            f"{version} failed: {one_line(exc)}"
-                        ) from exc
-                    con.execute(
-                        "INSERT INTO schema_migrations VALUES (?, ?)",
-                        [version, to_db_time(datetime.now(UTC))],
-                    )
-                    log.debug("history %s: applied schema migration %d", self.path, version)
-        except duckdb.Error as exc:
-            raise HistoryError(
-                f"history database {self.path}: cannot apply migrations: {one_line(exc)}"
-            ) from exc
+        where = f"history database {self.path}"
+        for version in apply_migrations(
+            con, list(schema.MIGRATIONS), where, engine_error=duckdb.Error
+        ):  # read at call time so tests can extend MIGRATIONS
+            log.debug("%s: applied schema migration %d", where, version)
 
     def schema_version(self) -> int:
         """Highest migration applied to the file (creating and migrating it if needed)."""

@@ -7,20 +7,23 @@ behind one shared connection, and checkpoint files beside it (``blobs/``, ``runs
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Final
 
 from casare_nb.notebook.state import StateDir
 from casare_nb.store.checkpoints import FileCheckpointStore
 from casare_nb.store.database import Database
 from casare_nb.store.history import HistoryStore
-from casare_nb.store.interfaces import Stores
+from casare_nb.store.interfaces import Leadership, Stores, Upkeep
 from casare_nb.store.jobs import COMMIT_INTERVAL_S, SqlJobStore
 from casare_nb.store.outputs import SqlOutputStore
+from casare_nb.store.sql import SqlDatabase
 from casare_nb.store.tokens import SqlTokenStore
 from casare_nb.store.triggers import SqlTriggerStore
 from casare_nb.store.upkeep import DuckDBUpkeep
 
-__all__ = ["open_embedded"]
+__all__ = ["open_embedded", "sql_stores"]
 
 
 ORCHESTRATOR_LOCK_WAIT_S: Final = 2.0
@@ -34,6 +37,27 @@ def open_embedded(
     state = StateDir(state_dir)
     # a lock held by another process is another orchestrator or a local run: said at once
     db = Database(state.history_path, lock_timeout=ORCHESTRATOR_LOCK_WAIT_S)
+    return sql_stores(
+        db,
+        state,
+        upkeep=lambda jobs: DuckDBUpkeep(db, jobs),
+        where=state.history_path,
+        commit_interval_s=commit_interval_s,
+    )
+
+
+def sql_stores(
+    db: SqlDatabase,
+    state: StateDir,
+    *,
+    upkeep: Callable[[SqlJobStore], Upkeep],
+    where: Path | str,
+    commit_interval_s: float = COMMIT_INTERVAL_S,
+    leadership: Leadership | None = None,
+) -> Stores:
+    """The SQL stores on ``db`` with checkpoint files in ``state`` (each backend gives its
+    upkeep, where it is, and who is active among several orchestrators if several may
+    share it); closing them closes ``db``."""
     jobs = SqlJobStore(db, commit_interval_s=commit_interval_s)
 
     def open_() -> None:
@@ -51,8 +75,9 @@ def open_embedded(
         triggers=SqlTriggerStore(db),
         outputs=SqlOutputStore(db),
         checkpoints=FileCheckpointStore(state.root),
-        upkeep=DuckDBUpkeep(db, jobs),
-        where=state.history_path,
+        upkeep=upkeep(jobs),
+        where=where,
         opener=open_,
         closer=close,
+        leadership=leadership,
     )

@@ -45,14 +45,15 @@ import psycopg_pool
 from casare_nb.core.errors import QueueError, StateError, one_line
 from casare_nb.notebook.state import StateDir
 from casare_nb.store import schema
-from casare_nb.store.checkpoints import FileCheckpointStore
-from casare_nb.store.history import HistoryStore
+from casare_nb.store.embedded import sql_stores
 from casare_nb.store.interfaces import JobStore, Stores
-from casare_nb.store.jobs import COMMIT_INTERVAL_S, SqlJobStore
-from casare_nb.store.outputs import SqlOutputStore
-from casare_nb.store.sql import POSTGRES, HistoryError, to_db_time, transaction
-from casare_nb.store.tokens import SqlTokenStore
-from casare_nb.store.triggers import SqlTriggerStore
+from casare_nb.store.jobs import COMMIT_INTERVAL_S
+from casare_nb.store.sql import (
+    POSTGRES,
+    HistoryError,
+    apply_migrations,
+    transaction,
+)
 from casare_nb.store.upkeep import SqlUpkeep
 
 __all__ = ["PgDatabase", "PgLeadership", "PgUpkeep", "open_postgres", "redacted"]
@@ -217,36 +218,17 @@ class PgDatabase:
             raise error(f"database {self.where}: {one_line(exc)}") from exc
 
     def _migrate(self, con: PgConnection) -> None:
-        migrations = list(schema.MIGRATIONS)
-        known = migrations[-1][0] if migrations else 0
-        try:
-            with transaction(con):
-                con.execute("SELECT pg_advisory_xact_lock(?)", [_MIGRATION_LOCK])
-                con.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations "
-                    "(version INTEGER PRIMARY KEY, applied_at TIMESTAMP)"
-                )
-                rows = con.execute("SELECT version FROM schema_migrations").fetchall()
-                applied = {int(row[0]) for row in rows}
-                newest = max(applied, default=0)
-                if newest > known:
-                    raise QueueError(
-                        f"database {self.where} has schema version {newest}, newer than this "
-                        f"casare_nb ({known})"
-                    )
-                for version, script in migrations:
-                    if version in applied:
-                        continue
-                    con.raw.execute(script.encode())  # several statements, no parameters
-                    con.execute(
-                        "INSERT INTO schema_migrations VALUES (?, ?)",
-                        [version, to_db_time(datetime.now(UTC))],
-                    )
-                    log.info("%s: applied schema migration %d", self.where, version)
-        except psycopg.Error as exc:
-            raise QueueError(
-                f"database {self.where}: cannot apply migrations: {one_line(exc)}"
-            ) from exc
+        """The embedded file's migrations (their SQL is portable), one orchestrator at a
+        time: under a transaction-level advisory lock."""
+        for version in apply_migrations(
+            con,
+            list(schema.MIGRATIONS),
+            f"database {self.where}",
+            engine_error=psycopg.Error,
+            run_script=lambda script: con.raw.execute(script.encode()),  # several statements
+            first=f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})",
+        ):
+            log.info("%s: applied schema migration %d", self.where, version)
 
     # -- SqlDatabase ---------------------------------------------------------------------
 
@@ -529,28 +511,12 @@ def open_postgres(
 ) -> Stores:
     """The stores of the database ``url``, checkpoint files in ``state_dir`` (the directory
     every orchestrator of the database mounts); nothing is connected until first used."""
-    state = StateDir(state_dir)
     db = PgDatabase(url, pool_size=pool_size)
-    jobs = SqlJobStore(db, commit_interval_s=commit_interval_s)
-
-    def open_() -> None:
-        with jobs.connection():
-            pass
-
-    def close() -> None:
-        jobs.close()
-        db.close()
-
-    return Stores(
-        jobs=jobs,
-        history=HistoryStore(db),
-        tokens=SqlTokenStore(db),
-        triggers=SqlTriggerStore(db),
-        outputs=SqlOutputStore(db),
-        checkpoints=FileCheckpointStore(state.root),
-        upkeep=PgUpkeep(db, jobs),
+    return sql_stores(
+        db,
+        StateDir(state_dir),
+        upkeep=lambda jobs: PgUpkeep(db, jobs),
         where=db.where,
-        opener=open_,
-        closer=close,
+        commit_interval_s=commit_interval_s,
         leadership=PgLeadership(url),
     )

@@ -20,14 +20,14 @@ parameter per column zipped by ``unnest`` (:func:`columns`): far faster than ``e
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, overload
 
 import pydantic_core
 
-from casare_nb.core.errors import StateError
+from casare_nb.core.errors import StateError, one_line
 from casare_nb.core.text import storable, unicode_problem
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "HistoryError",
     "Result",
     "SqlDatabase",
+    "apply_migrations",
     "bulk_upsert",
     "columns",
     "from_db_time",
@@ -200,6 +201,61 @@ def bulk_upsert(
         f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {changed}"
     )
     con.execute(sql, columns(rows))
+
+
+def apply_migrations(
+    con: Connection,
+    migrations: Sequence[tuple[int, str]],
+    where: str,
+    *,
+    engine_error: type[Exception],
+    run_script: Callable[[str], object] | None = None,
+    first: str | None = None,
+) -> list[int]:
+    """Apply the ``migrations`` (ordered ``(version, script)``) that ``schema_migrations``
+    does not list, each with its row, all in one transaction (``first``: a statement run at
+    its start, e.g. a lock); the versions applied. ``run_script`` runs a script of several
+    statements (default: ``con.execute``). A database of a newer version, a script that
+    fails or any ``engine_error``: HistoryError naming ``where`` (e.g. ``history database
+    PATH``)."""
+    versions = [version for version, _ in migrations]
+    if versions != sorted(set(versions)):
+        raise HistoryError("MIGRATIONS must have strictly increasing versions")
+    known = versions[-1] if versions else 0
+    run = run_script or con.execute
+    done: list[int] = []
+    try:
+        with transaction(con):
+            if first is not None:
+                con.execute(first)
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at TIMESTAMP)"
+            )
+            rows = con.execute("SELECT version FROM schema_migrations").fetchall()
+            applied = {int(row[0]) for row in rows}
+            newest = max(applied, default=0)
+            if newest > known:
+                raise HistoryError(
+                    f"{where} has schema version {newest}, newer than this casare_nb ({known})"
+                )
+            for version, script in migrations:
+                if version in applied:
+                    continue
+                try:
+                    run(script)
+                except engine_error as exc:
+                    raise HistoryError(
+                        f"{where}: migration to schema version {version} failed: {one_line(exc)}"
+                    ) from exc
+                con.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?)",
+                    [version, to_db_time(datetime.now(UTC))],
+                )
+                done.append(version)
+    except engine_error as exc:
+        raise HistoryError(f"{where}: cannot apply migrations: {one_line(exc)}") from exc
+    return done
 
 
 @contextlib.contextmanager
