@@ -111,15 +111,25 @@ class Failover:
     """SIGKILL of the active one -> the standby wrote its runtime file (it serves)."""
     back_s: float
     """SIGKILL -> every robot registered with the standby."""
+    robots_alive: bool
+    """Every robot process still ran once the jobs were done."""
 
 
 def kill_the_active_one(
-    base: Path, store: str, *, jobs: int, robots: int, slots: int, running: int
+    base: Path,
+    store: str,
+    *,
+    jobs: int,
+    robots: int,
+    slots: int,
+    running: int,
+    handover: bool = False,
 ) -> Failover:
     """Orchestrators a (active) and b (standing by) on ``store``; ``robots`` robot processes
-    of ``slots`` given both addresses; ``jobs`` jobs of 4 cells of 0.3 s; SIGKILL of a once
-    ``running`` of them run; then b serves, the robots come back to it, every job is waited
-    for, and b stops cleanly (what it staged is written). Every process is killed after."""
+    of ``slots`` given both addresses; ``jobs`` jobs of 4 cells of 0.3 s; SIGKILL of a (or
+    SIGTERM: ``handover``, a then exits 0 saying so) once ``running`` of them run; then b
+    serves, the robots come back to it, every job is waited for, and b stops cleanly (what
+    it staged is written). Every process is killed after."""
     (base / "workflows").mkdir(parents=True, exist_ok=True)
     write_notebook(
         base / "workflows" / "steps.ipynb",
@@ -142,23 +152,29 @@ def kill_the_active_one(
                     job = getattr(event.data, "job", None)
                     if event.kind is EventKind.JOB_STARTED and job is not None:
                         started.add(job.job_id)
-        a.kill()
+        if handover:
+            a.popen.terminate()
+        else:
+            a.kill()
         killed = time.monotonic()
         b.expect("runtime file", timeout=WAIT_S)
         serving_s = time.monotonic() - killed
+        if handover and (a.wait(WAIT_S) != 0 or not any("handing over" in x for x in a.out)):
+            raise AssertionError(a.describe())
         with Client.local(base / "state") as client:
             with client.subscribe(("robots",)) as events:
                 while not _online(client, names):
                     events.receive(timeout=WAIT_S)
             back_s = time.monotonic() - killed
             finished = [client.wait(job_id, timeout=5 * WAIT_S) for job_id in ids]
+        alive = all(p.popen.poll() is None for p in procs[2:])
         b.popen.terminate()
         if b.wait(2 * WAIT_S) != 0:
             raise AssertionError(b.describe())
     finally:
         for proc in reversed(procs):
             proc.kill()
-    return Failover(ids, finished, serving_s, back_s)
+    return Failover(ids, finished, serving_s, back_s, alive)
 
 
 def due_time_across_a_kill(base: Path, store: str) -> tuple[FireInfo, Job, datetime]:

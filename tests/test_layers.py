@@ -26,12 +26,13 @@ ALLOWED: dict[str, set[str]] = {
     "ops": {"core", "notebook", "store"},  # operators' procedures: backup, retention
     "local": {"core", "notebook", "store"},
     "papermill_engine": {"core", "notebook", "local"},
-    "robot": {"core", "protocol", "notebook"},
-    "orchestrator": {"core", "protocol", "api", "notebook", "store", "ops", "logs"},
+    "robot": {"core", "protocol", "notebook", "settings"},
+    "orchestrator": {"core", "protocol", "api", "notebook", "store", "ops", "logs", "settings"},
     "client": {"core", "protocol", "api"},
     "nodes": {"core", "notebook", "local", "outputs"},  # what node cells call at run time
     "site": set(),
     "logs": set(),  # the services' log files and formats
+    "settings": set(),  # the services' settings sources (YAML file, environment)
     "widgets": {"core", "protocol", "api", "client", "local", "notebook", "nodes"},
     "service_thread": {"orchestrator", "robot", "client"},
     "debugging": {"core", "api", "client", "notebook"},

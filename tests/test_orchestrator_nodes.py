@@ -42,6 +42,21 @@ def test_the_standby_takes_over_a_killed_active_orchestrator_and_no_job_is_lost(
     assert leaders == [("a",), ("b",)]
 
 
+def test_sigterm_of_the_active_one_hands_over_without_stopping_the_robots(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """SIGTERM of the active orchestrator of a shared store hands over: it exits 0 at once
+    without draining, the standby takes over, the robot follows with its jobs running and is
+    still running when every job has completed once as its first attempt."""
+    seen = kill_the_active_one(
+        tmp_path, pg_url, jobs=JOBS, robots=1, slots=2, running=2, handover=True
+    )
+    assert [j.status for j in seen.finished] == [RunStatus.COMPLETED] * JOBS
+    assert [j.attempt for j in seen.finished] == [1] * JOBS
+    assert seen.robots_alive
+    assert seen.back_s <= TAKEOVER_S
+
+
 def test_a_standby_stops_on_a_signal_and_a_node_id_is_checked(tmp_path: Path, pg_url: str) -> None:
     """SIGTERM while standing by stops the wait (exit 0); a node id that is not a name is
     one line, exit 2."""

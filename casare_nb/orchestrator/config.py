@@ -31,13 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
-    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -47,6 +45,7 @@ from pydantic_settings import (
 from casare_nb.core.errors import QueueError
 from casare_nb.core.thresholds import Thresholds
 from casare_nb.logs import LogSettings
+from casare_nb.settings import MappingEnvSource, lenient_decode, read_yaml_mapping
 from casare_nb.store.backends import check_store_url
 
 __all__ = [
@@ -102,13 +101,6 @@ def _holds(data: Mapping[str, Any], key: tuple[str, ...]) -> bool:
 _CONTEXT: ContextVar[_LoadContext | None] = ContextVar("casare_orch_config", default=None)
 
 
-def _lowered_prefixed(items: Mapping[str, str | None]) -> dict[str, str | None]:
-    prefix = ENV_PREFIX.lower()
-    return {
-        k.lower(): v for k, v in items.items() if k.lower().startswith(prefix) and v and v.strip()
-    }
-
-
 def _unknown(settings_cls: type[BaseSettings], names: Mapping[str, Any]) -> dict[str, Any]:
     """``CASARE_ORCH_*`` names that name no key: as extra keys, so validation names them."""
     fields = settings_cls.model_fields
@@ -120,32 +112,15 @@ def _unknown(settings_cls: type[BaseSettings], names: Mapping[str, Any]) -> dict
     return out
 
 
-class _EnvSource(EnvSettingsSource):
+def _env_source(settings_cls: type[BaseSettings], ctx: _LoadContext) -> MappingEnvSource:
     """``CASARE_ORCH_*`` variables of the context's environment."""
-
-    def __init__(self, settings_cls: type[BaseSettings], ctx: _LoadContext) -> None:
-        self._ctx = ctx
-        super().__init__(
-            settings_cls,
-            case_sensitive=False,
-            env_prefix=ENV_PREFIX,
-            env_nested_delimiter="__",
-            env_ignore_empty=True,
-        )
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return _lowered_prefixed(self._ctx.env)
-
-    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
-        try:
-            return super().decode_complex_value(field_name, field, value)
-        except ValueError:
-            return value
-
-    def __call__(self) -> dict[str, Any]:
-        data = {**_unknown(self.settings_cls, self.env_vars), **super().__call__()}
-        self._ctx.layers["env"] = data
-        return data
+    return MappingEnvSource(
+        settings_cls,
+        ctx.env,
+        ENV_PREFIX,
+        record=lambda data: ctx.layers.__setitem__("env", data),
+        extras=lambda names: _unknown(settings_cls, names),
+    )
 
 
 class _DotEnvSource(DotEnvSettingsSource):
@@ -165,10 +140,8 @@ class _DotEnvSource(DotEnvSettingsSource):
         )
 
     def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
-        try:
-            return super().decode_complex_value(field_name, field, value)
-        except ValueError:
-            return value
+        parent = super().decode_complex_value
+        return lenient_decode(lambda: parent(field_name, field, value), value)
 
     def __call__(self) -> dict[str, Any]:
         if self._ctx.dotenv is None:
@@ -187,25 +160,7 @@ class _YamlSource(YamlConfigSettingsSource):
 
     def _read_file(self, file_path: Any) -> dict[str, Any]:
         shown = self._ctx.file or file_path
-        try:
-            with Path(file_path).open(encoding="utf-8") as handle:
-                loaded = yaml.safe_load(handle)
-        except yaml.YAMLError as exc:
-            why = " ".join(str(exc).split())
-            if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-                mark = exc.problem_mark
-                why = f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
-            raise ConfigError(f"orchestrator config {shown} is not valid YAML: {why}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ConfigError(f"orchestrator config {shown} cannot be read: {reason}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                f"orchestrator config {shown} must be a mapping of keys, "
-                f"not a {type(loaded).__name__}"
-            )
+        loaded = read_yaml_mapping(file_path, shown, "orchestrator config", ConfigError, "keys")
         base = Path(os.fspath(file_path)).absolute().parent
         for key in _PATH_KEYS:
             value = loaded.get(key)
@@ -281,7 +236,7 @@ class OrchestratorConfig(BaseSettings):
         ctx = _CONTEXT.get() or _LoadContext(file=None, env={}, dotenv=None)
         return (
             init_settings,
-            _EnvSource(settings_cls, ctx),
+            _env_source(settings_cls, ctx),
             _DotEnvSource(settings_cls, ctx),
             _YamlSource(settings_cls, ctx),
         )

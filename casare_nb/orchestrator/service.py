@@ -311,9 +311,12 @@ async def run_orchestrator(
     """Run ``service`` until SIGTERM/SIGINT; then drain (up to ``drain_timeout_s``) and stop.
 
     A second signal while draining stops at once. ``on_ready`` is called once both servers
-    listen and the runtime file is written; ``say`` gets one line per shutdown step. A signal
-    while standing by (a shared store, another orchestrator active) stops the wait. Answers
-    the exit code: 0, or 1 when the orchestrator stood down (another took over its store).
+    listen and the runtime file is written; ``say`` gets one line per shutdown step. On a
+    store several orchestrators share, a signal hands over instead of draining: the service
+    stops, its robots reconnect to the next orchestrator of their list with their jobs
+    running (``casare-nb drain`` is how that fleet is stopped); a signal while standing by
+    stops the wait. Answers the exit code: 0, or 1 when the orchestrator stood down (another
+    took over its store).
     """
     tell = say or (lambda line: logger.info("%s", line))
     loop = asyncio.get_running_loop()
@@ -344,6 +347,13 @@ async def run_orchestrator(
             first_signal.cancel()
             tell(f"standing down: {service.orchestrator.role.lost_reason}")
             code = 1
+        elif service.orchestrator.role.shared:
+            lost.cancel()
+            name = signal.Signals(first_signal.result()).name
+            tell(
+                f"{name}: handing over: the robots reconnect to a standby and their jobs go "
+                "on (casare-nb drain stops them)"
+            )
         else:
             lost.cancel()
             await _drain(service, first_signal.result(), drain_timeout_s, signals, tell)

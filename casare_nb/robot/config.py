@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -50,12 +49,13 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
-    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
     YamlConfigSettingsSource,
 )
+
+from casare_nb.settings import MappingEnvSource, read_yaml_mapping
 
 __all__ = [
     "DEFAULT_CONFIG_FILE",
@@ -367,38 +367,14 @@ class _FlatEnvSource(PydanticBaseSettingsSource):
         return data
 
 
-class _NestedEnvSource(EnvSettingsSource):
+def _nested_env_source(settings_cls: type[BaseSettings], ctx: _LoadContext) -> MappingEnvSource:
     """``CASARE_ROBOT__TAGS``-style variables, read from the context's environment."""
-
-    def __init__(self, settings_cls: type[BaseSettings], ctx: _LoadContext) -> None:
-        self._ctx = ctx
-        super().__init__(
-            settings_cls,
-            case_sensitive=False,
-            env_prefix=ENV_PREFIX,
-            env_nested_delimiter="__",
-            env_ignore_empty=True,
-        )
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        prefix = ENV_PREFIX.lower()
-        return {
-            name.lower(): value
-            for name, value in self._ctx.env.items()
-            if name.lower().startswith(prefix) and value.strip()
-        }
-
-    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
-        # Not JSON (e.g. CASARE_ROBOT__TAGS=a,b): hand the string to the model's validators.
-        try:
-            return super().decode_complex_value(field_name, field, value)
-        except ValueError:
-            return value
-
-    def __call__(self) -> dict[str, Any]:
-        data = super().__call__()
-        self._ctx.nested_env_data = data
-        return data
+    return MappingEnvSource(
+        settings_cls,
+        ctx.env,
+        ENV_PREFIX,
+        record=lambda data: setattr(ctx, "nested_env_data", data),
+    )
 
 
 class _YamlFileSource(YamlConfigSettingsSource):
@@ -410,36 +386,16 @@ class _YamlFileSource(YamlConfigSettingsSource):
 
     def _read_file(self, file_path: Any) -> dict[str, Any]:
         shown = self._ctx.file if self._ctx.file is not None else file_path
-        try:
-            with file_path.open(encoding="utf-8") as handle:
-                loaded = yaml.safe_load(handle)
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                f"robot config {shown} is not valid YAML: {_yaml_problem(exc)}"
-            ) from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ConfigError(f"robot config {shown} cannot be read: {reason}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                f"robot config {shown} must be a mapping of sections "
-                f"(robot, connection, job_execution, observability), not a {type(loaded).__name__}"
-            )
+        loaded = read_yaml_mapping(
+            file_path,
+            shown,
+            "robot config",
+            ConfigError,
+            "sections (robot, connection, job_execution, observability)",
+        )
         data = _resolve_relative_paths(loaded, Path(os.fspath(file_path)).absolute().parent)
         self._ctx.file_data = data
         return data
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    if isinstance(exc, yaml.MarkedYAMLError):
-        problem = exc.problem or exc.context or "syntax error"
-        mark = exc.problem_mark or exc.context_mark
-        if mark is not None:
-            return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
-        return problem
-    return " ".join(str(exc).split())
 
 
 def _resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -488,7 +444,7 @@ class RobotConfig(BaseSettings):
         return (
             init_settings,
             _FlatEnvSource(settings_cls, ctx),
-            _NestedEnvSource(settings_cls, ctx),
+            _nested_env_source(settings_cls, ctx),
             _YamlFileSource(settings_cls, ctx),
         )
 
