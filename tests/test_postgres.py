@@ -304,3 +304,22 @@ async def test_an_orchestrator_rides_out_a_server_restart(
     history = await cluster.history()
     for job in (before, during):
         assert sorted(c.cell_id or "" for c in history.list_cells(job.job_id)) == ["c0", "c1"]
+
+
+def test_doctor_reads_the_tokens_where_the_settings_keep_them(tmp_path: Path, pg_url: str) -> None:
+    """With `store:` in ./orchestrator.yaml, `casare-nb doctor` finds the tokens in that
+    database (one created there with `token create --store`); a store it cannot reach fails
+    the tokens check with the reason, exit 1."""
+    made = cli(tmp_path, "token", "create", "r1", "--role", "robot", "--store", pg_url)
+    assert made.returncode == EXIT_OK, describe(made)
+    ports = [str(_closed_port()), str(_closed_port())]
+    (tmp_path / "orchestrator.yaml").write_text(f"store: {pg_url}\n")
+    seen = cli(tmp_path, "doctor", "--no-kernel", "--port", ports[0], "--http-port", ports[1])
+    (line,) = [x for x in seen.stdout.splitlines() if " tokens: " in x]
+    assert line.startswith("ok") and "1 live (r1)" in line, seen.stdout
+    dead = f"postgresql://casare@127.0.0.1:{_closed_port()}/casare"
+    (tmp_path / "orchestrator.yaml").write_text(f"store: {dead}\n")
+    seen = cli(tmp_path, "doctor", "--no-kernel", "--port", ports[0], "--http-port", ports[1])
+    assert seen.returncode == 1, describe(seen)
+    (line,) = [x for x in seen.stdout.splitlines() if " tokens: " in x]
+    assert line.startswith("fail") and "cannot reach PostgreSQL" in line, seen.stdout

@@ -445,6 +445,17 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _configured_store(config_path: str | None) -> str | None:
+    """The store the orchestrator's settings name (None: the embedded default, or settings
+    that do not load: the ports check says why)."""
+    from casare_nb.orchestrator.config import ConfigError, load_orchestrator_config
+
+    try:
+        return load_orchestrator_config(config_path).store
+    except ConfigError:
+        return None
+
+
 def check_settings_ports(
     state: Path,
     config_path: str | None,
@@ -506,9 +517,9 @@ def check_state_dir(state: Path) -> Check:
     return Check("ok", "state dir", f"{state} writable, private ({mode:04o})")
 
 
-def _live_tokens(state: Path) -> list[str] | None:
-    """Names of the live tokens of ``state`` other than the services' own (None: cannot
-    tell)."""
+def _live_tokens(state: Path, store: str | None = None) -> list[str] | None:
+    """Names of the live tokens of ``state`` (or of the PostgreSQL ``store`` its
+    orchestrator is configured with) other than the services' own (None: cannot tell)."""
     from casare_nb.api import RUNTIME_FILE, pid_alive, read_runtime_file
 
     running = read_runtime_file(state / RUNTIME_FILE)
@@ -519,12 +530,12 @@ def _live_tokens(state: Path) -> list[str] | None:
             rows = [t.model_dump() for t in client.tokens()]
     else:
         from casare_nb.notebook.state import StateDir
+        from casare_nb.store.backends import EMBEDDED, open_stores
 
-        if not StateDir(state).history_path.exists():
+        embedded = store in (None, EMBEDDED)
+        if embedded and not StateDir(state).history_path.exists():
             return []
-        from casare_nb.store.embedded import open_embedded
-
-        stores = open_embedded(state)
+        stores = open_stores(store, state)
         try:
             rows = stores.tokens.list_tokens()
         finally:
@@ -536,9 +547,11 @@ def _live_tokens(state: Path) -> list[str] | None:
     ]
 
 
-def check_tokens(state: Path) -> Check:
+def check_tokens(state: Path, store: str | None = None) -> Check:
+    """Live tokens exist where the orchestrator keeps them (``store``: its settings'; a
+    PostgreSQL store that cannot be reached fails the check with the reason)."""
     try:
-        names = _live_tokens(state)
+        names = _live_tokens(state, store)
     except Exception as exc:  # a locked or broken database: say it
         return Check("fail", "tokens", f"cannot read the tokens: {' '.join(str(exc).split())}")
     if not names:
@@ -647,7 +660,7 @@ def doctor(
         check_state_dir(state),
     ]
     if not no_auth:
-        checks.append(check_tokens(state))
+        checks.append(check_tokens(state, _configured_store(config_path)))
     checks.append(check_clock(state))
     failed = any(c.status == "fail" for c in checks)
     if as_json:
