@@ -288,6 +288,17 @@ class OrchestratorStatus(BaseModel):
         default=None, description="Why it cannot store what it acknowledges now (critical)."
     )
     heartbeat_interval_s: float
+    store: str = Field(
+        default="", description="Where the records are: a DuckDB file, or a PostgreSQL URL."
+    )
+    node_id: str | None = Field(
+        default=None, description="This orchestrator among those sharing its store."
+    )
+    epoch: int | None = Field(
+        default=None,
+        description="Which change of hands made it the active one of its store (None: it "
+        "shares its store with nobody).",
+    )
     level: Level
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cluster import Cluster, fake_robot, notebook
+from cluster import ON_EVERY_BACKEND, Cluster, fake_robot, notebook
 from helpers import ERROR_PREFIX, EXIT_BAD_INPUT, EXIT_FAILED, describe, run_cli
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from casare_nb.cli.ops import status_screen
 from casare_nb.core.models import Priority, RunStatus
 from casare_nb.core.thresholds import Level, Limit, Thresholds
 from casare_nb.core.tokens import TokenRole
@@ -308,3 +309,21 @@ def test_status_wait_refuses_what_is_not_a_number_of_seconds(given: str, tmp_pat
     proc = run_cli(tmp_path, "status", "--wait", given)
     assert proc.returncode == EXIT_BAD_INPUT, describe(proc)
     assert "--wait" in proc.stderr
+
+
+@ON_EVERY_BACKEND
+async def test_status_names_the_store_and_the_active_node(cluster: Cluster) -> None:
+    """The status names where the records are; on a store several orchestrators may share
+    (PostgreSQL) also this orchestrator's node and the epoch that made it active, and the
+    status screen shows both."""
+    st = await asyncio.to_thread(build_status, cluster.orch)
+    assert st.orchestrator.store == str(cluster.orch.stores.where)
+    screen = status_screen(st)
+    if cluster.orch.role.shared:
+        assert st.orchestrator.store.startswith("postgresql://")
+        assert (st.orchestrator.node_id, st.orchestrator.epoch) == (cluster.orch.role.node_id, 1)
+        assert f"(node {cluster.orch.role.node_id}, active, epoch 1)" in screen
+    else:
+        assert st.orchestrator.store.endswith("history.duckdb")
+        assert (st.orchestrator.node_id, st.orchestrator.epoch) == (None, None)
+        assert f"store         {st.orchestrator.store}\n" in screen

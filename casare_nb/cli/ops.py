@@ -85,6 +85,8 @@ def status_screen(st: Status) -> str:
         f"{', submissions paused' if o.submissions_paused else ''}"
         f"{', maintenance on' if o.maintenance else ''}"
         f"{', storage fault: ' + o.storage_fault if o.storage_fault else ''}",
+        f"store         {o.store}"
+        + (f"  (node {o.node_id}, active, epoch {o.epoch})" if o.epoch is not None else ""),
         "",
     ]
     if st.robots:

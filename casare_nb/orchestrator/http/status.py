@@ -106,6 +106,9 @@ def build_status(orch: Orchestrator) -> Status:
         maintenance=orch.maintenance is not None,
         storage_fault=fault,
         heartbeat_interval_s=orch.heartbeat_interval_s,
+        store=str(orch.stores.where),
+        node_id=orch.role.node_id if orch.role.shared else None,
+        epoch=orch.role.epoch,
         level=worst(orch_levels),
     )
 
