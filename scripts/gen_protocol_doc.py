@@ -25,7 +25,15 @@ from pydantic import BaseModel, StringConstraints
 from pydantic.fields import FieldInfo
 
 from casare_nb import protocol as p
-from casare_nb.core.models import CellStatus, Job, Priority, Robot, RobotStatus, RunStatus
+from casare_nb.core.models import (
+    CellStatus,
+    Job,
+    JobTimeouts,
+    Priority,
+    Robot,
+    RobotStatus,
+    RunStatus,
+)
 from casare_nb.protocol import base
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -306,7 +314,7 @@ def render() -> str:
                 ),
             ]
     lines += ["", "## Domain objects", "", "The orchestrator's own models, as events carry them."]
-    for model in (Robot, Job):
+    for model in (Robot, Job, JobTimeouts):
         lines += ["", f"### {model.__name__}", "", _doc(model), "", *fields_table(model)]
     lines += [
         "",
