@@ -11,6 +11,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -224,6 +225,12 @@ class Gate:
         self._in_thread("write")
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def cli(base: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``casare-nb ARGS`` as a real subprocess in ``base`` (CASARE_HOME=<base>/state)."""
     return run_cli(base, *args)
@@ -368,6 +375,21 @@ def test_bad_inputs_to_a_running_orchestrator_are_one_line_exit_2(
     assert "'n'" in error_line(incli(base, "submit", "add.ipynb", "-p", "n", "many"))
     assert "outside the workflows" in error_line(incli(base, "submit", "outside.ipynb"))
     assert "invalid or revoked" in error_line(incli(base, "jobs", "--token", "wrong"))
+
+
+def test_submit_with_several_urls_reaches_the_one_that_answers(
+    live: Orchestrator, tmp_path: Path
+) -> None:
+    """`submit --url DEAD,LIVE --wait` (the light client) reaches the orchestrator that
+    answers and exits 0; `jobs` (the full client) too."""
+    with live.client() as client:
+        token = client.create_token("two-urls", "user")
+    urls = f"http://127.0.0.1:{_free_port()},{live.http_url}"
+    given = ("--url", urls, "--token", token)
+    done = cli(live.base, "submit", "add.ipynb", *given, "--wait")
+    assert done.returncode == EXIT_OK, describe(done)
+    listed = cli(live.base, "jobs", *given)
+    assert listed.returncode == EXIT_OK and done.stdout.split()[1] in listed.stdout
 
 
 def test_token_commands_go_through_the_running_orchestrator(live: Orchestrator, incli: Cli) -> None:

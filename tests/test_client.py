@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from helpers import served, write_notebook
+from jupyter_harness import free_port
 
 from casare_nb import Client, ClientError
 from casare_nb.core.models import RunStatus
@@ -212,6 +213,28 @@ def test_unreachable_orchestrator_is_a_client_error_without_status(tmp_path: Pat
     ):
         nowhere.jobs()
     assert err.value.status is None
+
+
+def test_of_several_addresses_the_client_uses_the_one_that_answers(
+    cluster: ServiceThread, client: Client
+) -> None:
+    """Given a refusing address then the orchestrator's, the client's requests go to the
+    one that answers (a standby refuses, the active one answers); when none answers the
+    error names them all; an address that is not http(s) is refused."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    token = client.create_token("several", "user")
+    with Client(f"{dead}, {client.url}", token) as both:
+        assert both.urls == [dead, client.url]
+        assert both.health().ready and both.url == client.url
+        assert both.jobs() is not None
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    with (
+        Client(f"{dead},{nowhere}", token) as neither,
+        pytest.raises(ClientError, match=f"cannot reach the orchestrator at {dead}, {nowhere}"),
+    ):
+        neither.jobs()
+    with pytest.raises(ClientError, match="must be http"):
+        Client(f"{client.url},ws://x:1", token)
 
 
 def test_importing_casare_nb_does_not_import_httpx() -> None:

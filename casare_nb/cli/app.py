@@ -230,7 +230,9 @@ def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
         "--url",
         envvar="CASARE_URL",
-        help="Orchestrator HTTP URL (default: the runtime file of the state directory).",
+        help="Orchestrator HTTP URL; several, comma-separated, for orchestrators sharing a "
+        "store (the one that answers is used). Default: the runtime file of the state "
+        "directory.",
     )(f)
     return f
 

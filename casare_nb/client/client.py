@@ -54,6 +54,7 @@ from casare_nb.client.events import (
 )
 from casare_nb.client.history import History
 from casare_nb.client.tls import ca_context, certificate_error
+from casare_nb.client.urls import orchestrator_urls
 from casare_nb.core.errors import one_line
 from casare_nb.core.failure import Failure
 from casare_nb.core.models import (
@@ -90,26 +91,34 @@ class Client:
         timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ClientError(f"orchestrator URL must be http(s)://host:port, not {url!r}")
+        self.urls = orchestrator_urls(url)
         if not token:
             raise ClientError("no token: give one (--token, CASARE_TOKEN) or use Client.local()")
-        self.url = url.rstrip("/")
+        self.url = self.urls[0]
         self.timeout = timeout
         self._token = token
         self._ssl = ssl_context
-        self._http = httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout,
-            verify=ssl_context if ssl_context is not None else True,
-        )
+        self._http = self._http_client()
         self._ws_url: str | None = None
         self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return f"<Client {self.url}>"
+
+    def _http_client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {self._token}"},
+            timeout=self.timeout,
+            verify=self._ssl if self._ssl is not None else True,
+        )
+
+    def _next_url(self) -> None:
+        """Talk to the next address of :attr:`urls` from now on."""
+        self._http.close()
+        self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
+        self._http = self._http_client()
+        self._ws_url = None
 
     @classmethod
     def local(
@@ -165,22 +174,32 @@ class Client:
         params: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> httpx.Response:
-        try:
-            response = self._http.request(
-                method,
-                path,
-                json=json,
-                params=params,
-                timeout=timeout if timeout is not None else self.timeout,
-            )
-        except httpx.TimeoutException:
-            raise ClientError(f"the orchestrator at {self.url} did not answer in time") from None
-        except httpx.HTTPError as exc:
-            unverified = certificate_error(exc, self.url)
-            if unverified is not None:
-                raise unverified from None
-            why = one_line(exc)
-            raise ClientError(f"cannot reach the orchestrator at {self.url}: {why}") from None
+        tried = 0
+        while True:
+            try:
+                response = self._http.request(
+                    method,
+                    path,
+                    json=json,
+                    params=params,
+                    timeout=timeout if timeout is not None else self.timeout,
+                )
+                break
+            except httpx.TimeoutException:
+                raise ClientError(
+                    f"the orchestrator at {self.url} did not answer in time"
+                ) from None
+            except httpx.HTTPError as exc:
+                tried += 1
+                if isinstance(exc, httpx.ConnectError) and tried < len(self.urls):
+                    self._next_url()  # nothing was sent: the next one may be active
+                    continue
+                unverified = certificate_error(exc, self.url)
+                if unverified is not None:
+                    raise unverified from None
+                where = self.url if len(self.urls) == 1 else ", ".join(self.urls)
+                why = one_line(exc)
+                raise ClientError(f"cannot reach the orchestrator at {where}: {why}") from None
         if response.status_code >= 400:
             raise ClientError(self._reason(response), response.status_code)
         return response

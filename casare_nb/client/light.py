@@ -20,10 +20,11 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import SplitResult, urlencode, urlsplit
 
 from casare_nb.client.errors import ClientError, WaitTimeout
 from casare_nb.client.events import JsonCodec, Monitor, deadline_of, monitor, wait_topics
+from casare_nb.client.urls import orchestrator_urls, refused
 from casare_nb.core.errors import one_line
 
 if TYPE_CHECKING:
@@ -215,16 +216,13 @@ class LightClient:
     ) -> None:
         """``advertised_ws_url``: the WebSocket URL the orchestrator advertises, when known
         (its runtime file says it); else it is asked for at ``/api/info``."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ClientError(f"orchestrator URL must be http(s)://host:port, not {url!r}")
+        self.urls = orchestrator_urls(url)
         if not token:
             raise ClientError("no token: give one (--token, CASARE_TOKEN) or use Client.local()")
-        self.url = url.rstrip("/")
+        self.url = self.urls[0]
         self.timeout = timeout
         self._token = token
         self._ssl = ssl_context
-        self._parts = urlsplit(self.url)
         self._advertised = advertised_ws_url
         self._ws_url: str | None = None
 
@@ -280,6 +278,10 @@ class LightClient:
 
     # -- HTTP ----------------------------------------------------------------------------
 
+    @property
+    def _parts(self) -> SplitResult:
+        return urlsplit(self.url)
+
     def _connection(self) -> http.client.HTTPConnection:
         host, port = self._parts.hostname or "", self._parts.port
         if self._parts.scheme == "https":
@@ -304,23 +306,34 @@ class LightClient:
                 json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
             ).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        connection = self._connection()
-        try:
-            connection.request(method, target, body=body, headers=headers)
-            response = connection.getresponse()
-            status, data = response.status, response.read()
-        except TimeoutError:
-            raise ClientError(f"the orchestrator at {self.url} did not answer in time") from None
-        except (OSError, http.client.HTTPException) as exc:
-            from casare_nb.client.tls import certificate_error
+        tried = 0
+        while True:
+            connection = self._connection()
+            try:
+                connection.request(method, target, body=body, headers=headers)
+                response = connection.getresponse()
+                status, data = response.status, response.read()
+                break
+            except TimeoutError:
+                raise ClientError(
+                    f"the orchestrator at {self.url} did not answer in time"
+                ) from None
+            except (OSError, http.client.HTTPException) as exc:
+                tried += 1
+                if refused(exc) and tried < len(self.urls):  # the next one may be active
+                    self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
+                    continue
+                from casare_nb.client.tls import certificate_error
 
-            unverified = certificate_error(exc, self.url)
-            if unverified is not None:
-                raise unverified from None
-            why = one_line(exc)
-            raise ClientError(f"cannot reach the orchestrator at {self.url}: {why}") from None
-        finally:
-            connection.close()
+                unverified = certificate_error(exc, self.url)
+                if unverified is not None:
+                    raise unverified from None
+                where = self.url if len(self.urls) == 1 else ", ".join(self.urls)
+                raise ClientError(
+                    f"cannot reach the orchestrator at {where}: {one_line(exc)}"
+                ) from None
+            finally:
+                connection.close()
         if status >= 400:
             raise ClientError(_reason(status, data), status)
         try:
