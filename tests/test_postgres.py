@@ -323,3 +323,20 @@ def test_doctor_reads_the_tokens_where_the_settings_keep_them(tmp_path: Path, pg
     assert seen.returncode == 1, describe(seen)
     (line,) = [x for x in seen.stdout.splitlines() if " tokens: " in x]
     assert line.startswith("fail") and "cannot reach PostgreSQL" in line, seen.stdout
+
+
+def test_bad_store_arguments_are_one_line_exit_2(tmp_path: Path, pg_url: str) -> None:
+    """A token command given a store it does not know, an export to a server that does not
+    answer, and an export of a state directory an orchestrator holds: one line each, exit 2,
+    nothing written."""
+    line = error_line(cli(tmp_path, "token", "list", "--store", "mysql://db/x"))
+    assert "unknown store 'mysql://db/x'" in line
+    with opened(tmp_path / "state") as stores:
+        stores.jobs.add_jobs([make_job("j1")])
+    dead = f"postgresql://casare@127.0.0.1:{_closed_port()}/casare"
+    assert "cannot reach PostgreSQL at" in error_line(cli(tmp_path, "export", "--to", dead))
+    with opened(tmp_path / "state"):  # held, as a running orchestrator holds it
+        line = error_line(cli(tmp_path, "export", "--to", pg_url))
+    assert "locked by another process" in line
+    with psycopg.connect(pg_url) as con:  # migrated before the source was read: empty
+        assert con.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
