@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from playwright.sync_api import Browser, Locator, Page, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from casare_nb.nodes.browser import CHROMIUM_ARGS, DEBIAN_CHROMIUM
@@ -59,19 +59,24 @@ def open_notebook(browser: Browser, url: str, token: str, path: str) -> Page:
 def open_palette(page: Page, query: str, *, tries: int = 5) -> Locator:
     """Open the command palette with Ctrl+Shift+C and type ``query`` in it.
 
-    The shortcut is lost while JupyterLab still moves focus after a document opens (seen in
-    CI): the palette's input not shown within a few seconds, press it again."""
+    JupyterLab may still move focus after a document opens (seen in CI): the shortcut is
+    lost, or the palette shows and closes again before the query is typed. So: press the
+    shortcut only while the palette is hidden (a second press would close it), type, and
+    start again until the palette stays open with the query in it."""
     palette = page.locator(".lm-CommandPalette-input")
     for attempt in range(tries):
-        page.keyboard.press("Control+Shift+C")
         try:
+            if not palette.is_visible():
+                page.keyboard.press("Control+Shift+C")
             palette.wait_for(state="visible", timeout=5_000)
-            break
-        except PlaywrightTimeout:
+            palette.fill(query, timeout=5_000)
+            expect(palette).to_have_value(query, timeout=1_000)
+            expect(palette).to_be_visible(timeout=1_000)
+            return palette
+        except (PlaywrightTimeout, AssertionError):
             if attempt == tries - 1:
                 raise
-    palette.fill(query)
-    return palette
+    raise AssertionError("unreachable: the loop returns or raises")
 
 
 def run_cell(
