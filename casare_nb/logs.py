@@ -102,11 +102,12 @@ def setup_logging(
     *,
     folder: str | os.PathLike[str] | None = None,
     file_name: str | None = None,
-    audit: bool = False,
+    audit: bool | str = False,
 ) -> Path | None:
     """Log to stderr and, given ``folder`` (a state directory's :func:`log_dir`) and
     ``file_name``, to the rotating file ``<folder>/<file_name>``; ``audit``: the
-    ``casare_nb.audit`` records to ``<folder>/audit.log`` too. Replaces what an earlier call
+    ``casare_nb.audit`` records to ``<folder>/audit.log`` too (a name: to that file, e.g. one
+    per orchestrator sharing the folder). Replaces what an earlier call
     installed. The log file's path (None without one). OSError if the folder or file cannot
     be made."""
     settings = settings or LogSettings()
@@ -137,7 +138,8 @@ def setup_logging(
     root.setLevel(level)
     if folder is not None and settings.files and audit:
         # the records are JSON already: the message alone, at INFO whatever the level
-        handler = _file(folder / AUDIT_FILE, settings, logging.Formatter("%(message)s"))
+        name = audit if isinstance(audit, str) else AUDIT_FILE
+        handler = _file(folder / name, settings, logging.Formatter("%(message)s"))
         handler.setLevel(logging.INFO)
         setattr(handler, _MARK, True)
         audit_logger.addHandler(handler)

@@ -58,8 +58,8 @@ def test_sigterm_of_the_active_one_hands_over_without_stopping_the_robots(
 
 
 def test_a_standby_stops_on_a_signal_and_a_node_id_is_checked(tmp_path: Path, pg_url: str) -> None:
-    """SIGTERM while standing by stops the wait (exit 0); a node id that is not a name is
-    one line, exit 2."""
+    """SIGTERM while standing by stops the wait (exit 0); each node writes log and audit
+    files of its own; a node id that is not a name is one line, exit 2."""
     a, b, _ = standby_pair(tmp_path, pg_url)
     try:
         b.popen.terminate()
@@ -68,6 +68,10 @@ def test_a_standby_stops_on_a_signal_and_a_node_id_is_checked(tmp_path: Path, pg
     finally:
         b.kill()
         a.kill()
+    logs = tmp_path / "state" / "logs"
+    assert {"orchestrator-a.log", "orchestrator-b.log", "audit-a.log", "audit-b.log"} <= {
+        p.name for p in logs.iterdir()
+    }  # nodes sharing a state directory rotate files of their own
     line = error_line(cli(tmp_path, "orchestrator", "--store", pg_url, "--node-id", "a b"))
     assert "node_id" in line
     alone = orchestrator_node(tmp_path, pg_url, "c", (free_port(), free_port()))

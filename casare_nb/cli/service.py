@@ -82,8 +82,9 @@ def setup_logging(level: str) -> None:
 )
 @click.option(
     "--node-id",
-    help="This orchestrator among several on one --store (default HOST-PID); its log file is "
-    "STATE_DIR/logs/orchestrator-NODE.log. One is active, the others stand by.",
+    help="This orchestrator among several on one --store (default HOST-PID); its log files are "
+    "STATE_DIR/logs/orchestrator-NODE.log and audit-NODE.log. One is active, the others "
+    "stand by.",
 )
 @click.option(
     "--workflows",
@@ -139,8 +140,13 @@ def orchestrator(
 
     state_dir = runtime_file_path(config.state_dir).parent
     try:
-        log_name = f"orchestrator-{config.node_id}.log" if config.node_id else "orchestrator.log"
-        setup(logging_settings, folder=log_dir(state_dir), file_name=log_name, audit=True)
+        node = f"-{config.node_id}" if config.node_id else ""  # nodes sharing a state dir
+        setup(
+            logging_settings,
+            folder=log_dir(state_dir),
+            file_name=f"orchestrator{node}.log",
+            audit=f"audit{node}.log",
+        )
     except OSError as exc:
         fail(f"cannot write the log files in {state_dir / 'logs'}: {exc.strerror or exc}")
     from casare_nb.orchestrator.service import OrchestratorService, run_orchestrator
