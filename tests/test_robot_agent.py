@@ -43,7 +43,7 @@ from casare_nb.robot.agent import (
     Unauthorized,
     refusal_is_retryable,
 )
-from casare_nb.robot.backoff import Backoff
+from casare_nb.robot.backoff import Addresses, Backoff
 from casare_nb.robot.config import ConfigError, RobotConfig, load_config
 
 TOKEN = "s3cret-robot-token"
@@ -366,10 +366,10 @@ async def test_of_several_orchestrators_the_next_is_tried_at_once_and_backoff_on
     agent = make_agent(make_config(tmp_path, f"{dead}, {orch.url}"), sleep)
     async with running(agent):
         await asyncio.wait_for(agent.connected.wait(), WAIT_S)
-        assert agent.url == orch.url and sleep.backoff == []
+        assert agent.addresses.current == orch.url and sleep.backoff == []
         await orch.drop()
         await orch.until(lambda: len(orch.of(Register)) == 2)
-        assert agent.url == orch.url
+        assert agent.addresses.current == orch.url
     assert sleep.backoff == [0.5]  # after the drop: the dead one at once, then one wait
     assert agent.config.connection.orchestrator_urls() == [dead, orch.url]
 
@@ -589,3 +589,15 @@ def test_default_backoff_is_capped_by_the_config(tmp_path: Path) -> None:
     """Without an injected Backoff the reconnect delays stop at reconnect_max_backoff_s."""
     config = make_config(tmp_path, "ws://127.0.0.1:8765", reconnect_max_backoff_s=5)
     assert RobotAgent(config).backoff.cap_s == 5
+
+
+def test_addresses_go_round_and_ask_for_a_backoff_once_all_failed_in_a_row() -> None:
+    """Of three addresses, failures move to the next at once and ask for a backoff at every
+    third failure in a row; a registration starts the count again; one address always waits."""
+    three = Addresses(["ws://a", "ws://b", "ws://c"])
+    assert [three.failed() for _ in range(4)] == [False, False, True, False]
+    assert three.current == "ws://b"
+    three.registered()
+    assert [three.failed(), three.failed(), three.failed()] == [False, False, True]
+    one = Addresses(["ws://a"])
+    assert [one.failed(), one.failed()] == [True, True] and one.current == "ws://a"

@@ -5,9 +5,8 @@ reconnect. The wire format is :mod:`casare_nb.protocol`; this module owns the so
 :meth:`RobotAgent.stop` is called (it returns), or a refusal makes retrying pointless (it
 raises an :class:`AgentError`, one line). The link:
 
-- **Connect** to ``connection.orchestrator_url`` (several, comma-separated: orchestrators on
-  one shared store, tried in turn, the next at once after a failure, a backoff once all
-  failed) with ``Authorization: Bearer <token>``. HTTP
+- **Connect** to ``connection.orchestrator_url`` (several: see
+  :class:`~casare_nb.robot.backoff.Addresses`) with ``Authorization: Bearer <token>``. HTTP
   401/403 is fatal (:class:`Unauthorized`): a wrong token does not get right by retrying.
 - **Register** and wait for ``register_ack``. A protocol version refusal is fatal
   (:class:`RegistrationRefused`); a refusal saying the robot id is already connected/taken is
@@ -94,7 +93,7 @@ from casare_nb.protocol import (
     decode,
     encode,
 )
-from casare_nb.robot.backoff import Backoff
+from casare_nb.robot.backoff import Addresses, Backoff
 from casare_nb.robot.config import ConfigError, RobotConfig
 from casare_nb.robot.outbox import DEFAULT_BUFFER_BYTES, Outbox, is_buffered
 
@@ -320,8 +319,7 @@ class RobotAgent:
         self.connected = asyncio.Event()
         """Set while registered with the orchestrator."""
         self.registrations = 0
-        self._url_at = 0  # which of connection.orchestrator_urls() is tried now
-        self._failed_in_row = 0  # connections failed since the last registration
+        self.addresses = Addresses(config.connection.orchestrator_urls())
         """Accepted registrations since the agent was made (1 + reconnects)."""
         self.last_error: str | None = None
         """The last reason the link failed or the agent stopped, one line."""
@@ -387,7 +385,6 @@ class RobotAgent:
         self.shutdown_reason = None
         if self._metrics is host_metrics:
             psutil.cpu_percent(interval=None)  # the first reading only starts the measurement
-        urls = self.config.connection.orchestrator_urls()
         try:
             while not self._stop.is_set():
                 try:
@@ -395,11 +392,8 @@ class RobotAgent:
                     return
                 except _Retry as exc:
                     self.last_error = str(exc)
-                    # the next orchestrator of the list at once; a backoff once all failed
-                    self._url_at = (self._url_at + 1) % len(urls)
-                    self._failed_in_row += 1
-                    if len(urls) > 1 and self._failed_in_row % len(urls):
-                        log.warning("%s; trying %s", exc, urls[self._url_at])
+                    if not self.addresses.failed():  # the next orchestrator of the list, now
+                        log.warning("%s; trying %s", exc, self.addresses.current)
                         continue
                     delay = self.backoff.next()
                     log.warning("%s; reconnecting in %.1f s", exc, delay)
@@ -472,14 +466,8 @@ class RobotAgent:
             self.outbox.rewind()
             await ws.close(*close)
 
-    @property
-    def url(self) -> str:
-        """The orchestrator this robot connects (or is connected) to."""
-        urls = self.config.connection.orchestrator_urls()
-        return urls[self._url_at % len(urls)]
-
     async def _connect(self, token: str) -> ClientConnection:
-        url = self.url
+        url = self.addresses.current
         try:
             return await connect(
                 url,
@@ -549,7 +537,7 @@ class RobotAgent:
         if not msg.accepted:
             raise self._refused(msg.reason or "no reason given", None)
         self.registrations += 1
-        self._failed_in_row = 0
+        self.addresses.registered()
         self.backoff.reset()
         if "heartbeat_interval_s" in msg.model_fields_set:
             self.heartbeat_interval_s = msg.heartbeat_interval_s
@@ -559,7 +547,7 @@ class RobotAgent:
         log.info(
             "robot %s registered with %s (heartbeat every %.1f s)",
             self.robot_id,
-            self.url,
+            self.addresses.current,
             self.heartbeat_interval_s,
         )
         await self._take_back(register.holding, msg.continue_jobs)

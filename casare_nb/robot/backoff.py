@@ -7,7 +7,8 @@ jitter keeps the growth a user can read in the log ("retrying in 4.1 s") while s
 robots that lost the same orchestrator at the same moment; full jitter (uniform in
 ``[0, d]``) spreads them more but can retry almost at once after many failures.
 
-:meth:`Backoff.reset` after a success starts again from ``base_s``.
+:meth:`Backoff.reset` after a success starts again from ``base_s``. :class:`Addresses`
+says which orchestrator to try next when a robot has several.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-__all__ = ["Backoff"]
+__all__ = ["Addresses", "Backoff"]
 
 
 class Backoff:
@@ -64,3 +65,31 @@ class Backoff:
             f"Backoff(base_s={self.base_s}, factor={self.factor}, cap_s={self.cap_s}, "
             f"jitter={self.jitter}, attempts={self.attempts})"
         )
+
+
+class Addresses:
+    """The orchestrators a robot may reach, in order (several: orchestrators sharing a store,
+    one active): :attr:`current` is tried; after a failure the next one is tried at once,
+    and a backoff delay is due only once every address failed in a row."""
+
+    def __init__(self, urls: list[str]) -> None:
+        if not urls:
+            raise ValueError("no orchestrator address")
+        self.urls = urls
+        self._at = 0
+        self._failed = 0  # failures in a row since the last registration
+
+    @property
+    def current(self) -> str:
+        return self.urls[self._at]
+
+    def failed(self) -> bool:
+        """The current address failed: move to the next; whether to wait a backoff first
+        (every address failed since the last registration)."""
+        self._at = (self._at + 1) % len(self.urls)
+        self._failed += 1
+        return self._failed % len(self.urls) == 0
+
+    def registered(self) -> None:
+        """The current address took the robot: start counting failures again."""
+        self._failed = 0
