@@ -187,7 +187,6 @@ class PgDatabase:
         self.connect_timeout = connect_timeout
         self._lock = threading.Lock()
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
-        self._migrated = False
         self._closed = False
         self._holders: dict[int, int] = {}  # thread id -> depth inside shared()
         self.fence: int | None = None
