@@ -288,7 +288,8 @@ def test_restore_refuses_a_truncated_backup(taken: Taken, occupied: Path, tmp_pa
     cut = tmp_path / "cut.tar"
     data = taken.archive.read_bytes()
     cut.write_bytes(data[: len(data) * 2 // 3])
-    refused(tmp_path, cut, occupied, "truncated")
+    assert 0 < cut.stat().st_size < len(data)
+    refused(tmp_path, cut, occupied, "truncated")  # asserts the one line and nothing changed
 
 
 def test_restore_refuses_a_blob_whose_bytes_do_not_match_its_sha256(
