@@ -18,15 +18,18 @@ from typing import Any
 
 import pytest
 
-from casare_nb.core.models import CellRecord, CellStatus, Job, JobStatus, RunRecord
+from casare_nb.core.models import CellRecord, CellStatus, Job, JobStatus, RunRecord, RunStatus
+from casare_nb.core.triggers import Schedule, ScheduleKind
 from casare_nb.store.embedded import open_embedded
 from casare_nb.store.interfaces import Stores
 from casare_nb.store.postgres import open_postgres
 
 __all__ = [
     "BACKENDS",
+    "RETENTION_PLAN",
     "T0",
     "Backend",
+    "add_retention_records",
     "backend",
     "make_cell",
     "make_job",
@@ -135,6 +138,78 @@ def opened(state_dir: Path) -> Iterator[Stores]:
         yield found
     finally:
         found.close()
+
+
+RETENTION_PLAN: dict[str, tuple[JobStatus, int]] = {
+    "old-done": (JobStatus.COMPLETED, 100),
+    "old-failed": (JobStatus.FAILED, 100),
+    "old-running": (JobStatus.RUNNING, 100),  # a job still running: never removed
+    "old-queued": (JobStatus.QUEUED, 100),
+    "new-failed": (JobStatus.FAILED, 1),
+}
+"""The jobs of :func:`add_retention_records`: status and days ago."""
+
+
+def add_retention_records(stores: Stores, now: datetime) -> None:
+    """The records a retention pass is tried on: the jobs of :data:`RETENTION_PLAN` with a
+    run each (3 cells, ids c0-c2) but the queued one, a local run 100 days old without a
+    job (``local-old``), outputs of ``old-done`` and ``new-failed``, and the schedule
+    ``nightly`` with fires due 100, 99, 98 and 1 days ago."""
+    old = now - timedelta(days=100)
+    jobs = [
+        Job(
+            job_id=job_id,
+            workflow_path="w.ipynb",
+            status=status,
+            created_at=now - timedelta(days=days),
+            eligible_at=now - timedelta(days=days),
+            finished_at=now - timedelta(days=days) if status.finished else None,
+            attempt=1,
+        )
+        for job_id, (status, days) in RETENTION_PLAN.items()
+    ]
+    stores.jobs.add_jobs(jobs)
+    runs = [
+        RunRecord(
+            run_id=job.job_id,
+            workflow_path="w.ipynb",
+            notebook_sha256="0" * 64,
+            status=RunStatus(job.status.value),
+            started_at=job.created_at,
+            finished_at=job.finished_at,
+        )
+        for job in jobs
+        if job.status is not JobStatus.QUEUED
+    ]
+    runs.append(
+        RunRecord(
+            run_id="local-old",
+            workflow_path="w.ipynb",
+            notebook_sha256="0" * 64,
+            status=RunStatus.COMPLETED,
+            started_at=old,
+            finished_at=old,
+        )
+    )
+    cells = [
+        make_cell(run.run_id, cell_index=i, started_at=run.started_at, duration_s=0.1)
+        for run in runs
+        for i in range(3)
+    ]
+    stores.history.write(runs, cells)
+    stores.outputs.record_outputs("old-done", 1, {"rows": (10, 1)})
+    stores.outputs.record_outputs("new-failed", 1, {"rows": (20, 1)})
+    stores.triggers.add_schedule(
+        Schedule(
+            schedule_id="nightly",
+            kind=ScheduleKind.CRON,
+            cron="0 1 * * *",
+            workflow_path="w.ipynb",
+            created_at=old,
+        )
+    )
+    for days in (100, 99, 98, 1):
+        stores.triggers.claim_fire("nightly", now - timedelta(days=days), None, "skipped: test")
 
 
 def make_job(job_id: str = "j1", **changes: Any) -> Job:

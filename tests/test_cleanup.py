@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 from helpers import ERROR_PREFIX, EXIT_BAD_INPUT, describe, run_cli, served, write_notebook
+from stores import add_retention_records
 
-from casare_nb.core.models import CellRecord, CellStatus, Job, RunRecord, RunStatus
-from casare_nb.core.triggers import Schedule, ScheduleKind
+from casare_nb.core.models import RunStatus
 from casare_nb.notebook.state import StateDir, blob_refs
 from casare_nb.protocol import Event, EventKind
 from casare_nb.store.checkpoints import FileCheckpointStore
@@ -103,68 +103,7 @@ def build_state(state: Path) -> dict[str, Any]:
     store = stores.checkpoints
     assert isinstance(store, FileCheckpointStore)
 
-    def job(job_id: str, status: RunStatus, when: datetime) -> Job:
-        finished = when if status.finished else None
-        return Job(
-            job_id=job_id,
-            workflow_path="w.ipynb",
-            status=status,
-            created_at=when,
-            eligible_at=when,
-            finished_at=finished,
-            attempt=1,
-        )
-
-    def run(run_id: str, status: RunStatus, when: datetime) -> RunRecord:
-        return RunRecord(
-            run_id=run_id,
-            workflow_path="w.ipynb",
-            notebook_sha256="0" * 64,
-            status=status,
-            started_at=when,
-            finished_at=when if status.finished else None,
-        )
-
-    def cells(run_id: str, when: datetime, n: int = 3) -> list[CellRecord]:
-        return [
-            CellRecord(
-                run_id=run_id,
-                attempt=1,
-                cell_index=i,
-                cell_id=f"c{i}",
-                status=CellStatus.OK,
-                started_at=when,
-                duration_s=0.1,
-            )
-            for i in range(n)
-        ]
-
-    plan = {
-        "old-done": (RunStatus.COMPLETED, OLD),
-        "old-failed": (RunStatus.FAILED, OLD),
-        "old-running": (RunStatus.RUNNING, OLD),  # a job still running: never removed
-        "old-queued": (RunStatus.QUEUED, OLD),
-        "new-failed": (RunStatus.FAILED, RECENT),
-    }
-    stores.jobs.add_jobs([job(i, s, w) for i, (s, w) in plan.items()])
-    runs = [run(i, s, w) for i, (s, w) in plan.items() if s is not RunStatus.QUEUED]
-    runs.append(run("local-old", RunStatus.COMPLETED, OLD))  # `casare-nb run`: no job
-    all_cells = [c for r in runs for c in cells(r.run_id, r.started_at)]
-    stores.history.write(runs, all_cells)
-    stores.outputs.record_outputs("old-done", 1, {"rows": (10, 1)})
-    stores.outputs.record_outputs("new-failed", 1, {"rows": (20, 1)})
-    stores.triggers.add_schedule(
-        Schedule(
-            schedule_id="nightly",
-            kind=ScheduleKind.CRON,
-            cron="0 1 * * *",
-            workflow_path="w.ipynb",
-            created_at=OLD,
-        )
-    )
-    for days in (100, 99, 98, 1):
-        due = NOW - timedelta(days=days)
-        stores.triggers.claim_fire("nightly", due, None, "skipped: test")
+    add_retention_records(stores, NOW)
     stores.close()
     with Database(state / "history.duckdb").connect() as con:  # fired_at is the claim's time
         con.execute("UPDATE fires SET fired_at = due_at")

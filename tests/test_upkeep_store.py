@@ -8,89 +8,11 @@ import csv
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from stores import Backend
+from stores import RETENTION_PLAN, Backend, add_retention_records
 
-from casare_nb.core.models import CellRecord, CellStatus, Job, JobStatus, RunRecord, RunStatus
-from casare_nb.core.triggers import Schedule, ScheduleKind
-from casare_nb.store.interfaces import Stores
 from casare_nb.store.schema import SCHEMA_VERSION
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-OLD = NOW - timedelta(days=100)
-RECENT = NOW - timedelta(days=1)
-PLAN = {
-    "old-done": (JobStatus.COMPLETED, OLD),
-    "old-failed": (JobStatus.FAILED, OLD),
-    "old-running": (JobStatus.RUNNING, OLD),
-    "old-queued": (JobStatus.QUEUED, OLD),
-    "new-failed": (JobStatus.FAILED, RECENT),
-}
-
-
-def fill(stores: Stores) -> None:
-    """Jobs and runs of PLAN (3 cells each), a local run without a job, outputs, and four
-    fires of one schedule."""
-    jobs = [
-        Job(
-            job_id=job_id,
-            workflow_path="w.ipynb",
-            status=status,
-            created_at=when,
-            eligible_at=when,
-            finished_at=when if status.finished else None,
-            attempt=1,
-        )
-        for job_id, (status, when) in PLAN.items()
-    ]
-    stores.jobs.add_jobs(jobs)
-    runs = [
-        RunRecord(
-            run_id=job.job_id,
-            workflow_path="w.ipynb",
-            notebook_sha256="0" * 64,
-            status=RunStatus(job.status.value),
-            started_at=job.created_at,
-            finished_at=job.finished_at,
-        )
-        for job in jobs
-        if job.status is not JobStatus.QUEUED
-    ]
-    runs.append(
-        RunRecord(
-            run_id="local-old",
-            workflow_path="w.ipynb",
-            notebook_sha256="0" * 64,
-            status=RunStatus.COMPLETED,
-            started_at=OLD,
-            finished_at=OLD,
-        )
-    )
-    cells = [
-        CellRecord(
-            run_id=run.run_id,
-            attempt=1,
-            cell_index=i,
-            status=CellStatus.OK,
-            started_at=run.started_at,
-            duration_s=0.1,
-        )
-        for run in runs
-        for i in range(3)
-    ]
-    stores.history.write(runs, cells)
-    stores.outputs.record_outputs("old-done", 1, {"rows": (10, 1)})
-    stores.outputs.record_outputs("new-failed", 1, {"rows": (20, 1)})
-    stores.triggers.add_schedule(
-        Schedule(
-            schedule_id="nightly",
-            kind=ScheduleKind.CRON,
-            cron="0 1 * * *",
-            workflow_path="w.ipynb",
-            created_at=OLD,
-        )
-    )
-    for days in (100, 99, 98, 1):
-        stores.triggers.claim_fire("nightly", NOW - timedelta(days=days), None, "skipped: test")
 
 
 def test_retention_removes_what_ended_before_the_cutoff_and_nothing_unfinished(
@@ -100,7 +22,7 @@ def test_retention_removes_what_ended_before_the_cutoff_and_nothing_unfinished(
     run too) with their cells and outputs; a running or queued job and recent runs stay;
     fires claimed before a later cutoff go but the schedule's last."""
     stores = backend.open()
-    fill(stores)
+    add_retention_records(stores, NOW)
     cutoff = NOW - timedelta(days=30)
     dry = stores.upkeep.prune(cutoff, dry_run=True)
     assert (sorted(dry.run_ids), dry.runs, dry.cells, dry.jobs, dry.outputs) == (
@@ -110,7 +32,7 @@ def test_retention_removes_what_ended_before_the_cutoff_and_nothing_unfinished(
         2,
         1,
     )
-    assert stores.upkeep.record_ids() == set(PLAN) | {"local-old"}
+    assert stores.upkeep.record_ids() == set(RETENTION_PLAN) | {"local-old"}
     done = stores.upkeep.prune(cutoff)
     assert (done.run_ids, done.runs, done.cells, done.jobs, done.outputs) == (
         dry.run_ids,
@@ -132,7 +54,7 @@ def test_the_export_holds_every_table_with_its_rows(backend: Backend, tmp_path: 
     """The export names every table of the records with its row count, and writes it into
     the new folder (a CSV per table from PostgreSQL, DuckDB's own export else)."""
     stores = backend.open()
-    fill(stores)
+    add_retention_records(stores, NOW)
     folder = tmp_path / "export"
     counts = stores.upkeep.export(folder)
     assert {
