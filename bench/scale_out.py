@@ -3,17 +3,20 @@
 A throwaway PostgreSQL 15 cluster (Debian's binaries, started as the ``postgres`` user as
 the tests do: ``tests/postgres.py``), then, in one run:
 
-1. **dispatch throughput**, no-op jobs, 4 robots (benchmark 6's drain): one orchestrator on
-   its DuckDB file, then one on PostgreSQL, side by side;
-2. **the active orchestrator SIGKILLed** while 20 jobs run: two ``casare-nb orchestrator``
-   processes on the database (``a`` active, ``b`` standing by), two ``casare-nb robot``
-   processes given both addresses (2 jobs at a time each, real kernels); ``a`` is killed
-   once 4 jobs run. Measured: the kill -> ``b`` serving (its runtime file) -> both robots
+1. **dispatch throughput**, no-op jobs, 4 robots: benchmark 6's drain (one orchestrator in
+   this process) on its DuckDB file and on PostgreSQL; then ``casare-nb orchestrator``
+   processes on PostgreSQL, **one node, then two** (the 4 robots split between them, in a
+   process per node), 10,000 jobs queued in bulk, timed until the database says every one
+   completed; every job's attempts and the robots' own counts say whether one ran twice;
+2. **an orchestrator SIGKILLed** while 20 jobs run: two ``casare-nb orchestrator``
+   processes on the database (``a`` leading, ``b``), two ``casare-nb robot`` processes given
+   both addresses (2 jobs at a time each, real kernels, on ``a`` first); ``a`` is killed
+   once 4 jobs run. Measured: the kill -> ``b`` leading (its runtime file) -> both robots
    registered with ``b``; then every job's outcome: completed once, lost, run twice (a job
    completed more than once, or cell rows of one attempt recorded twice);
-3. **the active orchestrator SIGKILLed across a due time**: a schedule due 3 s after it is
-   made, the active one killed at once; how many jobs it made (must be 1; more than one
-   fire of the due time fails the run) and how late it fired;
+3. **the leader SIGKILLed across a due time**: a schedule due 3 s after it is made, the
+   leader killed at once; how many jobs it made (must be 1; more than one fire of the due
+   time fails the run) and how late it fired;
 4. **PostgreSQL restarted under load**: one orchestrator, one robot, a client submitting a
    job every 50 ms while the server is stopped (``-m immediate``) and started again: every
    submission answered 201 is completed once; the others were refused with 503 (nothing was
@@ -42,20 +45,102 @@ import psycopg  # noqa: E402
 from helpers import write_notebook  # noqa: E402  (the process helpers live with the tests)
 from jupyter_harness import free_port  # noqa: E402
 from nodes import (  # noqa: E402
+    LEADS,
     due_time_across_a_kill,
+    expect_all,
     kill_the_active_one,
     orchestrator_node,
     robot_process,
 )
 from postgres import PgServer, throwaway_server  # noqa: E402
 
+from bench.cluster import RobotProcess  # noqa: E402
 from casare_nb import Client, ClientError  # noqa: E402
 from casare_nb.core.models import RunStatus  # noqa: E402
+from casare_nb.core.tokens import TokenRole  # noqa: E402
+from casare_nb.store.jobs import SqlJobStore  # noqa: E402
+from casare_nb.store.postgres import open_postgres  # noqa: E402
 
 COMMAND = ".venv/bin/python -m bench.scale_out"
+ROBOTS = 4
+DRAIN_BUDGET_S = 120.0
 FAILOVER_JOBS = 20
 BACK_TARGET_S = 5.0
 LATE_TARGET_S = 5.0
+
+
+async def _drain_nodes(server: PgServer, work: Path, nodes: int, total: int) -> dict[str, Any]:
+    """``nodes`` orchestrator processes on a new database, 4 no-op robots split between
+    them, ``total`` jobs queued in bulk: the drain time and what ran twice (see the module
+    docstring)."""
+    url = server.new_database()
+    (work / "workflows").mkdir(parents=True, exist_ok=True)
+    path = nbs.write_notebook(work / "workflows" / "noop.ipynb", ["x = 1"])
+    names = [chr(ord("a") + i) for i in range(nodes)]
+    ports = {name: (free_port(), free_port()) for name in names}
+    procs = []
+    robots: list[RobotProcess] = []
+    stores = open_postgres(url, work / "state")
+    jobs = stores.jobs
+    assert isinstance(jobs, SqlJobStore)
+    try:
+        for name in names:
+            procs.append(orchestrator_node(work, url, name, ports[name]))
+            if name == "a":
+                expect_all(procs[-1], LEADS, "orchestrator ready")
+            else:
+                procs[-1].expect("orchestrator ready")
+        for i, name in enumerate(names):
+            ids = [f"robot-{k}" for k in range(ROBOTS) if k % nodes == i]
+            tokens = [
+                {"robot_id": rid, "token": stores.tokens.create_token(rid, TokenRole.ROBOT)}
+                for rid in ids
+            ]
+            setup = {
+                "url": f"ws://127.0.0.1:{ports[name][0]}",
+                "mode": "noop",
+                "robots": tokens,
+                "capacity": 1,
+            }
+            robots.append(await RobotProcess.start(setup, work / f"robots-{name}"))
+        for group in robots:
+            await group.event("prepared")
+        jobs.owner = "bench"  # the bulk insert is announced to the nodes
+        await asyncio.to_thread(jobs.add_jobs, dispatch._bulk_jobs(path, total))
+        start = time.perf_counter()
+        for group in robots:
+            await group.send("go")
+        done = 0
+        while done < total and time.perf_counter() - start < DRAIN_BUDGET_S:
+            await asyncio.sleep(0.05)
+            rows = jobs.db.select("SELECT count(*) FROM jobs WHERE status = 'completed'")
+            done = int(rows[0][0])
+        drain_s = time.perf_counter() - start
+        reports = [await group.stop() for group in robots]
+        robots = []
+        rows = jobs.db.select(
+            "SELECT owner, attempt, count(*) FROM jobs GROUP BY owner, attempt ORDER BY 1, 2"
+        )
+    finally:
+        for group in robots:
+            await group.kill()
+        for proc in procs:
+            proc.kill()
+        stores.close()
+    assigned: dict[str, int] = {}
+    for report in reports:
+        for job_id, n in report["assigned"].items():
+            assigned[job_id] = assigned.get(job_id, 0) + n
+    return {
+        "nodes": nodes,
+        "total": total,
+        "completed": done,
+        "drain_s": drain_s,
+        "rate": done / drain_s if drain_s else 0.0,
+        "by_owner_attempt": [[str(o), int(a), int(n)] for o, a, n in rows],
+        "assigned_twice": sum(1 for n in assigned.values() if n > 1),
+        "not_first_attempt": sum(int(n) for _, a, n in rows if int(a) != 1),
+    }
 
 
 def _failover(server: PgServer, work: Path) -> dict[str, Any]:
@@ -138,6 +223,7 @@ def _restart(server: PgServer, work: Path, submits: int) -> dict[str, Any]:
 def main(quick: bool = False) -> dict[str, Any]:
     reps = 1 if quick else 3
     total = 1_000 if quick else 3_000
+    nodes_total = 2_000 if quick else 10_000
     raw: dict[str, Any] = {"dispatch": {}, "failover": [], "due": []}
     with throwaway_server() as server:
         for name, store in (("duckdb", None), ("postgresql", "pg")):
@@ -146,6 +232,14 @@ def main(quick: bool = False) -> dict[str, Any]:
                 print(f"  [scale-out] dispatch on {name}", file=sys.stderr, flush=True)
                 measured = asyncio.run(dispatch._measure(work, total, 100, 60.0, None, url))
                 raw["dispatch"][name] = {"raw": measured, "check": dispatch._check(measured)}
+        raw["nodes"] = {1: [], 2: []}
+        for i in range(reps):
+            for count in (1, 2):
+                print(f"  [scale-out] {count} node(s) {i + 1}/{reps}", file=sys.stderr, flush=True)
+                with nbs.temp_dir(f"scale-nodes-{count}") as work:
+                    raw["nodes"][count].append(
+                        asyncio.run(_drain_nodes(server, work, count, nodes_total))
+                    )
         for i in range(reps):
             print(f"  [scale-out] failover {i + 1}/{reps}", file=sys.stderr, flush=True)
             with nbs.temp_dir("scale-failover") as work:

@@ -1,6 +1,6 @@
 """Orchestrator and robot processes on a shared PostgreSQL store, and the two scenarios of
-an active orchestrator's death, for the tests of several orchestrators
-(test_orchestrator_nodes.py) and benchmark 18 (bench/scale_out.py).
+an orchestrator's death (the one the robots are on, the leader), for the tests of several
+orchestrators (test_orchestrator_nodes.py) and benchmark 18 (bench/scale_out.py).
 
 All of them run in one folder (``base``): one state directory ``base/state`` (the shared
 checkpoint files and runtime file), one ``base/workflows``, and ``base/orchestrator.yaml``
@@ -26,10 +26,11 @@ from casare_nb.protocol import EventKind
 __all__ = [
     "Failover",
     "due_time_across_a_kill",
+    "expect_all",
     "kill_the_active_one",
+    "node_pair",
     "orchestrator_node",
     "robot_process",
-    "standby_pair",
 ]
 
 WAIT_S = 60.0  # the longest any one wait here may take
@@ -77,19 +78,31 @@ def robot_process(base: Path, urls: str, token: str, robot_id: str, slots: int =
     )
 
 
-def standby_pair(base: Path, store: str) -> tuple[Proc, Proc, str]:
-    """Orchestrator ``a`` (active: it wrote its runtime file) and ``b`` (standing by) on
-    ``store``, and the robots' address list of both."""
+LEADS = "leader (epoch"
+"""What a node prints when it starts leading (and writes the runtime file)."""
+
+
+def expect_all(proc: Proc, *needles: str) -> None:
+    """Wait until ``proc`` printed a line with each of ``needles``, in any order."""
+    left = set(needles)
+    while left:
+        line = proc.expect("")
+        left = {needle for needle in left if needle not in line}
+
+
+def node_pair(base: Path, store: str) -> tuple[Proc, Proc, str]:
+    """Orchestrators ``a`` (serving and leading: the runtime file names it) and ``b``
+    (serving too) on ``store``, and the robots' address list of both."""
     ports = {name: (free_port(), free_port()) for name in ("a", "b")}
     a = orchestrator_node(base, store, "a", ports["a"])
     try:
-        a.expect("runtime file")
+        expect_all(a, LEADS, "orchestrator ready")  # in either order
         b = orchestrator_node(base, store, "b", ports["b"])
     except BaseException:
         a.kill()
         raise
     try:
-        b.expect("standby:")
+        b.expect("orchestrator ready")
     except BaseException:
         a.kill()
         b.kill()
@@ -108,9 +121,9 @@ class Failover:
     job_ids: list[str]
     finished: list[Job]
     serving_s: float
-    """SIGKILL of the active one -> the standby wrote its runtime file (it serves)."""
+    """SIGKILL of a -> b leads (it wrote the runtime file; it served all along)."""
     back_s: float
-    """SIGKILL -> every robot registered with the standby."""
+    """SIGKILL -> every robot registered with b."""
     robots_alive: bool
     """Every robot process still ran once the jobs were done."""
 
@@ -125,17 +138,17 @@ def kill_the_active_one(
     running: int,
     handover: bool = False,
 ) -> Failover:
-    """Orchestrators a (active) and b (standing by) on ``store``; ``robots`` robot processes
-    of ``slots`` given both addresses; ``jobs`` jobs of 4 cells of 0.3 s; SIGKILL of a (or
-    SIGTERM: ``handover``, a then exits 0 saying so) once ``running`` of them run; then b
-    serves, the robots come back to it, every job is waited for, and b stops cleanly (what
-    it staged is written). Every process is killed after."""
+    """Orchestrators a (leading; the robots' first address) and b on ``store``; ``robots``
+    robot processes of ``slots`` given both addresses; ``jobs`` jobs of 4 cells of 0.3 s;
+    SIGKILL of a (or SIGTERM: ``handover``, a then exits 0 saying so) once ``running`` of
+    them run; then b leads, the robots come back to it, every job is waited for, and b stops
+    cleanly (what it staged is written). Every process is killed after."""
     (base / "workflows").mkdir(parents=True, exist_ok=True)
     write_notebook(
         base / "workflows" / "steps.ipynb",
         [f"import time; time.sleep(0.3); step = {i}" for i in range(4)],
     )
-    a, b, urls = standby_pair(base, store)
+    a, b, urls = node_pair(base, store)
     procs = [a, b]
     names = {f"r{i + 1}" for i in range(robots)}
     try:
@@ -157,7 +170,7 @@ def kill_the_active_one(
         else:
             a.kill()
         killed = time.monotonic()
-        b.expect("runtime file", timeout=WAIT_S)
+        b.expect(LEADS, timeout=WAIT_S)
         serving_s = time.monotonic() - killed
         if handover and (a.wait(WAIT_S) != 0 or not any("handing over" in x for x in a.out)):
             raise AssertionError(a.describe())
@@ -178,11 +191,11 @@ def kill_the_active_one(
 
 
 def due_time_across_a_kill(base: Path, store: str) -> tuple[FireInfo, Job, datetime]:
-    """A schedule due 3 s after it is made on orchestrator a (active), a SIGKILLed at
-    once; b takes over; its fire, the fire's job once finished, and the due time."""
+    """A schedule due 3 s after it is made on orchestrator a (the leader), a SIGKILLed at
+    once; b leads; its fire, the fire's job once finished, and the due time."""
     (base / "workflows").mkdir(parents=True, exist_ok=True)
     write_notebook(base / "workflows" / "tick.ipynb", ["x = 1"])
-    a, b, urls = standby_pair(base, store)
+    a, b, urls = node_pair(base, store)
     procs = [a, b]
     try:
         with Client.local(base / "state") as client:
@@ -191,7 +204,7 @@ def due_time_across_a_kill(base: Path, store: str) -> tuple[FireInfo, Job, datet
             schedule = client.add_schedule("tick.ipynb", at=due.replace(tzinfo=None)).schedule
         procs.append(robot_process(base, urls, token, "r1"))
         a.kill()
-        b.expect("runtime file", timeout=WAIT_S)
+        b.expect(LEADS, timeout=WAIT_S)
         with Client.local(base / "state") as client, client.subscribe(("jobs",)) as events:
             while not (fires := client.fires(schedule.schedule_id)) or fires[0].job_id is None:
                 events.receive(timeout=WAIT_S)

@@ -82,9 +82,9 @@ def setup_logging(level: str) -> None:
 )
 @click.option(
     "--node-id",
-    help="This orchestrator among several on one --store (default HOST-PID); its log files are "
-    "STATE_DIR/logs/orchestrator-NODE.log and audit-NODE.log. One is active, the others "
-    "stand by.",
+    help="This orchestrator among several on one --store (default HOST-PID; give each its "
+    "own): the owner of the jobs it runs; its log files are STATE_DIR/logs/orchestrator-NODE.log "
+    "and audit-NODE.log. All serve and dispatch; one leads (schedules, file watch).",
 )
 @click.option(
     "--workflows",
@@ -172,7 +172,9 @@ def orchestrator(
         click.echo(f"  state             {s.state_dir}")
         click.echo(f"  store             {s.orchestrator.stores.where}")
         role = s.orchestrator.role
-        if role.shared:
+        if s.orchestrator.stores.shared is not None:
+            click.echo(f"  node              {role.node_id} (one of several, all active)")
+        elif role.shared:
             click.echo(f"  node              {role.node_id} (active, epoch {role.epoch})")
         click.echo(f"  runtime file      {s.runtime_file}")
         click.echo(f"  logs              {s.state_dir / 'logs'}")
@@ -181,8 +183,9 @@ def orchestrator(
             f"casare-nb robot --orchestrator {s.ws_url} --token-file FILE --robot-id robot-1"
         )
 
-    service.on_standby = lambda who: click.echo(
-        f"standby: {who} is active; this orchestrator takes over when it goes"
+    service.on_lead = lambda epoch: click.echo(
+        f"leader (epoch {epoch}): this node fires schedules, watches files and adopts the "
+        "jobs of dead nodes"
     )
     code = asyncio.run(
         run_orchestrator(

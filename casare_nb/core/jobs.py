@@ -119,12 +119,18 @@ class LiveJobs:
 
     # -- transitions ---------------------------------------------------------------------
 
-    def assign(self, job_id: str, robot_id: str, *, now: datetime) -> Job:
-        """queued -> running on ``robot_id``: assigned_at = ``now``, attempt + 1."""
-        job = self._queued.get(job_id)
-        if job is None:
-            raise QueueError(f"job {job_id} is not queued (status {self._status(job_id)})")
-        running = job.model_copy(
+    def drop(self, job_id: str) -> Job | None:
+        """Forget a job without staging anything (another orchestrator sharing the database
+        owns it now); the job as it was here, or None."""
+        job = self._queued.pop(job_id, None) or self._running.pop(job_id, None)
+        self._cancel.discard(job_id)
+        self._unaccepted.discard(job_id)
+        return job
+
+    @staticmethod
+    def assignment(job: Job, robot_id: str, now: datetime) -> Job:
+        """The running state :meth:`assign` makes of the queued ``job`` (nothing changes)."""
+        return job.model_copy(
             update={
                 "status": RunStatus.RUNNING,
                 "robot_id": robot_id,
@@ -133,6 +139,13 @@ class LiveJobs:
                 "attempt": job.attempt + 1,
             }
         )
+
+    def assign(self, job_id: str, robot_id: str, *, now: datetime) -> Job:
+        """queued -> running on ``robot_id``: assigned_at = ``now``, attempt + 1."""
+        job = self._queued.get(job_id)
+        if job is None:
+            raise QueueError(f"job {job_id} is not queued (status {self._status(job_id)})")
+        running = self.assignment(job, robot_id, now)
         del self._queued[job_id]
         self._running[job_id] = running
         self._unaccepted.add(job_id)
@@ -290,7 +303,24 @@ class LiveJobs:
             raise QueueError(
                 f"job {job.job_id} is still {self._status(job.job_id)}: only a finished job re-runs"
             )
-        queued = job.model_copy(
+        queued = self.reopening(
+            job, now=now, resume_from_failed=resume_from_failed, parameters=parameters
+        )
+        self._queued[job.job_id] = queued
+        self._enqueue(queued)
+        self._stage(queued, False)
+        return queued
+
+    @staticmethod
+    def reopening(
+        job: Job,
+        *,
+        now: datetime,
+        resume_from_failed: bool,
+        parameters: dict[str, Any] | None = None,
+    ) -> Job:
+        """The queued state :meth:`reopen` makes of the finished ``job`` (nothing changes)."""
+        return job.model_copy(
             update={
                 "status": RunStatus.QUEUED,
                 "eligible_at": now,
@@ -308,10 +338,6 @@ class LiveJobs:
                 "parameters": job.parameters if parameters is None else parameters,
             }
         )
-        self._queued[job.job_id] = queued
-        self._enqueue(queued)
-        self._stage(queued, False)
-        return queued
 
     # -- the queue -----------------------------------------------------------------------
 

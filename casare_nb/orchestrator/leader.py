@@ -1,18 +1,18 @@
-"""Which of several orchestrators on one database is active: become it, notice losing it.
+"""Which of several orchestrators on one database leads: become it, notice losing it.
 
-Orchestrators that share a PostgreSQL store (``--store postgresql://...``) run one at a time:
-the active one holds the store's :class:`~casare_nb.store.interfaces.Leadership` and serves
-robots, clients, schedules and triggers; the others are **standbys**, waiting for it in
-:meth:`ActiveRole.become` (they serve nothing yet). When the active one dies its database
-connection goes with it, the lock is free, and a standby takes over within
-``LEADER_POLL_S``: it loads the queued and running jobs from the database, holds dispatch a
-moment for the dead one's robots to come back, and its robots' attempts continue.
+Orchestrators that share a PostgreSQL store (``--store postgresql://...``) all serve robots
+and clients and dispatch (:mod:`casare_nb.orchestrator.jobs.sharing`); one of them **leads**:
+it holds the store's :class:`~casare_nb.store.interfaces.Leadership` and fires the schedules,
+watches the file-watch folders and adopts the jobs of dead nodes. The others wait for the
+lead in :meth:`ActiveRole.become` (in a task: they serve meanwhile); when the leader dies its
+database connection goes with it, the lock is free, and another node leads within
+``LEADER_POLL_S``.
 
-Once active, :meth:`ActiveRole.watch` checks every ``CHECK_S`` that it still is. A lost
+Once leading, :meth:`ActiveRole.watch` checks every ``CHECK_S`` that it still does. A lost
 connection is reconnected and the lock taken again if nobody took over meanwhile; if another
-orchestrator did, or the database has been out of reach for ``PARTITION_S`` (another may have
-taken over on its side of a network split), the orchestrator **stands down**: ``lost`` is
-set with the reason, and the service stops (a supervisor restarts it as a standby).
+node did, or the database has been out of reach for ``PARTITION_S`` (another may have taken
+over on its side of a network split), the orchestrator **stands down**: ``lost`` is set with
+the reason, and the service stops (a supervisor restarts it).
 
 The embedded default has no leadership: one process holds its file.
 """
@@ -75,19 +75,19 @@ class ActiveRole:
 
     @property
     def shared(self) -> bool:
-        """Whether several orchestrators may share the store (a standby may wait)."""
+        """Whether several orchestrators may share the store (one leads)."""
         return self.leadership is not None
 
     async def become(self, waiting: Callable[[str], None] | None = None) -> None:
-        """Return once this orchestrator is the active one (at once without a leadership);
-        QueueError if :meth:`give_up` came first or the database cannot be reached."""
+        """Return once this orchestrator leads (at once without a leadership); QueueError if
+        :meth:`give_up` came first or the database cannot be reached."""
         lead = self.leadership
         if lead is None or self.epoch is not None:
             return
 
         def told(who: str) -> None:
             logger.warning(
-                "standby: %s is the active orchestrator of %s; taking over when it goes",
+                "%s leads the orchestrators of %s; this node leads when it goes",
                 who,
                 self.where,
             )
@@ -96,7 +96,7 @@ class ActiveRole:
 
         self.epoch = await asyncio.to_thread(lead.acquire, self.node_id, self._give_up.is_set, told)
         logger.info(
-            "node %s is the active orchestrator of %s (epoch %d)",
+            "node %s leads the orchestrators of %s (epoch %d)",
             self.node_id,
             self.where,
             self.epoch,
@@ -107,7 +107,7 @@ class ActiveRole:
         return self.leadership is None or self.leadership.previous_stopped()
 
     def give_up(self) -> None:
-        """Stop waiting in :meth:`become` (a signal while standing by)."""
+        """Stop waiting in :meth:`become` (the orchestrator stops)."""
         self._give_up.set()
 
     def watch(self) -> None:

@@ -39,6 +39,7 @@ from casare_nb.core.tokens import DEFAULT_ROLE, TokenRole, legacy_notice
 from casare_nb.notebook.state import private_dir
 from casare_nb.orchestrator.jobs.durable import DURABLE_TIMEOUT_S
 from casare_nb.orchestrator.jobs.manager import JobManager
+from casare_nb.orchestrator.jobs.sharing import SWEEP_S
 from casare_nb.orchestrator.leader import ActiveRole, default_node_id
 from casare_nb.orchestrator.metrics import OrchestratorMetrics
 from casare_nb.orchestrator.registry import RobotRegistry
@@ -69,6 +70,11 @@ MAINTENANCE_FILE: Final = "maintenance.json"
 logger = logging.getLogger("casare_nb.orchestrator")
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("a background check failed: %s", task.exception())
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -77,9 +83,10 @@ class Orchestrator:
     """The orchestrator of one state directory; see the module docstring.
 
     Keeps its state in ``stores`` (default: those ``store`` names, a PostgreSQL URL, else the
-    embedded DuckDB stores of ``state_dir``). On a store several orchestrators may share,
-    ``start()`` first waits to be the active one (:mod:`.leader`; ``node_id`` names this one)
-    and ``role.lost`` is set if it stops being it.
+    embedded DuckDB stores of ``state_dir``). On a store several orchestrators share, every
+    one serves and dispatches (``node_id`` names this one: :mod:`.jobs.sharing`); one of them
+    leads (:mod:`.leader`: schedules, file watch, dead nodes), and ``role.lost`` is set if it
+    led and another took the lead from it.
     ``await start()`` opens them and binds ``host:port`` (127.0.0.1:8765 by default; port 0
     picks a free one); ``await stop()`` closes every connection and releases the storage;
     ``async with`` does both. Pass an ``ssl_context`` to serve ``wss://``.
@@ -122,9 +129,13 @@ class Orchestrator:
         self.thresholds = thresholds or Thresholds()
         self.started_at = clock()
         self.stores = stores or open_stores(store, self.state_dir)
-        self.role = ActiveRole(
-            self.stores.leadership, node_id or default_node_id(), str(self.stores.where)
-        )
+        node = node_id or default_node_id()
+        if self.stores.shared is not None:  # every node active: the job rows say whose
+            self.stores.shared.bind(node)
+        self.role = ActiveRole(self.stores.leadership, node, str(self.stores.where))
+        self._leading: asyncio.Task[None] | None = None
+        self.on_lead: Callable[[int], None] | None = None
+        """Called with its epoch when this node of a shared database starts leading."""
         self.registry = RobotRegistry()
         self.metrics = OrchestratorMetrics(clock)
         self._clock = clock
@@ -195,7 +206,9 @@ class Orchestrator:
         # the state directory holds checkpoint files whatever keeps the records
         await asyncio.to_thread(private_dir, self.state_dir)
         await asyncio.to_thread(self.stores.open)  # fail now on a locked or unwritable file
-        await self.role.become()  # a standby of a shared database waits here
+        shared = self.stores.shared is not None
+        if not shared:
+            await self.role.become()  # at once: no other orchestrator shares the store
         for row in await asyncio.to_thread(self.stores.tokens.list_tokens):
             if row.get("role") is None and row["revoked_at"] is None:  # from before roles
                 logger.warning("%s", legacy_notice(row["name"]))
@@ -203,25 +216,60 @@ class Orchestrator:
         port = await self.websocket.start()
         self._started = True
         self.job_manager.start()
+        if self.job_manager.sharing is not None:
+            self.job_manager.sharing.token_listeners.append(self._token_changed_elsewhere)
         held = await asyncio.to_thread(self._kept_maintenance)
         if held is not None:
             logger.warning("maintenance is on since %s: schedules and triggers held", held)
-        await self.triggers.start(held_since=held)
-        self.role.watch()
+        await self.triggers.start(held_since=held, lead=not shared)
+        if shared:  # every node serves; one leads (schedules, file watch, dead nodes)
+            self._leading = asyncio.create_task(self._lead(), name="orchestrator-lead")
+        else:
+            self.role.watch()
         logger.info("orchestrator listening on %s", self.url)
         return port
+
+    async def _lead(self) -> None:
+        """Of several orchestrators on one database: wait to lead, then fire schedules,
+        watch files, adopt the jobs of dead nodes and take up what the others changed
+        (schedules, file watches, maintenance), every second."""
+        sharing = self.job_manager.sharing
+        try:
+            await self.role.become()
+        except QueueError as exc:
+            logger.error("node %s cannot lead: %s", self.role.node_id, exc)
+            return
+        await self.triggers.lead()
+        self.role.watch()
+        if self.on_lead is not None and self.role.epoch is not None:
+            self.on_lead(self.role.epoch)
+        while True:
+            try:
+                held = await asyncio.to_thread(self._kept_maintenance)
+                if (held is None) != (self.triggers.held_since is None):
+                    await self.triggers.hold(held)
+                await self.triggers.sync()
+                if sharing is not None:
+                    await sharing.sweep()
+            except Exception:
+                logger.exception("leading failed a round")
+            await asyncio.sleep(SWEEP_S)
 
     async def stop(self) -> None:
         """Close every connection (1001), stop serving and release the storage; idempotent."""
         if self._stopped:
             return
         self._stopped = True
+        if self._leading is not None:
+            self.role.give_up()
+            self._leading.cancel()
+            await asyncio.gather(self._leading, return_exceptions=True)
         await self.triggers.stop()
         await self.websocket.stop()
         await self.job_manager.stop()
         self.websocket.cancel_tasks()
         await asyncio.to_thread(self.stores.close)
-        await self.role.release()  # after the last write: a standby takes over from here
+        await self.role.release()  # after the last write: another node leads from here
         self._notify()
         if self._started:  # a start that failed said why; "stopped" would be noise
             logger.info("orchestrator on %s stopped", self.url)
@@ -577,6 +625,18 @@ class Orchestrator:
         loop = self._loop
         if loop is not None and not self._stopped and not loop.is_closed():
             loop.call_soon_threadsafe(self.websocket.drop_token, name)
+
+    def _token_changed_elsewhere(self, name: str) -> None:
+        """A token was created or revoked on another orchestrator of the database: if
+        ``name`` has no live token now, its connections here are closed too."""
+
+        async def check() -> None:
+            rows = await asyncio.to_thread(self.stores.tokens.list_tokens)
+            if not any(r["name"] == name and r["revoked_at"] is None for r in rows):
+                self.websocket.drop_token(name)
+
+        task = asyncio.get_running_loop().create_task(check())
+        task.add_done_callback(_log_failure)
 
     # -- waiting for a change ------------------------------------------------------------
 

@@ -135,8 +135,8 @@ class OrchestratorService:
         self._options = orchestrator_options
         self._orchestrator: Orchestrator | None = None
         self._http: HttpServer | None = None
-        self.on_standby: Callable[[str], None] | None = None
-        """Told who is active when this orchestrator has to stand by (a shared store)."""
+        self.on_lead: Callable[[int], None] | None = None
+        """Told its epoch when this node of a shared database starts leading."""
         self.admin_token: str | None = None
         self.admin_token_name: str | None = None
 
@@ -176,15 +176,14 @@ class OrchestratorService:
             **self._options,
         )
         self._orchestrator = orch
-        if orch.role.shared:  # a standby waits here, serving nothing, until it is active
-            try:
-                await asyncio.to_thread(orch.stores.open)
-                await orch.role.become(self.on_standby)
-            except BaseException:
-                await self.stop()
-                raise
+        orch.on_lead = self._leads
         running = read_runtime_file(self.runtime_file)
-        if running is not None and running.pid != os.getpid() and _answers(running):
+        if (
+            orch.stores.shared is None  # nodes of a shared database may share a state dir
+            and running is not None
+            and running.pid != os.getpid()
+            and _answers(running)
+        ):
             self._orchestrator = None
             await orch.stop()
             raise ServiceError(
@@ -217,7 +216,9 @@ class OrchestratorService:
                 raise ServiceError(_bind_error(self.host, self.http_port, exc)) from None
             self._http = http
             await asyncio.to_thread(self._create_admin_token)
-            if self.write_runtime_file:
+            if self.write_runtime_file and (
+                orch.stores.shared is None or running is None or not _answers(running)
+            ):
                 self._write_runtime_file()
         except BaseException:
             await self.stop()
@@ -235,12 +236,24 @@ class OrchestratorService:
             raise ServiceError(f"cannot load TLS certificate {self.tls_cert}: {exc}") from None
         return context
 
+    def _leads(self, epoch: int) -> None:
+        """This node of a shared database leads now: the runtime file names it (the one a
+        local client finds), and the leader says so."""
+        if self.write_runtime_file and self.admin_token is not None:
+            self._write_runtime_file()
+        if self.on_lead is not None:
+            self.on_lead(epoch)
+
     def _create_admin_token(self) -> None:
         orch = self.orchestrator
+        # several nodes of a shared database: each its own (node id in the name)
+        mine = ADMIN_TOKEN_PREFIX
+        if orch.stores.shared is not None:
+            mine = f"{ADMIN_TOKEN_PREFIX}{orch.role.node_id}-"
         for row in orch.stores.tokens.list_tokens():  # left behind by a service that was killed
-            if row["name"].startswith(ADMIN_TOKEN_PREFIX) and row["revoked_at"] is None:
+            if row["name"].startswith(mine) and row["revoked_at"] is None:
                 orch.revoke_token(row["name"])
-        name = f"{ADMIN_TOKEN_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+        name = f"{mine}{os.getpid()}-{secrets.token_hex(3)}"
         self.admin_token = orch.create_token(name, TokenRole.ADMIN)
         self.admin_token_name = name
 
@@ -267,7 +280,7 @@ class OrchestratorService:
                 self.runtime_file.unlink()
 
     def give_up(self) -> None:
-        """Stop standing by: :meth:`start` then raises (any thread)."""
+        """Stop waiting to lead (a shared store; any thread)."""
         if self._orchestrator is not None:
             self._orchestrator.role.give_up()
 
@@ -314,9 +327,9 @@ async def run_orchestrator(
     listen and the runtime file is written; ``say`` gets one line per shutdown step. On a
     store several orchestrators share, a signal hands over instead of draining: the service
     stops, its robots reconnect to the next orchestrator of their list with their jobs
-    running (``casare-nb drain`` is how that fleet is stopped); a signal while standing by
-    stops the wait. Answers the exit code: 0, or 1 when the orchestrator stood down (another
-    took over its store).
+    running (``casare-nb drain`` is how that fleet is stopped); a signal while starting stops
+    the start. Answers the exit code: 0, or 1 when the orchestrator stood down (it led, and
+    another node took the lead from it).
     """
     tell = say or (lambda line: logger.info("%s", line))
     loop = asyncio.get_running_loop()
@@ -329,8 +342,8 @@ async def run_orchestrator(
         starting = asyncio.create_task(service.start())
         signalled = asyncio.create_task(signals.get())
         await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():  # a signal while standing by
-            tell("signal while standing by: stopping")
+        if not starting.done():  # a signal while starting
+            tell("signal while starting: stopping")
             service.give_up()
             with contextlib.suppress(CasareError, QueueError):
                 await starting
@@ -351,8 +364,8 @@ async def run_orchestrator(
             lost.cancel()
             name = signal.Signals(first_signal.result()).name
             tell(
-                f"{name}: handing over: the robots reconnect to a standby and their jobs go "
-                "on (casare-nb drain stops them)"
+                f"{name}: handing over: the robots reconnect to another orchestrator and "
+                "their jobs go on (casare-nb drain stops them)"
             )
         else:
             lost.cancel()

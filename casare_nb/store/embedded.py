@@ -15,7 +15,7 @@ from casare_nb.notebook.state import StateDir
 from casare_nb.store.checkpoints import FileCheckpointStore
 from casare_nb.store.database import Database
 from casare_nb.store.history import HistoryStore
-from casare_nb.store.interfaces import Leadership, Stores, Upkeep
+from casare_nb.store.interfaces import Leadership, SharedJobs, Stores, Upkeep
 from casare_nb.store.jobs import COMMIT_INTERVAL_S, SqlJobStore
 from casare_nb.store.outputs import SqlOutputStore
 from casare_nb.store.sql import SqlDatabase
@@ -54,17 +54,22 @@ def sql_stores(
     where: Path | str,
     commit_interval_s: float = COMMIT_INTERVAL_S,
     leadership: Leadership | None = None,
+    shared: Callable[[SqlJobStore], SharedJobs] | None = None,
 ) -> Stores:
     """The SQL stores on ``db`` with checkpoint files in ``state`` (each backend gives its
-    upkeep, where it is, and who is active among several orchestrators if several may
-    share it); closing them closes ``db``."""
+    upkeep, where it is, and, if several orchestrators may share it, who leads and how
+    they share the job rows); closing them closes ``db``."""
     jobs = SqlJobStore(db, commit_interval_s=commit_interval_s)
 
     def open_() -> None:
         with jobs.connection():
             pass
 
+    rows = None if shared is None else shared(jobs)
+
     def close() -> None:
+        if rows is not None:
+            rows.close()
         jobs.close()
         db.close()
 
@@ -80,4 +85,5 @@ def sql_stores(
         opener=open_,
         closer=close,
         leadership=leadership,
+        shared=rows,
     )

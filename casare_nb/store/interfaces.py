@@ -43,6 +43,8 @@ __all__ = [
     "OutputStore",
     "Pruned",
     "RunHistory",
+    "SharedJobs",
+    "SharedRow",
     "Stores",
     "TokenStore",
     "TriggerStore",
@@ -468,6 +470,86 @@ class Leadership(Protocol):
         ...
 
 
+class SharedRow(NamedTuple):
+    """A job's row as several orchestrators share it: the job, whether its cancel was
+    asked, and the node that writes its states (None: nobody yet)."""
+
+    job: Job
+    cancel_requested: bool
+    owner: str | None
+
+
+class SharedJobs(Protocol):
+    """The job rows of orchestrators that share a database and are all active: the
+    transitions that change a job's owner are compare-and-sets, decided by the database
+    (one node wins), and every change is announced to the other nodes, which read the rows
+    back (:mod:`casare_nb.store.shared`)."""
+
+    node: str
+
+    def bind(self, node_id: str) -> None:
+        """Act as ``node_id`` from now on: the job store marks every row it writes as this
+        node's, writes only over rows it owns, and announces its commits."""
+        ...
+
+    def claim(self, jobs: Sequence[Job]) -> set[str]:
+        """Take queued jobs for this node: each of ``jobs`` is the running state to write
+        (attempt n, robot, assigned_at); the ids whose row was still queued at attempt n-1
+        (the others went to another node, or changed)."""
+        ...
+
+    def take_over(
+        self, job_id: str, attempt: int, robot_id: str, now: datetime
+    ) -> SharedRow | None:
+        """A robot that reconnected here holds ``attempt`` of a running job: this node
+        owns it from now on (the row, else None when the job is no longer at that attempt)."""
+        ...
+
+    def cancel(self, job_id: str, now: datetime) -> SharedRow | None:
+        """Cancel a job wherever it is: a queued one ends cancelled here, a running one gets
+        its cancel asked for its owner to act on; the row after, None when it was finished
+        or unknown."""
+        ...
+
+    def reopen(self, queued: Job, was: Job) -> bool:
+        """Queue again a finished job ``was`` as ``queued`` (a re-run) for this node; False
+        when the row no longer is ``was`` (re-run elsewhere meanwhile)."""
+        ...
+
+    def read(self, job_ids: Collection[str]) -> list[SharedRow]:
+        """The rows of ``job_ids`` (unknown ids are left out)."""
+        ...
+
+    def unfinished(self) -> list[SharedRow]:
+        """Every queued or running job's row."""
+        ...
+
+    def listen(
+        self,
+        on_rows: Callable[[list[SharedRow], bool], None],
+        on_token: Callable[[str], None] | None = None,
+    ) -> None:
+        """Start hearing of the other nodes' changes (in a thread of its own):
+        ``on_rows(rows, complete)`` gets the rows read back after each batch of
+        announcements; ``complete`` rows are every unfinished job, read after (re)connecting
+        (anything may have changed while not listening); ``on_token(name)`` hears of each
+        token created or revoked (the token store forgot what it remembered). Holds this
+        node's liveness lock for as long as it listens."""
+        ...
+
+    def dead_nodes(self) -> list[str]:
+        """Nodes that own queued or running jobs and no longer hold their liveness lock."""
+        ...
+
+    def adopt(self, node_id: str) -> list[SharedRow]:
+        """The queued and running jobs of the dead node ``node_id`` become this node's."""
+        ...
+
+    def close(self) -> None:
+        """Stop listening and let go of the liveness lock; idempotent."""
+        ...
+
+
 @dataclass
 class Stores:
     """Everything an orchestrator keeps, opened together (``where`` says where, for the
@@ -484,7 +566,9 @@ class Stores:
     opener: Callable[[], None] = field(repr=False)
     closer: Callable[[], None] = field(repr=False)
     leadership: Leadership | None = field(default=None, repr=False)
-    """Who of several orchestrators sharing the records is active (None: only one can)."""
+    """Who of several orchestrators sharing the records leads (None: only one can)."""
+    shared: SharedJobs | None = field(default=None, repr=False)
+    """The job rows as several active orchestrators share them (None: only one can)."""
 
     def open(self) -> None:
         """Reach the storage now (blocking): fail at once on a locked or unwritable file

@@ -46,7 +46,7 @@ from casare_nb.store.sql import (
 )
 from casare_nb.store.writer import WriteBehind
 
-__all__ = ["COMMIT_INTERVAL_S", "SqlJobStore"]
+__all__ = ["COMMIT_INTERVAL_S", "NOTIFY_CHANNEL", "SqlJobStore", "notices"]
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,12 @@ _JOB_SELECT: Final[str] = ", ".join(_JOB_COLUMNS)
 _JOB_TIMES: Final[tuple[str, ...]] = tuple(
     name for name, sql_type in _JOB_COLUMNS.items() if sql_type == "TIMESTAMP"
 )
-# A staged row: the job's columns, then cancel_requested (not a field of Job).
-_STAGED_COLUMNS: Final[dict[str, str]] = {**_JOB_COLUMNS, "cancel_requested": "BOOLEAN"}
+# A staged row: the job's columns, then cancel_requested and owner (not fields of Job).
+_STAGED_COLUMNS: Final[dict[str, str]] = {
+    **_JOB_COLUMNS,
+    "cancel_requested": "BOOLEAN",
+    "owner": "VARCHAR",
+}
 _STAGED_SELECT: Final[str] = f"INTO jobs ({', '.join(_STAGED_COLUMNS)}) SELECT " + ", ".join(
     f"unnest(?::{sql_type}[])" for sql_type in _STAGED_COLUMNS.values()
 )
@@ -120,6 +124,12 @@ _STAGED_UPDATE: Final[str] = (
     + ", ".join(f"unnest(?::{_STAGED_COLUMNS[name]}[]) AS {name}" for name in _MUTABLE)
     + ") AS u WHERE jobs.job_id = u.job_id"
 )
+# Several orchestrators on one database: a state is written only over a row its node owns
+# (a node that lost a job to another, e.g. its robot reconnected there, writes nothing more).
+_OWNED_UPDATE: Final[str] = f"{_STAGED_UPDATE} AND jobs.owner = ?"
+NOTIFY_CHANNEL: Final = "casare_jobs"
+"""The PostgreSQL channel every commit of job states is announced on (``NODE ID,ID...``)."""
+_NOTIFY_BYTES: Final = 7000  # a NOTIFY payload must stay under 8000 bytes
 _RANK_SQL: Final[str] = (
     "CASE priority "
     + " ".join(f"WHEN '{p.value}' THEN {p.rank}" for p in Priority)
@@ -185,6 +195,29 @@ def _newest_key(job: Job) -> tuple[datetime | None, str]:
     return (to_db_time(job.created_at), job.job_id)
 
 
+def notices(owner: str, job_ids: Collection[str]) -> list[str]:
+    """The NOTIFY payloads announcing that ``owner`` changed ``job_ids``: ``OWNER ID,ID...``,
+    each under the server's payload limit."""
+    payloads: list[str] = []
+    current: list[str] = []
+    size = len(owner) + 1
+    for job_id in job_ids:
+        if current and size + len(job_id) + 1 > _NOTIFY_BYTES:
+            payloads.append(f"{owner} {','.join(current)}")
+            current, size = [], len(owner) + 1
+        current.append(job_id)
+        size += len(job_id) + 1
+    if current:
+        payloads.append(f"{owner} {','.join(current)}")
+    return payloads
+
+
+def announce(con: Connection, owner: str, job_ids: Collection[str]) -> None:
+    """Tell the other orchestrators of ``job_ids`` when ``con``'s transaction commits."""
+    for payload in notices(owner, job_ids):
+        con.execute("SELECT pg_notify(?, ?)", [NOTIFY_CHANNEL, payload])
+
+
 class _IdTaken(Exception):
     """A plain insert met a job id already stored (its transaction is rolled back)."""
 
@@ -215,6 +248,10 @@ class SqlJobStore(WriteBehind[dict[str, _Staged]]):
         self._refused: set[str] = set()  # new jobs whose insert found the id taken
         self._on_added: list[Callable[[list[Job]], None]] = []
         self._on_written: list[Callable[[int], None]] = []
+        self.owner: str | None = None
+        """This orchestrator's node id when several share the database (PostgreSQL): every
+        row it writes is marked as its own, a state is written only over a row it owns, and
+        each commit is announced on :data:`NOTIFY_CHANNEL`. None: the only orchestrator."""
 
     def __repr__(self) -> str:
         return f"SqlJobStore({self.db.where!r})"
@@ -401,8 +438,9 @@ class SqlJobStore(WriteBehind[dict[str, _Staged]]):
         gone = self.gone()
         if gone is not None:
             raise QueueError(gone)
-        new = [(*_job_row(s.job), s.cancel_requested) for s in batch.values() if s.new]
-        old = [(*_job_row(s.job), s.cancel_requested) for s in batch.values() if not s.new]
+        owner = self.owner
+        new = [(*_job_row(s.job), s.cancel_requested, owner) for s in batch.values() if s.new]
+        old = [(*_job_row(s.job), s.cancel_requested, owner) for s in batch.values() if not s.new]
         try:
             return self._commit(new, old, skip_taken=False)
         except _IdTaken:  # rolled back: again, skipping (and naming) the ids taken
@@ -427,12 +465,20 @@ class SqlJobStore(WriteBehind[dict[str, _Staged]]):
             if old:
                 cols = columns(old)
                 params = [cols[0], *(cols[at] for at in _MUTABLE_AT)]
-                count = con.execute(_STAGED_UPDATE, params).fetchone()
+                if self.owner is None:
+                    count = con.execute(_STAGED_UPDATE, params).fetchone()
+                else:  # rows another orchestrator took are not written over
+                    count = con.execute(_OWNED_UPDATE, [*params, self.owner]).fetchone()
                 if count is not None and count[0] != len(old):
                     # removed as they changed again (a retention pass meeting a re-run of an
                     # old job): written back whole
                     back = con.execute(_STAGED_INSERT_OR_IGNORE, columns(old)).fetchall()
-                    log.warning("%r: %d staged jobs were missing: written back", self, len(back))
+                    if back or self.owner is None:
+                        log.warning(
+                            "%r: %d staged jobs were missing: written back", self, len(back)
+                        )
+            if self.owner is not None:
+                announce(con, self.owner, [row[0] for row in (*new, *old)])
         return refused
 
     # -- bulk insert ---------------------------------------------------------------------
@@ -461,6 +507,8 @@ class SqlJobStore(WriteBehind[dict[str, _Staged]]):
                     raise JobExists(f"job {found} already exists")
                 raise QueueError(f"jobs already exist: {found}")
             con.execute(f"INSERT INTO jobs ({_JOB_SELECT}) SELECT {selects}", columns(rows))
+            if self.owner is not None:
+                announce(con, self.owner, ids)
         for listener in list(self._on_added):
             try:
                 listener(list(jobs))

@@ -48,6 +48,7 @@ from casare_nb.store import schema
 from casare_nb.store.embedded import sql_stores
 from casare_nb.store.interfaces import JobStore, Stores
 from casare_nb.store.jobs import COMMIT_INTERVAL_S
+from casare_nb.store.shared import PgSharedJobs
 from casare_nb.store.sql import (
     POSTGRES,
     HistoryError,
@@ -160,6 +161,24 @@ class PgConnection:
         self.raw.execute("ROLLBACK")
 
 
+class PgListening:
+    """A connection of its own (not pooled, autocommit): ``LISTEN`` and session locks."""
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> _Result:
+        return _Result(self.raw.execute(_pg_sql(sql), list(params)))
+
+    def notifies(
+        self, *, timeout: float | None = None, stop_after: int | None = None
+    ) -> Iterator[psycopg.Notify]:
+        return self.raw.notifies(timeout=timeout, stop_after=stop_after)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
 def _reach(url: str, timeout: float) -> None:
     """Connect once, now: a one-line QueueError if the server cannot be reached."""
     try:
@@ -249,6 +268,18 @@ class PgDatabase:
             first=f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})",
         ):
             log.info("%s: applied schema migration %d", self.where, version)
+
+    def dedicated(self) -> PgListening:
+        """A connection of its own, not pooled (the listener's); QueueError if the server
+        cannot be reached."""
+        self._ready_pool()  # migrated, and reachable
+        try:
+            raw = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
+            )
+        except psycopg.Error as exc:
+            raise QueueError(f"database {self.where}: {one_line(exc)}") from exc
+        return PgListening(raw)
 
     # -- SqlDatabase ---------------------------------------------------------------------
 
@@ -547,4 +578,5 @@ def open_postgres(
         where=db.where,
         commit_interval_s=commit_interval_s,
         leadership=PgLeadership(url, fenced=db),
+        shared=lambda jobs: PgSharedJobs(db, jobs, db.dedicated),
     )

@@ -207,6 +207,13 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        10,
+        # The orchestrator that writes a job's states when several share the database
+        # (casare_nb.store.postgres.PgSharedJobs): the one that submitted, claimed or re-ran
+        # it last; NULL: one orchestrator only (the embedded default), or written before.
+        "ALTER TABLE jobs ADD COLUMN owner VARCHAR;",
+    ),
 ]
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]

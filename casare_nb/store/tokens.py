@@ -3,7 +3,9 @@ the token's role (``NULL`` for a token created before roles: it acts as admin).
 
 Tokens verified live are remembered (by hash, per database) until a token of that database
 is created or revoked, so a request's token costs no query after the first (the orchestrator
-holds its file alone: no other process changes its tokens meanwhile)."""
+holds its file alone: no other process changes its tokens meanwhile). On PostgreSQL, several
+orchestrators share the tokens: each change is announced (``NOTIFY casare_tokens, NAME``),
+and a node that hears it forgets what it remembered (:func:`forget_known`)."""
 
 from __future__ import annotations
 
@@ -18,9 +20,12 @@ from typing import Any
 
 from casare_nb.core.errors import QueueError
 from casare_nb.core.tokens import DEFAULT_ROLE, Holder, TokenRole, token_hash
-from casare_nb.store.sql import SqlDatabase, from_db_time, to_db_time
+from casare_nb.store.sql import POSTGRES, Connection, SqlDatabase, from_db_time, to_db_time
 
-__all__ = ["SqlTokenStore"]
+__all__ = ["TOKENS_CHANNEL", "SqlTokenStore", "forget_known"]
+
+TOKENS_CHANNEL = "casare_tokens"
+"""The PostgreSQL channel every token change is announced on (the token's name)."""
 
 
 class _Known:
@@ -34,6 +39,15 @@ class _Known:
 
 _KNOWN: weakref.WeakKeyDictionary[SqlDatabase, _Known] = weakref.WeakKeyDictionary()
 _KNOWN_LOCK = threading.Lock()
+
+
+def forget_known(db: SqlDatabase) -> None:
+    """Forget the tokens of ``db`` verified so far (another orchestrator changed them)."""
+    with _KNOWN_LOCK:
+        known = _KNOWN.get(db)
+        if known is not None:
+            known.names.clear()
+            known.generation += 1
 
 
 class SqlTokenStore:
@@ -60,6 +74,11 @@ class SqlTokenStore:
         with _KNOWN_LOCK:
             self._known.names.clear()
             self._known.generation += 1
+
+    def _announce(self, con: Connection, name: str) -> None:
+        """Tell the other orchestrators of the database that ``name`` changed (on commit)."""
+        if self.db.dialect is POSTGRES:
+            con.execute("SELECT pg_notify(?, ?)", [TOKENS_CHANNEL, name])
 
     def __repr__(self) -> str:
         return f"SqlTokenStore({self.db.where!r})"
@@ -88,6 +107,7 @@ class SqlTokenStore:
                 "INSERT INTO tokens (token_hash, name, created_at, role) VALUES (?, ?, ?, ?)",
                 [token_hash(token), name, to_db_time(datetime.now(UTC)), role.value],
             )
+            self._announce(con, name)
         return token
 
     def verify_token(self, token: str) -> Holder | None:
@@ -136,6 +156,7 @@ class SqlTokenStore:
                 and not con.execute("SELECT 1 FROM tokens WHERE name = ?", [name]).fetchone()
             ):
                 raise QueueError(f"unknown token {name}")
+            self._announce(con, name)
 
     def list_tokens(self) -> list[dict[str, Any]]:
         """Every token ever created: name, role (None: created before roles), created_at,

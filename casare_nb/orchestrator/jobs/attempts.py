@@ -103,6 +103,9 @@ class Attempts:
         self.reconnect_grace_s = reconnect_grace_s
         self._lost: dict[str, asyncio.TimerHandle] = {}  # robot id -> its jobs' requeue
         self._dedup = Deduplicator()
+        # several orchestrators on one database: a robot back here with an attempt another
+        # node ran takes it over (the job, running here from now on; None: not that attempt)
+        self.take_over: Callable[[str, JobRef], Job | None] | None = None
 
     def stop(self) -> None:
         for timer in self._lost.values():
@@ -130,6 +133,11 @@ class Attempts:
         lost = False
         now = book.clock()
         for ref in holds:
+            if self.take_over is not None and not any(
+                j.job_id == ref.job_id and j.attempt == ref.attempt
+                for j in book.live.running_on(robot_id)
+            ):
+                self.take_over(robot_id, ref)
             # an assignment sent before a crash but never written: the robot has it
             claimed = book.live.claim(ref.job_id, robot_id, ref.attempt, now=now)
             if claimed is not None:

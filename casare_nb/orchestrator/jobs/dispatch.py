@@ -13,6 +13,10 @@ waits.
 A robot's running count is the number of jobs assigned here and not ended (authoritative: a
 heartbeat sent while the robot still ran its previous job does not keep it busy). An attempt
 not accepted within ``assign_timeout_s`` is requeued.
+
+When several orchestrators share the database (:class:`Claims`), the jobs a round chose are
+claimed in the database first, in one statement (in a thread: the loop goes on meanwhile);
+only those this node won are sent, the others are forgotten here (another node runs them).
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from nbformat import NotebookNode
 
-from casare_nb.core.dispatch import plan_dispatch
+from casare_nb.core.dispatch import Assignment, plan_dispatch
 from casare_nb.core.errors import JobTooLarge, WorkflowError, one_line
 from casare_nb.core.injection import REDACTED
 from casare_nb.core.models import Job, Robot, RunStatus
@@ -42,7 +46,7 @@ from casare_nb.orchestrator.jobs.book import Attempt, JobBook
 from casare_nb.orchestrator.jobs.relay import CheckpointRelay
 from casare_nb.protocol import MAX_FRAME_BYTES, JobAssign, ProtocolError, Timeouts, encode
 
-__all__ = ["Dispatcher", "check_frame", "check_inside"]
+__all__ = ["Claims", "Dispatcher", "check_frame", "check_inside"]
 
 logger = logging.getLogger("casare_nb.orchestrator.jobs")
 
@@ -78,8 +82,38 @@ class Workflow:
         return nb
 
 
+class Claims(Protocol):
+    """How a node of several claims the jobs a dispatch round chose (see the module
+    docstring)."""
+
+    def prepare(self, chosen: list[tuple[Job, str]], now: datetime) -> list[Job]:
+        """The running states to claim for the (queued job, robot id) pairs chosen (on the
+        loop; jobs whose last state here is not written yet are left for a later round)."""
+        ...
+
+    def claim(self, states: list[Job]) -> set[str]:
+        """Claim them in the database (blocking); the job ids won."""
+        ...
+
+    def lost(self, job_ids: list[str]) -> None:
+        """These chosen jobs went to another node (on the loop)."""
+        ...
+
+
+@dataclass
+class _Round:
+    """What a dispatch round chose: the queued jobs it took, and which robot gets which."""
+
+    taken: list[Job]
+    plan: list[Assignment]
+    now: datetime
+
+
 class Dispatcher:
-    """Sends queued jobs to robots; see the module docstring."""
+    """Sends queued jobs to robots; see the module docstring.
+
+    ``claims``: the database decides which chosen jobs this node sends (several
+    orchestrators on one database); None: this orchestrator decides alone."""
 
     def __init__(
         self,
@@ -102,6 +136,7 @@ class Dispatcher:
         self.hold_until: datetime | None = None  # no dispatch before (after a crash)
         self._workflows: dict[str, tuple[tuple[int, ...], Workflow]] = {}
         self._task: asyncio.Task[None] | None = None
+        self.claims: Claims | None = None
 
     def start(self) -> None:
         """Start dispatching (in the running event loop)."""
@@ -123,22 +158,52 @@ class Dispatcher:
                     await wakeup.wait()
             wakeup.clear()
             try:
-                self.dispatch()
+                chosen = self._choose()
+                if chosen is not None and self.claims is not None:
+                    wanted = self.claims.prepare(self._pairs(chosen), chosen.now)
+                    won = await asyncio.to_thread(self.claims.claim, wanted) if wanted else set()
+                    chosen = self._keep(chosen, wanted, won)
+                if chosen is not None:
+                    self._assign(chosen)
             except Exception:
                 logger.exception("dispatch failed")
 
     def dispatch(self) -> int:
         """Requeue attempts not accepted in time, then assign what the robots can take
         (nothing while draining, nor while held after a crash); the number of jobs sent."""
+        chosen = self._choose()
+        if chosen is None:
+            return 0
+        if self.claims is not None:
+            wanted = self.claims.prepare(self._pairs(chosen), chosen.now)
+            chosen = self._keep(chosen, wanted, self.claims.claim(wanted) if wanted else set())
+        return self._assign(chosen)
+
+    def _pairs(self, chosen: _Round) -> list[tuple[Job, str]]:
+        by_id = {job.job_id: job for job in chosen.taken}
+        return [(by_id[a.job_id], a.robot_id) for a in chosen.plan]
+
+    def _keep(self, chosen: _Round, wanted: list[Job], won: set[str]) -> _Round:
+        """The round with only the jobs this node won; those it claimed and lost are
+        forgotten here (those it did not claim yet wait for a later round)."""
+        lost = [job.job_id for job in wanted if job.job_id not in won]
+        if lost and self.claims is not None:
+            self.claims.lost(lost)
+        plan = [a for a in chosen.plan if a.job_id in won]
+        return _Round(chosen.taken, plan, chosen.now)
+
+    def _choose(self) -> _Round | None:
+        """Requeue attempts not accepted in time, then plan a round: None when nothing can
+        be sent (draining, held after a crash, no queued job, no free robot)."""
         book = self.book
         now = book.clock()
         self._expire_unaccepted(now)
         if self.hold_until is not None:
             if now < self.hold_until:
-                return 0
+                return None
             self.hold_until = None
         if book.draining or not book.live.queued_count:
-            return 0
+            return None
         robots: list[Robot] = []
         free = 0
         for robot in book.link.robots():
@@ -151,7 +216,7 @@ class Dispatcher:
             robots.append(robot)
             free += max(0, robot.max_concurrent_jobs - busy)
         if free <= 0:
-            return 0
+            return None
         # the first queued jobs in dispatch order; more when those fit no free robot
         want = max(_SCAN_MIN, 4 * free)
         taken: list[Job] = []
@@ -162,12 +227,24 @@ class Dispatcher:
             if len(plan) >= free or len(taken) < want or want >= _SCAN_MAX:
                 break
             want = min(_SCAN_MAX, 2 * want)
-        by_id = {job.job_id: job for job in taken}
-        sent = 0
+        chosen = _Round(taken, [], now)
         for assignment in plan:
             if book.skip.pop(assignment.job_id, None) == assignment.robot_id:
                 continue  # it just rejected this job: try again next round
-            if self._send(by_id[assignment.job_id], assignment.robot_id, now):
+            chosen.plan.append(assignment)
+        return chosen
+
+    def _assign(self, chosen: _Round) -> int:
+        """Send the round's jobs to their robots; the number sent."""
+        book = self.book
+        now = chosen.now
+        taken = chosen.taken
+        sent = 0
+        for assignment in chosen.plan:
+            queued = book.live.get(assignment.job_id)
+            if queued is None or queued.status is not RunStatus.QUEUED:
+                continue  # it changed while its claim was decided (cancelled, dropped)
+            if self._send(queued, assignment.robot_id, now):
                 sent += 1
         book.live.put_back(taken)  # those still queued
         if sent:

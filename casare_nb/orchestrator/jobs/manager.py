@@ -7,7 +7,9 @@ attempt) and four parts working on it, each a module of this package:
 - :mod:`.dispatch` -- queued jobs to robots (``job_assign``);
 - :mod:`.attempts` -- the robots' job messages, robots lost and back;
 - :mod:`.relay` -- checkpoints in, resumes out;
-- :mod:`.durable` -- what is written behind, and when it is durable.
+- :mod:`.durable` -- what is written behind, and when it is durable;
+- :mod:`.sharing` -- with several active orchestrators on one database, what the database
+  decides (claims, cancels, re-runs, robots moving) and what the other nodes changed.
 
 ``submit`` validates the parameters against the workflow's schema (the one validation of a
 job: see :mod:`.dispatch` for what happens if the workflow changes while it waits) and
@@ -57,6 +59,7 @@ from casare_nb.orchestrator.jobs.book import JobBook, Link
 from casare_nb.orchestrator.jobs.dispatch import Dispatcher, check_frame, check_inside
 from casare_nb.orchestrator.jobs.durable import DURABLE_TIMEOUT_S, Durability, DurableMark
 from casare_nb.orchestrator.jobs.relay import CheckpointRelay
+from casare_nb.orchestrator.jobs.sharing import Sharing
 from casare_nb.orchestrator.jobs.sofar import NotebooksSoFar
 from casare_nb.protocol import (
     MAX_FRAME_BYTES,
@@ -111,7 +114,8 @@ class JobManager:
         self.state_dir = state_dir
         sofar = NotebooksSoFar(stores.checkpoints.attempt)
         self.durability = Durability(stores.jobs, stores.history.writer(), sofar)
-        self.book = JobBook(LiveJobs(self.durability.stage), link, clock, sofar)
+        self.sharing: Sharing | None = None
+        self.book = JobBook(LiveJobs(self._stage), link, clock, sofar)
         self.submissions_paused = False  # an operator's pause: submit and rerun refused
         self.relay = CheckpointRelay(self.book, stores.checkpoints)
         self.dispatcher = Dispatcher(
@@ -132,6 +136,17 @@ class JobManager:
         )
         self._inserting: set[str] = set()  # submitted job ids waiting for their insert
         self._loop: asyncio.AbstractEventLoop | None = None
+        if stores.shared is not None:
+            self.sharing = Sharing(self.book, stores.shared, self.attempts, self.durability)
+            self.dispatcher.claims = self.sharing
+
+    def _stage(self, job: Job, cancel_requested: bool) -> int:
+        """Hand a state LiveJobs made to the job store (remembered per job when several
+        orchestrators share the database: see :mod:`.sharing`)."""
+        mark = self.durability.stage(job, cancel_requested)
+        if self.sharing is not None:
+            self.sharing.staged(job.job_id, mark)
+        return mark
 
     # -- what other parts of the orchestrator use ----------------------------------------
 
@@ -151,6 +166,12 @@ class JobManager:
     def finished_listeners(self) -> list[Callable[[Job], None]]:
         """Called on the loop with every job that reaches a final status."""
         return self.book.finished_listeners
+
+    @property
+    def finished_elsewhere_listeners(self) -> list[Callable[[Job], None]]:
+        """Called on the loop with every job another orchestrator of a shared database
+        finished (never called with one orchestrator)."""
+        return self.sharing.finished_elsewhere if self.sharing is not None else []
 
     @property
     def cell_listeners(self) -> list[Callable[[Job, int, dict[str, Any]], None]]:
@@ -213,9 +234,13 @@ class JobManager:
         self._loop = asyncio.get_running_loop()
         self.durability.start()
         self.store.subscribe(added=self._on_added)
-        for job, cancel_requested in self.store.unfinished():
-            self.book.live.add(job, cancel_requested=cancel_requested)
-        self._hold_after_crash()
+        if self.sharing is not None:  # claims are decided in the database: no crash hold
+            self.sharing.load()
+            self.sharing.start()
+        else:
+            for job, cancel_requested in self.store.unfinished():
+                self.book.live.add(job, cancel_requested=cancel_requested)
+            self._hold_after_crash()
         self.dispatcher.start()
         robots = {job.robot_id for job in self.book.live.running()}
         for robot_id in sorted(r for r in robots if r is not None):
@@ -249,6 +274,15 @@ class JobManager:
         self.attempts.stop()
         await self.dispatcher.stop()
         committed = await self.durability.stop()
+        if self.sharing is not None and self._loop is not None:
+            counts = self.sharing.counts
+            logger.info(
+                "node %s: %d claims won, %d lost to other nodes, %d rows heard from them",
+                self.sharing.node,
+                counts["claimed"],
+                counts["lost"],
+                counts["heard"],
+            )
         if committed and self._loop is not None:  # it was started: everything is written
             (self.state_dir / OPEN_MARKER).unlink(missing_ok=True)
         self.store.unsubscribe(added=self._on_added)
@@ -427,8 +461,22 @@ class JobManager:
         values, secret_names = await asyncio.to_thread(
             self._validate, path, {**earlier, **(parameters or {})}, raw_parameters
         )
+        if self.sharing is not None:
+            await self.sharing.settled(job_id)
+        was = self._finished_job(job_id)  # as it is now: it may have been re-run meanwhile
+        if self.sharing is not None:  # the database decides, before anything is staged
+            await asyncio.to_thread(
+                self.sharing.reopen,
+                LiveJobs.reopening(
+                    was,
+                    now=book.clock(),
+                    resume_from_failed=from_failed,
+                    parameters=redact(values, secret_names),
+                ),
+                was,
+            )
         job = book.live.reopen(
-            self._finished_job(job_id),  # as it is now: it may have been re-run meanwhile
+            was,
             now=book.clock(),
             resume_from_failed=from_failed,
             parameters=redact(values, secret_names),
@@ -546,6 +594,16 @@ class JobManager:
         becomes cancelled when the robot answers); returns once the cancel is committed
         (blocking, briefly). A finished or unknown job raises QueueError."""
         book = self.book
+        held = book.live.get(job_id)
+        if self.sharing is not None and (held is None or held.status is RunStatus.QUEUED):
+            self.sharing.settled_now(job_id, DURABLE_TIMEOUT_S)
+            shared = self.sharing.cancel(job_id)  # the database decides, wherever it runs
+            if shared is not None:
+                return shared.model_copy(deep=True)
+            stored = self.store.get_job(job_id)
+            if stored is None:
+                raise QueueError(f"unknown job {job_id}")
+            raise QueueError(f"job {job_id} already {stored.status.value}")
         job = book.live.cancel(job_id, now=book.clock())
         if job is None:
             stored = self.store.get_job(job_id)

@@ -118,6 +118,13 @@ class _HeldDesk:
         return self._jobs.finished_listeners
 
     @property
+    def finished_elsewhere_listeners(self) -> list[Callable[[Job], None]]:
+        listeners: list[Callable[[Job], None]] = getattr(
+            self._jobs, "finished_elsewhere_listeners", []
+        )
+        return listeners
+
+    @property
     def cell_listeners(self) -> list[Callable[[Job, int, dict[str, Any]], None]]:
         return self._jobs.cell_listeners
 
@@ -152,10 +159,14 @@ class Triggers:
         self.chainer = Chainer(desk, store, outputs)
         self._started = False
         self._watching = False
+        self._leading = True  # False: another orchestrator of a shared database leads
+        self._known_watches: set[str] = set()  # file watches :meth:`sync` saw last time
 
-    async def start(self, *, held_since: datetime | None = None) -> None:
+    async def start(self, *, held_since: datetime | None = None, lead: bool = True) -> None:
         """Read the workflows' declarations, then start chaining, schedules and file watch
-        (held for maintenance since ``held_since``, if given)."""
+        (held for maintenance since ``held_since``, if given). ``lead=False`` (one of several
+        orchestrators on a shared database, not the leader yet): chaining and webhooks only,
+        until :meth:`lead`."""
         self.held_since = held_since
         self.scheduler.held = held_since is not None
         if self.workflows_dir is not None:
@@ -164,11 +175,37 @@ class Triggers:
             except CasareError as exc:  # one bad file must not keep the orchestrator down
                 logger.error("workflow declarations: %s", exc)
         self.chainer.start()
+        self._started = True
+        self._leading = lead
+        if lead:
+            await self.lead()
+
+    async def lead(self) -> None:
+        """Start firing schedules and watching files (this orchestrator leads)."""
+        self._leading = True
         await self.scheduler.start()
-        if held_since is None:
+        if self.held_since is None and not self._watching:
             await self.watcher.start()
             self._watching = True
-        self._started = True
+
+    async def sync(self) -> None:
+        """Take up the schedules and file watches another orchestrator of a shared database
+        changed (the leader does, every second)."""
+        await self.scheduler.sync()
+        if self.held_since is not None or not self._watching:
+            return
+        wanted = {
+            t.trigger_id: t
+            for t in await asyncio.to_thread(self.store.triggers, TriggerKind.FILE_WATCH)
+            if t.enabled
+        }
+        watched = set(self.watcher.watched)
+        for trigger_id in sorted(watched - set(wanted)):
+            await self.watcher.remove(trigger_id)
+        known = self._known_watches
+        self._known_watches = set(wanted)
+        for trigger_id in sorted(set(wanted) - watched - known):  # new ones: tried once
+            await self.watcher.add(wanted[trigger_id])
 
     async def hold(self, since: datetime | None) -> None:
         """Hold every schedule and trigger for maintenance (since ``since``) or, None, let
@@ -182,6 +219,8 @@ class Triggers:
         if since is not None:
             for trigger in await asyncio.to_thread(self.store.triggers, TriggerKind.FILE_WATCH):
                 await self.watcher.remove(trigger.trigger_id)
+        elif not self._leading:
+            return  # the leader watches the files
         elif not self._watching:
             await self.watcher.start()
             self._watching = True
@@ -308,7 +347,7 @@ class Triggers:
         """Validate, store and start a trigger."""
         trigger = await asyncio.to_thread(self.make_trigger, fields, workflow, run)
         await asyncio.to_thread(self.store.add_trigger, trigger)
-        if trigger.kind is TriggerKind.FILE_WATCH and self.held_since is None:
+        if trigger.kind is TriggerKind.FILE_WATCH and self.held_since is None and self._leading:
             await self.watcher.add(trigger)
         logger.info("trigger %s (%s) added", trigger.trigger_id, trigger.kind.value)
         return trigger
@@ -317,7 +356,8 @@ class Triggers:
         """Enable or disable a trigger (QueueError if unknown); a file watch enabled during
         maintenance starts watching when the hold ends."""
         trigger = await asyncio.to_thread(self.store.set_enabled, trigger_id, enabled)
-        if trigger.kind is TriggerKind.FILE_WATCH and (self.held_since is None or not enabled):
+        watched = self.held_since is None or not enabled
+        if trigger.kind is TriggerKind.FILE_WATCH and self._leading and watched:
             if enabled:
                 await self.watcher.add(trigger)
             else:

@@ -287,6 +287,9 @@ class Scheduler:
         schedules = await asyncio.to_thread(self.store.schedules)
         last = await asyncio.to_thread(self.store.last_dues)
         self.jobs.finished_listeners.append(self._on_finished)
+        elsewhere = getattr(self.jobs, "finished_elsewhere_listeners", None)
+        if elsewhere is not None:  # its jobs may run on another orchestrator
+            elsewhere.append(self._on_finished)
         for job in self.jobs.unfinished_jobs():
             if job.trigger is not None and job.trigger.kind is TriggerKind.SCHEDULE:
                 self._unfinished.setdefault(job.trigger.id, set()).add(job.job_id)
@@ -320,9 +323,12 @@ class Scheduler:
         if self._stopped:
             return
         self._stopped = True
-        with_listener = self.jobs.finished_listeners
-        if self._on_finished in with_listener:
-            with_listener.remove(self._on_finished)
+        for with_listener in (
+            self.jobs.finished_listeners,
+            getattr(self.jobs, "finished_elsewhere_listeners", []),
+        ):
+            if self._on_finished in with_listener:
+                with_listener.remove(self._on_finished)
         if self._aps is not None and self._aps.running:
             self._aps.shutdown(wait=False)
         if self._tasks:
@@ -381,6 +387,25 @@ class Scheduler:
         self._triggers.pop(schedule_id, None)
         self._unplan(schedule_id)
         return schedule
+
+    async def sync(self) -> None:
+        """Take up the schedules another orchestrator of a shared database added, paused,
+        resumed or removed (the leader does, every second)."""
+        stored = {s.schedule_id: s for s in await asyncio.to_thread(self.store.schedules)}
+        for sid in [sid for sid in self._schedules if sid not in stored]:
+            self._schedules.pop(sid, None)
+            self._triggers.pop(sid, None)
+            self._unplan(sid)
+        for sid, schedule in stored.items():
+            known = self._schedules.get(sid)
+            if known is not None and known.paused == schedule.paused:
+                continue
+            self._schedules[sid] = schedule
+            trigger = self._trigger(schedule)
+            if schedule.paused or trigger is None:
+                self._unplan(sid)
+            else:
+                self._plan(schedule, _after(trigger, self._clock()))
 
     def schedules(self) -> list[Schedule]:
         """Every schedule, oldest first."""
