@@ -25,7 +25,7 @@ from casare_nb.core.models import RunStatus
 from casare_nb.core.tokens import TokenRole
 from casare_nb.notebook.pool import KernelPool
 from casare_nb.orchestrator.orchestrator import Orchestrator
-from casare_nb.robot.agent import RobotAgent
+from casare_nb.robot.agent import AgentError, RobotAgent
 from casare_nb.robot.config import load_config
 from casare_nb.robot.runner import EngineRunner
 from casare_nb.store.postgres import open_postgres
@@ -58,8 +58,10 @@ async def pair(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[Cluster, Clus
             await asyncio.to_thread(shared.listening.wait, 10)  # type: ignore[attr-defined]
         yield a, b
     finally:
-        await b.close()
-        await a.close()
+        try:
+            await b.close()
+        finally:
+            await a.close()
 
 
 def owners(url: str) -> dict[str, str]:
@@ -242,8 +244,12 @@ async def test_a_token_revoked_on_one_node_is_refused_by_the_other(
     and no longer accepts the token."""
     a, b = pair
     token = await asyncio.to_thread(a.orch.create_token, "rv", TokenRole.ROBOT)
-    await moving_robot(b, b.orch.url, "rv", token)
+    bot = await moving_robot(b, b.orch.url, "rv", token)
     assert b.orch.stores.tokens.verify_token(token) is not None  # remembered by b now
     await asyncio.to_thread(a.orch.revoke_token, "rv")
     await b.until(lambda: not b.online("rv"))
     assert b.orch.stores.tokens.verify_token(token) is None
+    b.bots.remove(bot)
+    with pytest.raises(AgentError, match="token rv was revoked"):
+        await asyncio.wait_for(bot.task, 10)
+    await bot.pool.close()

@@ -492,10 +492,11 @@ class SharedJobs(Protocol):
         node's, writes only over rows it owns, and announces its commits."""
         ...
 
-    def claim(self, jobs: Sequence[Job]) -> set[str]:
-        """Take queued jobs for this node: each of ``jobs`` is the running state to write
-        (attempt n, robot, assigned_at); the ids whose row was still queued at attempt n-1
-        (the others went to another node, or changed)."""
+    def claim(self, candidates: Sequence[Job], count: int, now: datetime) -> set[str]:
+        """Take up to ``count`` of the queued ``candidates`` for this node, in their order:
+        those whose row is still queued at their attempt and not being claimed by another
+        node (``FOR UPDATE SKIP LOCKED``) become running, attempt + 1, assigned at ``now``
+        (the robot is written with the next state); the ids taken."""
         ...
 
     def take_over(

@@ -115,25 +115,26 @@ class PgSharedJobs:
                 announce(con, self.node, [row.job.job_id for row in rows])
         return rows
 
-    def claim(self, jobs: Sequence[Job]) -> set[str]:
-        if not jobs:
+    def claim(self, candidates: Sequence[Job], count: int, now: datetime) -> set[str]:
+        if not candidates or count <= 0:
             return set()
         rows = self._returning(
-            "UPDATE jobs SET status = ?, attempt = u.attempt, robot_id = u.robot_id, "
-            "assigned_at = u.assigned_at, accepted_at = NULL, cancel_requested = FALSE, "
-            "owner = ? FROM (SELECT unnest(?::VARCHAR[]) AS job_id, "
-            "unnest(?::INTEGER[]) AS attempt, unnest(?::VARCHAR[]) AS robot_id, "
-            "unnest(?::TIMESTAMP[]) AS assigned_at) AS u "
-            "WHERE jobs.job_id = u.job_id AND jobs.status = ? AND jobs.attempt = u.attempt - 1 "
-            f"RETURNING {_RETURNING}",
+            "WITH pick AS (SELECT jobs.job_id FROM jobs JOIN (SELECT unnest(?::VARCHAR[]) AS "
+            "job_id, unnest(?::INTEGER[]) AS attempt, unnest(?::INTEGER[]) AS rank) AS c "
+            "ON jobs.job_id = c.job_id WHERE jobs.status = ? AND jobs.attempt = c.attempt "
+            "ORDER BY c.rank LIMIT ? FOR UPDATE OF jobs SKIP LOCKED) "
+            "UPDATE jobs SET status = ?, attempt = jobs.attempt + 1, robot_id = NULL, "
+            "assigned_at = ?, accepted_at = NULL, cancel_requested = FALSE, owner = ? "
+            f"FROM pick WHERE jobs.job_id = pick.job_id RETURNING {_RETURNING}",
             [
-                JobStatus.RUNNING.value,
-                self.node,
-                [job.job_id for job in jobs],
-                [job.attempt for job in jobs],
-                [job.robot_id for job in jobs],
-                [to_db_time(job.assigned_at) for job in jobs],
+                [job.job_id for job in candidates],
+                [job.attempt for job in candidates],
+                list(range(len(candidates))),
                 JobStatus.QUEUED.value,
+                count,
+                JobStatus.RUNNING.value,
+                to_db_time(now),
+                self.node,
             ],
         )
         return {row.job.job_id for row in rows}

@@ -14,9 +14,12 @@ A robot's running count is the number of jobs assigned here and not ended (autho
 heartbeat sent while the robot still ran its previous job does not keep it busy). An attempt
 not accepted within ``assign_timeout_s`` is requeued.
 
-When several orchestrators share the database (:class:`Claims`), the jobs a round chose are
-claimed in the database first, in one statement (in a thread: the loop goes on meanwhile);
-only those this node won are sent, the others are forgotten here (another node runs them).
+When several orchestrators share the database (:class:`Claims`), a round's jobs are claimed
+in the database first, in one statement (in a thread: the loop goes on meanwhile): the
+queued jobs that fit a free robot are the candidates, in dispatch order, and the database
+takes as many as the round has free slots, skipping those another node claimed or is
+claiming (``FOR UPDATE SKIP LOCKED``); the round is planned again over the jobs won, and
+those skipped are forgotten here (another node runs them).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any, Final, Protocol
 
 from nbformat import NotebookNode
 
-from casare_nb.core.dispatch import Assignment, plan_dispatch
+from casare_nb.core.dispatch import Assignment, can_run, plan_dispatch
 from casare_nb.core.errors import JobTooLarge, WorkflowError, one_line
 from casare_nb.core.injection import REDACTED
 from casare_nb.core.models import Job, Robot, RunStatus
@@ -83,30 +86,33 @@ class Workflow:
 
 
 class Claims(Protocol):
-    """How a node of several claims the jobs a dispatch round chose (see the module
-    docstring)."""
+    """How a node of several claims a dispatch round's jobs (see the module docstring)."""
 
-    def prepare(self, chosen: list[tuple[Job, str]], now: datetime) -> list[Job]:
-        """The running states to claim for the (queued job, robot id) pairs chosen (on the
-        loop; jobs whose last state here is not written yet are left for a later round)."""
+    def prepare(self, candidates: list[Job]) -> list[Job]:
+        """The candidates that may be claimed now (on the loop; those whose last state here
+        is not written yet are left for a later round), in their order."""
         ...
 
-    def claim(self, states: list[Job]) -> set[str]:
-        """Claim them in the database (blocking); the job ids won."""
+    def claim(self, candidates: list[Job], count: int, now: datetime) -> set[str]:
+        """Claim up to ``count`` of the queued ``candidates`` in the database, in their
+        order, skipping those no longer queued or being claimed elsewhere (blocking); the
+        job ids won."""
         ...
 
     def lost(self, job_ids: list[str]) -> None:
-        """These chosen jobs went to another node (on the loop)."""
+        """These candidates went to another node (on the loop)."""
         ...
 
 
 @dataclass
 class _Round:
-    """What a dispatch round chose: the queued jobs it took, and which robot gets which."""
+    """What a dispatch round chose: the queued jobs it took, which robot gets which, and
+    the robots it planned with (their running counts as of the round)."""
 
     taken: list[Job]
     plan: list[Assignment]
     now: datetime
+    robots: list[Robot]
 
 
 class Dispatcher:
@@ -160,8 +166,12 @@ class Dispatcher:
             try:
                 chosen = self._choose()
                 if chosen is not None and self.claims is not None:
-                    wanted = self.claims.prepare(self._pairs(chosen), chosen.now)
-                    won = await asyncio.to_thread(self.claims.claim, wanted) if wanted else set()
+                    wanted = self.claims.prepare(self._candidates(chosen))
+                    won: set[str] = set()
+                    if wanted:
+                        won = await asyncio.to_thread(
+                            self.claims.claim, wanted, len(chosen.plan), chosen.now
+                        )
                     chosen = self._keep(chosen, wanted, won)
                 if chosen is not None:
                     self._assign(chosen)
@@ -175,22 +185,34 @@ class Dispatcher:
         if chosen is None:
             return 0
         if self.claims is not None:
-            wanted = self.claims.prepare(self._pairs(chosen), chosen.now)
-            chosen = self._keep(chosen, wanted, self.claims.claim(wanted) if wanted else set())
+            wanted = self.claims.prepare(self._candidates(chosen))
+            won = self.claims.claim(wanted, len(chosen.plan), chosen.now) if wanted else set()
+            chosen = self._keep(chosen, wanted, won)
         return self._assign(chosen)
 
-    def _pairs(self, chosen: _Round) -> list[tuple[Job, str]]:
-        by_id = {job.job_id: job for job in chosen.taken}
-        return [(by_id[a.job_id], a.robot_id) for a in chosen.plan]
+    def _candidates(self, chosen: _Round) -> list[Job]:
+        """The round's queued jobs that fit one of its free robots, in dispatch order."""
+        return [job for job in chosen.taken if any(can_run(job, r) for r in chosen.robots)]
 
     def _keep(self, chosen: _Round, wanted: list[Job], won: set[str]) -> _Round:
-        """The round with only the jobs this node won; those it claimed and lost are
-        forgotten here (those it did not claim yet wait for a later round)."""
-        lost = [job.job_id for job in wanted if job.job_id not in won]
+        """The round planned again over the jobs this node won. The candidates the database
+        skipped (before the last one won, or all when fewer than asked were won) went to
+        another node: they are forgotten here. A job won that no robot can take after all
+        (the candidates fit robots one by one) goes back to the queue."""
+        count = len(chosen.plan)
+        ranks = [i for i, job in enumerate(wanted) if job.job_id in won]
+        last = ranks[-1] if len(won) >= count and ranks else len(wanted)
+        lost = [job.job_id for job in wanted[:last] if job.job_id not in won]
         if lost and self.claims is not None:
             self.claims.lost(lost)
-        plan = [a for a in chosen.plan if a.job_id in won]
-        return _Round(chosen.taken, plan, chosen.now)
+        mine = [job for job in wanted if job.job_id in won]
+        plan = plan_dispatch(mine, chosen.robots, now=chosen.now)
+        placed = {a.job_id for a in plan}
+        for job in mine:
+            if job.job_id not in placed:  # claimed in the database: given back
+                running = self.book.live.assign(job.job_id, "", now=chosen.now)
+                self.book.requeue(running, now=chosen.now, event="not_placed", reason=None)
+        return _Round(chosen.taken, plan, chosen.now, chosen.robots)
 
     def _choose(self) -> _Round | None:
         """Requeue attempts not accepted in time, then plan a round: None when nothing can
@@ -227,7 +249,7 @@ class Dispatcher:
             if len(plan) >= free or len(taken) < want or want >= _SCAN_MAX:
                 break
             want = min(_SCAN_MAX, 2 * want)
-        chosen = _Round(taken, [], now)
+        chosen = _Round(taken, [], now, robots)
         for assignment in plan:
             if book.skip.pop(assignment.job_id, None) == assignment.robot_id:
                 continue  # it just rejected this job: try again next round

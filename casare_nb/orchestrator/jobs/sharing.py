@@ -32,7 +32,6 @@ from typing import Final
 
 from casare_nb.core.errors import QueueError, one_line
 from casare_nb.core.injection import REDACTED
-from casare_nb.core.jobs import LiveJobs
 from casare_nb.core.models import Job, RunStatus
 from casare_nb.orchestrator.jobs.attempts import Attempts
 from casare_nb.orchestrator.jobs.book import JobBook
@@ -136,29 +135,29 @@ class Sharing:
             return None
         return mark
 
-    def prepare(self, chosen: list[tuple[Job, str]], now: datetime) -> list[Job]:
-        states: list[Job] = []
-        for job, robot_id in chosen:
+    def prepare(self, candidates: list[Job]) -> list[Job]:
+        ready: list[Job] = []
+        for job in candidates:
             mark = self._pending(job.job_id)
             if mark is not None:  # its row is not queued in the database yet: next round
                 self.durability.after_commit(mark, self.book.wake)
                 continue
-            states.append(LiveJobs.assignment(job, robot_id, now))
-        return states
+            ready.append(job)
+        return ready
 
-    def claim(self, states: list[Job]) -> set[str]:
+    def claim(self, candidates: list[Job], count: int, now: datetime) -> set[str]:
         try:
-            won = self.rows.claim(states)
+            won = self.rows.claim(candidates, count, now)
         except QueueError as exc:
             logger.warning("cannot claim jobs now: %s", exc)
             return set()
         self.counts["claimed"] += len(won)
-        self.counts["lost"] += len(states) - len(won)
         return won
 
     def lost(self, job_ids: list[str]) -> None:
-        """Claims lost: forgotten here, and read back (a row still queued comes back as
-        the database has it)."""
+        """Candidates another node took: forgotten here, and read back (a row still queued
+        comes back as the database has it)."""
+        self.counts["lost"] += len(job_ids)
         for job_id in job_ids:
             self.book.live.drop(job_id)
         if self._loop is not None:
@@ -356,7 +355,8 @@ class Sharing:
             if job.status is RunStatus.RUNNING and job.robot_id is not None:
                 robots.add(job.robot_id)
         logger.warning(
-            "node %s is gone: its %d unfinished jobs are this node's (%d robots may come back)",
+            "node %s is gone: its %d unfinished jobs are this node's (%d robots may come back; "
+            "jobs no robot accepted are requeued after the assignment timeout)",
             node,
             len(rows),
             len(robots),
