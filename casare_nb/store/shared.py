@@ -60,6 +60,17 @@ _RETRY_MAX_S: Final = 2.0  # ...doubling up to this
 _ROW: Final = f"{_JOB_SELECT}, cancel_requested, owner"
 _RETURNING: Final = ", ".join(f"jobs.{name}" for name in _ROW.split(", "))
 _UNFINISHED: Final = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+# Up to LIMIT of the candidates (id, attempt, rank) still queued at their attempt, in rank
+# order, skipping rows another transaction holds: running on this node, attempt + 1.
+_CLAIM: Final = (
+    "WITH pick AS (SELECT jobs.job_id FROM jobs JOIN (SELECT unnest(?::VARCHAR[]) AS job_id, "
+    "unnest(?::INTEGER[]) AS attempt, unnest(?::INTEGER[]) AS rank) AS c "
+    "ON jobs.job_id = c.job_id WHERE jobs.status = ? AND jobs.attempt = c.attempt "
+    "ORDER BY c.rank LIMIT ? FOR UPDATE OF jobs SKIP LOCKED) "
+    "UPDATE jobs SET status = ?, attempt = jobs.attempt + 1, robot_id = NULL, assigned_at = ?, "
+    "accepted_at = NULL, cancel_requested = FALSE, owner = ? "
+    "FROM pick WHERE jobs.job_id = pick.job_id RETURNING jobs.job_id"
+)
 
 
 class Listening(Protocol):
@@ -118,26 +129,21 @@ class PgSharedJobs:
     def claim(self, candidates: Sequence[Job], count: int, now: datetime) -> set[str]:
         if not candidates or count <= 0:
             return set()
-        rows = self._returning(
-            "WITH pick AS (SELECT jobs.job_id FROM jobs JOIN (SELECT unnest(?::VARCHAR[]) AS "
-            "job_id, unnest(?::INTEGER[]) AS attempt, unnest(?::INTEGER[]) AS rank) AS c "
-            "ON jobs.job_id = c.job_id WHERE jobs.status = ? AND jobs.attempt = c.attempt "
-            "ORDER BY c.rank LIMIT ? FOR UPDATE OF jobs SKIP LOCKED) "
-            "UPDATE jobs SET status = ?, attempt = jobs.attempt + 1, robot_id = NULL, "
-            "assigned_at = ?, accepted_at = NULL, cancel_requested = FALSE, owner = ? "
-            f"FROM pick WHERE jobs.job_id = pick.job_id RETURNING {_RETURNING}",
-            [
-                [job.job_id for job in candidates],
-                [job.attempt for job in candidates],
-                list(range(len(candidates))),
-                JobStatus.QUEUED.value,
-                count,
-                JobStatus.RUNNING.value,
-                to_db_time(now),
-                self.node,
-            ],
-        )
-        return {row.job.job_id for row in rows}
+        params = [
+            [job.job_id for job in candidates],
+            [job.attempt for job in candidates],
+            list(range(len(candidates))),
+            JobStatus.QUEUED.value,
+            count,
+            JobStatus.RUNNING.value,
+            to_db_time(now),
+            self.node,
+        ]
+        with self.db.write() as con:  # the ids only: the node has the rows
+            won = {str(raw[0]) for raw in con.execute(_CLAIM, params).fetchall()}
+            if won:
+                announce(con, self.node, sorted(won))
+        return won
 
     def take_over(
         self, job_id: str, attempt: int, robot_id: str, now: datetime
