@@ -253,3 +253,18 @@ async def test_a_token_revoked_on_one_node_is_refused_by_the_other(
     with pytest.raises(AgentError, match="token rv was revoked"):
         await asyncio.wait_for(bot.task, 10)
     await bot.pool.close()
+
+
+async def test_a_node_forgets_the_marks_of_the_states_it_wrote(
+    pair: tuple[Cluster, Cluster], tmp_path: Path
+) -> None:
+    """The marks a node keeps of its staged job states are pruned once written: 20 jobs
+    submitted (each committed) with pruning from 8 marks leave fewer than 20."""
+    a, _ = pair
+    sharing = a.orch.job_manager.sharing
+    assert sharing is not None
+    sharing._prune_at = 8
+    nb = notebook(tmp_path, "queued.ipynb", ["x = 1"])
+    for _ in range(20):
+        await a.orch.submit(nb, tags=["nowhere"])
+    assert len(sharing.marks) < 20

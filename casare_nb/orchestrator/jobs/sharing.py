@@ -43,6 +43,7 @@ __all__ = ["SWEEP_S", "Sharing", "pinned"]
 
 logger = logging.getLogger("casare_nb.orchestrator.jobs")
 
+_MARKS_KEPT: Final = 1024  # staged marks kept before the written ones are forgotten
 SWEEP_S: Final = 1.0
 """How often the leader looks for dead nodes (one is adopted when seen dead twice running)."""
 
@@ -63,6 +64,7 @@ class Sharing:
         self.attempts = attempts
         self.durability = durability
         self.marks: dict[str, int] = {}  # job id -> the mark of its last state staged here
+        self._prune_at = _MARKS_KEPT
         self.finished_elsewhere: list[Callable[[Job], None]] = []
         self.token_listeners: list[Callable[[str], None]] = []  # on the loop: a token changed
         self._told_started: set[tuple[str, int]] = set()
@@ -122,8 +124,14 @@ class Sharing:
     # -- dispatch (dispatch.Claims) ------------------------------------------------------
 
     def staged(self, job_id: str, mark: int) -> None:
-        """A state of ``job_id`` was staged here (written behind) at ``mark``."""
+        """A state of ``job_id`` was staged here (written behind) at ``mark``; the marks
+        already written are forgotten now and then (the dictionary stays as small as what
+        is being written)."""
         self.marks[job_id] = mark
+        if len(self.marks) >= self._prune_at:
+            reached = self.durability.jobs.reached
+            self.marks = {k: m for k, m in self.marks.items() if not reached(m)}
+            self._prune_at = max(_MARKS_KEPT, 2 * len(self.marks))
 
     def _pending(self, job_id: str) -> int | None:
         """The mark of a state of ``job_id`` staged here and not written yet, else None."""
