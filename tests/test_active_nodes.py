@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from cluster import Bot, Cluster, notebook
 from helpers import write_notebook
+from postgres import throwaway_server
 
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.errors import QueueError
@@ -268,3 +269,29 @@ async def test_a_node_forgets_the_marks_of_the_states_it_wrote(
     for _ in range(20):
         await a.orch.submit(nb, tags=["nowhere"])
     assert len(sharing.marks) < 20
+
+
+async def test_announcements_missed_while_the_server_restarts_are_caught_up(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL restarted under two nodes (every listening connection dropped): a job
+    submitted on a as soon as the server is back, whose only robot is on b, runs there, and
+    a sees it finish (each listener reads every unfinished row when it reconnects)."""
+    with throwaway_server() as server:
+        url = server.new_database()
+        a = Cluster(tmp_path, node(tmp_path, url, "a"))
+        b = Cluster(tmp_path, node(tmp_path, url, "b"))
+        await a.orch.start()
+        try:
+            await b.orch.start()
+            nb = notebook(tmp_path, "after.ipynb", ["x = 1"])
+            await b.robot("rb")
+            await asyncio.to_thread(server.restart)
+            job = await a.orch.submit(nb)
+            done = await a.finished(job.job_id)
+            assert (done.status, done.robot_id) == (RunStatus.COMPLETED, "rb")
+        finally:
+            try:
+                await b.close()
+            finally:
+                await a.close()
