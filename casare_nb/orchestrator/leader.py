@@ -12,7 +12,8 @@ Once leading, :meth:`ActiveRole.watch` checks every ``CHECK_S`` that it still do
 connection is reconnected and the lock taken again if nobody took over meanwhile; if another
 node did, or the database has been out of reach for ``PARTITION_S`` (another may have taken
 over on its side of a network split), the orchestrator **stands down**: ``lost`` is set with
-the reason, and the service stops (a supervisor restarts it).
+the reason; it stops firing and watching, goes on serving and dispatching, and waits to lead
+again (:meth:`ActiveRole.reset`).
 
 The embedded default has no leadership: one process holds its file.
 """
@@ -136,6 +137,12 @@ class ActiveRole:
             logger.error("standing down: %s", reason)
             self.lost.set()
             return
+
+    def reset(self) -> None:
+        """After :meth:`release` of a lead that was lost: ready to :meth:`become` again."""
+        self.epoch = None
+        self.lost = asyncio.Event()
+        self.lost_reason = None
 
     async def release(self) -> None:
         """Stop watching and let go (a clean stop, recorded); idempotent."""

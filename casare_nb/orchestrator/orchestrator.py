@@ -85,8 +85,8 @@ class Orchestrator:
     Keeps its state in ``stores`` (default: those ``store`` names, a PostgreSQL URL, else the
     embedded DuckDB stores of ``state_dir``). On a store several orchestrators share, every
     one serves and dispatches (``node_id`` names this one: :mod:`.jobs.sharing`); one of them
-    leads (:mod:`.leader`: schedules, file watch, dead nodes), and ``role.lost`` is set if it
-    led and another took the lead from it.
+    leads (:mod:`.leader`: schedules, file watch, dead nodes); a node whose lead another
+    took goes on serving and waits to lead again.
     ``await start()`` opens them and binds ``host:port`` (127.0.0.1:8765 by default; port 0
     picks a free one); ``await stop()`` closes every connection and releases the storage;
     ``async with`` does both. Pass an ``ssl_context`` to serve ``wss://``.
@@ -232,28 +232,45 @@ class Orchestrator:
     async def _lead(self) -> None:
         """Of several orchestrators on one database: wait to lead, then fire schedules,
         watch files, adopt the jobs of dead nodes and take up what the others changed
-        (schedules, file watches, maintenance), every second."""
-        sharing = self.job_manager.sharing
-        try:
-            await self.role.become()
-        except QueueError as exc:
-            logger.error("node %s cannot lead: %s", self.role.node_id, exc)
-            return
-        await self.triggers.lead()
-        self.role.watch()
-        if self.on_lead is not None and self.role.epoch is not None:
-            self.on_lead(self.role.epoch)
+        (schedules, file watches, maintenance), every second. A node that stops leading (its
+        lock lost and taken by another) stops firing and watching, goes on serving, and
+        waits to lead again."""
         while True:
             try:
-                held = await asyncio.to_thread(self._kept_maintenance)
-                if (held is None) != (self.triggers.held_since is None):
-                    await self.triggers.hold(held)
-                await self.triggers.sync()
-                if sharing is not None:
-                    await sharing.sweep()
-            except Exception:
-                logger.exception("leading failed a round")
-            await asyncio.sleep(SWEEP_S)
+                await self.role.become()
+            except QueueError as exc:
+                logger.error("node %s cannot lead: %s", self.role.node_id, exc)
+                return
+            await self.triggers.lead()
+            self.role.watch()
+            if self.on_lead is not None and self.role.epoch is not None:
+                self.on_lead(self.role.epoch)
+            while not self.role.lost.is_set():
+                await self._lead_round()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SWEEP_S):
+                        await self.role.lost.wait()
+            logger.warning(
+                "node %s no longer leads (%s): it goes on serving, and leads again when it can",
+                self.role.node_id,
+                self.role.lost_reason,
+            )
+            await self.triggers.unlead()
+            await self.role.release()
+            self.role.reset()
+
+    async def _lead_round(self) -> None:
+        """One second of leading (see :meth:`_lead`)."""
+        sharing = self.job_manager.sharing
+        try:
+            held = await asyncio.to_thread(self._kept_maintenance)
+            if (held is None) != (self.triggers.held_since is None):
+                await self.triggers.hold(held)
+            await self.triggers.sync()
+            if sharing is not None:
+                await sharing.sweep()
+        except Exception:
+            logger.exception("leading failed a round")
 
     async def stop(self) -> None:
         """Close every connection (1001), stop serving and release the storage; idempotent."""

@@ -328,8 +328,7 @@ async def run_orchestrator(
     store several orchestrators share, a signal hands over instead of draining: the service
     stops, its robots reconnect to the next orchestrator of their list with their jobs
     running (``casare-nb drain`` is how that fleet is stopped); a signal while starting stops
-    the start. Answers the exit code: 0, or 1 when the orchestrator stood down (it led, and
-    another node took the lead from it).
+    the start. Answers the exit code (0).
     """
     tell = say or (lambda line: logger.info("%s", line))
     loop = asyncio.get_running_loop()
@@ -353,23 +352,14 @@ async def run_orchestrator(
         starting.result()
         if on_ready is not None:
             on_ready(service)
-        lost = asyncio.create_task(service.orchestrator.role.lost.wait())
-        first_signal = asyncio.create_task(signals.get())
-        await asyncio.wait({lost, first_signal}, return_when=asyncio.FIRST_COMPLETED)
-        if not first_signal.done():
-            first_signal.cancel()
-            tell(f"standing down: {service.orchestrator.role.lost_reason}")
-            code = 1
-        elif service.orchestrator.role.shared:
-            lost.cancel()
-            name = signal.Signals(first_signal.result()).name
+        first = await signals.get()
+        if service.orchestrator.role.shared:
             tell(
-                f"{name}: handing over: the robots reconnect to another orchestrator and "
-                "their jobs go on (casare-nb drain stops them)"
+                f"{signal.Signals(first).name}: handing over: the robots reconnect to another "
+                "orchestrator and their jobs go on (casare-nb drain stops them)"
             )
         else:
-            lost.cancel()
-            await _drain(service, first_signal.result(), drain_timeout_s, signals, tell)
+            await _drain(service, first, drain_timeout_s, signals, tell)
     finally:
         await service.stop()
         for sig in handled:

@@ -66,7 +66,6 @@ CONNECT_TIMEOUT_S: Final[float] = 5.0
 POOL_SIZE: Final[int] = 8
 _MIGRATION_LOCK: Final[int] = 0x6361_7361_7265  # pg_advisory_xact_lock key: "casare"
 _LEADER_LOCK: Final[int] = 0x6361_7361_7266  # pg_advisory_lock key of the active orchestrator
-_FENCE_LOCK: Final[int] = 0x6361_7361_7267  # writes share it; a takeover takes it alone
 LEADER_POLL_S: Final[float] = 0.25
 """How often a standby orchestrator asks for the lock (its takeover latency)."""
 OUTAGE_GRACE_S: Final[float] = 2.0
@@ -126,15 +125,13 @@ class _Result:
 class PgConnection:
     """A pooled connection, as the stores use it (:class:`~casare_nb.store.sql.Connection`).
 
-    With a ``fence`` (the epoch of the active orchestrator this process is, see
-    :class:`PgLeadership`) every transaction begins by checking that no other orchestrator
-    took over since: the check holds the fence lock shared, a takeover takes it exclusively
-    to record its epoch, so a write of the orchestrator that was active before either
-    commits before the takeover or is refused after it."""
+    Every orchestrator of a shared database writes (its own job rows: see
+    :mod:`casare_nb.store.shared`), so writes are not fenced by the leadership: what only the
+    leader does is guarded by its own claims (a due time's ``fires`` row, a file's
+    ``watched_files`` row, a dead node's jobs taken ``WHERE owner = DEAD``)."""
 
-    def __init__(self, raw: psycopg.Connection[Any], fence: int | None = None) -> None:
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
-        self.fence = fence
 
     def execute(self, sql: str, parameters: object = None) -> _Result:
         params: Any = parameters
@@ -142,17 +139,6 @@ class PgConnection:
 
     def begin(self) -> None:
         self.raw.execute("BEGIN")
-        if self.fence is None:
-            return
-        self.raw.execute("SELECT pg_advisory_xact_lock_shared(%s)", [_FENCE_LOCK])
-        row = self.raw.execute("SELECT max(epoch) FROM leaders").fetchone()
-        newest = None if row is None else row[0]
-        if newest != self.fence:
-            self.raw.execute("ROLLBACK")
-            raise QueueError(
-                f"another orchestrator is active now (epoch {newest}; this one was "
-                f"{self.fence}): nothing more is written from here"
-            )
 
     def commit(self) -> None:
         self.raw.execute("COMMIT")
@@ -208,8 +194,6 @@ class PgDatabase:
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._closed = False
         self._holders: dict[int, int] = {}  # thread id -> depth inside shared()
-        self.fence: int | None = None
-        """The epoch this process became the active orchestrator at (None: not fenced)."""
 
     def __repr__(self) -> str:
         return f"PgDatabase({self.where!r})"
@@ -250,7 +234,7 @@ class PgDatabase:
         try:
             pool = self._ready_pool()
             with pool.connection() as raw:
-                yield PgConnection(raw, self.fence)
+                yield PgConnection(raw)
         except psycopg_pool.PoolTimeout as exc:
             raise error(f"database {self.where}: no connection within {exc}") from exc
         except psycopg.Error as exc:
@@ -364,11 +348,8 @@ class PgLeadership:
     on a connection of its own (not pooled: the lock lives as long as that connection). Each
     change of hands is a row of ``leaders`` (its epoch), written under the lock."""
 
-    def __init__(
-        self, url: str, *, poll_s: float = LEADER_POLL_S, fenced: PgDatabase | None = None
-    ) -> None:
+    def __init__(self, url: str, *, poll_s: float = LEADER_POLL_S) -> None:
         self.url = url
-        self.fenced = fenced
         self.where = redacted(url)
         self.poll_s = poll_s
         self.epoch: int | None = None
@@ -426,8 +407,6 @@ class PgLeadership:
                         epoch = self._take(con, node_id)
                         with self._lock:
                             self._con, self.epoch = con, epoch
-                        if self.fenced is not None:
-                            self.fenced.fence = epoch
                         return epoch
                     if not told:
                         waiting(self._holder(con))
@@ -440,11 +419,8 @@ class PgLeadership:
                 time.sleep(min(0.05, self.poll_s))
 
     def _take(self, con: psycopg.Connection[Any], node_id: str) -> int:
-        """Record this process as the active one (under the lock); its epoch. The fence lock
-        taken alone waits for the writes of the one before to end (see
-        :class:`PgConnection`)."""
+        """Record this process as the leader (under the lock); its epoch."""
         with con.transaction():
-            con.execute("SELECT pg_advisory_xact_lock(%s)", [_FENCE_LOCK])
             last = con.execute(
                 "SELECT epoch, stopped_at FROM leaders ORDER BY epoch DESC LIMIT 1"
             ).fetchone()
@@ -577,6 +553,6 @@ def open_postgres(
         upkeep=lambda jobs: PgUpkeep(db, jobs),
         where=db.where,
         commit_interval_s=commit_interval_s,
-        leadership=PgLeadership(url, fenced=db),
+        leadership=PgLeadership(url),
         shared=lambda jobs: PgSharedJobs(db, jobs, db.dedicated),
     )

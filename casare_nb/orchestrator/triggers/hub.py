@@ -188,6 +188,18 @@ class Triggers:
             await self.watcher.start()
             self._watching = True
 
+    async def unlead(self) -> None:
+        """Stop firing schedules and watching files (another orchestrator leads now); a
+        later :meth:`lead` starts them again."""
+        self._leading = False
+        await self.watcher.stop()
+        await self.scheduler.stop()
+        self._watching = False
+        self._known_watches = set()
+        self.scheduler = Scheduler(self.jobs, self.store)
+        self.scheduler.held = self.held_since is not None
+        self.watcher = FileWatcher(self.jobs, self.store)
+
     async def sync(self) -> None:
         """Take up the schedules and file watches another orchestrator of a shared database
         changed (the leader does, every second)."""
