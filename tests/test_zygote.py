@@ -51,6 +51,15 @@ async def zygote() -> AsyncIterator[Zygote]:
     await asyncio.to_thread(z.close)
 
 
+async def asleep(pid: int, timeout: float = 30) -> None:
+    """Wait until the main thread of ``pid`` sleeps in a timed sleep (its wait channel)."""
+    wchan = Path(f"/proc/{pid}/task/{pid}/wchan")
+    deadline = asyncio.get_running_loop().time() + timeout
+    while "nanosleep" not in wchan.read_text():
+        assert asyncio.get_running_loop().time() < deadline, f"never slept: {wchan.read_text()}"
+        await asyncio.sleep(0.01)
+
+
 def gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -120,10 +129,32 @@ async def test_interrupt_reaches_a_forked_kernel(zygote: Zygote) -> None:
             msg = await session.kc.get_iopub_msg(timeout=30)
             if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
                 break
+        assert session.pid is not None
+        await asleep(session.pid)  # past print's flush, which waits for the IOPub thread
         await session.interrupt()
         reply = await _reply(session.kc, msg_id, 30)
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
+    finally:
+        await session.shutdown()
+
+
+async def test_a_kernel_forked_for_a_cancelled_start_is_killed(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    """A spawn cancelled before the zygote answered leaves no kernel and the zygote serving."""
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", str(tmp_path / "k.json")]
+    future = zygote.spawn(argv, None, None)
+    assert future.cancel()  # at once: a fork takes milliseconds
+    assert zygote.pid is not None
+    parent = psutil.Process(zygote.pid)
+    deadline = asyncio.get_running_loop().time() + 30
+    while zygote.forked == 0 or [c for c in parent.children() if not gone(c.pid)]:
+        assert asyncio.get_running_loop().time() < deadline, "the forked kernel lives on"
+        await asyncio.sleep(0.02)
+    session = await KernelSession.start(zygote=zygote)  # the reader thread still serves
+    try:
+        assert (await value(session, "1 + 1")) == 2
     finally:
         await session.shutdown()
 

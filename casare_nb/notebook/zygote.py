@@ -216,11 +216,23 @@ class Zygote:
                 if kernel is not None:
                     self._kernels[kernel.pid] = kernel
                     self.forked += 1
-            if future is not None:
+            if future is None or not future.set_running_or_notify_cancel():
+                # nobody waits for this kernel (its start was cancelled): it must not live on
                 if kernel is not None:
-                    future.set_result(kernel)
-                else:
-                    future.set_exception(ZygoteError(str(message.get("error"))))
+                    self._abandon(kernel)
+            elif kernel is not None:
+                future.set_result(kernel)
+            else:
+                future.set_exception(ZygoteError(str(message.get("error"))))
+
+    def _abandon(self, kernel: ForkedKernel) -> None:
+        """Kill a forked kernel that no one will own; the zygote reports its exit."""
+        log.debug("kernel %d was forked for a start that was cancelled: killed", kernel.pid)
+        try:
+            os.killpg(kernel.pid, signal.SIGKILL)
+        except OSError:  # it may not have called setsid() yet
+            with contextlib.suppress(OSError):
+                os.kill(kernel.pid, signal.SIGKILL)
 
     def _fail_all(self, error: ZygoteError) -> None:
         with self._lock:

@@ -96,6 +96,8 @@ def _child(request: dict[str, Any], close_fds: list[int]) -> None:
     code = 1
     try:
         os.setsid()  # its own process group: an interrupt reaches the kernel's children
+        # signals blocked where the zygote was started must not stay blocked in a kernel
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
