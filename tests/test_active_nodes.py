@@ -10,8 +10,9 @@ robots are real agents with warm kernels. Every wait is on an orchestrator's sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import psycopg
@@ -19,13 +20,25 @@ import pytest
 from cluster import Bot, Cluster, notebook
 from helpers import write_notebook
 from postgres import throwaway_server
+from websockets.asyncio.client import ClientConnection, connect
 
 from casare_nb.core.dispatch import RetryPolicy
 from casare_nb.core.errors import QueueError
-from casare_nb.core.models import RunStatus
+from casare_nb.core.models import CellStatus, Robot, RobotStatus, RunStatus
 from casare_nb.core.tokens import TokenRole
 from casare_nb.notebook.pool import KernelPool
 from casare_nb.orchestrator.orchestrator import Orchestrator
+from casare_nb.protocol import (
+    CellEvent,
+    Event,
+    EventKind,
+    RobotEvent,
+    RobotSnapshot,
+    Subscribe,
+    Topic,
+    decode,
+    encode,
+)
 from casare_nb.robot.agent import AgentError, RobotAgent
 from casare_nb.robot.config import load_config
 from casare_nb.robot.runner import EngineRunner
@@ -295,3 +308,132 @@ async def test_announcements_missed_while_the_server_restarts_are_caught_up(
                 await b.close()
             finally:
                 await a.close()
+
+
+# -- the robots and cells of the other node, for this one's monitors ---------------------
+
+
+@contextlib.asynccontextmanager
+async def monitor(orch: Orchestrator, name: str) -> AsyncIterator[Watcher]:
+    """A monitor connected to ``orch`` over WebSocket, subscribed to robots and cells."""
+    token = await asyncio.to_thread(orch.create_token, name, TokenRole.USER)
+    async with connect(orch.url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        await ws.send(encode(Subscribe(topics=frozenset({Topic.ROBOTS, Topic.CELLS}))))
+        snapshot = decode(await asyncio.wait_for(ws.recv(), 30))
+        assert isinstance(snapshot, Event) and isinstance(snapshot.data, RobotSnapshot)
+        yield Watcher(ws, snapshot.data)
+
+
+class Watcher:
+    """The events a monitor received, read as they come."""
+
+    def __init__(self, ws: ClientConnection, snapshot: RobotSnapshot) -> None:
+        self.ws = ws
+        self.snapshot = snapshot
+        self.seen: list[Event] = []
+
+    async def until(self, predicate: Callable[[Event], bool]) -> Event:
+        """The first event (from now) that ``predicate`` accepts."""
+        async with asyncio.timeout(30):
+            while True:
+                event = decode(await self.ws.recv())
+                assert isinstance(event, Event)
+                self.seen.append(event)
+                if predicate(event):
+                    return event
+
+
+def robot_event(kind: EventKind, robot_id: str) -> Callable[[Event], bool]:
+    return lambda e: (
+        e.kind is kind and isinstance(e.data, RobotEvent) and e.data.robot.robot_id == robot_id
+    )
+
+
+def listed(orch: Orchestrator, robot_id: str) -> Robot | None:
+    return next((r for r in orch.robots_everywhere() if r.robot_id == robot_id), None)
+
+
+async def test_a_monitor_of_one_node_hears_the_robots_and_cells_of_the_other(
+    pair: tuple[Cluster, Cluster], tmp_path: Path
+) -> None:
+    """A monitor of a hears b's robot come, run each cell of a job and go; a lists the
+    robot (node b) while it is connected to b, and no longer once it left."""
+    a, b = pair
+    nb = notebook(tmp_path, "cells.ipynb", ["x = 1", "y = x + 1", "z = y + 1"])
+    async with monitor(a.orch, "watch-a") as watch:
+        bot = await b.robot("rb")
+        came = await watch.until(robot_event(EventKind.ROBOT_ONLINE, "rb"))
+        assert isinstance(came.data, RobotEvent) and came.data.robot.node == "b"
+        robot = listed(a.orch, "rb")
+        assert robot is not None and (robot.node, robot.status) == ("b", RobotStatus.ONLINE)
+        job = await a.orch.submit(nb)
+        cells: list[CellEvent] = []
+        while len(cells) < 3:
+            event = await watch.until(lambda e: e.kind is EventKind.CELL_FINISHED)
+            assert isinstance(event.data, CellEvent) and event.data.job_id == job.job_id
+            cells.append(event.data)
+        assert len({c.cell_index for c in cells}) == 3
+        assert {c.status for c in cells} == {CellStatus.OK}
+        await b.stop_bot(bot)
+        went = await watch.until(robot_event(EventKind.ROBOT_OFFLINE, "rb"))
+        assert isinstance(went.data, RobotEvent) and went.data.robot.node == "b"
+        assert listed(a.orch, "rb") is None
+    assert a.orch.robots() == []  # a dispatches to its own robots only
+    assert a.orch.metrics.cells.collect()[0].samples == []  # b's cells count on b only
+
+
+async def test_a_node_started_later_lists_the_robots_connected_to_the_other(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """b's robot connected before a started: a lists it (node b) at once, a monitor of a
+    gets it in its snapshot, and a robot of a left over from a's last run is offline."""
+    stores = open_postgres(pg_url, tmp_path / "state")
+    await asyncio.to_thread(stores.open)  # the schema
+    await asyncio.to_thread(stores.close)
+    with psycopg.connect(pg_url, autocommit=True) as con:  # what a's last run left
+        con.execute(
+            "INSERT INTO node_robots (robot_id, node, data, noted_at) VALUES (%s, 'a', %s, now())",
+            ["stale", RobotEvent(robot=Robot(robot_id="stale", name="stale")).model_dump_json()],
+        )
+    b = Cluster(tmp_path, node(tmp_path, pg_url, "b"))
+    await b.orch.start()
+    a: Cluster | None = None
+    try:
+        await b.robot("rb")
+        await b.until(lambda: ("rb", "b") in rows_of(pg_url))
+        a = Cluster(tmp_path, node(tmp_path, pg_url, "a"))
+        await a.orch.start()
+        await a.until(lambda: listed(a.orch, "rb") is not None)  # type: ignore[union-attr]
+        robot = listed(a.orch, "rb")
+        assert robot is not None and robot.node == "b"
+        async with monitor(a.orch, "watch-a") as watch:
+            assert [(r.robot_id, r.node) for r in watch.snapshot.robots] == [("rb", "b")]
+        await b.until(lambda: rows_of(pg_url) == [("rb", "b")])
+    finally:
+        if a is not None:
+            await a.close()
+        await b.close()
+
+
+def rows_of(url: str) -> list[tuple[str, str]]:
+    with psycopg.connect(url) as con:
+        return con.execute("SELECT robot_id, node FROM node_robots ORDER BY 1").fetchall()
+
+
+async def test_the_robots_of_a_dead_node_go_offline_on_the_others(
+    pair: tuple[Cluster, Cluster], pg_url: str
+) -> None:
+    """b stops hearing (its liveness lock goes, as when it dies) with a robot connected:
+    the leader a adopts b and its monitor hears the robot go offline, orchestrator_lost."""
+    a, b = pair
+    await a.until(lambda: a.orch.role.epoch is not None)  # a started first: it leads
+    async with monitor(a.orch, "watch-a") as watch:
+        await b.robot("rb")
+        await watch.until(robot_event(EventKind.ROBOT_ONLINE, "rb"))
+        shared = b.orch.stores.shared
+        assert shared is not None
+        await asyncio.to_thread(shared.close)  # the listener and its lock, not the robot
+        went = await watch.until(robot_event(EventKind.ROBOT_OFFLINE, "rb"))
+        assert isinstance(went.data, RobotEvent) and went.data.reason == "orchestrator_lost"
+        assert listed(a.orch, "rb") is None
+        assert rows_of(pg_url) == []

@@ -258,6 +258,10 @@ class Robot(BaseModel):
     last_heartbeat: datetime | None = None
     cpu_percent: float | None = None
     memory_percent: float | None = None
+    node: str | None = Field(
+        default=None,
+        description="The orchestrator it is connected to, when several share a database.",
+    )
 
     @property
     def free_slots(self) -> int:

@@ -37,6 +37,7 @@ from casare_nb.core.models import Job, Robot, RobotStatus, RunStatus, SubmitOpti
 from casare_nb.core.thresholds import Thresholds
 from casare_nb.core.tokens import DEFAULT_ROLE, TokenRole, legacy_notice
 from casare_nb.notebook.state import private_dir
+from casare_nb.orchestrator.elsewhere import Elsewhere
 from casare_nb.orchestrator.jobs.durable import DURABLE_TIMEOUT_S
 from casare_nb.orchestrator.jobs.manager import JobManager
 from casare_nb.orchestrator.jobs.sharing import SWEEP_S
@@ -173,6 +174,10 @@ class Orchestrator:
             max_frame_bytes=max_frame_bytes,
             ssl_context=ssl_context,
         )
+        if self.stores.shared is not None:
+            self.websocket.elsewhere = Elsewhere(
+                self.stores.shared, self.websocket.to_monitors, self._connected_here, self._notify
+            )
         self.job_manager.durability.on_fault(self._fault_changed)
         self.triggers = Triggers(
             self.job_manager,
@@ -213,11 +218,16 @@ class Orchestrator:
             if row.get("role") is None and row["revoked_at"] is None:  # from before roles
                 logger.warning("%s", legacy_notice(row["name"]))
         self._loop = asyncio.get_running_loop()
+        elsewhere = self.websocket.elsewhere
+        if elsewhere is not None:  # before the listener starts (with the job manager)
+            await elsewhere.start()
         port = await self.websocket.start()
         self._started = True
         self.job_manager.start()
         if self.job_manager.sharing is not None:
             self.job_manager.sharing.token_listeners.append(self._token_changed_elsewhere)
+            if elsewhere is not None:
+                self.job_manager.sharing.nodes_gone.append(elsewhere.node_gone)
         held = await asyncio.to_thread(self._kept_maintenance)
         if held is not None:
             logger.warning("maintenance is on since %s: schedules and triggers held", held)
@@ -283,6 +293,8 @@ class Orchestrator:
             await asyncio.gather(self._leading, return_exceptions=True)
         await self.triggers.stop()
         await self.websocket.stop()
+        if self.websocket.elsewhere is not None:  # its robots' going, for the other nodes
+            await self.websocket.elsewhere.drain()
         await self.job_manager.stop()
         self.websocket.cancel_tasks()
         await asyncio.to_thread(self.stores.close)
@@ -453,8 +465,20 @@ class Orchestrator:
     # -- robots and monitors -------------------------------------------------------------
 
     def robots(self) -> list[Robot]:
-        """Every robot that registered since the start (offline ones too), by id."""
+        """Every robot that registered here since the start (offline ones too), by id."""
         return [r.model_copy(update={"tags": list(r.tags)}) for r in self.registry.snapshot()]
+
+    def robots_everywhere(self) -> list[Robot]:
+        """:meth:`robots`; with several orchestrators on one database, those connected to
+        the others too, and each with its ``node``."""
+        elsewhere = self.websocket.elsewhere
+        if elsewhere is None:
+            return self.robots()
+        node = self.role.node_id
+        here = [r.model_copy(update={"node": node}) for r in self.robots()]
+        ids = {r.robot_id for r in here}
+        there = [r for r in elsewhere.robots() if r.robot_id not in ids]
+        return sorted([*here, *there], key=lambda r: r.robot_id)
 
     def robot(self, robot_id: str) -> Robot | None:
         """The robot ``robot_id``, or None if it never registered."""
@@ -463,6 +487,10 @@ class Orchestrator:
     def monitors(self, topic: Topic | None = None) -> int:
         """How many monitors are connected (subscribed to ``topic``, if given)."""
         return self.websocket.monitors(topic)
+
+    def _connected_here(self, robot_id: str) -> bool:
+        robot = self.registry.get(robot_id)
+        return robot is not None and robot.status is not RobotStatus.OFFLINE
 
     def pause_robot(self, robot_id: str, paused: bool = True) -> Robot:
         """Drain one robot (``paused``: it takes no new jobs; the running ones finish) or

@@ -63,6 +63,7 @@ from casare_nb.core.models import Robot
 from casare_nb.core.tokens import BadAuthorization, Holder, TokenRole, bearer_token, refusal
 from casare_nb.orchestrator import audit
 from casare_nb.orchestrator.brake import AuthBrake
+from casare_nb.orchestrator.elsewhere import Elsewhere
 from casare_nb.orchestrator.jobs.attempts import JOB_MESSAGES
 from casare_nb.orchestrator.jobs.manager import JobManager
 from casare_nb.orchestrator.metrics import OrchestratorMetrics
@@ -235,6 +236,8 @@ class WebSocketService:
         self._peers: set[_Peer] = set()
         self._robot_peers: dict[str, _Peer] = {}
         self._log_ids = Deduplicator()
+        self.elsewhere: Elsewhere | None = None
+        """The robots and cells of the other orchestrators of a shared database."""
         self._tasks: set[asyncio.Task[None]] = set()
         # who holds the token of each connection, from its upgrade until it is handled
         self._holders: weakref.WeakKeyDictionary[ServerConnection, Holder] = (
@@ -618,6 +621,8 @@ class WebSocketService:
         peer.topics |= msg.topics
         if Topic.ROBOTS in msg.topics:
             robots = self.registry.robots()
+            if self.elsewhere is not None:
+                robots = [*robots, *self.elsewhere.robots()]
             peer.send(
                 Event(
                     topic=Topic.ROBOTS,
@@ -632,8 +637,15 @@ class WebSocketService:
     # -- events and liveness -------------------------------------------------------------
 
     def _publish(self, kind: EventKind, data: EventData) -> None:
-        """Count the event in the metrics; send it to every monitor subscribed to its topic."""
+        """Count the event in the metrics, share it with the other orchestrators of a shared
+        database, send it to every monitor subscribed to its topic."""
         self.metrics.observe(kind, data)
+        if self.elsewhere is not None:
+            self.elsewhere.share(kind, data)
+        self.to_monitors(kind, data)
+
+    def to_monitors(self, kind: EventKind, data: EventData) -> None:
+        """Send an event to every monitor subscribed to its topic (and nothing else)."""
         monitors = [p for p in self._peers if p.role is Role.MONITOR and kind.topic in p.topics]
         if not monitors:
             return  # no monitor: do not build (validate, give an id to) the event

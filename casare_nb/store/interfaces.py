@@ -43,6 +43,7 @@ __all__ = [
     "OutputStore",
     "Pruned",
     "RunHistory",
+    "SharedEvent",
     "SharedJobs",
     "SharedRow",
     "Stores",
@@ -479,6 +480,18 @@ class SharedRow(NamedTuple):
     owner: str | None
 
 
+class SharedEvent(NamedTuple):
+    """An event of one node for the monitors of the others (a robot's, a cell's): its kind
+    and data as the protocol has them (JSON), the robot it is of (None: not a robot's) and
+    whether that robot is connected after it; ``node`` is who recorded it (set when read)."""
+
+    kind: str
+    data: str
+    robot_id: str | None = None
+    online: bool = True
+    node: str = ""
+
+
 class SharedJobs(Protocol):
     """The job rows of orchestrators that share a database and are all active: the
     transitions that change a job's owner are compare-and-sets, decided by the database
@@ -539,11 +552,33 @@ class SharedJobs(Protocol):
         ...
 
     def dead_nodes(self) -> list[str]:
-        """Nodes that own queued or running jobs and no longer hold their liveness lock."""
+        """Nodes that own queued or running jobs or robots and no longer hold their
+        liveness lock."""
         ...
 
     def adopt(self, node_id: str) -> list[SharedRow]:
-        """The queued and running jobs of the dead node ``node_id`` become this node's."""
+        """The queued and running jobs of the dead node ``node_id`` become this node's; the
+        robots it listed are forgotten."""
+        ...
+
+    def share(self, events: Sequence[SharedEvent]) -> None:
+        """Record this node's ``events`` for the other nodes (one transaction, announced):
+        each robot event also updates the list of robots connected to this node (the
+        robot's last event, or none once it is not ``online``)."""
+        ...
+
+    def robots(self, node: str | None = None) -> list[SharedEvent]:
+        """The last event of every robot connected to another node (by robot id), or to
+        ``node`` (this one's, left by its last run, when it starts)."""
+        ...
+
+    def hear_events(
+        self, on_events: Callable[[list[SharedEvent], list[SharedEvent] | None], None]
+    ) -> None:
+        """Before :meth:`listen`: ``on_events(events, robots)`` gets the other nodes'
+        events recorded from then on, in each node's order; after (re)connecting, with
+        ``robots`` (:meth:`robots`, every robot connected elsewhere now) and the events
+        missed meanwhile, else ``robots`` is None."""
         ...
 
     def close(self) -> None:

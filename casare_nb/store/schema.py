@@ -214,6 +214,32 @@ MIGRATIONS: list[tuple[int, str]] = [
         # it last; NULL: one orchestrator only (the embedded default), or written before.
         "ALTER TABLE jobs ADD COLUMN owner VARCHAR;",
     ),
+    (
+        11,
+        # What the monitors of one node hear of the robots and cells of the others, when
+        # several orchestrators share the database (casare_nb.store.shared): each node's
+        # robot and cell events (kept a while), and the robots connected to each node now
+        # (the last event of each).
+        """
+        CREATE SEQUENCE node_event_seq;
+        CREATE TABLE node_events (
+            seq BIGINT NOT NULL PRIMARY KEY DEFAULT nextval('node_event_seq'),
+            node VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,
+            data VARCHAR NOT NULL,
+            robot_id VARCHAR,
+            online BOOLEAN NOT NULL,
+            noted_at TIMESTAMP NOT NULL
+        );
+        CREATE INDEX node_events_noted_at ON node_events (noted_at);
+        CREATE TABLE node_robots (
+            robot_id VARCHAR NOT NULL PRIMARY KEY,
+            node VARCHAR NOT NULL,
+            data VARCHAR NOT NULL,
+            noted_at TIMESTAMP NOT NULL
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]

@@ -21,6 +21,11 @@ the rows back (the payload names rows, it is not trusted for their content) and 
 (re)connects its listening connection reads every unfinished row (what it missed). The
 listening connection also holds the node's **liveness lock** (a session advisory lock): a
 node whose lock can be taken is dead, and the leader adopts its jobs.
+
+The robot and cell events of each node reach the monitors of the others the same way:
+:meth:`PgSharedJobs.share` records them (``node_events``, kept :data:`EVENTS_KEPT_S`; the
+robots connected to each node in ``node_robots``) and announces them on ``casare_events``;
+the listener reads back what is new.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any, Final, Protocol
 
 from casare_nb.core.errors import QueueError, one_line
 from casare_nb.core.models import Job, JobStatus
-from casare_nb.store.interfaces import SharedRow
+from casare_nb.store.interfaces import SharedEvent, SharedRow
 from casare_nb.store.jobs import (
     _JOB_SELECT,
     _MUTABLE,
@@ -44,10 +49,10 @@ from casare_nb.store.jobs import (
     _job_row,
     announce,
 )
-from casare_nb.store.sql import Connection, SqlDatabase, to_db_time
+from casare_nb.store.sql import Connection, SqlDatabase, columns, to_db_time
 from casare_nb.store.tokens import TOKENS_CHANNEL, forget_known
 
-__all__ = ["LISTEN_WAIT_S", "PgSharedJobs"]
+__all__ = ["EVENTS_CHANNEL", "EVENTS_KEPT_S", "LISTEN_WAIT_S", "PgSharedJobs"]
 
 logger = logging.getLogger("casare_nb.store")
 
@@ -60,6 +65,17 @@ _RETRY_MAX_S: Final = 2.0  # ...doubling up to this
 _ROW: Final = f"{_JOB_SELECT}, cancel_requested, owner"
 _RETURNING: Final = ", ".join(f"jobs.{name}" for name in _ROW.split(", "))
 _UNFINISHED: Final = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+EVENTS_CHANNEL: Final = "casare_events"
+"""``NOTIFY casare_events, 'NODE'``: ``NODE`` recorded events (:meth:`PgSharedJobs.share`)."""
+EVENTS_KEPT_S: Final = 600
+"""How long a node's events are kept for the others (a node out of reach longer misses
+what is older: monitors' events, not state)."""
+_LATE_S: Final = 2.0
+# Events are read past the last sequence number read, and those recorded in the last _LATE_S
+# (the server's clock), whose numbers may be lower: numbers are taken before the commit, so
+# one node's transaction may commit after another's with a higher number was read.
+_UTC_NOW: Final = "(now() AT TIME ZONE 'UTC')"
+_EVENT_ROW: Final = "seq, node, kind, data, robot_id, online"
 # Up to LIMIT of the candidates (id, attempt, rank) still queued at their attempt, in rank
 # order, skipping rows another transaction holds: running on this node, attempt + 1.
 _CLAIM: Final = (
@@ -107,6 +123,10 @@ class PgSharedJobs:
         self.listening = threading.Event()
         """Set while the listener hears the announcements (a test waits on it)."""
         self._thread: threading.Thread | None = None
+        self._on_events: Callable[[list[SharedEvent], list[SharedEvent] | None], None] | None = None
+        self._last_seq = -1  # the last event number read (-1: none read yet)
+        self._recent: dict[int, bool] = {}  # the events read that may be read again
+        self._shared = 0  # events recorded since this node's old ones were last deleted
 
     def __repr__(self) -> str:
         return f"PgSharedJobs({self.db.where!r}, node={self.node!r})"
@@ -184,11 +204,104 @@ class PgSharedJobs:
         return bool(rows)
 
     def adopt(self, node_id: str) -> list[SharedRow]:
-        return self._returning(
-            "UPDATE jobs SET owner = ? WHERE owner = ? AND status IN (?, ?) "
-            f"RETURNING {_RETURNING}",
-            [self.node, node_id, *_UNFINISHED],
+        with self.db.write() as con:
+            rows = [
+                _row(raw)
+                for raw in con.execute(
+                    "UPDATE jobs SET owner = ? WHERE owner = ? AND status IN (?, ?) "
+                    f"RETURNING {_RETURNING}",
+                    [self.node, node_id, *_UNFINISHED],
+                ).fetchall()
+            ]
+            con.execute("DELETE FROM node_robots WHERE node = ?", [node_id])
+            if rows:
+                announce(con, self.node, [row.job.job_id for row in rows])
+        return rows
+
+    # -- events for the other nodes' monitors --------------------------------------------
+
+    def share(self, events: Sequence[SharedEvent]) -> None:
+        if not events:
+            return
+        last: dict[str, SharedEvent] = {}  # each robot's last event of the batch
+        for event in events:
+            if event.robot_id is not None:
+                last[event.robot_id] = event
+        with self.db.write() as con:
+            con.execute(
+                "INSERT INTO node_events (node, kind, data, robot_id, online, noted_at) "
+                f"SELECT ?, k, d, r, o, {_UTC_NOW} FROM unnest(?::VARCHAR[], ?::VARCHAR[], "
+                "?::VARCHAR[], ?::BOOLEAN[]) AS t(k, d, r, o)",
+                [self.node, *columns([(e.kind, e.data, e.robot_id, e.online) for e in events])],
+            )
+            gone = [robot_id for robot_id, e in last.items() if not e.online]
+            if gone:
+                con.execute(
+                    "DELETE FROM node_robots WHERE node = ? "
+                    "AND robot_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [self.node, gone],
+                )
+            up = [(robot_id, e.data) for robot_id, e in last.items() if e.online]
+            if up:
+                con.execute(
+                    f"INSERT INTO node_robots (robot_id, node, data, noted_at) SELECT r, ?, d, "
+                    f"{_UTC_NOW} FROM unnest(?::VARCHAR[], ?::VARCHAR[]) AS t(r, d) "
+                    "ON CONFLICT (robot_id) DO UPDATE SET node = excluded.node, "
+                    "data = excluded.data, noted_at = excluded.noted_at",
+                    [self.node, *columns(up)],
+                )
+            self._shared += len(events)
+            if self._shared >= 1000:  # now and then: this node's events nobody needs now
+                self._shared = 0
+                con.execute(
+                    f"DELETE FROM node_events WHERE node = ? AND noted_at < {_UTC_NOW} - "
+                    "make_interval(secs => ?)",
+                    [self.node, EVENTS_KEPT_S],
+                )
+            con.execute("SELECT pg_notify(?, ?)", [EVENTS_CHANNEL, self.node])
+
+    def robots(self, node: str | None = None) -> list[SharedEvent]:
+        where = "node <> ?" if node is None else "node = ?"
+        raw = self.db.select(
+            f"SELECT robot_id, node, data FROM node_robots WHERE {where} ORDER BY robot_id",
+            [self.node if node is None else node],
         )
+        return [
+            SharedEvent("robot_status", str(data), str(robot_id), True, str(node))
+            for robot_id, node, data in raw
+        ]
+
+    def hear_events(
+        self, on_events: Callable[[list[SharedEvent], list[SharedEvent] | None], None]
+    ) -> None:
+        self._on_events = on_events
+
+    def _new_events(self) -> list[SharedEvent]:
+        """The other nodes' events recorded since the last read (each once)."""
+        raw = self.db.select(
+            f"SELECT {_EVENT_ROW}, noted_at >= {_UTC_NOW} - make_interval(secs => ?) "
+            f"FROM node_events WHERE (seq > ? OR noted_at >= {_UTC_NOW} - "
+            "make_interval(secs => ?)) AND node <> ? ORDER BY seq",
+            [_LATE_S, self._last_seq, _LATE_S, self.node],
+        )
+        recent: dict[int, bool] = {}
+        events: list[SharedEvent] = []
+        for seq, node, kind, data, robot_id, online, late in raw:
+            if late:
+                recent[seq] = True
+            if seq in self._recent or (seq <= self._last_seq and not late):
+                continue
+            events.append(SharedEvent(str(kind), str(data), robot_id, bool(online), str(node)))
+        if raw:
+            self._last_seq = max(self._last_seq, max(int(r[0]) for r in raw))
+        self._recent = recent  # what the next read may see again
+        return events
+
+    def _events_from_now(self) -> None:
+        """Start after what is recorded now (the first connection: no replay)."""
+        self._last_seq = int(self.db.select("SELECT coalesce(max(seq), 0) FROM node_events")[0][0])
+        self._recent = {}
+        self._new_events()  # those of the last moments, whose numbers may be lower: read
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -207,9 +320,9 @@ class PgSharedJobs:
 
     def dead_nodes(self) -> list[str]:
         owners = self.db.select(
-            "SELECT DISTINCT owner FROM jobs WHERE status IN (?, ?) AND owner IS NOT NULL "
-            "AND owner <> ? ORDER BY owner",
-            [*_UNFINISHED, self.node],
+            "SELECT owner FROM jobs WHERE status IN (?, ?) AND owner IS NOT NULL "
+            "AND owner <> ? UNION SELECT node FROM node_robots WHERE node <> ? ORDER BY 1",
+            [*_UNFINISHED, self.node, self.node],
         )
         dead: list[str] = []
         for (owner,) in owners:
@@ -248,6 +361,12 @@ class PgSharedJobs:
                 con = self._dedicated()
                 con.execute(f"LISTEN {NOTIFY_CHANNEL}")
                 con.execute(f"LISTEN {TOKENS_CHANNEL}")
+                on_events = self._on_events
+                if on_events is not None:
+                    con.execute(f"LISTEN {EVENTS_CHANNEL}")
+                    if self._last_seq < 0:
+                        self._events_from_now()
+                    on_events(self._new_events(), self.robots())
                 forget_known(self.db)  # token changes may have been missed too
                 locked = _try_lock(con, self.node)
                 if not locked:
@@ -262,6 +381,7 @@ class PgSharedJobs:
                 delay = _RETRY_FIRST_S
                 while not self._stop.is_set():
                     ids: set[str] = set()
+                    heard_events = False
                     notes = list(con.notifies(timeout=LISTEN_WAIT_S, stop_after=1))
                     if notes:  # and the burst it came in
                         notes += con.notifies(timeout=BURST_S)
@@ -270,11 +390,18 @@ class PgSharedJobs:
                             forget_known(self.db)
                             on_token(str(note.payload))
                             continue
+                        if note.channel == EVENTS_CHANNEL:
+                            heard_events |= str(note.payload) != self.node
+                            continue
                         owner, _, listed = str(note.payload).partition(" ")
                         if owner != self.node:
                             ids.update(i for i in listed.split(",") if i)
                     if ids:
                         on_rows(self.read(ids), False)
+                    if heard_events and on_events is not None:
+                        events = self._new_events()
+                        if events:
+                            on_events(events, None)
                     if not locked:
                         locked = _try_lock(con, self.node)
             except Exception as exc:

@@ -48,8 +48,9 @@ async def info(_: UserAuth, orch: Orch) -> ServerInfo:
 
 @router.get("/robots", response_model=list[Robot], tags=["robots"])
 async def robots(_: UserAuth, orch: Orch) -> list[Robot]:
-    """Every robot that registered since the orchestrator started (offline ones too)."""
-    return orch.robots()
+    """Every robot that registered since the orchestrator started (offline ones too); with
+    several orchestrators on one database, those connected to the others too (``node``)."""
+    return orch.robots_everywhere()
 
 
 @router.post("/drain", response_model=DrainResult, tags=["orchestrator"])

@@ -67,6 +67,7 @@ class Sharing:
         self._prune_at = _MARKS_KEPT
         self.finished_elsewhere: list[Callable[[Job], None]] = []
         self.token_listeners: list[Callable[[str], None]] = []  # on the loop: a token changed
+        self.nodes_gone: list[Callable[[str], None]] = []  # on the loop: a dead node adopted
         self._told_started: set[tuple[str, int]] = set()
         self._suspects: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -371,6 +372,11 @@ class Sharing:
         )
         for robot_id in sorted(robots):
             self.attempts.lose_later(robot_id, self.attempts.reconnect_grace_s)
+        for listener in list(self.nodes_gone):
+            try:
+                listener(node)
+            except Exception:
+                logger.exception("a listener of dead nodes failed on %s", node)
         self.book.link.notify()
         self.book.wake()
 
