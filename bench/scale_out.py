@@ -28,6 +28,7 @@ the tests do: ``tests/postgres.py``), then, in one run:
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -41,6 +42,7 @@ from bench import notebooks as nbs
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+import psutil  # noqa: E402
 import psycopg  # noqa: E402
 from helpers import write_notebook  # noqa: E402  (the process helpers live with the tests)
 from jupyter_harness import free_port  # noqa: E402
@@ -67,6 +69,47 @@ DRAIN_BUDGET_S = 120.0
 FAILOVER_JOBS = 20
 BACK_TARGET_S = 5.0
 LATE_TARGET_S = 5.0
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds the processes ``pids`` used so far (gone ones: 0)."""
+    used = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        used += times.user + times.system
+    return used
+
+
+class _Cpu:
+    """CPU use of the drain's parts, from a start to an end: the orchestrator nodes, the
+    robots' processes, PostgreSQL's server processes (backends started meanwhile count from
+    0), this process (it polls), and the whole machine (busy share of every core)."""
+
+    def __init__(self, nodes: list[int], robots: list[int]) -> None:
+        self.groups = {"nodes": nodes, "robots": robots, "bench": [os.getpid()]}
+        self.start = {name: _cpu_s(pids) for name, pids in self.groups.items()}
+        self.start["postgres"] = _cpu_s(_postgres_pids())
+        self._machine = psutil.cpu_times()
+        self._wall = time.perf_counter()
+
+    def end(self, jobs: int) -> dict[str, Any]:
+        wall = time.perf_counter() - self._wall
+        machine = psutil.cpu_times()
+        busy = sum(machine) - machine.idle - machine.iowait
+        busy_before = sum(self._machine) - self._machine.idle - self._machine.iowait
+        used = {name: _cpu_s(pids) - self.start[name] for name, pids in self.groups.items()}
+        used["postgres"] = _cpu_s(_postgres_pids()) - self.start["postgres"]
+        return {
+            "machine_busy_pct": 100 * (busy - busy_before) / (wall * (psutil.cpu_count() or 1)),
+            "per_job_ms": {name: 1e3 * s / jobs for name, s in used.items()} if jobs else {},
+        }
+
+
+def _postgres_pids() -> list[int]:
+    return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
 
 
 async def _drain_nodes(server: PgServer, work: Path, nodes: int, total: int) -> dict[str, Any]:
@@ -107,6 +150,7 @@ async def _drain_nodes(server: PgServer, work: Path, nodes: int, total: int) -> 
             await group.event("prepared")
         jobs.owner = "bench"  # the bulk insert is announced to the nodes
         await asyncio.to_thread(jobs.add_jobs, dispatch._bulk_jobs(path, total))
+        cpu = _Cpu([p.popen.pid for p in procs], [group.proc.pid for group in robots])
         start = time.perf_counter()
         for group in robots:
             await group.send("go")
@@ -116,12 +160,13 @@ async def _drain_nodes(server: PgServer, work: Path, nodes: int, total: int) -> 
             rows = jobs.db.select("SELECT count(*) FROM jobs WHERE status = 'completed'")
             done = int(rows[0][0])
         drain_s = time.perf_counter() - start
+        used = cpu.end(done)
         reports = [await group.stop() for group in robots]
         robots = []
         rows = jobs.db.select(
             "SELECT owner, attempt, count(*) FROM jobs GROUP BY owner, attempt ORDER BY 1, 2"
         )
-        for proc in procs:  # a clean stop logs what each node claimed and heard
+        for proc in procs:
             proc.popen.terminate()
         for proc in procs:
             proc.wait(60)
@@ -131,12 +176,6 @@ async def _drain_nodes(server: PgServer, work: Path, nodes: int, total: int) -> 
         for proc in procs:
             proc.kill()
         stores.close()
-    claims = [
-        line.split("casare_nb.orchestrator.jobs: ")[-1].strip()
-        for name in names
-        for line in (work / "state" / "logs" / f"orchestrator-{name}.log").read_text().splitlines()
-        if "claims won" in line
-    ]
     assigned: dict[str, int] = {}
     for report in reports:
         for job_id, n in report["assigned"].items():
@@ -150,7 +189,7 @@ async def _drain_nodes(server: PgServer, work: Path, nodes: int, total: int) -> 
         "by_owner_attempt": [[str(o), int(a), int(n)] for o, a, n in rows],
         "assigned_twice": sum(1 for n in assigned.values() if n > 1),
         "not_first_attempt": sum(int(n) for _, a, n in rows if int(a) != 1),
-        "claims": claims,
+        "cpu": used,
     }
 
 
@@ -269,6 +308,15 @@ def _rate(entry: dict[str, Any]) -> float:
     return float(measured["finished"] / measured["drain_s"]) if measured["drain_s"] else 0.0
 
 
+def _cpu_text(runs: list[dict[str, Any]]) -> str:
+    """The machine's busy share and the CPU per job of each part (medians of ``runs``)."""
+    busy = nbs.median([r["cpu"]["machine_busy_pct"] for r in runs])
+    parts = ("nodes", "postgres", "robots", "bench")
+    per_job = {p: nbs.median([r["cpu"]["per_job_ms"].get(p, 0.0) for r in runs]) for p in parts}
+    spent = ", ".join(f"{p} {per_job[p]:.2f}" for p in parts)
+    return f"machine {busy:.0f} % busy; CPU ms per job: {spent} (total {sum(per_job.values()):.2f})"
+
+
 def _lost(runs: list[dict[str, Any]]) -> int:
     return sum(r["total"] - r["completed"] for r in runs)
 
@@ -315,13 +363,14 @@ def _report(raw: dict[str, Any], reps: int) -> dict[str, Any]:
             "dispatch, one `casare-nb orchestrator` on PostgreSQL (4 no-op robots)",
             f"{one[0]['total']} jobs x {len(one)}; lost {_lost(one)}",
             f"{one_rate:.0f} jobs/s (median)",
-            "1.00x (the nodes' anchor)",
+            f"1.00x (the nodes' anchor); {_cpu_text(one)}",
         ],
         [
             "dispatch, two `casare-nb orchestrator` nodes on PostgreSQL (2 robots each)",
             f"{two[0]['total']} jobs x {len(two)}; lost {_lost(two)}",
             f"{two_rate:.0f} jobs/s (median)",
-            (common.ratio(two_rate / one_rate) if one_rate else "-") + f" (jobs per node: {split})",
+            (common.ratio(two_rate / one_rate) if one_rate else "-")
+            + f" (jobs per node: {split}); {_cpu_text(two)}",
         ],
         [
             f"an orchestrator SIGKILLed, {FAILOVER_JOBS} jobs running on its 2 robots",
