@@ -26,7 +26,7 @@ from jupyter_client.manager import KernelManager
 from casare_nb.core.graph import Edge, Graph, GraphInput, Node, compile_graph, problems
 from casare_nb.core.models import RunStatus
 from casare_nb.local import aresume, arun_notebook
-from casare_nb.nodes import browser
+from casare_nb.nodes import browser, browser_procs
 from casare_nb.nodes.catalog import BUILTIN, load_catalog
 from casare_nb.site import PRODUCTS, serve
 
@@ -292,7 +292,7 @@ def test_a_killed_process_profile_is_removed_by_the_next_launch(
     me = psutil.Process()
     (markers / f"{me.pid}-{int(me.create_time() * 1000)}-{mine.name}").write_text(str(mine))
     (markers / f"{dead_pid}-1-playwright_x").write_text(str(tmp_path))
-    browser._sweep_orphans()
+    browser_procs.sweep_orphans()
     assert not orphan.exists() and mine.exists() and tmp_path.exists()
     assert sorted(m.name.split("-", 2)[2] for m in markers.iterdir()) == [mine.name, "playwright_x"]
 

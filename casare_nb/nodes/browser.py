@@ -17,6 +17,8 @@ The browser goes away with the run:
   Playwright's driver, which ends it a second or two later but leaves its temporary
   profile folder: the next launch removes such folders.
 
+The processes and profile folders are :mod:`casare_nb.nodes.browser_procs`' business.
+
 A session that went stale (its event loop gone, the browser disconnected, a fresh kernel
 after a resume) is dropped and a new one launched.
 
@@ -34,10 +36,7 @@ import itertools
 import math
 import os
 import re
-import shutil
-import stat
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, overload
 from urllib.parse import urljoin
 
 import psutil
+
+from casare_nb.nodes import browser_procs as procs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -83,8 +84,6 @@ CLOSE_TIMEOUT_S: Final = 10.0
 ERROR_PAGE_WAIT_S: Final = 2.0
 """How long a failed navigation waits for Chromium's error page (which would interrupt
 the next navigation)."""
-REAP_TIMEOUT_S: Final = 5.0
-"""How long closing waits for Chromium's processes to exit before killing them."""
 
 WaitState = Literal["attached", "detached", "visible", "hidden"]
 _STATES: Final = ("attached", "detached", "visible", "hidden")
@@ -129,19 +128,8 @@ class _Session:
         return self.loop.is_closed() or self.loop is not running or not self.browser.is_connected()
 
 
-@dataclass
-class _Owned:
-    """What is left to clean of a session: its profile folder, its processes (by pid)."""
-
-    profile: str | None
-    driver: set[int]
-    procs: dict[int, psutil.Process] = field(default_factory=dict)
-
-
 _session: _Session | None = None
 _lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
-_owned: dict[int, _Owned] = {}
-"""The sessions (by key) whose processes are not known to be gone."""
 _tasks: set[asyncio.Task[None]] = set()  # closes scheduled by the post_run_cell callback
 _atexit_registered = False
 
@@ -162,90 +150,18 @@ def chromium_executable() -> str | None:
     return DEBIAN_CHROMIUM if Path(DEBIAN_CHROMIUM).exists() else None
 
 
-def _descendants() -> dict[int, psutil.Process]:
-    try:
-        return {p.pid: p for p in psutil.Process().children(recursive=True)}
-    except psutil.Error:
-        return {}
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
-
-
 def browser_processes() -> list[psutil.Process]:
     """The running processes of the current session (Playwright's driver, Chromium and its
     children); empty without a session."""
     session = _session
     if session is None:
         return []
-    return [p for p in _expand(session.processes) if _alive(p)]
-
-
-def _expand(procs: list[psutil.Process]) -> list[psutil.Process]:
-    """``procs`` and the children they have now (renderers start after the launch)."""
-    found = {p.pid: p for p in procs}
-    for proc in procs:
-        if _alive(proc):
-            with contextlib.suppress(psutil.Error):
-                for child in proc.children(recursive=True):
-                    found.setdefault(child.pid, child)
-    return list(found.values())
+    return [p for p in procs.expand(session.processes) if procs.alive(p)]
 
 
 def _track(session: _Session) -> list[psutil.Process]:
     """Every process of ``session`` now, remembered until it is known to be gone."""
-    procs = _expand(session.processes)
-    owned = _owned.setdefault(session.key, _Owned(session.profile, {p.pid for p in session.driver}))
-    owned.procs.update({p.pid: p for p in procs})
-    return procs
-
-
-def _sweep() -> None:
-    """Forget the sessions whose processes are all gone, removing their profile folders
-    (Playwright's driver does not when it is killed)."""
-    for key, owned in list(_owned.items()):
-        alive = {pid for pid, p in owned.procs.items() if _alive(p)}
-        if owned.profile and not alive - owned.driver:
-            shutil.rmtree(owned.profile, ignore_errors=True)
-            _unmark(owned.profile)
-            owned.profile = None
-        if not alive:
-            del _owned[key]
-
-
-def _reap(procs: list[psutil.Process], timeout_s: float = REAP_TIMEOUT_S) -> None:
-    """Wait up to ``timeout_s`` for ``procs`` to exit, kill the ones left, and remove the
-    profile folders of sessions that are wholly gone."""
-    procs = [p for p in procs if _alive(p)]
-    if procs:
-        _, left = psutil.wait_procs(procs, timeout=timeout_s)
-        for proc in left:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(left, timeout=2)
-    _sweep()
-
-
-def _kill(procs: list[psutil.Process]) -> None:
-    """Kill ``procs`` now (a session that failed or whose loop is gone)."""
-    procs = [p for p in procs if _alive(p)]
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    _reap(procs, timeout_s=2)
-
-
-def _profile_of(procs: list[psutil.Process]) -> str | None:
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            for arg in proc.cmdline():
-                if arg.startswith("--user-data-dir="):
-                    return str(arg).split("=", 1)[1]
-    return None
+    return procs.remember(session.key, session.profile, session.driver, session.processes)
 
 
 async def _launch(headless: bool, timeout_s: float) -> _Session:
@@ -253,7 +169,7 @@ async def _launch(headless: bool, timeout_s: float) -> _Session:
         from playwright.async_api import async_playwright
     except ImportError:
         raise BrowserError("the browser nodes need Playwright: pip install playwright") from None
-    before = _descendants()
+    before = procs.descendants()
     pw = await async_playwright().start()
     executable = chromium_executable()
     try:
@@ -276,8 +192,10 @@ async def _launch(headless: bool, timeout_s: float) -> _Session:
         with contextlib.suppress(Exception):
             await pw.stop()
         raise BrowserError(f"cannot open a browser context: {_detail(exc)}") from None
-    driver = [p for pid, p in _descendants().items() if pid not in before and _is_driver(p)]
-    chromium = [p for p in _expand(driver) if p not in driver]
+    driver = [
+        p for pid, p in procs.descendants().items() if pid not in before and procs.is_driver(p)
+    ]
+    chromium = [p for p in procs.expand(driver) if p not in driver]
     session = _Session(
         pw,
         browser,
@@ -286,85 +204,14 @@ async def _launch(headless: bool, timeout_s: float) -> _Session:
         headless,
         driver,
         chromium,
-        _profile_of(chromium),
+        procs.profile_of(chromium),
     )
     _track(session)
     if session.profile:
-        _mark(session.profile)
+        procs.mark(session.profile)
     _on_launch()
-    await asyncio.to_thread(_sweep_orphans)
+    await asyncio.to_thread(procs.sweep_orphans)
     return session
-
-
-def _markers() -> Path | None:
-    """The folder recording the profile folders of the browsers this user launched; None
-    when it cannot be used safely (not ours, writable by others)."""
-    folder = Path(tempfile.gettempdir()) / f"casare-browser-{os.getuid()}"
-    try:
-        folder.mkdir(mode=0o700, exist_ok=True)
-        info = folder.lstat()
-    except OSError:
-        return None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
-        return None
-    return folder
-
-
-def _owner_tag(proc: psutil.Process) -> str:
-    return f"{proc.pid}-{int(proc.create_time() * 1000)}"
-
-
-def _mark(profile: str) -> None:
-    """Record ``profile`` as this process's, so a later launch removes it if this process
-    is killed before it could (an engine kills its kernels)."""
-    folder = _markers()
-    if folder is not None:
-        with contextlib.suppress(OSError, psutil.Error):
-            (folder / f"{_owner_tag(psutil.Process())}-{Path(profile).name}").write_text(profile)
-
-
-def _unmark(profile: str) -> None:
-    folder = _markers()
-    if folder is not None:
-        for marker in folder.glob(f"*-{Path(profile).name}"):
-            marker.unlink(missing_ok=True)
-
-
-def _sweep_orphans() -> None:
-    """Remove the profile folders left by browsers whose launching process is gone and
-    that no process uses any more."""
-    folder = _markers()
-    if folder is None:
-        return
-    orphans: dict[Path, str] = {}
-    for marker in folder.glob("*-*-playwright_*"):
-        pid, started, _ = marker.name.split("-", 2)
-        with contextlib.suppress(psutil.Error, ValueError):
-            if _owner_tag(psutil.Process(int(pid))) == f"{pid}-{started}":
-                continue  # its process runs: it is that process's to remove
-        with contextlib.suppress(OSError):
-            profile = marker.read_text().strip()
-            if Path(profile).name.startswith("playwright_") and Path(profile).is_absolute():
-                orphans[marker] = profile
-    if not orphans:
-        return
-    in_use = set()
-    for proc in psutil.process_iter(["cmdline"]):
-        for arg in proc.info.get("cmdline") or ():
-            if arg.startswith("--user-data-dir="):
-                in_use.add(arg.split("=", 1)[1])
-    for marker, profile in orphans.items():
-        if profile not in in_use:
-            shutil.rmtree(profile, ignore_errors=True)
-            marker.unlink(missing_ok=True)
-
-
-def _is_driver(proc: psutil.Process) -> bool:
-    """Whether ``proc`` is a Playwright driver this process started."""
-    try:
-        return bool(proc.ppid() == os.getpid() and "run-driver" in proc.cmdline())
-    except psutil.Error:
-        return False
 
 
 async def _session_for(headless: bool, timeout_s: float) -> _Session:
@@ -382,15 +229,15 @@ async def _session_for(headless: bool, timeout_s: float) -> _Session:
 
 async def _shutdown(session: _Session) -> None:
     """Close ``session``'s browser and Playwright, then make sure its processes are gone."""
-    procs = _track(session)
+    found = _track(session)
     if session.loop is asyncio.get_running_loop() and not session.loop.is_closed():
         with contextlib.suppress(Exception):
             await asyncio.wait_for(session.browser.close(), CLOSE_TIMEOUT_S)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(session.playwright.stop(), CLOSE_TIMEOUT_S)
-        await asyncio.to_thread(_reap, procs)
+        await asyncio.to_thread(procs.reap, found)
     else:  # its objects belong to a loop that is gone: only the processes are left
-        await asyncio.to_thread(_kill, procs)
+        await asyncio.to_thread(procs.kill, found)
 
 
 # --------------------------------------------------------------------------- ending a run
@@ -424,15 +271,15 @@ def _close_after_failed_cell(result: Any) -> None:
     if getattr(result, "error_in_exec", None) is None or session is None:
         return
     _forget()
-    procs = _track(session)
-    _kill([p for p in procs if p not in session.driver])
+    found = _track(session)
+    procs.kill([p for p in found if p not in session.driver])
     loop = session.loop
     try:
         running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
         running = None
     if loop.is_closed():
-        _kill(procs)
+        procs.kill(found)
     elif loop is running:  # a kernel: Playwright stops once the cell's reply is out
         task = loop.create_task(_shutdown(session))
         _tasks.add(task)
@@ -459,7 +306,7 @@ def _at_exit() -> None:
         if not loop.is_closed() and not loop.is_running():
             with contextlib.suppress(Exception):
                 loop.run_until_complete(asyncio.wait_for(_close_quietly(session), CLOSE_TIMEOUT_S))
-    _kill([p for owned in _owned.values() for p in owned.procs.values()])
+    procs.kill_all()
 
 
 async def _close_quietly(session: _Session) -> None:
