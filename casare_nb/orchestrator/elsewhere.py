@@ -65,6 +65,7 @@ class Elsewhere:
         self._pending: list[SharedEvent] = []
         self._flushing: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
 
     async def start(self) -> None:
         """Hear the other nodes' events from when the listener starts; the robots the last
@@ -92,7 +93,7 @@ class Elsewhere:
 
     def share(self, kind: EventKind, data: EventData) -> None:
         """Record one of this node's events for the others (on the loop; written soon)."""
-        if kind not in SHARED_KINDS:
+        if kind not in SHARED_KINDS or self._stopped:
             return
         if isinstance(data, RobotEvent):
             online = kind is not EventKind.ROBOT_OFFLINE
@@ -113,17 +114,18 @@ class Elsewhere:
             batch, self._pending = _latest_status(self._pending), []
             try:
                 await asyncio.to_thread(self.rows.share, batch)
-            except QueueError as exc:
+            except Exception as exc:  # a database error, or a store closed meanwhile
                 logger.warning(
                     "the other orchestrators miss %d events of this one: %s",
                     len(batch),
                     one_line(exc),
                 )
 
-    async def drain(self) -> None:
-        """Return once what was shared so far is written (a test, a stop)."""
+    async def stop(self) -> None:
+        """Write what was shared so far (the robots' going, at a stop) and share no more."""
         while self._flushing is not None and not self._flushing.done():
             await asyncio.shield(self._flushing)
+        self._stopped = True
 
     # -- the others' events --------------------------------------------------------------
 

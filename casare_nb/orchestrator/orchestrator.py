@@ -294,7 +294,7 @@ class Orchestrator:
         await self.triggers.stop()
         await self.websocket.stop()
         if self.websocket.elsewhere is not None:  # its robots' going, for the other nodes
-            await self.websocket.elsewhere.drain()
+            await self.websocket.elsewhere.stop()
         await self.job_manager.stop()
         self.websocket.cancel_tasks()
         await asyncio.to_thread(self.stores.close)

@@ -125,7 +125,7 @@ class PgSharedJobs:
         self._thread: threading.Thread | None = None
         self._on_events: Callable[[list[SharedEvent], list[SharedEvent] | None], None] | None = None
         self._last_seq = -1  # the last event number read (-1: none read yet)
-        self._recent: dict[int, bool] = {}  # the events read that may be read again
+        self._recent: set[int] = set()  # the events read that a later read may see again
         self._shared = 0  # events recorded since this node's old ones were last deleted
 
     def __repr__(self) -> str:
@@ -284,11 +284,11 @@ class PgSharedJobs:
             "make_interval(secs => ?)) AND node <> ? ORDER BY seq",
             [_LATE_S, self._last_seq, _LATE_S, self.node],
         )
-        recent: dict[int, bool] = {}
+        recent: set[int] = set()
         events: list[SharedEvent] = []
         for seq, node, kind, data, robot_id, online, late in raw:
             if late:
-                recent[seq] = True
+                recent.add(seq)
             if seq in self._recent or (seq <= self._last_seq and not late):
                 continue
             events.append(SharedEvent(str(kind), str(data), robot_id, bool(online), str(node)))
@@ -300,7 +300,7 @@ class PgSharedJobs:
     def _events_from_now(self) -> None:
         """Start after what is recorded now (the first connection: no replay)."""
         self._last_seq = int(self.db.select("SELECT coalesce(max(seq), 0) FROM node_events")[0][0])
-        self._recent = {}
+        self._recent = set()
         self._new_events()  # those of the last moments, whose numbers may be lower: read
 
     # -- reads ---------------------------------------------------------------------------
