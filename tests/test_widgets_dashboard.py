@@ -19,7 +19,8 @@ from casare_nb.core.models import RobotStatus, RunStatus
 from casare_nb.orchestrator.service import OrchestratorService
 from casare_nb.service_thread import ServiceThread
 from casare_nb.widgets import Dashboard, Intervals
-from casare_nb.widgets.state import ConnectionState, DashboardState, RunningView
+from casare_nb.widgets.state import DashboardState
+from casare_nb.widgets.viewmodels import ConnectionState, RunningView
 
 WAIT = 60.0
 FAST = Intervals(render_s=0.02, tick_s=0.2)

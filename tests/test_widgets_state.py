@@ -35,10 +35,12 @@ from casare_nb.widgets.state import (
     EVENT_LOG_SIZE,
     RECENT_FINISHED,
     RECENT_TTL,
-    Change,
-    ConnectionState,
     DashboardState,
     Level,
+)
+from casare_nb.widgets.viewmodels import (
+    Change,
+    ConnectionState,
     daily_series,
     percent_level,
     queue_level,

@@ -2,7 +2,7 @@
 bars (completed green, failed red) and the success rate as a line on a right-hand percent
 axis. Fed a :class:`~casare_nb.widgets.state.DailySeries` (from
 ``client.history.daily(...)``, summed per day by
-:func:`~casare_nb.widgets.state.daily_series`).
+:func:`~casare_nb.widgets.viewmodels.daily_series`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Final
 import bqplot
 import ipywidgets as widgets
 
-from casare_nb.widgets.state import DailySeries
+from casare_nb.widgets.viewmodels import DailySeries
 
 __all__ = ["HistoryChart"]
 

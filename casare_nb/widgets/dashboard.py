@@ -33,7 +33,8 @@ import ipywidgets as widgets
 
 from casare_nb.client import Client, ClientError
 from casare_nb.widgets.feed import Backoff, Connector, Feed, default_backoff
-from casare_nb.widgets.state import Change, DashboardState, source_lines
+from casare_nb.widgets.state import DashboardState
+from casare_nb.widgets.viewmodels import Change, source_lines
 from casare_nb.widgets.views import (
     Actions,
     HistoryPanel,

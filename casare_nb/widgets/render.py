@@ -16,7 +16,7 @@ from casare_nb.core.failure import Failure, plain
 from casare_nb.core.history import RunGroup
 from casare_nb.core.models import RobotStatus, RunStatus
 from casare_nb.core.thresholds import Level
-from casare_nb.widgets.state import (
+from casare_nb.widgets.viewmodels import (
     ConnectionState,
     ConnectionView,
     FinishedView,

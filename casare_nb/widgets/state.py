@@ -1,6 +1,6 @@
 """What the dashboard shows, as plain Python: :class:`DashboardState` is fed the
 orchestrator's monitor events (and snapshots read over HTTP) and answers view models
-(:mod:`casare_nb.widgets.viewmodels`, re-exported here).
+(:mod:`casare_nb.widgets.viewmodels`).
 
 No widget library here (ipywidgets is the views' business): the reducers are tested without
 a browser, and a benchmark can measure them alone. Thread-safe: one thread applies events
@@ -32,25 +32,16 @@ from casare_nb.core.thresholds import Level, Thresholds
 from casare_nb.protocol import CellEvent, Event, EventKind, JobEvent, RobotEvent, RobotSnapshot
 from casare_nb.widgets.viewmodels import (
     DEFAULT_THRESHOLDS,
-    QUEUE_CRITICAL_DEPTH,
-    QUEUE_WARN_DEPTH,
-    RESOURCE_CRITICAL_PERCENT,
-    RESOURCE_WARN_PERCENT,
     Change,
     ConnectionState,
     ConnectionView,
-    DailySeries,
     FinishedView,
     QueueView,
     RobotView,
     RunningView,
-    daily_series,
     describe_failure,
-    first_line,
-    format_age,
     percent_level,
     queue_level,
-    source_lines,
     workflow_name,
 )
 
@@ -58,31 +49,11 @@ __all__ = [
     "EVENT_LOG_SIZE",
     "MAX_ROBOTS",
     "MAX_SOURCE_TRIES",
-    "QUEUE_CRITICAL_DEPTH",
     "QUEUE_TRACK_LIMIT",
-    "QUEUE_WARN_DEPTH",
     "RECENT_FINISHED",
     "RECENT_TTL",
-    "RESOURCE_CRITICAL_PERCENT",
-    "RESOURCE_WARN_PERCENT",
-    "Change",
-    "ConnectionState",
-    "ConnectionView",
-    "DailySeries",
     "DashboardState",
-    "FinishedView",
     "Level",
-    "QueueView",
-    "RobotView",
-    "RunningView",
-    "daily_series",
-    "describe_failure",
-    "first_line",
-    "format_age",
-    "percent_level",
-    "queue_level",
-    "source_lines",
-    "workflow_name",
 ]
 
 # -- bounds ----------------------------------------------------------------------------------

@@ -36,9 +36,9 @@ from casare_nb.widgets.render import (
     status_html,
     upcoming_html,
 )
-from casare_nb.widgets.state import (
+from casare_nb.widgets.state import DashboardState
+from casare_nb.widgets.viewmodels import (
     ConnectionView,
-    DashboardState,
     FinishedView,
     QueueView,
     RobotView,
