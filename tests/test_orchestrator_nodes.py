@@ -15,14 +15,17 @@ import psycopg
 from jupyter_harness import free_port
 from nodes import (
     LEADS,
+    WAIT_S,
     due_time_across_a_kill,
     expect_all,
     kill_the_active_one,
     node_pair,
     orchestrator_node,
+    robot_process,
 )
 from test_cli_service import cli, error_line
 
+from casare_nb import Client
 from casare_nb.core.models import RunStatus
 
 JOBS = 4
@@ -106,3 +109,29 @@ def test_a_due_time_across_the_leaders_death_fires_once_on_the_other_node(
     assert jobs == [(fire.job_id,)]  # one job of the schedule, the fire's
     assert fire.due_at == due
     assert (fire.fired_at - fire.due_at).total_seconds() <= 5
+
+
+def test_a_node_lists_and_hears_the_robots_of_the_other(tmp_path: Path, pg_url: str) -> None:
+    """A robot connected to b only: a monitor of a hears it come, `casare-nb robots` asked
+    of a lists it with node b, and once the robot stops a's list says it is gone."""
+    a, b, urls = node_pair(tmp_path, pg_url)
+    procs = [a, b]
+    try:
+        with Client.local(tmp_path / "state") as client:  # a: the runtime file names it
+            token = client.create_token("rb", "robot")
+            with client.subscribe(("robots",)) as events:
+                procs.append(robot_process(tmp_path, urls.split(",")[1], token, "rb"))
+                while not any(r.robot_id == "rb" for r in client.robots()):
+                    events.receive(timeout=WAIT_S)
+            listed = cli(tmp_path, "robots")
+            assert listed.returncode == 0, listed.stderr
+            (row,) = [line for line in listed.stdout.splitlines() if line.startswith("rb")]
+            assert row.split()[-1] == "b" and listed.stdout.split()[8] == "NODE"
+            with client.subscribe(("robots",)) as events:
+                procs[-1].popen.terminate()
+                assert procs[-1].wait(WAIT_S) == 0
+                while any(r.robot_id == "rb" for r in client.robots()):
+                    events.receive(timeout=WAIT_S)
+    finally:
+        for proc in reversed(procs):
+            proc.kill()

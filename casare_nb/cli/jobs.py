@@ -27,11 +27,11 @@ from casare_nb.cli.app import (
     workflow_arg,
 )
 from casare_nb.cli.present import (
-    ROBOT_COLUMNS,
     job_event_printer,
     job_frame_printer,
     job_outcome,
     jobs_table,
+    robot_columns,
     robot_row,
     table,
 )
@@ -193,7 +193,7 @@ def robots(as_json: bool, url: str | None, token: str | None, state_dir: str | N
     elif not found:
         click.echo("no robots yet")
     else:
-        click.echo(table([robot_row(r) for r in found], ROBOT_COLUMNS))
+        click.echo(table([robot_row(r) for r in found], robot_columns(found)))
 
 
 @app.command()

@@ -198,4 +198,11 @@ def robot_row(robot: Any) -> dict[str, Any]:
         "cpu": f"{robot.cpu_percent:.0f}%" if robot.cpu_percent is not None else "",
         "mem": f"{robot.memory_percent:.0f}%" if robot.memory_percent is not None else "",
         "last_heartbeat": beat,
+        "node": robot.node or "",
     }
+
+
+def robot_columns(robots: list[Any]) -> list[str]:
+    """The robots table's columns; ``node`` too when several orchestrators share the
+    robots (each robot says which it is connected to)."""
+    return [*ROBOT_COLUMNS, "node"] if any(r.node for r in robots) else ROBOT_COLUMNS
