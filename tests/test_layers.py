@@ -66,8 +66,9 @@ ORCHESTRATOR: dict[str, set[str]] = {
     "brake": {"audit"},
     "triggers": set(),
     "leader": set(),
-    "websocket": {"jobs", "registry", "metrics", "brake", "audit"},
-    "orchestrator": {"jobs", "registry", "metrics", "triggers", "websocket", "leader"},
+    "elsewhere": set(),
+    "websocket": {"jobs", "registry", "metrics", "brake", "audit", "elsewhere"},
+    "orchestrator": {"jobs", "registry", "metrics", "triggers", "websocket", "leader", "elsewhere"},
     "http": {"orchestrator", "triggers", "metrics", "brake", "audit"},
     "service": {"orchestrator", "http"},
 }
