@@ -437,3 +437,24 @@ async def test_the_robots_of_a_dead_node_go_offline_on_the_others(
         assert isinstance(went.data, RobotEvent) and went.data.reason == "orchestrator_lost"
         assert listed(a.orch, "rb") is None
         assert rows_of(pg_url) == []
+
+
+async def test_a_robot_that_left_a_node_for_the_other_is_shown_where_it_is(
+    pair: tuple[Cluster, Cluster],
+) -> None:
+    """Robot rm on a, then on b too (its reconnection there), then gone from a: a's monitor
+    hears it go offline and then online on b, and a lists it on b, online."""
+    a, b = pair
+    token = await asyncio.to_thread(a.orch.create_token, "rm", TokenRole.ROBOT)
+    async with monitor(a.orch, "watch-a") as watch:
+        first = await moving_robot(a, a.orch.url, "rm", token)
+        await watch.until(robot_event(EventKind.ROBOT_ONLINE, "rm"))
+        await moving_robot(b, b.orch.url, "rm", token)
+        a.bots.remove(first)
+        await a.stop_bot(first)
+        await first.pool.close()
+        await watch.until(robot_event(EventKind.ROBOT_OFFLINE, "rm"))
+        back = await watch.until(robot_event(EventKind.ROBOT_ONLINE, "rm"))
+        assert isinstance(back.data, RobotEvent) and back.data.robot.node == "b"
+    robot = listed(a.orch, "rm")
+    assert robot is not None and (robot.node, robot.status) == ("b", RobotStatus.ONLINE)

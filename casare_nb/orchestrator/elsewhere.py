@@ -89,6 +89,14 @@ class Elsewhere:
             robot for robot_id, robot in sorted(self._robots.items()) if not self._here(robot_id)
         ]
 
+    def with_mine(self, mine: list[Robot]) -> list[Robot]:
+        """``mine`` (this node's robots, offline ones too) and those connected elsewhere, by
+        id; a robot that left this node for another is shown where it is now."""
+        there = self.robots()
+        ids = {robot.robot_id for robot in there}
+        here = [robot for robot in mine if robot.robot_id not in ids]
+        return sorted([*here, *there], key=lambda robot: robot.robot_id)
+
     # -- this node's events --------------------------------------------------------------
 
     def share(self, kind: EventKind, data: EventData) -> None:
@@ -98,6 +106,9 @@ class Elsewhere:
         if isinstance(data, RobotEvent):
             online = kind is not EventKind.ROBOT_OFFLINE
             event = SharedEvent(kind.value, data.model_dump_json(), data.robot.robot_id, online)
+            there = self._robots.get(data.robot.robot_id)
+            if not online and there is not None:  # it left this node for another one
+                self._to_monitors(EventKind.ROBOT_ONLINE, RobotEvent(robot=there))
         elif isinstance(data, CellEvent):
             event = SharedEvent(kind.value, data.model_dump_json())
         else:
@@ -177,8 +188,6 @@ class Elsewhere:
         told = RobotEvent.model_validate_json(event.data)
         node = told.robot.node or event.node  # a node tells of a dead one's robots by name
         robot = told.robot.model_copy(update={"node": node})
-        if self._here(robot.robot_id):
-            return  # connected to this node now: its own events say
         if kind is EventKind.ROBOT_OFFLINE:
             held = self._robots.get(robot.robot_id)
             if held is None or held.node != node:
@@ -186,7 +195,8 @@ class Elsewhere:
             del self._robots[robot.robot_id]
         else:
             self._robots[robot.robot_id] = robot
-        self._to_monitors(kind, RobotEvent(robot=robot, reason=told.reason))
+        if not self._here(robot.robot_id):  # connected here (still): this node's events say
+            self._to_monitors(kind, RobotEvent(robot=robot, reason=told.reason))
 
     def node_gone(self, node: str) -> None:
         """The leader found ``node`` dead (its jobs adopted): its robots are offline, here

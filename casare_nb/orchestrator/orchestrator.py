@@ -475,10 +475,7 @@ class Orchestrator:
         if elsewhere is None:
             return self.robots()
         node = self.role.node_id
-        here = [r.model_copy(update={"node": node}) for r in self.robots()]
-        ids = {r.robot_id for r in here}
-        there = [r for r in elsewhere.robots() if r.robot_id not in ids]
-        return sorted([*here, *there], key=lambda r: r.robot_id)
+        return elsewhere.with_mine([r.model_copy(update={"node": node}) for r in self.robots()])
 
     def robot(self, robot_id: str) -> Robot | None:
         """The robot ``robot_id``, or None if it never registered."""

@@ -622,7 +622,7 @@ class WebSocketService:
         if Topic.ROBOTS in msg.topics:
             robots = self.registry.robots()
             if self.elsewhere is not None:
-                robots = [*robots, *self.elsewhere.robots()]
+                robots = self.elsewhere.with_mine(robots)
             peer.send(
                 Event(
                     topic=Topic.ROBOTS,
@@ -640,9 +640,9 @@ class WebSocketService:
         """Count the event in the metrics, share it with the other orchestrators of a shared
         database, send it to every monitor subscribed to its topic."""
         self.metrics.observe(kind, data)
+        self.to_monitors(kind, data)
         if self.elsewhere is not None:
             self.elsewhere.share(kind, data)
-        self.to_monitors(kind, data)
 
     def to_monitors(self, kind: EventKind, data: EventData) -> None:
         """Send an event to every monitor subscribed to its topic (and nothing else)."""
