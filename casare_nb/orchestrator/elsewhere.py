@@ -106,6 +106,8 @@ class Elsewhere:
         if isinstance(data, RobotEvent):
             online = kind is not EventKind.ROBOT_OFFLINE
             event = SharedEvent(kind.value, data.model_dump_json(), data.robot.robot_id, online)
+            if kind is EventKind.ROBOT_ONLINE:  # here now: what another node said is past
+                self._robots.pop(data.robot.robot_id, None)
             there = self._robots.get(data.robot.robot_id)
             if not online and there is not None:  # it left this node for another one
                 self._to_monitors(EventKind.ROBOT_ONLINE, RobotEvent(robot=there))
