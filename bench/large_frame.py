@@ -270,7 +270,9 @@ def _in_process_fork(nbytes: int, reps: int) -> dict[str, float]:
     import numpy as np
     import pandas as pd
 
-    from casare_nb.notebook import kernel_side as ks
+    from casare_nb.notebook.kernel_code import kernel_side_module
+
+    ks: Any = kernel_side_module()  # as a kernel has it
 
     returned, waited = [], []
     ns: dict[str, Any] = {"np": np, "pd": pd}

@@ -17,7 +17,6 @@ import queue
 import subprocess
 import tempfile
 import uuid
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from jupyter_core.paths import jupyter_path
 
 from casare_nb.notebook import early as early_kernels
+from casare_nb.notebook.kernel_code import kernel_side_files, kernel_side_sources
 from casare_nb.notebook.zygote import Zygote, ZygoteProvisioner
 
 _RESULT_EXPR = "__import__('sys').modules['__casare__'].result"
@@ -37,26 +37,19 @@ class KernelCallError(RuntimeError):
     """A control call failed inside the kernel."""
 
 
-def _kernel_side_source() -> str:
-    return resources.files("casare_nb.notebook").joinpath("kernel_side.py").read_text("utf-8")
-
-
-def _kernel_side_file() -> str | None:
-    """The kernel-side module's file, when the package is installed as files."""
-    path = Path(str(resources.files("casare_nb.notebook").joinpath("kernel_side.py")))
-    return str(path) if path.is_file() else None
-
-
 def _preload_code() -> str:
-    """Code that executes the kernel-side module into ``sys.modules['__casare__']`` (unless
+    """Code that executes the kernel-side files into ``sys.modules['__casare__']`` (unless
     it is there: a zygote-forked kernel has it) and registers its hook; ends with ``;`` so a
-    call can follow. The module's source is read from its file when there is one: a 500-line
+    call can follow. The sources are read from their files when there are some: a 500-line
     cell costs the kernel ~30 ms of hashing and transforming before it runs."""
-    path = _kernel_side_file()
-    source = f"open({path!r}, encoding='utf-8').read()" if path else repr(_kernel_side_source())
+    paths = kernel_side_files()
+    if paths:
+        sources = f"[open(p, encoding='utf-8').read() for p in {paths!r}]"
+    else:
+        sources = repr(kernel_side_sources())
     return (
-        "(lambda m: hasattr(m, 'install') or exec(compile("
-        f"{source}, '<casare>', 'exec'), m.__dict__))(__import__('sys').modules.setdefault("
+        "(lambda m: hasattr(m, 'install') or [exec(compile(s, '<casare>', 'exec'), m.__dict__) "
+        f"for s in {sources}])(__import__('sys').modules.setdefault("
         "'__casare__', __import__('types').ModuleType('__casare__')));"
         "__import__('sys').modules['__casare__'].install();"
     )

@@ -37,6 +37,8 @@ import sys
 import traceback
 from typing import Any
 
+from casare_nb.notebook.kernel_code import kernel_side_module
+
 # What a kernel's start imports (found by diffing sys.modules around IPKernelApp.initialize).
 PRELOAD = (
     "ipykernel.kernelapp",
@@ -82,13 +84,7 @@ def _load_kernel_side() -> None:
     """Execute the checkpoint code every kernel loads (``__casare__``, see
     :func:`casare_nb.notebook.kernels._preload_code`) once, here: a kernel then only
     registers its hooks."""
-    from importlib import resources
-    from types import ModuleType
-
-    source = resources.files("casare_nb.notebook").joinpath("kernel_side.py").read_text("utf-8")
-    module = ModuleType("__casare__")
-    exec(compile(source, "<casare>", "exec"), module.__dict__)
-    sys.modules["__casare__"] = module
+    sys.modules["__casare__"] = kernel_side_module()
 
 
 def _child(request: dict[str, Any], close_fds: list[int]) -> None:
