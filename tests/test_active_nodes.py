@@ -385,8 +385,9 @@ async def test_a_monitor_of_one_node_hears_the_robots_and_cells_of_the_other(
 async def test_a_node_started_later_lists_the_robots_connected_to_the_other(
     tmp_path: Path, pg_url: str
 ) -> None:
-    """b's robot connected before a started: a lists it (node b) at once, a monitor of a
-    gets it in its snapshot, and a robot of a left over from a's last run is offline."""
+    """b's robot connected before a started: a lists it (node b) at once, a monitor of
+    either node gets it in its snapshot (node b), and a robot of a left over from a's last
+    run is offline."""
     stores = open_postgres(pg_url, tmp_path / "state")
     await asyncio.to_thread(stores.open)  # the schema
     await asyncio.to_thread(stores.close)
@@ -406,8 +407,9 @@ async def test_a_node_started_later_lists_the_robots_connected_to_the_other(
         await a.until(lambda: listed(a.orch, "rb") is not None)  # type: ignore[union-attr]
         robot = listed(a.orch, "rb")
         assert robot is not None and robot.node == "b"
-        async with monitor(a.orch, "watch-a") as watch:
-            assert [(r.robot_id, r.node) for r in watch.snapshot.robots] == [("rb", "b")]
+        for orch in (a.orch, b.orch):  # the same list from either, b's own robot too
+            async with monitor(orch, f"watch-{orch.role.node_id}") as watch:
+                assert [(r.robot_id, r.node) for r in watch.snapshot.robots] == [("rb", "b")]
         await b.until(lambda: rows_of(pg_url) == [("rb", "b")])
     finally:
         if a is not None:

@@ -90,11 +90,13 @@ class Elsewhere:
         ]
 
     def with_mine(self, mine: list[Robot]) -> list[Robot]:
-        """``mine`` (this node's robots, offline ones too) and those connected elsewhere, by
-        id; a robot that left this node for another is shown where it is now."""
+        """``mine`` (this node's robots, offline ones too, given this ``node``) and those
+        connected elsewhere, by id; a robot that left this node for another is shown where
+        it is now."""
         there = self.robots()
         ids = {robot.robot_id for robot in there}
-        here = [robot for robot in mine if robot.robot_id not in ids]
+        node = self.rows.node
+        here = [r.model_copy(update={"node": node}) for r in mine if r.robot_id not in ids]
         return sorted([*here, *there], key=lambda robot: robot.robot_id)
 
     # -- this node's events --------------------------------------------------------------

@@ -472,10 +472,7 @@ class Orchestrator:
         """:meth:`robots`; with several orchestrators on one database, those connected to
         the others too, and each with its ``node``."""
         elsewhere = self.websocket.elsewhere
-        if elsewhere is None:
-            return self.robots()
-        node = self.role.node_id
-        return elsewhere.with_mine([r.model_copy(update={"node": node}) for r in self.robots()])
+        return self.robots() if elsewhere is None else elsewhere.with_mine(self.robots())
 
     def robot(self, robot_id: str) -> Robot | None:
         """The robot ``robot_id``, or None if it never registered."""

@@ -637,8 +637,8 @@ class WebSocketService:
     # -- events and liveness -------------------------------------------------------------
 
     def _publish(self, kind: EventKind, data: EventData) -> None:
-        """Count the event in the metrics, share it with the other orchestrators of a shared
-        database, send it to every monitor subscribed to its topic."""
+        """Count the event in the metrics, send it to every monitor subscribed to its topic,
+        then share it with the other orchestrators of a shared database."""
         self.metrics.observe(kind, data)
         self.to_monitors(kind, data)
         if self.elsewhere is not None:
